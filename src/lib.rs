@@ -11,6 +11,7 @@
 pub mod checkpoint;
 pub mod commands;
 pub mod models;
+pub mod ops;
 pub mod sampler;
 pub mod stats;
 pub mod tokenizer;

@@ -1,0 +1,151 @@
+//! RWKV-4 ("Dove"): a per-channel weighted average of values, kept in a numerically safe
+//! form. For each channel, with decay `w = −exp(time_decay)` and bonus `u = time_first`:
+//!
+//! ```text
+//! wkv_t = (Σ_{i<t} e^{(t−1−i)w + k_i} v_i + e^{u + k_t} v_t) / (same without v)
+//! ```
+//!
+//! computed recurrently with numerator `aa`, denominator `bb` and a running maximum exponent
+//! `pp` that keeps every `exp` ≤ 1 (`pp` starts at −1e30: a state of zeros is wrong).
+
+use super::shared::{current_to_prev_mix, ReceptanceFfn};
+use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
+use crate::ops::{layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
+use anyhow::Result;
+
+struct Layer {
+    ln1_w: Vec<f32>,
+    ln1_b: Vec<f32>,
+    ln2_w: Vec<f32>,
+    ln2_b: Vec<f32>,
+    mix_k: Vec<f32>,
+    mix_v: Vec<f32>,
+    mix_r: Vec<f32>,
+    /// `−exp(time_decay)`.
+    decay: Vec<f32>,
+    bonus: Vec<f32>,
+    receptance: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
+    ffn: ReceptanceFfn,
+}
+
+pub struct RwkvV4 {
+    cfg: Config,
+    emb: Embedding,
+    layers: Vec<Layer>,
+    head: Head,
+}
+
+impl RwkvV4 {
+    pub fn load(w: &Weights) -> Result<Self> {
+        let vocab = w.dim("emb.weight", 2, 0)?;
+        let c = w.dim("emb.weight", 2, 1)?;
+        let n_layer = super::count_layers(w.ckpt)?;
+        let n_att = w.dim("blocks.0.att.key.weight", 2, 0)?;
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let p = format!("blocks.{i}.");
+            let a = format!("blocks.{i}.att.");
+            let mix = |m: &str| -> Result<Vec<f32>> {
+                Ok(current_to_prev_mix(
+                    w.vector(&format!("{a}time_mix_{m}"), c)?,
+                ))
+            };
+            layers.push(Layer {
+                ln1_w: w.vector(&format!("{p}ln1.weight"), c)?,
+                ln1_b: w.vector(&format!("{p}ln1.bias"), c)?,
+                ln2_w: w.vector(&format!("{p}ln2.weight"), c)?,
+                ln2_b: w.vector(&format!("{p}ln2.bias"), c)?,
+                mix_k: mix("k")?,
+                mix_v: mix("v")?,
+                mix_r: mix("r")?,
+                decay: w
+                    .vector(&format!("{a}time_decay"), n_att)?
+                    .into_iter()
+                    .map(|d| -d.exp())
+                    .collect(),
+                bonus: w.vector(&format!("{a}time_first"), n_att)?,
+                receptance: w.linear(&format!("{a}receptance.weight"), n_att, c)?,
+                key: w.linear(&format!("{a}key.weight"), n_att, c)?,
+                value: w.linear(&format!("{a}value.weight"), n_att, c)?,
+                output: w.linear(&format!("{a}output.weight"), c, n_att)?,
+                ffn: ReceptanceFfn::load(w, &format!("blocks.{i}.ffn."), c, false)?,
+            });
+        }
+        let cfg = Config {
+            version: Version::V4,
+            n_layer,
+            n_embd: c,
+            n_att,
+            n_ffn: layers[0].ffn.n_ffn(),
+            n_head: 1,
+            head_size: 1,
+            vocab_size: vocab,
+            n_params: w.ckpt.n_elements(),
+        };
+        Ok(Self {
+            emb: Embedding::load(w, vocab, c)?,
+            head: Head::load(w, vocab, c)?,
+            layers,
+            cfg,
+        })
+    }
+
+    fn time_mix(&self, l: &Layer, xx: &Mat, s: &mut LayerState) -> Result<Mat> {
+        let prev = token_shift(xx, &mut s.att_shift);
+        let r = l
+            .receptance
+            .forward(&lerp(xx, &prev, &l.mix_r))?
+            .map(sigmoid);
+        let k = l.key.forward(&lerp(xx, &prev, &l.mix_k))?;
+        let v = l.value.forward(&lerp(xx, &prev, &l.mix_v))?;
+        let c = self.cfg.n_att;
+        let (aa, rest) = s.wkv.split_at_mut(c);
+        let (bb, pp) = rest.split_at_mut(c);
+        let mut out = Mat::zeros(xx.rows, c);
+        for t in 0..xx.rows {
+            let (kt, vt, rt) = (k.row(t), v.row(t), r.row(t));
+            let ot = out.row_mut(t);
+            for j in 0..c {
+                let (kj, vj) = (kt[j], vt[j]);
+                // Output: include the current token with the bonus u.
+                let ww = l.bonus[j] + kj;
+                let p = pp[j].max(ww);
+                let (e1, e2) = ((pp[j] - p).exp(), (ww - p).exp());
+                ot[j] = rt[j] * (e1 * aa[j] + e2 * vj) / (e1 * bb[j] + e2);
+                // State: decay the past, add the current token.
+                let ww = l.decay[j] + pp[j];
+                let p = ww.max(kj);
+                let (e1, e2) = ((ww - p).exp(), (kj - p).exp());
+                aa[j] = e1 * aa[j] + e2 * vj;
+                bb[j] = e1 * bb[j] + e2;
+                pp[j] = p;
+            }
+        }
+        l.output.forward(&out)
+    }
+}
+
+impl Model for RwkvV4 {
+    fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn step(&self, token: u32, state: &mut State) -> Result<Vec<f32>> {
+        self.forward_seq(&[token], state, false)
+    }
+
+    fn forward_seq(&self, tokens: &[u32], state: &mut State, all_logits: bool) -> Result<Vec<f32>> {
+        super::check_call(&self.cfg, tokens, state)?;
+        let mut x = self.emb.lookup(tokens)?;
+        for (l, s) in self.layers.iter().zip(state.layers.iter_mut()) {
+            let xx = layer_norm(&x, &l.ln1_w, &l.ln1_b);
+            x.add_assign(&self.time_mix(l, &xx, s)?);
+            let xx = layer_norm(&x, &l.ln2_w, &l.ln2_b);
+            x.add_assign(&l.ffn.forward(&xx, s)?);
+        }
+        self.head.logits(&x, all_logits)
+    }
+}

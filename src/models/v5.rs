@@ -1,0 +1,180 @@
+//! RWKV-5 ("Eagle"): multi-head matrix-valued state with a fixed decay.
+//!
+//! Per head, state `S` (N × N, key channel × value channel):
+//! `out = r·(diag(u)·kᵀv + S)`, `S ← kᵀv + diag(w)·S`, then GroupNorm per head (`ln_x`).
+//! Three published variants, told apart by their tensors:
+//! - v5.0: no gate; decay and bonus per head (`time_first`, used as `exp(time_first)`);
+//! - v5.1: adds the SiLU gate (`gate.weight`, `time_mix_g`); decay per head;
+//! - v5.2: decay and bonus per channel (`time_decay`, `time_faaaa`: H × N).
+//!
+//! The bonus is `exp(time_first)` when stored as `time_first`, and used as is when stored as
+//! `time_faaaa` (the official package's rule). Decay is `exp(−exp(time_decay))`.
+
+use super::shared::{current_to_prev_mix, wkv5, ReceptanceFfn};
+use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
+use crate::ops::{group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat};
+use anyhow::{bail, Result};
+
+struct Layer {
+    ln1_w: Vec<f32>,
+    ln1_b: Vec<f32>,
+    ln2_w: Vec<f32>,
+    ln2_b: Vec<f32>,
+    mix_k: Vec<f32>,
+    mix_v: Vec<f32>,
+    mix_r: Vec<f32>,
+    /// Per channel (decay and bonus of each key channel).
+    decay: Mat,
+    bonus: Vec<f32>,
+    receptance: Linear,
+    key: Linear,
+    value: Linear,
+    /// v5.1 and v5.2: the SiLU output gate and its mix.
+    gate: Option<(Vec<f32>, Linear)>,
+    output: Linear,
+    ln_x_w: Vec<f32>,
+    ln_x_b: Vec<f32>,
+    ffn: ReceptanceFfn,
+}
+
+pub struct RwkvV5 {
+    cfg: Config,
+    emb: Embedding,
+    layers: Vec<Layer>,
+    head: Head,
+}
+
+/// Expands per-head values (H) to per-channel (H·N); per-channel values pass through.
+pub(crate) fn per_channel(
+    name: &str,
+    v: Vec<f32>,
+    n_head: usize,
+    head_size: usize,
+) -> Result<Vec<f32>> {
+    if v.len() == n_head * head_size {
+        Ok(v)
+    } else if v.len() == n_head {
+        Ok(v.iter()
+            .flat_map(|&x| std::iter::repeat_n(x, head_size))
+            .collect())
+    } else {
+        bail!(
+            "tensor {name} has {} values, expected {n_head} (per head) or {} (per channel)",
+            v.len(),
+            n_head * head_size
+        )
+    }
+}
+
+impl RwkvV5 {
+    pub fn load(w: &Weights, version: Version) -> Result<Self> {
+        let vocab = w.dim("emb.weight", 2, 0)?;
+        let c = w.dim("emb.weight", 2, 1)?;
+        let n_layer = super::count_layers(w.ckpt)?;
+        let n_att = w.dim("blocks.0.att.key.weight", 2, 0)?;
+        let n_head = w.shape("blocks.0.att.time_decay")?[0];
+        if n_head == 0 || n_att % n_head != 0 {
+            bail!("tensor blocks.0.att.time_decay: {n_head} heads do not divide the width {n_att}");
+        }
+        let head_size = n_att / n_head;
+        let gated = version != Version::V5_0;
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let p = format!("blocks.{i}.");
+            let a = format!("blocks.{i}.att.");
+            let decay_name = format!("{a}time_decay");
+            let decay = per_channel(&decay_name, w.vector_any(&decay_name)?, n_head, head_size)?;
+            let decay = decay.into_iter().map(|d| (-d.exp()).exp()).collect();
+            let bonus = if w.has(&format!("{a}time_faaaa")) {
+                let name = format!("{a}time_faaaa");
+                per_channel(&name, w.vector_any(&name)?, n_head, head_size)?
+            } else {
+                let name = format!("{a}time_first");
+                let raw = per_channel(&name, w.vector_any(&name)?, n_head, head_size)?;
+                raw.into_iter().map(f32::exp).collect()
+            };
+            let mix = |m: &str| -> Result<Vec<f32>> {
+                Ok(current_to_prev_mix(
+                    w.vector(&format!("{a}time_mix_{m}"), c)?,
+                ))
+            };
+            let gate = if gated {
+                Some((mix("g")?, w.linear(&format!("{a}gate.weight"), n_att, c)?))
+            } else {
+                None
+            };
+            layers.push(Layer {
+                ln1_w: w.vector(&format!("{p}ln1.weight"), c)?,
+                ln1_b: w.vector(&format!("{p}ln1.bias"), c)?,
+                ln2_w: w.vector(&format!("{p}ln2.weight"), c)?,
+                ln2_b: w.vector(&format!("{p}ln2.bias"), c)?,
+                mix_k: mix("k")?,
+                mix_v: mix("v")?,
+                mix_r: mix("r")?,
+                decay: Mat::from_vec(1, n_att, decay),
+                bonus,
+                receptance: w.linear(&format!("{a}receptance.weight"), n_att, c)?,
+                key: w.linear(&format!("{a}key.weight"), n_att, c)?,
+                value: w.linear(&format!("{a}value.weight"), n_att, c)?,
+                gate,
+                output: w.linear(&format!("{a}output.weight"), c, n_att)?,
+                ln_x_w: w.vector(&format!("{a}ln_x.weight"), n_att)?,
+                ln_x_b: w.vector(&format!("{a}ln_x.bias"), n_att)?,
+                ffn: ReceptanceFfn::load(w, &format!("blocks.{i}.ffn."), c, false)?,
+            });
+        }
+        let cfg = Config {
+            version,
+            n_layer,
+            n_embd: c,
+            n_att,
+            n_ffn: layers[0].ffn.n_ffn(),
+            n_head,
+            head_size,
+            vocab_size: vocab,
+            n_params: w.ckpt.n_elements(),
+        };
+        Ok(Self {
+            emb: Embedding::load(w, vocab, c)?,
+            head: Head::load(w, vocab, c)?,
+            layers,
+            cfg,
+        })
+    }
+
+    fn time_mix(&self, l: &Layer, xx: &Mat, s: &mut LayerState) -> Result<Mat> {
+        let prev = token_shift(xx, &mut s.att_shift);
+        let r = l.receptance.forward(&lerp(xx, &prev, &l.mix_r))?;
+        let k = l.key.forward(&lerp(xx, &prev, &l.mix_k))?;
+        let v = l.value.forward(&lerp(xx, &prev, &l.mix_v))?;
+        let mut out = wkv5(&r, &k, &v, &l.decay, &l.bonus, self.cfg.n_head, &mut s.wkv);
+        group_norm(&mut out, self.cfg.n_head, &l.ln_x_w, &l.ln_x_b, 64e-5);
+        if let Some((mix_g, gate)) = &l.gate {
+            let g = gate.forward(&lerp(xx, &prev, mix_g))?.map(silu);
+            out = out.mul(&g);
+        }
+        l.output.forward(&out)
+    }
+}
+
+impl Model for RwkvV5 {
+    fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn step(&self, token: u32, state: &mut State) -> Result<Vec<f32>> {
+        self.forward_seq(&[token], state, false)
+    }
+
+    fn forward_seq(&self, tokens: &[u32], state: &mut State, all_logits: bool) -> Result<Vec<f32>> {
+        super::check_call(&self.cfg, tokens, state)?;
+        let mut x = self.emb.lookup(tokens)?;
+        for (l, s) in self.layers.iter().zip(state.layers.iter_mut()) {
+            let xx = layer_norm(&x, &l.ln1_w, &l.ln1_b);
+            x.add_assign(&self.time_mix(l, &xx, s)?);
+            let xx = layer_norm(&x, &l.ln2_w, &l.ln2_b);
+            x.add_assign(&l.ffn.forward(&xx, s)?);
+        }
+        self.head.logits(&x, all_logits)
+    }
+}

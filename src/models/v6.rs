@@ -1,0 +1,187 @@
+//! RWKV-6 ("Finch"): RWKV-5's matrix-valued state with data-dependent token shift and decay.
+//!
+//! The token shift of each projection is `x + (prev − x)·(maa_* + m_*)`, where the five
+//! `m_*` (w, k, v, r, g) come from one shared LoRA (`time_maa_w1`, `time_maa_w2`); the decay is
+//! `exp(−exp(time_decay + LoRA_decay(x_w)))` per channel and per token; the bonus `time_faaaa`
+//! is used as is. The recurrence and output are RWKV-5.2's.
+
+use super::shared::{wkv5, ReceptanceFfn};
+use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
+use crate::ops::{add_row, group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat};
+use anyhow::{bail, Result};
+
+struct Layer {
+    ln1_w: Vec<f32>,
+    ln1_b: Vec<f32>,
+    ln2_w: Vec<f32>,
+    ln2_b: Vec<f32>,
+    maa_x: Vec<f32>,
+    /// Static mixes in the order w, k, v, r, g.
+    maa: [Vec<f32>; 5],
+    /// x → 5·D (tanh), then one D → C matrix per mix.
+    maa_down: Linear,
+    maa_up: Vec<Linear>,
+    decay: Vec<f32>,
+    decay_down: Linear,
+    decay_up: Linear,
+    bonus: Vec<f32>,
+    receptance: Linear,
+    key: Linear,
+    value: Linear,
+    gate: Linear,
+    output: Linear,
+    ln_x_w: Vec<f32>,
+    ln_x_b: Vec<f32>,
+    ffn: ReceptanceFfn,
+}
+
+pub struct RwkvV6 {
+    cfg: Config,
+    emb: Embedding,
+    layers: Vec<Layer>,
+    head: Head,
+}
+
+impl RwkvV6 {
+    pub fn load(w: &Weights) -> Result<Self> {
+        let vocab = w.dim("emb.weight", 2, 0)?;
+        let c = w.dim("emb.weight", 2, 1)?;
+        let n_layer = super::count_layers(w.ckpt)?;
+        let n_att = w.dim("blocks.0.att.key.weight", 2, 0)?;
+        let (n_head, head_size) = {
+            let s = w.shape("blocks.0.att.time_faaaa")?;
+            if s.len() != 2 || s[0] * s[1] != n_att {
+                bail!("tensor blocks.0.att.time_faaaa has shape {s:?}, expected (heads, head size) with heads × head size = {n_att}");
+            }
+            (s[0], s[1])
+        };
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let p = format!("blocks.{i}.");
+            let a = format!("blocks.{i}.att.");
+            let lora5 = w.dim(&format!("{a}time_maa_w1"), 2, 1)?;
+            if lora5 % 5 != 0 {
+                bail!("tensor {a}time_maa_w1: its second dimension {lora5} is not 5 × rank");
+            }
+            let d = lora5 / 5;
+            let up_all = w.tensor(&format!("{a}time_maa_w2"), &[5, d, c])?;
+            let maa_up = up_all
+                .chunks_exact(d * c)
+                .map(|m| Linear::from_in_out(m.to_vec(), d, c, crate::ops::ComputeDType::F32))
+                .collect::<Result<Vec<_>>>()?;
+            let d2 = w.dim(&format!("{a}time_decay_w1"), 2, 1)?;
+            let v = |n: &str| w.vector(&format!("{a}{n}"), c);
+            layers.push(Layer {
+                ln1_w: w.vector(&format!("{p}ln1.weight"), c)?,
+                ln1_b: w.vector(&format!("{p}ln1.bias"), c)?,
+                ln2_w: w.vector(&format!("{p}ln2.weight"), c)?,
+                ln2_b: w.vector(&format!("{p}ln2.bias"), c)?,
+                maa_x: v("time_maa_x")?,
+                maa: [
+                    v("time_maa_w")?,
+                    v("time_maa_k")?,
+                    v("time_maa_v")?,
+                    v("time_maa_r")?,
+                    v("time_maa_g")?,
+                ],
+                maa_down: w.lora(&format!("{a}time_maa_w1"), c, lora5)?,
+                maa_up,
+                decay: w.vector(&format!("{a}time_decay"), n_att)?,
+                decay_down: w.lora(&format!("{a}time_decay_w1"), c, d2)?,
+                decay_up: w.lora(&format!("{a}time_decay_w2"), d2, n_att)?,
+                bonus: w.vector(&format!("{a}time_faaaa"), n_att)?,
+                receptance: w.linear(&format!("{a}receptance.weight"), n_att, c)?,
+                key: w.linear(&format!("{a}key.weight"), n_att, c)?,
+                value: w.linear(&format!("{a}value.weight"), n_att, c)?,
+                gate: w.linear(&format!("{a}gate.weight"), n_att, c)?,
+                output: w.linear(&format!("{a}output.weight"), c, n_att)?,
+                ln_x_w: w.vector(&format!("{a}ln_x.weight"), n_att)?,
+                ln_x_b: w.vector(&format!("{a}ln_x.bias"), n_att)?,
+                ffn: ReceptanceFfn::load(w, &format!("blocks.{i}.ffn."), c, true)?,
+            });
+        }
+        let cfg = Config {
+            version: Version::V6,
+            n_layer,
+            n_embd: c,
+            n_att,
+            n_ffn: layers[0].ffn.n_ffn(),
+            n_head,
+            head_size,
+            vocab_size: vocab,
+            n_params: w.ckpt.n_elements(),
+        };
+        Ok(Self {
+            emb: Embedding::load(w, vocab, c)?,
+            head: Head::load(w, vocab, c)?,
+            layers,
+            cfg,
+        })
+    }
+
+    fn time_mix(&self, l: &Layer, xx: &Mat, s: &mut LayerState) -> Result<Mat> {
+        let prev = token_shift(xx, &mut s.att_shift);
+        // Data-dependent mixes: m = tanh(lerp(x, prev, maa_x) · W1), split in 5 × D.
+        let m = l
+            .maa_down
+            .forward(&lerp(xx, &prev, &l.maa_x))?
+            .map(f32::tanh);
+        let d = l.maa_up[0].in_dim;
+        let mut mixed = Vec::with_capacity(5);
+        for (j, (up, base)) in l.maa_up.iter().zip(&l.maa).enumerate() {
+            let mut part = Mat::zeros(m.rows, d);
+            for t in 0..m.rows {
+                part.row_mut(t)
+                    .copy_from_slice(&m.row(t)[j * d..(j + 1) * d]);
+            }
+            let dyn_mix = add_row(up.forward(&part)?, base);
+            // x + (prev − x)·(maa + m), the mix varying per token.
+            let mut x = xx.clone();
+            for t in 0..x.rows {
+                let (p, mm) = (prev.row(t), dyn_mix.row(t));
+                for ((o, pv), mv) in x.row_mut(t).iter_mut().zip(p).zip(mm) {
+                    *o += (pv - *o) * mv;
+                }
+            }
+            mixed.push(x);
+        }
+        let [xw, xk, xv, xr, xg]: [Mat; 5] = mixed
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("v6: five mixes"))?;
+        let r = l.receptance.forward(&xr)?;
+        let k = l.key.forward(&xk)?;
+        let v = l.value.forward(&xv)?;
+        let g = l.gate.forward(&xg)?.map(silu);
+        let w = add_row(
+            l.decay_up
+                .forward(&l.decay_down.forward(&xw)?.map(f32::tanh))?,
+            &l.decay,
+        )
+        .map(|z| (-z.exp()).exp());
+        let mut out = wkv5(&r, &k, &v, &w, &l.bonus, self.cfg.n_head, &mut s.wkv);
+        group_norm(&mut out, self.cfg.n_head, &l.ln_x_w, &l.ln_x_b, 64e-5);
+        l.output.forward(&out.mul(&g))
+    }
+}
+
+impl Model for RwkvV6 {
+    fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn step(&self, token: u32, state: &mut State) -> Result<Vec<f32>> {
+        self.forward_seq(&[token], state, false)
+    }
+
+    fn forward_seq(&self, tokens: &[u32], state: &mut State, all_logits: bool) -> Result<Vec<f32>> {
+        super::check_call(&self.cfg, tokens, state)?;
+        let mut x = self.emb.lookup(tokens)?;
+        for (l, s) in self.layers.iter().zip(state.layers.iter_mut()) {
+            let xx = layer_norm(&x, &l.ln1_w, &l.ln1_b);
+            x.add_assign(&self.time_mix(l, &xx, s)?);
+            let xx = layer_norm(&x, &l.ln2_w, &l.ln2_b);
+            x.add_assign(&l.ffn.forward(&xx, s)?);
+        }
+        self.head.logits(&x, all_logits)
+    }
+}

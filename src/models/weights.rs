@@ -1,0 +1,84 @@
+//! Typed access to a checkpoint's tensors while building a model: every read checks the
+//! tensor's shape and names the tensor at fault when it is wrong.
+
+use crate::checkpoint::Checkpoint;
+use crate::ops::{ComputeDType, Linear};
+use anyhow::{bail, Context, Result};
+
+pub struct Weights<'a> {
+    pub ckpt: &'a Checkpoint,
+    pub dtype: ComputeDType,
+}
+
+/// Drops size-1 dimensions (RWKV stores per-channel vectors as (1, 1, C)).
+fn squeezed(shape: &[usize]) -> Vec<usize> {
+    shape.iter().copied().filter(|&d| d != 1).collect()
+}
+
+impl<'a> Weights<'a> {
+    pub fn new(ckpt: &'a Checkpoint, dtype: ComputeDType) -> Self {
+        Self { ckpt, dtype }
+    }
+
+    /// The stored shape of a tensor that must exist.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        Ok(self
+            .ckpt
+            .meta(name)
+            .with_context(|| format!("tensor {name} is missing"))?
+            .shape
+            .clone())
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.ckpt.contains(name)
+    }
+
+    /// A tensor whose shape must be `shape` (size-1 dimensions ignored), as f32.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let got = self.shape(name)?;
+        if squeezed(&got) != squeezed(shape) {
+            bail!("tensor {name} has shape {got:?}, expected {shape:?}");
+        }
+        self.ckpt.read_f32(name)
+    }
+
+    /// A per-channel vector of `n` values, whatever singleton dimensions it is stored with.
+    pub fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+        let got = self.shape(name)?;
+        if got.iter().product::<usize>() != n {
+            bail!("tensor {name} has shape {got:?}, expected {n} values");
+        }
+        self.ckpt.read_f32(name)
+    }
+
+    /// A tensor of any shape, flattened (for values whose layout varies between releases).
+    pub fn vector_any(&self, name: &str) -> Result<Vec<f32>> {
+        self.ckpt.read_f32(name)
+    }
+
+    /// A projection stored (out, in), kept in the compute dtype.
+    pub fn linear(&self, name: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
+        let v = self.tensor(name, &[out_dim, in_dim])?;
+        Linear::new(v, out_dim, in_dim, self.dtype).with_context(|| format!("tensor {name}"))
+    }
+
+    /// A LoRA matrix stored (in, out) and used as `x @ W`; kept in f32 (they are small).
+    pub fn lora(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
+        let v = self.tensor(name, &[in_dim, out_dim])?;
+        Linear::from_in_out(v, in_dim, out_dim, ComputeDType::F32)
+            .with_context(|| format!("tensor {name}"))
+    }
+
+    /// The size of dimension `dim` of a tensor that must have rank `rank`.
+    pub fn dim(&self, name: &str, rank: usize, dim: usize) -> Result<usize> {
+        let s = self.shape(name)?;
+        if s.len() != rank {
+            bail!("tensor {name} has shape {s:?}, expected {rank} dimensions");
+        }
+        if s[dim] == 0 {
+            bail!("tensor {name} has an empty dimension: {s:?}");
+        }
+        Ok(s[dim])
+    }
+}
