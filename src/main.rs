@@ -1,1 +1,42 @@
-fn main(){}
+//! `rwkv-cli`: parses the command line and dispatches to [`rwkv_cli::commands`].
+//!
+//! Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error (from clap).
+
+use clap::{Parser, Subcommand};
+use rwkv_cli::commands;
+
+#[derive(Parser)]
+#[command(
+    name = "rwkv-cli",
+    version,
+    about = "Run RWKV language models (v4–v7) on the CPU with a fixed-size recurrent state"
+)]
+struct Cli {
+    /// Worker threads for the matrix kernels (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt; text on stdout, stats on stderr.
+    Generate(commands::generate::GenerateArgs),
+    /// Print a model's version, shapes, parameter count and state size.
+    Info(commands::info::InfoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = commands::init_threads(cli.threads) {
+        commands::exit_with_error(&e);
+    }
+    let result = match cli.command {
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Info(args) => commands::info::run(args),
+    };
+    if let Err(e) = result {
+        commands::exit_with_error(&e);
+    }
+}

@@ -52,7 +52,7 @@ impl Mat {
         self
     }
     /// Elementwise product.
-    pub fn mul(mut self, other: &Mat) -> Mat {
+    pub fn hadamard(mut self, other: &Mat) -> Mat {
         for (a, b) in self.data.iter_mut().zip(&other.data) {
             *a *= b;
         }

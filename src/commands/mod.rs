@@ -1,0 +1,46 @@
+//! The subcommands, one file each, and what they share: model resolution, thread setup and
+//! error reporting.
+
+pub mod generate;
+pub mod info;
+
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+/// Sets the size of the thread pool used by the matrix kernels (ours and candle's).
+pub fn init_threads(threads: Option<usize>) -> Result<()> {
+    let n = match threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+    // candle's gemm reads the same variable as rayon; set it before any pool starts.
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("cannot start {n} threads: {e}"))
+}
+
+/// Resolves `--model` to a checkpoint file.
+pub fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
+    match model {
+        Some(m) => {
+            let p = PathBuf::from(m);
+            if !p.exists() {
+                bail!("model file {m} does not exist");
+            }
+            Ok(p)
+        }
+        None => bail!("no model given: pass --model PATH (a .pth or .safetensors RWKV checkpoint)"),
+    }
+}
+
+/// Prints the error chain on one line and exits with status 1.
+pub fn exit_with_error(e: &anyhow::Error) -> ! {
+    let msg = format!("{e:#}").replace('\n', " ");
+    eprintln!("error: {msg}");
+    std::process::exit(1)
+}

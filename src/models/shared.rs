@@ -52,7 +52,7 @@ impl ReceptanceFfn {
             let z = z.max(0.0);
             z * z
         });
-        Ok(self.value.forward(&k)?.mul(&r))
+        Ok(self.value.forward(&k)?.hadamard(&r))
     }
 }
 

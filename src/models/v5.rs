@@ -151,7 +151,7 @@ impl RwkvV5 {
         group_norm(&mut out, self.cfg.n_head, &l.ln_x_w, &l.ln_x_b, 64e-5);
         if let Some((mix_g, gate)) = &l.gate {
             let g = gate.forward(&lerp(xx, &prev, mix_g))?.map(silu);
-            out = out.mul(&g);
+            out = out.hadamard(&g);
         }
         l.output.forward(&out)
     }

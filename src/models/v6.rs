@@ -160,7 +160,7 @@ impl RwkvV6 {
         .map(|z| (-z.exp()).exp());
         let mut out = wkv5(&r, &k, &v, &w, &l.bonus, self.cfg.n_head, &mut s.wkv);
         group_norm(&mut out, self.cfg.n_head, &l.ln_x_w, &l.ln_x_b, 64e-5);
-        l.output.forward(&out.mul(&g))
+        l.output.forward(&out.hadamard(&g))
     }
 }
 

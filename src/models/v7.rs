@@ -247,7 +247,7 @@ impl RwkvV7 {
                 }
             }
         }
-        l.output.forward(&out.mul(&g))
+        l.output.forward(&out.hadamard(&g))
     }
 
     /// The channel-mix block (squared-ReLU FFN, no receptance in v7).

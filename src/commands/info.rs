@@ -1,0 +1,58 @@
+//! `rwkv-cli info MODEL`: what a checkpoint holds, without running it.
+
+use crate::checkpoint::Checkpoint;
+use crate::models::{self, LoadOptions};
+use crate::stats::{human_bytes, human_count};
+use anyhow::Result;
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// Checkpoint file (.pth or .safetensors).
+    pub model: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: InfoArgs) -> Result<()> {
+    let path = super::resolve_model(Some(&args.model))?;
+    let ckpt = Checkpoint::open(&path)?;
+    let model = models::load_checkpoint(&ckpt, LoadOptions::default())?;
+    let c = model.config();
+    let stored = ckpt.stored_dtype().name();
+    if args.json {
+        let v = serde_json::json!({
+            "path": path.display().to_string(),
+            "version": c.version.name(),
+            "layers": c.n_layer,
+            "width": c.n_embd,
+            "heads": c.n_head,
+            "head_size": c.head_size,
+            "ffn": c.n_ffn,
+            "vocab": c.vocab_size,
+            "params": c.n_params,
+            "stored_dtype": stored,
+            "file_bytes": ckpt.file_size,
+            "state_bytes": c.state_bytes(),
+        });
+        println!("{v}");
+    } else {
+        println!("path          {}", path.display());
+        println!("version       RWKV {}", c.version);
+        println!("layers        {}", c.n_layer);
+        println!("width         {}", c.n_embd);
+        println!("heads         {} × {}", c.n_head, c.head_size);
+        println!("ffn width     {}", c.n_ffn);
+        println!("vocab         {}", c.vocab_size);
+        println!("parameters    {} ({})", c.n_params, human_count(c.n_params));
+        println!("stored dtype  {stored}");
+        println!("file size     {}", human_bytes(ckpt.file_size));
+        println!(
+            "state size    {} ({} bytes, constant)",
+            human_bytes(c.state_bytes() as u64),
+            c.state_bytes()
+        );
+    }
+    Ok(())
+}

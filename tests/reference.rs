@@ -1,0 +1,207 @@
+//! The engine against the official implementation.
+//!
+//! `scripts/make_fixtures.py` builds small random checkpoints of every RWKV version and records
+//! the logits of the official `rwkv` package (torch, CPU, fp32) for a prompt. Here each model is
+//! loaded from both its safetensors and its `.pth` file and must reproduce those logits through
+//! both of our execution paths: the sequence path (whole prompt at once) and the recurrent path
+//! (one token at a time).
+
+use rwkv_cli::models::{self, LoadOptions, Model, State};
+use std::path::PathBuf;
+
+const TOLERANCE: f32 = 1e-4;
+const MODELS: [&str; 7] = ["v4", "v5_0", "v5_1", "v5_2", "v6", "v7", "v7_bf16"];
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The reference outputs recorded by the official implementation.
+struct Reference {
+    tokens: Vec<u32>,
+    tokens2: Vec<u32>,
+    logits_last: Vec<f32>,
+    logits_seq_all: Vec<f32>,
+    logits_steps: Vec<f32>,
+    logits2_last: Vec<f32>,
+}
+
+fn reference(name: &str) -> Reference {
+    let bytes = std::fs::read(fixture(&format!("{name}.ref.safetensors"))).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |n: &str| -> Vec<f32> {
+        let t = st.tensor(n).unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{n}");
+        t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let ids = |n: &str| -> Vec<u32> {
+        let t = st.tensor(n).unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::I64, "{n}");
+        t.data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect()
+    };
+    Reference {
+        tokens: ids("tokens"),
+        tokens2: ids("tokens2"),
+        logits_last: f32s("logits_last"),
+        logits_seq_all: f32s("logits_seq_all"),
+        logits_steps: f32s("logits_steps"),
+        logits2_last: f32s("logits2_last"),
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn load(file: &str) -> Box<dyn Model> {
+    models::load(&fixture(file), LoadOptions::default())
+        .unwrap_or_else(|e| panic!("loading {file}: {e:#}"))
+}
+
+fn check_against_reference(name: &str, model: &dyn Model, r: &Reference) {
+    let vocab = model.config().vocab_size;
+
+    // Sequence path, last position.
+    let mut state = model.new_state();
+    let last = model.forward_seq(&r.tokens, &mut state, false).unwrap();
+    let d = max_abs_diff(&last, &r.logits_last);
+    assert!(
+        d < TOLERANCE,
+        "{name}: sequence path, last logits differ by {d}"
+    );
+
+    // Continuing from the state after the prompt.
+    let cont = model.forward_seq(&r.tokens2, &mut state, false).unwrap();
+    let d = max_abs_diff(&cont, &r.logits2_last);
+    assert!(
+        d < TOLERANCE,
+        "{name}: continuation from a state differs by {d}"
+    );
+
+    // Sequence path, every position.
+    let all = model
+        .forward_seq(&r.tokens, &mut model.new_state(), true)
+        .unwrap();
+    let d = max_abs_diff(&all, &r.logits_seq_all);
+    assert!(
+        d < TOLERANCE,
+        "{name}: sequence path, all positions differ by {d}"
+    );
+
+    // Recurrent path, one token at a time.
+    let mut state = model.new_state();
+    for (t, &tok) in r.tokens.iter().enumerate() {
+        let logits = model.step(tok, &mut state).unwrap();
+        let d = max_abs_diff(&logits, &r.logits_steps[t * vocab..(t + 1) * vocab]);
+        assert!(
+            d < TOLERANCE,
+            "{name}: recurrent path at token {t} differs by {d}"
+        );
+    }
+}
+
+#[test]
+fn every_version_matches_the_official_logits_from_safetensors() {
+    for name in MODELS {
+        let r = reference(name);
+        check_against_reference(name, load(&format!("{name}.safetensors")).as_ref(), &r);
+    }
+}
+
+#[test]
+fn every_version_matches_the_official_logits_from_pth() {
+    for name in MODELS {
+        let r = reference(name);
+        check_against_reference(name, load(&format!("{name}.pth")).as_ref(), &r);
+    }
+}
+
+#[test]
+fn pth_and_safetensors_give_identical_logits() {
+    for name in MODELS {
+        let r = reference(name);
+        let a = load(&format!("{name}.pth"));
+        let b = load(&format!("{name}.safetensors"));
+        let la = a.forward_seq(&r.tokens, &mut a.new_state(), true).unwrap();
+        let lb = b.forward_seq(&r.tokens, &mut b.new_state(), true).unwrap();
+        assert_eq!(la, lb, "{name}");
+    }
+}
+
+#[test]
+fn versions_and_shapes_are_detected_from_the_tensors() {
+    use rwkv_cli::models::Version::*;
+    let expected = [
+        ("v4", V4, 1),
+        ("v5_0", V5_0, 2),
+        ("v5_1", V5_1, 2),
+        ("v5_2", V5_2, 2),
+        ("v6", V6, 2),
+        ("v7", V7, 2),
+        ("v7_bf16", V7, 2),
+    ];
+    for (name, version, heads) in expected {
+        let m = load(&format!("{name}.safetensors"));
+        let c = m.config();
+        assert_eq!(c.version, version, "{name}");
+        assert_eq!(
+            (c.n_layer, c.n_embd, c.vocab_size, c.n_head),
+            (2, 32, 256, heads),
+            "{name}"
+        );
+        assert_eq!(c.n_ffn, 96, "{name}");
+    }
+}
+
+/// A prompt longer than the sequence path's chunk gives the same logits whether it goes
+/// through in one piece, in odd-sized chunks, or one token at a time, and the state stays
+/// the same size throughout.
+#[test]
+fn sequence_and_recurrent_paths_agree_on_a_long_prompt() {
+    for name in ["v4", "v5_2", "v6", "v7"] {
+        let model = load(&format!("{name}.safetensors"));
+        let vocab = model.config().vocab_size as u32;
+        let tokens: Vec<u32> = (0..300u32).map(|i| (i * 7919 + 13) % vocab).collect();
+        let fresh = model.new_state().size_bytes();
+
+        let mut whole = model.new_state();
+        let a = models::prefill(model.as_ref(), &tokens, &mut whole, 1024)
+            .unwrap()
+            .unwrap();
+        let mut chunked = model.new_state();
+        let b = models::prefill(model.as_ref(), &tokens, &mut chunked, 37)
+            .unwrap()
+            .unwrap();
+        let mut stepped: State = model.new_state();
+        let mut c = Vec::new();
+        for &t in &tokens {
+            c = model.step(t, &mut stepped).unwrap();
+        }
+        assert!(
+            max_abs_diff(&a, &b) < TOLERANCE,
+            "{name}: whole vs chunked {}",
+            max_abs_diff(&a, &b)
+        );
+        assert!(
+            max_abs_diff(&a, &c) < TOLERANCE,
+            "{name}: whole vs stepped {}",
+            max_abs_diff(&a, &c)
+        );
+        for s in [&whole, &chunked, &stepped] {
+            assert_eq!(s.size_bytes(), fresh, "{name}: the state grew");
+            assert_eq!(s.size_bytes(), model.config().state_bytes());
+        }
+    }
+}
