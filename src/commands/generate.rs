@@ -81,7 +81,7 @@ fn read_prompt(prompt: Option<&str>) -> Result<Vec<u8>> {
         Some("-") => from_stdin(),
         Some(p) => Ok(p.as_bytes().to_vec()),
         None if !std::io::stdin().is_terminal() => from_stdin(),
-        None => bail!("no prompt: pass --prompt TEXT, or pipe the prompt on stdin"),
+        None => crate::usage_bail!("no prompt: pass --prompt TEXT, or pipe the prompt on stdin"),
     }
 }
 
@@ -184,9 +184,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
         ..SamplerConfig::default()
     };
-    sampler_cfg.validate()?;
+    if let Err(e) = sampler_cfg.validate() {
+        crate::usage_bail!("{e}");
+    }
     if args.chunk == 0 {
-        bail!("--chunk must be at least 1");
+        crate::usage_bail!("--chunk must be at least 1");
     }
     let prompt = read_prompt(args.prompt.as_deref())?;
     let path = super::resolve_model(args.model.as_deref())?;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 /// Sets the size of the thread pool used by the matrix kernels (ours and candle's).
 pub fn init_threads(threads: Option<usize>) -> Result<()> {
     let n = match threads {
-        Some(0) => bail!("--threads must be at least 1"),
+        Some(0) => crate::usage_bail!("--threads must be at least 1"),
         Some(n) => n,
         None => std::thread::available_parallelism()
             .map(|n| n.get())
@@ -34,13 +34,36 @@ pub fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
             }
             Ok(p)
         }
-        None => bail!("no model given: pass --model PATH (a .pth or .safetensors RWKV checkpoint)"),
+        None => crate::usage_bail!(
+            "no model given: pass --model PATH (a .pth or .safetensors RWKV checkpoint)"
+        ),
     }
 }
 
-/// Prints the error chain on one line and exits with status 1.
+/// An error in how the command was called (exit status 2, like clap's own usage errors).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Returns early with a [`UsageError`].
+#[macro_export]
+macro_rules! usage_bail {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::commands::UsageError(format!($($arg)*))))
+    };
+}
+
+/// Prints the error chain on one line and exits: status 2 for usage errors, 1 otherwise.
 pub fn exit_with_error(e: &anyhow::Error) -> ! {
     let msg = format!("{e:#}").replace('\n', " ");
     eprintln!("error: {msg}");
-    std::process::exit(1)
+    let usage = e.chain().any(|c| c.downcast_ref::<UsageError>().is_some());
+    std::process::exit(if usage { 2 } else { 1 })
 }
