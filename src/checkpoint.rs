@@ -227,6 +227,24 @@ impl Checkpoint {
         self.tensors.values().map(|m| m.numel() as u64).sum()
     }
 
+    /// A fingerprint of the weights: every tensor's name, shape and dtype, and the values of
+    /// the small tensors (norms, mixes, decays). Two checkpoints of the same shape but
+    /// different training have different fingerprints.
+    pub fn fingerprint(&self) -> Result<u64> {
+        use crate::state_file::{fnv1a, FNV_OFFSET};
+        let mut h = FNV_OFFSET;
+        for (name, m) in &self.tensors {
+            h = fnv1a(name.as_bytes(), h);
+            h = fnv1a(format!("{:?}{}", m.shape, m.dtype.name()).as_bytes(), h);
+            if m.numel() <= 65536 {
+                for v in self.read_f32(name)? {
+                    h = fnv1a(&v.to_le_bytes(), h);
+                }
+            }
+        }
+        Ok(h)
+    }
+
     /// Reads one tensor, converted to f32, in row-major order.
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
         let meta = self

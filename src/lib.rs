@@ -13,5 +13,6 @@ pub mod commands;
 pub mod models;
 pub mod ops;
 pub mod sampler;
+pub mod state_file;
 pub mod stats;
 pub mod tokenizer;

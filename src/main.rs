@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt; text on stdout, stats on stderr.
     Generate(commands::generate::GenerateArgs),
+    /// Long-context throughput and memory: push N tokens, report each segment.
+    Bench(commands::bench::BenchArgs),
     /// Print a model's version, shapes, parameter count and state size.
     Info(commands::info::InfoArgs),
 }
@@ -35,6 +37,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Info(args) => commands::info::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     };
     if let Err(e) = result {
         commands::exit_with_error(&e);

@@ -376,3 +376,196 @@ fn info_reports_version_shapes_and_state_size() {
     assert_eq!(v["stored_dtype"], "f32");
     assert_eq!(v["state_bytes"], 2 * (64 + 512) * 4);
 }
+
+#[test]
+fn resuming_a_saved_state_equals_reading_the_whole_text() {
+    let model = fixture("v7.pth");
+    let (a, b) = ("The quick brown fox ", "jumps over the lazy dog");
+    let whole = tmp("whole.logits");
+    let resumed = tmp("resumed.logits");
+    let state = tmp("doc.state");
+    let base = ["generate", "--model", &model, "-n", "0", "--quiet"];
+    let o = run(&[
+        &base[..],
+        &[
+            "--prompt",
+            &format!("{a}{b}"),
+            "--logits-out",
+            whole.to_str().unwrap(),
+        ],
+    ]
+    .concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&[
+        &base[..],
+        &["--prompt", a, "--state-out", state.to_str().unwrap()],
+    ]
+    .concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&[
+        &base[..],
+        &[
+            "--prompt",
+            b,
+            "--state-in",
+            state.to_str().unwrap(),
+            "--logits-out",
+            resumed.to_str().unwrap(),
+        ],
+    ]
+    .concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (x, y) = (read_f32(&whole), read_f32(&resumed));
+    let d = x
+        .iter()
+        .zip(&y)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max);
+    assert!(d < 1e-5, "resumed logits differ by {d}");
+}
+
+#[test]
+fn generation_continues_from_a_saved_state() {
+    let model = fixture("v6.safetensors");
+    let state = tmp("gen.state");
+    let base = [
+        "generate",
+        "--model",
+        &model,
+        "--temperature",
+        "0",
+        "--quiet",
+    ];
+    let ten = run(&[&base[..], &["--prompt", "abc", "-n", "10"]].concat()).stdout;
+    let o = run(&[
+        &base[..],
+        &[
+            "--prompt",
+            "abc",
+            "-n",
+            "5",
+            "--state-out",
+            state.to_str().unwrap(),
+        ],
+    ]
+    .concat());
+    let rest = run_with_stdin(
+        bin().args(base).args([
+            "-n",
+            "5",
+            "--state-in",
+            state.to_str().unwrap(),
+            "--prompt",
+            "",
+        ]),
+        b"",
+    );
+    assert!(rest.status.success(), "{}", stderr(&rest));
+    assert_eq!([o.stdout, rest.stdout].concat(), ten);
+}
+
+#[test]
+fn a_state_for_another_model_or_a_damaged_state_is_refused() {
+    let state = tmp("v7.state");
+    let o = run(&[
+        "generate",
+        "--model",
+        &fixture("v7.safetensors"),
+        "--prompt",
+        "x",
+        "-n",
+        "0",
+        "--quiet",
+        "--state-out",
+        state.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Same shape, different weights.
+    let o = run(&[
+        "generate",
+        "--model",
+        &fixture("v7_bf16.safetensors"),
+        "--prompt",
+        "x",
+        "-n",
+        "1",
+        "--state-in",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("another model"), "{}", stderr(&o));
+    // Another version.
+    let o = run(&[
+        "generate",
+        "--model",
+        &fixture("v6.safetensors"),
+        "--prompt",
+        "x",
+        "-n",
+        "1",
+        "--state-in",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("another model"), "{}", stderr(&o));
+    // Truncated.
+    let bytes = std::fs::read(&state).unwrap();
+    let cut = tmp("cut.state");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let o = run(&[
+        "generate",
+        "--model",
+        &fixture("v7.safetensors"),
+        "--prompt",
+        "x",
+        "-n",
+        "1",
+        "--state-in",
+        cut.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("damaged or truncated"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("panicked"));
+}
+
+#[test]
+fn ctrl_c_stops_generation_and_still_prints_the_stats() {
+    let model = fixture("v7.safetensors");
+    let mut child = bin()
+        .args([
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "x",
+            "-n",
+            "100000000",
+            "--temperature",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut some = [0u8; 64];
+    std::io::Read::read_exact(&mut out, &mut some).unwrap();
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    std::io::copy(&mut out, &mut std::io::sink()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("generated"),
+        "stats line after Ctrl-C: {}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("panicked"));
+}

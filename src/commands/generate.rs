@@ -8,12 +8,14 @@
 use crate::models::{self, LoadOptions, Model};
 use crate::ops::ComputeDType;
 use crate::sampler::{Sampler, SamplerConfig};
+use crate::state_file;
 use crate::stats::{human_bytes, human_count, peak_rss_bytes};
 use crate::tokenizer::{self, TokenizerKind};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(Args, Debug, Clone)]
@@ -60,6 +62,12 @@ pub struct GenerateArgs {
     /// Tokens per chunk of the prompt's sequence path.
     #[arg(long, default_value_t = models::DEFAULT_CHUNK)]
     pub chunk: usize,
+    /// Resume from a state saved by --state-out (the prompt, if any, continues it).
+    #[arg(long)]
+    pub state_in: Option<String>,
+    /// Save the state after the run (prompt and generated tokens) to this file.
+    #[arg(long)]
+    pub state_out: Option<String>,
     /// No stats line on stderr.
     #[arg(long, short, conflicts_with = "stats_json")]
     pub quiet: bool,
@@ -174,6 +182,9 @@ pub struct RunStats {
     pub gen_secs: f64,
 }
 
+/// Set by Ctrl-C: generation stops at the next token and still reports its stats.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
 pub fn run(args: GenerateArgs) -> Result<()> {
     let sampler_cfg = SamplerConfig {
         temperature: args.temperature,
@@ -190,7 +201,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.chunk == 0 {
         crate::usage_bail!("--chunk must be at least 1");
     }
-    let prompt = read_prompt(args.prompt.as_deref())?;
+    let prompt =
+        if args.state_in.is_some() && args.prompt.is_none() && std::io::stdin().is_terminal() {
+            Vec::new() // resuming a saved state needs no prompt
+        } else {
+            read_prompt(args.prompt.as_deref())?
+        };
     let path = super::resolve_model(args.model.as_deref())?;
     let ckpt = crate::checkpoint::Checkpoint::open(&path)?;
     let model = models::load_checkpoint(&ckpt, LoadOptions { dtype: args.dtype })?;
@@ -208,24 +224,48 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             cfg.vocab_size
         );
     }
+    let fingerprint = if args.state_in.is_some() || args.state_out.is_some() {
+        ckpt.fingerprint()?
+    } else {
+        0
+    };
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
 
+    // Where we start: a saved state, or a fresh one.
+    let (mut state, mut logits, mut seen) = match &args.state_in {
+        Some(p) => {
+            let saved = state_file::load(Path::new(p), &cfg, fingerprint)?;
+            (saved.state, Some(saved.logits), saved.tokens)
+        }
+        None => (model.new_state(), None, 0),
+    };
     let mut tokens = tok.encode(&prompt)?;
-    if tokens.is_empty() {
+    if tokens.is_empty() && logits.is_none() {
         // An empty prompt starts a new document: RWKV models are trained with documents
         // separated by the end-of-text token.
         tokens.push(tok.eot_token().unwrap_or(0));
     }
 
-    let mut state = model.new_state();
+    // The prompt: sequence path, chunk by chunk.
     let t0 = Instant::now();
-    let mut logits = models::prefill(model.as_ref(), &tokens, &mut state, args.chunk)?
-        .context("empty prompt")?;
+    for c in tokens.chunks(args.chunk) {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            break;
+        }
+        logits = Some(model.forward_seq(c, &mut state, false)?);
+        seen += c.len() as u64;
+    }
     let prompt_secs = t0.elapsed().as_secs_f64();
+    let mut logits = match logits {
+        Some(l) => l,
+        None => bail!("interrupted before the prompt was read"),
+    };
     if let Some(p) = &args.logits_out {
         let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
         write_atomic(Path::new(p), &bytes)?;
     }
 
+    // Generation: recurrent path, one token at a time.
     let mut sampler = Sampler::new(sampler_cfg);
     // Like ChatRWKV, only generated tokens count towards the penalties, not the prompt.
     let mut filter = StopFilter {
@@ -237,7 +277,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let t1 = Instant::now();
     let mut generated = 0;
     let mut open = true;
-    while generated < args.max_tokens {
+    while generated < args.max_tokens && !INTERRUPTED.load(Ordering::SeqCst) {
         let next = sampler.sample(&logits);
         if Some(next) == tok.eot_token() {
             break;
@@ -246,11 +286,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         generated += 1;
         let (text, stopped) = filter.push(&tok.token_bytes(next));
         open = emit(&mut out, &text)?;
+        // The state always sees every generated token when it is saved afterwards.
+        if generated < args.max_tokens && !stopped && open || args.state_out.is_some() {
+            logits = model.step(next, &mut state)?;
+            seen += 1;
+        }
         if stopped || !open {
             break;
-        }
-        if generated < args.max_tokens {
-            logits = model.step(next, &mut state)?;
         }
     }
     if open {
@@ -260,6 +302,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let gen_secs = t1.elapsed().as_secs_f64();
     drop(out);
 
+    if let Some(p) = &args.state_out {
+        let saved = state_file::SavedState {
+            state,
+            logits,
+            tokens: seen,
+        };
+        state_file::save(Path::new(p), &cfg, fingerprint, &saved)?;
+    }
     let stats = RunStats {
         prompt_tokens: tokens.len(),
         prompt_secs,
@@ -268,6 +318,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     if !args.quiet {
         print_stats(model.as_ref(), &ckpt, args.dtype, &stats, args.stats_json);
+    }
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        // Like a shell: 128 + SIGINT.
+        std::process::exit(130);
     }
     Ok(())
 }

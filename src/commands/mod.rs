@@ -1,6 +1,7 @@
 //! The subcommands, one file each, and what they share: model resolution, thread setup and
 //! error reporting.
 
+pub mod bench;
 pub mod generate;
 pub mod info;
 

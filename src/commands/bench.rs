@@ -1,0 +1,415 @@
+//! `rwkv-cli bench --context N`: long-context throughput and memory, measured.
+//!
+//! Pushes N tokens through the sequence path in chunks, reporting throughput and resident
+//! memory per segment (each tenth of N by default) so that a flat line is visible, then
+//! decodes a few tokens at depth 0 and at depth N. The state's size is printed next to the
+//! KV cache a softmax transformer of the same depth and width would need at that context.
+
+use crate::models::{self, LoadOptions, Model};
+use crate::ops::ComputeDType;
+use crate::stats::{current_rss_bytes, human_bytes, human_count, parse_count, peak_rss_bytes};
+use crate::tokenizer::{self, TokenizerKind};
+use anyhow::{Context, Result};
+use clap::Args;
+use std::io::IsTerminal;
+use std::time::Instant;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Checkpoint file (.pth or .safetensors).
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// Tokens to push through the model: 100000, 100k, 1M.
+    #[arg(long, default_value = "100k")]
+    pub context: String,
+    /// Text to feed (tokenized, repeated if shorter than the context); also reports bits per byte.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Number of segments the run is reported in.
+    #[arg(long, default_value_t = 10)]
+    pub segments: usize,
+    /// Tokens per chunk of the sequence path.
+    #[arg(long, default_value_t = models::DEFAULT_CHUNK)]
+    pub chunk: usize,
+    /// Tokens decoded (one at a time) at depth 0 and at depth N.
+    #[arg(long, default_value_t = 16)]
+    pub decode_tokens: usize,
+    /// Compute dtype of the weight matrices: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: ComputeDType,
+    /// Tokenizer (default: chosen from the vocabulary size).
+    #[arg(long)]
+    pub tokenizer: Option<TokenizerKind>,
+}
+
+/// One segment of the run.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    pub start: usize,
+    pub end: usize,
+    pub seconds: f64,
+    pub rss_bytes: Option<u64>,
+}
+
+impl Segment {
+    pub fn tokens_per_second(&self) -> f64 {
+        (self.end - self.start) as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Splits `n` tokens into `k` segments of (nearly) equal length: the boundaries.
+pub fn segment_bounds(n: usize, k: usize) -> Vec<(usize, usize)> {
+    let k = k.clamp(1, n.max(1));
+    (0..k)
+        .map(|i| (i * n / k, (i + 1) * n / k))
+        .filter(|(a, b)| b > a)
+        .collect()
+}
+
+/// A deterministic English-like text: a fixed word list drawn by a fixed LCG. Used when no
+/// `--text` is given, so that runs are comparable across machines.
+pub fn builtin_text(min_bytes: usize) -> String {
+    const WORDS: &[&str] = &[
+        "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be",
+        "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have",
+        "an", "they", "you", "were", "her", "she", "there", "one", "all", "we", "their", "time",
+        "river", "house", "light", "morning", "small", "old", "world", "long", "story", "water",
+        "before", "after", "under", "people", "could", "would", "again", "never", "always",
+    ];
+    let mut s = String::with_capacity(min_bytes + 16);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut n = 0;
+    while s.len() < min_bytes {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let w = WORDS[(x >> 33) as usize % WORDS.len()];
+        n += 1;
+        if n % 14 == 0 {
+            s.push_str(w);
+            s.push_str(".\n");
+        } else {
+            s.push_str(w);
+            s.push(' ');
+        }
+    }
+    s
+}
+
+/// The token stream: the text's tokens repeated until there are `n`.
+fn token_stream(tokens: &[u32], n: usize) -> Vec<u32> {
+    tokens.iter().copied().cycle().take(n).collect()
+}
+
+/// Median milliseconds per token of `k` greedy recurrent steps from `state`.
+fn decode_ms(model: &dyn Model, state: &mut models::State, first: u32, k: usize) -> Result<f64> {
+    let mut times = Vec::with_capacity(k);
+    let mut tok = first;
+    for _ in 0..k.max(1) {
+        let t = Instant::now();
+        let logits = model.step(tok, state)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        tok = crate::sampler::argmax(&logits);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let n = parse_count(&args.context)
+        .map_err(|e| crate::commands::UsageError(format!("--context: {e}")))? as usize;
+    if n == 0 {
+        crate::usage_bail!("--context must be at least 1");
+    }
+    if args.chunk == 0 || args.segments == 0 {
+        crate::usage_bail!("--chunk and --segments must be at least 1");
+    }
+    let path = super::resolve_model(args.model.as_deref())?;
+    let load_start = Instant::now();
+    let model = models::load(&path, LoadOptions { dtype: args.dtype })?;
+    let load_secs = load_start.elapsed().as_secs_f64();
+    let cfg = model.config().clone();
+    let kind = match args.tokenizer {
+        Some(k) => k,
+        None => tokenizer::kind_for_vocab(cfg.vocab_size)?,
+    };
+    let tok = tokenizer::load(kind)?;
+    let text = match &args.text {
+        Some(p) => std::fs::read(p).with_context(|| format!("cannot read --text {p}"))?,
+        None => builtin_text(64 * 1024).into_bytes(),
+    };
+    let text_tokens = tok.encode(&text)?;
+    if text_tokens.is_empty() {
+        crate::usage_bail!("--text is empty");
+    }
+    let stream = token_stream(&text_tokens, n);
+
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(n as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} tokens  {per_sec}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+
+    let decode_depth0 = decode_ms(
+        model.as_ref(),
+        &mut model.new_state(),
+        stream[0],
+        args.decode_tokens,
+    )?;
+
+    // With --text, score every prediction: bits for token t+1 given tokens ..=t.
+    let scoring = args.text.is_some();
+    let mut bits = 0.0f64;
+    let mut scored_bytes = 0usize;
+
+    let mut state = model.new_state();
+    let mut segments = Vec::new();
+    let mut last_logits = Vec::new();
+    let run_start = Instant::now();
+    for (a, b) in segment_bounds(n, args.segments) {
+        let t = Instant::now();
+        for start in (a..b).step_by(args.chunk) {
+            let end = (start + args.chunk).min(b);
+            let chunk = &stream[start..end];
+            let logits = model.forward_seq(chunk, &mut state, scoring)?;
+            if scoring {
+                let v = cfg.vocab_size;
+                for (i, row) in logits.chunks_exact(v).enumerate() {
+                    // Only the text's first pass counts: repeats would be easy to predict.
+                    let pos = start + i + 1;
+                    if pos < text_tokens.len().min(n) {
+                        let next = stream[pos];
+                        bits -= crate::sampler::log_softmax_at(row, next) / std::f64::consts::LN_2;
+                        scored_bytes += tok.token_bytes(next).len();
+                    }
+                }
+                last_logits = logits[logits.len() - v..].to_vec();
+            } else {
+                last_logits = logits;
+            }
+            bar.set_position(end as u64);
+        }
+        segments.push(Segment {
+            start: a,
+            end: b,
+            seconds: t.elapsed().as_secs_f64(),
+            rss_bytes: current_rss_bytes(),
+        });
+    }
+    let prefill_secs = run_start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let next = crate::sampler::argmax(&last_logits);
+    let decode_depth_n = decode_ms(model.as_ref(), &mut state, next, args.decode_tokens)?;
+    let total_secs = load_start.elapsed().as_secs_f64();
+
+    let bytes_per_el = args.dtype.size_in_bytes();
+    let report = Report {
+        version: cfg.version.name().to_string(),
+        params: cfg.n_params,
+        layers: cfg.n_layer,
+        width: cfg.n_embd,
+        dtype: args.dtype.name().to_string(),
+        context: n,
+        chunk: args.chunk,
+        segments,
+        state_bytes: state.size_bytes(),
+        kv_cache_bytes: cfg.kv_cache_bytes(n, bytes_per_el),
+        kv_bytes_per_element: bytes_per_el,
+        decode_ms_depth0: decode_depth0,
+        decode_ms_depth_n: decode_depth_n,
+        prefill_seconds: prefill_secs,
+        load_seconds: load_secs,
+        total_seconds: total_secs,
+        peak_rss_bytes: peak_rss_bytes(),
+        bits_per_byte: (scoring && scored_bytes > 0).then(|| bits / scored_bytes as f64),
+    };
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
+}
+
+/// Everything `bench` measured.
+pub struct Report {
+    pub version: String,
+    pub params: u64,
+    pub layers: usize,
+    pub width: usize,
+    pub dtype: String,
+    pub context: usize,
+    pub chunk: usize,
+    pub segments: Vec<Segment>,
+    pub state_bytes: usize,
+    pub kv_cache_bytes: u64,
+    pub kv_bytes_per_element: usize,
+    pub decode_ms_depth0: f64,
+    pub decode_ms_depth_n: f64,
+    pub prefill_seconds: f64,
+    pub load_seconds: f64,
+    pub total_seconds: f64,
+    pub peak_rss_bytes: Option<u64>,
+    pub bits_per_byte: Option<f64>,
+}
+
+impl Report {
+    /// Last segment's RSS relative to the first's (1.0 = perfectly flat).
+    pub fn rss_growth(&self) -> Option<f64> {
+        let first = self.segments.first()?.rss_bytes? as f64;
+        let last = self.segments.last()?.rss_bytes? as f64;
+        Some(last / first)
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "model": {
+                "version": self.version,
+                "params": self.params,
+                "layers": self.layers,
+                "width": self.width,
+                "dtype": self.dtype,
+            },
+            "context": self.context,
+            "chunk": self.chunk,
+            "segments": self.segments.iter().map(|s| serde_json::json!({
+                "start": s.start,
+                "end": s.end,
+                "seconds": s.seconds,
+                "tokens_per_second": s.tokens_per_second(),
+                "rss_bytes": s.rss_bytes,
+            })).collect::<Vec<_>>(),
+            "prefill_tokens_per_second": self.context as f64 / self.prefill_seconds.max(1e-9),
+            "prefill_seconds": self.prefill_seconds,
+            "state_bytes": self.state_bytes,
+            "kv_cache_bytes_at_context": self.kv_cache_bytes,
+            "kv_cache_bytes_per_element": self.kv_bytes_per_element,
+            "decode_ms_per_token_depth_0": self.decode_ms_depth0,
+            "decode_ms_per_token_depth_n": self.decode_ms_depth_n,
+            "rss_growth_last_over_first_segment": self.rss_growth(),
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "load_seconds": self.load_seconds,
+            "total_seconds": self.total_seconds,
+            "bits_per_byte": self.bits_per_byte,
+        })
+    }
+
+    pub fn to_table(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "RWKV {} {} params, {} layers × {}, {} — context {} tokens in chunks of {}",
+            self.version,
+            human_count(self.params),
+            self.layers,
+            self.width,
+            self.dtype,
+            self.context,
+            self.chunk
+        );
+        let _ = writeln!(
+            s,
+            "{:>10} {:>10} {:>12} {:>12}",
+            "from", "to", "tokens/s", "RSS"
+        );
+        for seg in &self.segments {
+            let _ = writeln!(
+                s,
+                "{:>10} {:>10} {:>12.1} {:>12}",
+                seg.start,
+                seg.end,
+                seg.tokens_per_second(),
+                seg.rss_bytes
+                    .map(human_bytes)
+                    .unwrap_or_else(|| "n/a".into())
+            );
+        }
+        let _ = writeln!(
+            s,
+            "prefill           {:.1} tokens/s over {} tokens ({:.1} s)",
+            self.context as f64 / self.prefill_seconds.max(1e-9),
+            self.context,
+            self.prefill_seconds
+        );
+        let _ = writeln!(
+            s,
+            "decode            {:.2} ms/token at depth 0, {:.2} ms/token at depth {}",
+            self.decode_ms_depth0, self.decode_ms_depth_n, self.context
+        );
+        let _ = writeln!(
+            s,
+            "state             {} (constant) — a softmax transformer's KV cache at {} tokens: {} ({}×)",
+            human_bytes(self.state_bytes as u64),
+            self.context,
+            human_bytes(self.kv_cache_bytes),
+            format_ratio(self.kv_cache_bytes as f64 / self.state_bytes.max(1) as f64)
+        );
+        if let Some(g) = self.rss_growth() {
+            let _ = writeln!(s, "RSS growth        last segment / first segment = {g:.3}");
+        }
+        let _ = writeln!(
+            s,
+            "peak RSS          {}",
+            self.peak_rss_bytes
+                .map(human_bytes)
+                .unwrap_or_else(|| "n/a".into())
+        );
+        if let Some(b) = self.bits_per_byte {
+            let _ = writeln!(s, "bits per byte     {b:.4}");
+        }
+        let _ = writeln!(
+            s,
+            "total time        {:.1} s (load {:.1} s)",
+            self.total_seconds, self.load_seconds
+        );
+        s
+    }
+}
+
+fn format_ratio(r: f64) -> String {
+    if r >= 100.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{r:.1}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_cover_the_context_exactly() {
+        for (n, k) in [(100_000, 10), (7, 10), (1, 3), (1001, 10)] {
+            let b = segment_bounds(n, k);
+            assert_eq!(b.first().unwrap().0, 0);
+            assert_eq!(b.last().unwrap().1, n);
+            assert!(b.windows(2).all(|w| w[0].1 == w[1].0));
+            assert!(b.len() <= k);
+        }
+    }
+
+    #[test]
+    fn builtin_text_is_deterministic_and_long_enough() {
+        let a = builtin_text(5000);
+        assert!(a.len() >= 5000);
+        assert_eq!(a, builtin_text(5000));
+        assert!(a.is_ascii());
+    }
+
+    #[test]
+    fn token_stream_repeats_the_text() {
+        assert_eq!(token_stream(&[1, 2, 3], 7), vec![1, 2, 3, 1, 2, 3, 1]);
+    }
+}

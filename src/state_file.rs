@@ -1,0 +1,256 @@
+//! Saving and resuming the recurrent state.
+//!
+//! A long document processed once can be saved and resumed in milliseconds: the state has the
+//! same size whatever the document's length. File layout (all little-endian):
+//!
+//! ```text
+//! magic "RWKVSTATE\0" (10 bytes) | format version u32 | header length u32 | header (JSON)
+//! | payload: per layer att_shift, wkv, ffn_shift as f32 | next-token logits as f32
+//! | FNV-1a 64 checksum of everything before it (u64)
+//! ```
+//!
+//! The header names the model (version, shapes and a fingerprint of its weights), the dtype and
+//! how many tokens the state has seen. Loading checks all of it, so a state is never applied to
+//! another model, and a truncated or damaged file is refused. Files are written to a temporary
+//! file and renamed, so an interrupted write never destroys the previous state.
+
+use crate::models::{Config, LayerState, State};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+const MAGIC: &[u8; 10] = b"RWKVSTATE\0";
+const FORMAT_VERSION: u32 = 1;
+/// Refuse headers larger than this (a damaged length field must not allocate gigabytes).
+const MAX_HEADER: usize = 1 << 20;
+
+/// What a state file says about where its state came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SavedState {
+    pub state: State,
+    /// Next-token logits after the last token the state has seen.
+    pub logits: Vec<f32>,
+    /// Tokens the state has seen.
+    pub tokens: u64,
+}
+
+/// 64-bit FNV-1a.
+pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn header_json(cfg: &Config, fingerprint: u64, tokens: u64) -> serde_json::Value {
+    serde_json::json!({
+        "model_version": cfg.version.name(),
+        "layers": cfg.n_layer,
+        "width": cfg.n_embd,
+        "att_width": cfg.n_att,
+        "heads": cfg.n_head,
+        "head_size": cfg.head_size,
+        "vocab": cfg.vocab_size,
+        "fingerprint": format!("{fingerprint:016x}"),
+        "dtype": "f32",
+        "tokens": tokens,
+    })
+}
+
+/// Serialises a state for `cfg`, whose weights have `fingerprint`.
+pub fn encode(cfg: &Config, fingerprint: u64, saved: &SavedState) -> Vec<u8> {
+    let header = header_json(cfg, fingerprint, saved.tokens).to_string();
+    let mut out =
+        Vec::with_capacity(cfg.state_bytes() + saved.logits.len() * 4 + header.len() + 64);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for l in &saved.state.layers {
+        for v in l.att_shift.iter().chain(&l.wkv).chain(&l.ffn_shift) {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    for v in &saved.logits {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    let sum = fnv1a(&out, FNV_OFFSET);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out
+}
+
+/// Parses and checks a state file's bytes against the model it is meant for.
+pub fn decode(bytes: &[u8], cfg: &Config, fingerprint: u64) -> Result<SavedState> {
+    if bytes.len() < MAGIC.len() + 16 || &bytes[..MAGIC.len()] != MAGIC {
+        bail!("not an rwkv-cli state file (bad magic)");
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 8);
+    let sum = u64::from_le_bytes(sum.try_into().expect("8 bytes"));
+    if fnv1a(body, FNV_OFFSET) != sum {
+        bail!("state file is damaged or truncated (checksum mismatch)");
+    }
+    let mut pos = MAGIC.len();
+    let read_u32 = |pos: &mut usize| -> Result<u32> {
+        let b = body
+            .get(*pos..*pos + 4)
+            .context("state file is truncated")?;
+        *pos += 4;
+        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    let version = read_u32(&mut pos)?;
+    if version != FORMAT_VERSION {
+        bail!("state file format {version} is not supported (expected {FORMAT_VERSION})");
+    }
+    let hlen = read_u32(&mut pos)? as usize;
+    if hlen > MAX_HEADER {
+        bail!("state file header is implausibly large ({hlen} bytes)");
+    }
+    let header = body
+        .get(pos..pos + hlen)
+        .context("state file is truncated")?;
+    pos += hlen;
+    let header: serde_json::Value =
+        serde_json::from_slice(header).context("state file header is not valid JSON")?;
+    let tokens = header["tokens"]
+        .as_u64()
+        .context("state file header has no token count")?;
+    let expected = header_json(cfg, fingerprint, tokens);
+    for key in [
+        "model_version",
+        "layers",
+        "width",
+        "att_width",
+        "heads",
+        "head_size",
+        "vocab",
+    ] {
+        if header[key] != expected[key] {
+            bail!(
+                "state file is for another model: {key} is {} in the file but {} in this model",
+                header[key],
+                expected[key]
+            );
+        }
+    }
+    if header["fingerprint"] != expected["fingerprint"] {
+        bail!("state file is for another model: its weights' fingerprint differs (same shape, different weights)");
+    }
+    if header["dtype"] != "f32" {
+        bail!("state file dtype {} is not supported", header["dtype"]);
+    }
+    let mut floats = body[pos..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")));
+    if !(body.len() - pos).is_multiple_of(4) {
+        bail!("state file payload is not a whole number of f32 values");
+    }
+    let mut state = State::new(cfg);
+    for l in state.layers.iter_mut() {
+        let LayerState {
+            att_shift,
+            wkv,
+            ffn_shift,
+        } = l;
+        for v in att_shift
+            .iter_mut()
+            .chain(wkv.iter_mut())
+            .chain(ffn_shift.iter_mut())
+        {
+            *v = floats.next().context("state file is truncated")?;
+        }
+    }
+    let logits: Vec<f32> = floats.collect();
+    if logits.len() != cfg.vocab_size {
+        bail!(
+            "state file holds {} logits, expected {} for this model",
+            logits.len(),
+            cfg.vocab_size
+        );
+    }
+    Ok(SavedState {
+        state,
+        logits,
+        tokens,
+    })
+}
+
+/// Writes a state file atomically.
+pub fn save(path: &Path, cfg: &Config, fingerprint: u64, saved: &SavedState) -> Result<()> {
+    crate::commands::generate::write_atomic(path, &encode(cfg, fingerprint, saved))
+}
+
+/// Reads and checks a state file.
+pub fn load(path: &Path, cfg: &Config, fingerprint: u64) -> Result<SavedState> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read state file {}", path.display()))?;
+    decode(&bytes, cfg, fingerprint).with_context(|| format!("{}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::Version;
+
+    fn cfg() -> Config {
+        Config {
+            version: Version::V7,
+            n_layer: 2,
+            n_embd: 8,
+            n_att: 8,
+            n_ffn: 32,
+            n_head: 2,
+            head_size: 4,
+            vocab_size: 5,
+            n_params: 0,
+        }
+    }
+
+    fn sample() -> SavedState {
+        let mut state = State::new(&cfg());
+        for (i, l) in state.layers.iter_mut().enumerate() {
+            l.wkv
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, v)| *v = (i * 100 + j) as f32 * 0.5);
+            l.att_shift[3] = -1.25;
+        }
+        SavedState {
+            state,
+            logits: vec![0.1, 0.2, 0.3, 0.4, 0.5],
+            tokens: 1234,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = encode(&cfg(), 42, &sample());
+        assert_eq!(decode(&bytes, &cfg(), 42).unwrap(), sample());
+    }
+
+    #[test]
+    fn another_model_is_refused() {
+        let bytes = encode(&cfg(), 42, &sample());
+        let e = decode(&bytes, &cfg(), 43).unwrap_err().to_string();
+        assert!(e.contains("another model"), "{e}");
+        let mut other = cfg();
+        other.n_embd = 16;
+        other.n_att = 16;
+        let e = decode(&bytes, &other, 42).unwrap_err().to_string();
+        assert!(e.contains("width"), "{e}");
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_byte_is_refused() {
+        let bytes = encode(&cfg(), 42, &sample());
+        for n in 0..bytes.len() {
+            assert!(decode(&bytes[..n], &cfg(), 42).is_err(), "truncated at {n}");
+        }
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            assert!(decode(&b, &cfg(), 42).is_err(), "flip at {i}");
+        }
+    }
+}
