@@ -10,6 +10,7 @@
 
 pub mod checkpoint;
 pub mod commands;
+pub mod kernels;
 pub mod models;
 pub mod ops;
 pub mod sampler;

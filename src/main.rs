@@ -25,6 +25,8 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Long-context throughput and memory: push N tokens, report each segment.
     Bench(commands::bench::BenchArgs),
+    /// Bits per byte and perplexity of a model over a text.
+    Eval(commands::eval::EvalArgs),
     /// Print a model's version, shapes, parameter count and state size.
     Info(commands::info::InfoArgs),
 }
@@ -38,6 +40,7 @@ fn main() {
         Command::Generate(args) => commands::generate::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Eval(args) => commands::eval::run(args),
     };
     if let Err(e) = result {
         commands::exit_with_error(&e);

@@ -237,61 +237,32 @@ impl Linear {
     }
 }
 
-/// Dot product with 16 independent accumulators so that the compiler vectorises it.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0.0f32; L];
-    let ca = a.chunks_exact(L);
-    let cb = b.chunks_exact(L);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for j in 0..L {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
+pub use crate::kernels::dot_f32 as dot;
+use crate::kernels::{dot_bf16, dot_f16};
 
-fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0.0f32; L];
-    let ca = a.chunks_exact(L);
-    let cb = b.chunks_exact(L);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for j in 0..L {
-            acc[j] += x[j].to_f32() * y[j];
+/// Runs a per-head recurrence with the heads in parallel.
+///
+/// `state` holds `n_head` blocks of `n × n`; `f(h, state_h, out_h)` steps head `h` through all
+/// `t_count` tokens, writing its outputs to `out_h` (`t_count × n`). Returns the outputs
+/// assembled as a `t_count × (n_head · n)` matrix.
+pub fn per_head<F>(state: &mut [f32], n_head: usize, n: usize, t_count: usize, f: F) -> Mat
+where
+    F: Fn(usize, &mut [f32], &mut [f32]) + Sync,
+{
+    let mut per_head = vec![0.0f32; n_head * t_count * n];
+    state
+        .par_chunks_mut(n * n)
+        .zip(per_head.par_chunks_mut(t_count * n))
+        .enumerate()
+        .for_each(|(h, (st, out_h))| f(h, st, out_h));
+    let mut out = Mat::zeros(t_count, n_head * n);
+    for h in 0..n_head {
+        for t in 0..t_count {
+            out.row_mut(t)[h * n..(h + 1) * n]
+                .copy_from_slice(&per_head[(h * t_count + t) * n..(h * t_count + t + 1) * n]);
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x.to_f32() * y;
-    }
-    s
-}
-
-fn dot_bf16(a: &[half::bf16], b: &[f32]) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0.0f32; L];
-    let ca = a.chunks_exact(L);
-    let cb = b.chunks_exact(L);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for j in 0..L {
-            // bf16 → f32 is a 16-bit shift; written out so it vectorises.
-            let v = f32::from_bits((x[j].to_bits() as u32) << 16);
-            acc[j] += v * y[j];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x.to_f32() * y;
-    }
-    s
+    out
 }
 
 /// LayerNorm over each row (eps 1e-5, as torch's default used by RWKV).

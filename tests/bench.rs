@@ -122,3 +122,41 @@ fn bench_accepts_k_and_m_suffixes_and_rejects_garbage() {
     ]);
     assert_eq!(v["context"], 2000);
 }
+
+#[test]
+fn eval_scores_a_text_like_the_recurrent_path() {
+    let text = format!("{}/tests/fixtures/README.md", env!("CARGO_MANIFEST_DIR"));
+    let bytes = std::fs::read(&text).unwrap();
+    let n = 500;
+    let o = Command::new(env!("CARGO_BIN_EXE_rwkv-cli"))
+        .args([
+            "eval",
+            "--model",
+            &fixture("v6.pth"),
+            "--text",
+            &text,
+            "--json",
+            "--chunk",
+            "77",
+        ])
+        .args(["--max-tokens", &n.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m = rwkv_cli::models::load(std::path::Path::new(&fixture("v6.pth")), Default::default())
+        .unwrap();
+    let mut state = m.new_state();
+    let mut nats = 0.0;
+    let mut logits = m.step(bytes[0] as u32, &mut state).unwrap();
+    for &b in &bytes[1..n] {
+        nats -= rwkv_cli::sampler::log_softmax_at(&logits, b as u32);
+        logits = m.step(b as u32, &mut state).unwrap();
+    }
+    assert_eq!(v["scored_tokens"], n - 1);
+    assert_eq!(v["scored_bytes"], n - 1);
+    let bpb = nats / std::f64::consts::LN_2 / (n - 1) as f64;
+    assert!((v["bits_per_byte"].as_f64().unwrap() - bpb).abs() < 1e-4);
+    let ppl = (nats / (n - 1) as f64).exp();
+    assert!((v["perplexity"].as_f64().unwrap() - ppl).abs() / ppl < 1e-4);
+}

@@ -169,8 +169,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     // With --text, score every prediction: bits for token t+1 given tokens ..=t.
     let scoring = args.text.is_some();
-    let mut bits = 0.0f64;
-    let mut scored_bytes = 0usize;
+    let mut score = super::eval::Score::default();
 
     let mut state = model.new_state();
     let mut segments = Vec::new();
@@ -188,9 +187,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     // Only the text's first pass counts: repeats would be easy to predict.
                     let pos = start + i + 1;
                     if pos < text_tokens.len().min(n) {
-                        let next = stream[pos];
-                        bits -= crate::sampler::log_softmax_at(row, next) / std::f64::consts::LN_2;
-                        scored_bytes += tok.token_bytes(next).len();
+                        score.add(row, stream[pos], tok.as_ref());
                     }
                 }
                 last_logits = logits[logits.len() - v..].to_vec();
@@ -231,7 +228,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         load_seconds: load_secs,
         total_seconds: total_secs,
         peak_rss_bytes: peak_rss_bytes(),
-        bits_per_byte: (scoring && scored_bytes > 0).then(|| bits / scored_bytes as f64),
+        bits_per_byte: (scoring && score.bytes > 0).then(|| score.bits_per_byte()),
     };
     if args.json {
         println!("{}", report.to_json());

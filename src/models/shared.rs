@@ -78,25 +78,25 @@ pub fn wkv5(
     state: &mut [f32],
 ) -> Mat {
     let n = r.cols / n_head;
-    let mut out = Mat::zeros(r.rows, r.cols);
-    for t in 0..r.rows {
-        let (rt, kt, vt) = (r.row(t), k.row(t), v.row(t));
-        let wt = w.row(if w.rows == 1 { 0 } else { t });
-        let ot = out.row_mut(t);
-        for h in 0..n_head {
-            let base = h * n;
-            let s = &mut state[h * n * n..(h + 1) * n * n];
-            let o = &mut ot[base..base + n];
-            for i in 0..n {
-                let (ri, ki, wi, ui) = (rt[base + i], kt[base + i], wt[base + i], u[base + i]);
-                let row = &mut s[i * n..(i + 1) * n];
-                for j in 0..n {
-                    let kv = ki * vt[base + j];
-                    o[j] += ri * (ui * kv + row[j]);
-                    row[j] = kv + wi * row[j];
+    crate::ops::per_head(state, n_head, n, r.rows, |h, s, out_h| {
+        let hs = h * n..(h + 1) * n;
+        let u = &u[hs.clone()];
+        for t in 0..r.rows {
+            let (rt, kt, vt) = (
+                &r.row(t)[hs.clone()],
+                &k.row(t)[hs.clone()],
+                &v.row(t)[hs.clone()],
+            );
+            let wt = &w.row(if w.rows == 1 { 0 } else { t })[hs.clone()];
+            let o = &mut out_h[t * n..(t + 1) * n];
+            for (i, row) in s.chunks_exact_mut(n).enumerate() {
+                let (ri, ki, wi, ui) = (rt[i], kt[i], wt[i], u[i]);
+                for ((x, o), vj) in row.iter_mut().zip(o.iter_mut()).zip(vt) {
+                    let kv = ki * vj;
+                    *o += ri * (ui * kv + *x);
+                    *x = kv + wi * *x;
                 }
             }
         }
-    }
-    out
+    })
 }

@@ -12,7 +12,7 @@
 //! ("value residual"). Equations as in BlinkDL's RWKV-LM `RWKV-v7` and the `rwkv` package.
 
 use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
-use crate::ops::{add_row, group_norm, layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
+use crate::ops::{add_row, dot, group_norm, layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
 use anyhow::Result;
 
 struct Lora {
@@ -199,40 +199,37 @@ impl RwkvV7 {
             (Some(_), None) => anyhow::bail!("v7: layer 0 must run before the value residual"),
         }
 
-        // The recurrence, token by token, head by head.
-        let mut out = Mat::zeros(t_count, self.cfg.n_att);
-        let mut sa = vec![0.0f32; n];
-        for t in 0..t_count {
-            let (rt, wt, kt, vt, kkt, at) =
-                (r.row(t), w.row(t), k.row(t), v.row(t), kk.row(t), a.row(t));
-            let ot = out.row_mut(t);
-            for h in 0..h_count {
-                let hs = h * n..(h + 1) * n;
-                let st = &mut s.wkv[h * n * n..(h + 1) * n * n];
-                let (r_h, w_h, k_h, v_h, kk_h, a_h) = (
-                    &rt[hs.clone()],
-                    &wt[hs.clone()],
-                    &kt[hs.clone()],
-                    &vt[hs.clone()],
-                    &kkt[hs.clone()],
-                    &at[hs.clone()],
+        // The recurrence: heads in parallel, each stepping through the tokens.
+        let out = crate::ops::per_head(&mut s.wkv, h_count, n, t_count, |h, st, out_h| {
+            let hs = h * n..(h + 1) * n;
+            let mut b = vec![0.0f32; n];
+            for t in 0..t_count {
+                let (r_h, w_h, k_h) = (
+                    &r.row(t)[hs.clone()],
+                    &w.row(t)[hs.clone()],
+                    &k.row(t)[hs.clone()],
                 );
-                for i in 0..n {
-                    let row = &st[i * n..(i + 1) * n];
-                    sa[i] = -row.iter().zip(kk_h).map(|(s, k)| s * k).sum::<f32>();
+                let (v_h, kk_h, a_h) = (
+                    &v.row(t)[hs.clone()],
+                    &kk.row(t)[hs.clone()],
+                    &a.row(t)[hs.clone()],
+                );
+                for ((b, kk), a) in b.iter_mut().zip(kk_h).zip(a_h) {
+                    *b = kk * a;
                 }
-                for i in 0..n {
-                    let row = &mut st[i * n..(i + 1) * n];
-                    let mut acc = 0.0;
-                    for j in 0..n {
-                        let x = row[j] * w_h[j] + sa[i] * kk_h[j] * a_h[j] + v_h[i] * k_h[j];
-                        row[j] = x;
-                        acc += x * r_h[j];
+                let o = &mut out_h[t * n..(t + 1) * n];
+                for (i, row) in st.chunks_exact_mut(n).enumerate() {
+                    // S_i ← S_i ⊙ w + (S_i · (−κ̂)) (κ̂ ⊙ a) + v_i k;  out_i = S_i · r
+                    let sa = -dot(row, kk_h);
+                    let vi = v_h[i];
+                    for (((x, w), b), k) in row.iter_mut().zip(w_h).zip(&b).zip(k_h) {
+                        *x = *x * w + sa * b + vi * k;
                     }
-                    ot[h * n + i] = acc;
+                    o[i] = dot(row, r_h);
                 }
             }
-        }
+        });
+        let mut out = out;
 
         group_norm(&mut out, h_count, &l.ln_x_w, &l.ln_x_b, 64e-5);
         // Bonus: + (Σ_head r ⊙ k ⊙ r_k) · v.
