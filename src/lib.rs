@@ -8,8 +8,10 @@
 //! - [`stats`]: peak and current resident memory.
 //! - [`commands`]: one file per subcommand.
 
+pub mod catalog;
 pub mod checkpoint;
 pub mod commands;
+pub mod hub;
 pub mod kernels;
 pub mod models;
 pub mod ops;

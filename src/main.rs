@@ -15,6 +15,10 @@ struct Cli {
     /// Worker threads for the matrix kernels (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Use only models already in the Hugging Face cache; make no network request
+    /// (same as HF_HUB_OFFLINE=1).
+    #[arg(long, global = true)]
+    offline: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,10 +33,13 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Print a model's version, shapes, parameter count and state size.
     Info(commands::info::InfoArgs),
+    /// List the built-in model catalogue (aliases for --model) and what is already cached.
+    Models(commands::models::ModelsArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
+    rwkv_cli::hub::set_offline(cli.offline);
     if let Err(e) = commands::init_threads(cli.threads) {
         commands::exit_with_error(&e);
     }
@@ -41,6 +48,7 @@ fn main() {
         Command::Info(args) => commands::info::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Models(args) => commands::models::run(args),
     };
     if let Err(e) = result {
         commands::exit_with_error(&e);

@@ -8,7 +8,8 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
-    /// Checkpoint file (.pth or .safetensors).
+    /// Checkpoint: a file (.pth or .safetensors), a catalogue alias (see `rwkv-cli models`) or
+    /// owner/repo:file.pth[@revision] on the Hugging Face Hub.
     pub model: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -16,7 +17,9 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
-    let path = super::resolve_model(Some(&args.model))?;
+    let resolved = crate::hub::resolve(&args.model)?;
+    let path = resolved.path.clone();
+    let cached_at = resolved.cached_at().map(|p| p.display().to_string());
     let ckpt = Checkpoint::open(&path)?;
     let model = models::load_checkpoint(&ckpt, LoadOptions::default())?;
     let c = model.config();
@@ -24,6 +27,8 @@ pub fn run(args: InfoArgs) -> Result<()> {
     if args.json {
         let v = serde_json::json!({
             "path": path.display().to_string(),
+            "source": resolved.describe(),
+            "cached_at": cached_at,
             "version": c.version.name(),
             "layers": c.n_layer,
             "width": c.n_embd,
@@ -39,6 +44,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
         println!("{v}");
     } else {
         println!("path          {}", path.display());
+        println!("source        {}", resolved.describe());
+        if let Some(at) = &cached_at {
+            println!("cached at     {at}");
+        }
         println!("version       RWKV {}", c.version);
         println!("layers        {}", c.n_layer);
         println!("width         {}", c.n_embd);

@@ -5,8 +5,9 @@ pub mod bench;
 pub mod eval;
 pub mod generate;
 pub mod info;
+pub mod models;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 
 /// Sets the size of the thread pool used by the matrix kernels (ours and candle's).
@@ -29,13 +30,8 @@ pub fn init_threads(threads: Option<usize>) -> Result<()> {
 /// Resolves `--model` to a checkpoint file.
 pub fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
     match model {
-        Some(m) => {
-            let p = PathBuf::from(m);
-            if !p.exists() {
-                bail!("model file {m} does not exist");
-            }
-            Ok(p)
-        }
+        // A local file, a catalogue alias, or owner/repo:file[@revision] (see crate::hub).
+        Some(m) => Ok(crate::hub::resolve(m)?.path),
         None => crate::usage_bail!(
             "no model given: pass --model PATH (a .pth or .safetensors RWKV checkpoint)"
         ),

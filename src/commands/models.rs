@@ -1,0 +1,69 @@
+//! `rwkv-cli models`: the built-in catalogue, and which entries are already in the cache.
+//!
+//! A cache lookup only: it never touches the network.
+
+use crate::catalog;
+use crate::hub::{self, HubFile};
+use crate::stats::{human_bytes, human_count};
+use anyhow::Result;
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct ModelsArgs {
+    /// Print one JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: ModelsArgs) -> Result<()> {
+    let cache = hub::cache_dir();
+    let rows: Vec<(&catalog::Entry, Option<std::path::PathBuf>)> = catalog::entries()
+        .iter()
+        .map(|e| (e, HubFile::from(e).cached(&cache)))
+        .collect();
+    if args.json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(e, cached)| {
+                serde_json::json!({
+                    "alias": e.alias,
+                    "repo": e.repo,
+                    "file": e.file,
+                    "revision": e.revision,
+                    "version": e.version,
+                    "tokenizer": e.tokenizer,
+                    "params": e.params,
+                    "size_bytes": e.size,
+                    "description": e.description,
+                    "cached": cached.is_some(),
+                    "cached_at": cached.as_ref().map(|p| p.display().to_string()),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
+    let width = rows.iter().map(|(e, _)| e.alias.len()).max().unwrap_or(5);
+    println!(
+        "{:<width$}  {:<7}  {:>6}  {:>10}  {:<6}  SOURCE",
+        "ALIAS", "VERSION", "PARAMS", "DOWNLOAD", "CACHED"
+    );
+    for (e, cached) in &rows {
+        println!(
+            "{:<width$}  {:<7}  {:>6}  {:>10}  {:<6}  {}",
+            e.alias,
+            e.version,
+            human_count(e.params),
+            human_bytes(e.size),
+            if cached.is_some() { "yes" } else { "no" },
+            HubFile::from(*e),
+        );
+    }
+    println!(
+        "\ncache: {}{}",
+        cache.display(),
+        if hub::offline() { " (offline)" } else { "" }
+    );
+    println!("run one: rwkv-cli generate --model ALIAS --prompt \"...\"");
+    Ok(())
+}
