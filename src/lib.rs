@@ -8,6 +8,7 @@
 //! - [`stats`]: peak and current resident memory.
 //! - [`commands`]: one file per subcommand.
 
+pub mod baselines;
 pub mod catalog;
 pub mod checkpoint;
 pub mod commands;

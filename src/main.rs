@@ -29,6 +29,8 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Long-context throughput and memory: push N tokens, report each segment.
     Bench(commands::bench::BenchArgs),
+    /// RWKV against softmax and linear attention of the same shape: time and memory vs context.
+    Compare(commands::compare::CompareArgs),
     /// Bits per byte and perplexity of a model over a text.
     Eval(commands::eval::EvalArgs),
     /// Print a model's version, shapes, parameter count and state size.
@@ -48,6 +50,7 @@ fn main() {
         Command::Info(args) => commands::info::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Compare(args) => commands::compare::run(args),
         Command::Models(args) => commands::models::run(args),
     };
     if let Err(e) = result {
