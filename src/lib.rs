@@ -12,6 +12,7 @@ pub mod baselines;
 pub mod catalog;
 pub mod checkpoint;
 pub mod commands;
+pub mod default_model;
 pub mod hub;
 pub mod kernels;
 pub mod models;

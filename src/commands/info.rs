@@ -9,17 +9,33 @@ use clap::Args;
 #[derive(Args, Debug)]
 pub struct InfoArgs {
     /// Checkpoint: a file (.pth or .safetensors), a catalogue alias (see `rwkv-cli models`) or
-    /// owner/repo:file.pth[@revision] on the Hugging Face Hub.
-    pub model: String,
+    /// owner/repo:file.pth[@revision] on the Hugging Face Hub. Default: the embedded model.
+    pub model: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
-    let resolved = crate::hub::resolve(&args.model)?;
-    let path = resolved.path.clone();
-    let cached_at = resolved.cached_at().map(|p| p.display().to_string());
+    let (path, source, cached_at) = match &args.model {
+        Some(m) => {
+            let resolved = crate::hub::resolve(m)?;
+            let cached_at = resolved.cached_at().map(|p| p.display().to_string());
+            (resolved.path.clone(), resolved.describe(), cached_at)
+        }
+        None => {
+            let p = crate::default_model::path()?;
+            let at = Some(p.display().to_string());
+            (
+                p,
+                format!(
+                    "{} (models/default.safetensors)",
+                    crate::default_model::NAME
+                ),
+                at,
+            )
+        }
+    };
     let ckpt = Checkpoint::open(&path)?;
     let model = models::load_checkpoint(&ckpt, LoadOptions::default())?;
     let c = model.config();
@@ -27,7 +43,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     if args.json {
         let v = serde_json::json!({
             "path": path.display().to_string(),
-            "source": resolved.describe(),
+            "source": source,
             "cached_at": cached_at,
             "version": c.version.name(),
             "layers": c.n_layer,
@@ -44,7 +60,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         println!("{v}");
     } else {
         println!("path          {}", path.display());
-        println!("source        {}", resolved.describe());
+        println!("source        {source}");
         if let Some(at) = &cached_at {
             println!("cached at     {at}");
         }

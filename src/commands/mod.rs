@@ -33,9 +33,8 @@ pub fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
     match model {
         // A local file, a catalogue alias, or owner/repo:file[@revision] (see crate::hub).
         Some(m) => Ok(crate::hub::resolve(m)?.path),
-        None => crate::usage_bail!(
-            "no model given: pass --model PATH (a .pth or .safetensors RWKV checkpoint)"
-        ),
+        // No --model: the small RWKV-7 embedded in the binary.
+        None => crate::default_model::path(),
     }
 }
 

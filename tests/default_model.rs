@@ -1,0 +1,126 @@
+//! The embedded default model (`models/default.safetensors`, trained by
+//! `scripts/train_default_model.py`): it runs with no `--model`, offline, and is the model its
+//! training script reported.
+
+use std::process::{Command, Output};
+
+fn bin(cache: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rwkv-cli"));
+    c.env("RWKV_CLI_CACHE", cache);
+    c
+}
+
+fn cache(name: &str) -> String {
+    let d = std::env::temp_dir().join(format!("rwkv-default-{}-{name}", std::process::id()));
+    d.display().to_string()
+}
+
+fn ok(o: Output) -> Output {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+fn manifest(p: &str) -> String {
+    format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn generate_without_model_uses_the_embedded_one_and_a_seed_reproduces_it() {
+    let c = cache("gen");
+    let args = [
+        "generate",
+        "--prompt",
+        "It is a truth universally acknowledged",
+        "-n",
+        "120",
+        "--quiet",
+    ];
+    let a = ok(bin(&c).args(args).args(["--seed", "5"]).output().unwrap()).stdout;
+    let b = ok(bin(&c).args(args).args(["--seed", "5"]).output().unwrap()).stdout;
+    let other = ok(bin(&c).args(args).args(["--seed", "6"]).output().unwrap()).stdout;
+    assert_eq!(a, b, "same seed, same text");
+    assert_ne!(a, other, "another seed, another text");
+    // The same as naming the file explicitly.
+    let explicit = ok(bin(&c)
+        .args(args)
+        .args([
+            "--seed",
+            "5",
+            "--model",
+            &manifest("models/default.safetensors"),
+        ])
+        .output()
+        .unwrap())
+    .stdout;
+    assert_eq!(a, explicit);
+    // English-like: letters, spaces and punctuation, several distinct words.
+    let text = String::from_utf8(a).expect("ASCII text");
+    let plain = text
+        .bytes()
+        .filter(|b| b.is_ascii_alphabetic() || b" ,.;'\"!?-\n".contains(b))
+        .count();
+    assert!(plain as f64 > 0.95 * text.len() as f64, "{text:?}");
+    let words: std::collections::BTreeSet<&str> = text.split_whitespace().collect();
+    assert!(words.len() >= 10, "{text:?}");
+}
+
+#[test]
+fn info_without_model_describes_the_embedded_model() {
+    let o = ok(bin(&cache("info"))
+        .args(["info", "--json"])
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["version"], "v7");
+    assert_eq!(v["vocab"], 256);
+    assert!(v["source"].as_str().unwrap().contains("embedded"));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(manifest("models/default.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["params"], meta["model"]["params"]);
+    assert!(
+        std::fs::metadata(manifest("models/default.safetensors"))
+            .unwrap()
+            .len()
+            <= 16 << 20,
+        "≤ 16 MB"
+    );
+}
+
+/// The engine's held-out bits per byte equal what the training script reported (to 1e-3),
+/// with the protocol of `models/default.json`: token 0, then the held-out bytes, every byte
+/// scored given all before it.
+#[test]
+fn held_out_bits_per_byte_match_the_training_script() {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(manifest("models/default.json")).unwrap())
+            .unwrap();
+    let reported = meta["evaluation"]["heldout_bpb_exact"]
+        .as_f64()
+        .expect("heldout_bpb_exact in default.json");
+    let heldout = std::fs::read(manifest("tests/fixtures/austen_heldout.txt")).unwrap();
+    assert_eq!(
+        heldout.len() as u64,
+        meta["evaluation"]["heldout_bytes"].as_u64().unwrap()
+    );
+    let text = std::env::temp_dir().join(format!("rwkv-heldout-{}.txt", std::process::id()));
+    std::fs::write(&text, [&[0u8][..], &heldout].concat()).unwrap();
+    let o = ok(bin(&cache("eval"))
+        .args([
+            "eval",
+            "--json",
+            "--chunk",
+            "1024",
+            "--text",
+            text.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["scored_bytes"], heldout.len());
+    let ours = v["bits_per_byte"].as_f64().unwrap();
+    assert!(
+        (ours - reported).abs() < 1e-3,
+        "engine {ours} vs training script {reported}"
+    );
+}
