@@ -1,18 +1,31 @@
-//! Reading checkpoint files: safetensors (memory-mapped) and PyTorch `.pth` zip archives.
+//! Reading checkpoint files: safetensors and PyTorch `.pth` zip archives, both memory-mapped.
 //!
 //! A [`Checkpoint`] lists its tensors (name, shape, stored dtype) without reading their data,
-//! and hands out one tensor at a time converted to `f32` ([`Checkpoint::read_f32`]) or to the
-//! compute dtype the caller asks for. Nothing is converted on disk: BlinkDL's `.pth` files are
-//! read as they are published.
+//! and hands out one tensor at a time converted to `f32` ([`Checkpoint::read_f32`]). Nothing is
+//! converted on disk: BlinkDL's `.pth` files are read as they are published.
 //!
-//! Memory: the safetensors file is memory-mapped; after each tensor is converted, its pages are
-//! released (`MADV_DONTNEED`), so a load never holds the file and the converted weights at once.
-//! `.pth` archives are read entry by entry through a zip reader.
+//! Both formats are parsed by this module's own code, written to survive hostile files: every
+//! offset, length and shape is checked (with overflow-checked arithmetic) against the file's
+//! size before it is used, so a damaged or malicious file gives an error naming the problem —
+//! never a panic, a huge allocation or a hang.
+//! - safetensors: 8-byte header length, JSON header, data. Each tensor's byte range must lie in
+//!   the data area, match its shape and dtype exactly, and not overlap another tensor's.
+//! - `.pth`: the zip central directory ([`zip`]: stored entries only, as `torch.save` writes
+//!   them) and `data.pkl` run by a small bounded pickle machine ([`pickle`]) that knows the
+//!   handful of opcodes and callables of a state dict and executes nothing. Each tensor's view
+//!   (offset, shape, strides) must lie inside its storage entry.
+//!
+//! Memory: the file is memory-mapped and tensors are converted straight from the map; after
+//! each tensor is converted, its pages are released (`MADV_DONTNEED`), so a load never holds the
+//! file and the converted weights at once.
+
+mod pickle;
+mod zip;
 
 use anyhow::{bail, Context, Result};
-use candle_core::DType;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What a checkpoint says about one tensor, before reading it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,13 +77,46 @@ pub enum Format {
     Pth,
 }
 
-enum Source {
-    Safetensors {
-        mmap: memmap2::Mmap,
-        /// name -> (byte range of the data inside the file)
-        ranges: BTreeMap<String, (usize, usize)>,
-    },
-    Pth(candle_core::pickle::PthTensors),
+/// Largest safetensors header accepted (the format's own limit).
+const MAX_SAFETENSORS_HEADER: usize = 100 << 20;
+
+/// The bytes of the checkpoint: the mapped file, or a buffer (for tests and fuzzing).
+enum Data {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Data {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Data::Mapped(m) => m,
+            Data::Owned(v) => v,
+        }
+    }
+}
+
+/// Where one tensor's elements are, all checked against the file when it was opened.
+#[derive(Clone, Debug)]
+struct Place {
+    /// Byte offset in the file of element 0 of the tensor's storage.
+    base: usize,
+    /// Bytes per stored element (0 for sub-byte types, which are never read).
+    elem_size: usize,
+    /// The stored element type, as the file names it (for messages).
+    type_name: String,
+    /// First element of the view and its strides, in elements; `None` when the tensor is the
+    /// whole storage range in row-major order.
+    view: Option<(usize, Vec<usize>)>,
+    /// `.pth`: index of the tensor's storage entry in [`Checkpoint::storages`], whose CRC is
+    /// checked on first read.
+    storage: Option<usize>,
+}
+
+/// A `.pth` storage entry, checked against its CRC-32 the first time a tensor reads it.
+struct StorageEntry {
+    name: String,
+    entry: zip::Entry,
+    verified: AtomicBool,
 }
 
 /// An opened checkpoint: tensor metadata plus a way to read each tensor.
@@ -79,7 +125,9 @@ pub struct Checkpoint {
     pub format: Format,
     pub file_size: u64,
     tensors: BTreeMap<String, TensorMeta>,
-    source: Source,
+    places: BTreeMap<String, Place>,
+    storages: Vec<StorageEntry>,
+    data: Data,
 }
 
 impl Checkpoint {
@@ -87,112 +135,85 @@ impl Checkpoint {
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path)
             .with_context(|| format!("cannot open model file {}", path.display()))?;
-        let file_size = file
+        let meta = file
             .metadata()
-            .with_context(|| format!("cannot read {}", path.display()))?
-            .len();
-        if file_size == 0 {
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("{} is not a regular file", path.display());
+        }
+        if meta.len() == 0 {
             bail!("{} is empty, not a checkpoint", path.display());
         }
-        let mut magic = [0u8; 4];
-        {
-            use std::io::Read;
-            let mut f = &file;
-            let n = f.read(&mut magic)?;
-            if n < 4 {
-                bail!("{} is too short to be a checkpoint", path.display());
-            }
-        }
-        if &magic == b"PK\x03\x04" {
-            drop(file);
-            Self::open_pth(path, file_size)
-        } else {
-            Self::open_safetensors(path, file, file_size)
-        }
-    }
-
-    fn open_safetensors(path: &Path, file: std::fs::File, file_size: u64) -> Result<Self> {
-        // SAFETY: the map is read-only and private to this process; like every mmap-based
-        // loader we rely on the file not being truncated while it is open. Every access below
-        // goes through bounds-checked slices of ranges that safetensors validated.
+        // SAFETY: the map is read-only and private to this process, and every access goes
+        // through bounds-checked slices of it, with ranges checked against its length when the
+        // checkpoint is parsed. Like every mmap-based loader we rely on the file not being
+        // truncated by another process while it is open (that would raise SIGBUS, not read
+        // out of bounds). mmap is needed: it lets a multi-gigabyte model load without holding
+        // the file and the converted weights in memory at once.
         let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }
             .with_context(|| format!("cannot map {}", path.display()))?;
-        let (header_len, meta) =
-            safetensors::SafeTensors::read_metadata(&mmap[..]).map_err(|e| {
-                anyhow::anyhow!(
-                    "{} is neither a safetensors file nor a .pth archive ({e})",
-                    path.display()
-                )
-            })?;
-        let data_start = 8 + header_len;
-        let mut tensors = BTreeMap::new();
-        let mut ranges = BTreeMap::new();
-        for (name, info) in meta.tensors() {
-            let dtype = match info.dtype {
-                safetensors::Dtype::F32 => StoredDType::F32,
-                safetensors::Dtype::F16 => StoredDType::F16,
-                safetensors::Dtype::BF16 => StoredDType::BF16,
-                safetensors::Dtype::F64 => StoredDType::F64,
-                _ => StoredDType::Other,
-            };
-            let (start, end) = info.data_offsets;
-            let (start, end) = (data_start + start, data_start + end);
-            if end > mmap.len() || start > end {
-                bail!(
-                    "tensor {name}: data offsets point past the end of {}",
-                    path.display()
-                );
-            }
-            tensors.insert(
-                name.clone(),
-                TensorMeta {
-                    shape: info.shape.clone(),
-                    dtype,
-                },
-            );
-            ranges.insert(name.clone(), (start, end));
-        }
-        Ok(Self {
-            path: path.to_owned(),
-            format: Format::Safetensors,
-            file_size,
-            tensors,
-            source: Source::Safetensors { mmap, ranges },
-        })
+        Self::parse(path, Data::Mapped(mmap))
     }
 
-    fn open_pth(path: &Path, file_size: u64) -> Result<Self> {
-        let pth = candle_core::pickle::PthTensors::new(path, None)
-            .map_err(|e| anyhow::anyhow!("cannot read .pth archive {}: {e}", path.display()))?;
-        let mut tensors = BTreeMap::new();
-        for (name, info) in pth.tensor_infos() {
-            let dtype = match info.dtype {
-                DType::F32 => StoredDType::F32,
-                DType::F16 => StoredDType::F16,
-                DType::BF16 => StoredDType::BF16,
-                DType::F64 => StoredDType::F64,
-                _ => StoredDType::Other,
-            };
-            tensors.insert(
-                name.clone(),
-                TensorMeta {
-                    shape: info.layout.dims().to_vec(),
-                    dtype,
-                },
+    /// Parses a checkpoint held in memory (`name` stands for its path in messages). The same
+    /// parser as [`Checkpoint::open`]; meant for tests and fuzzing.
+    pub fn from_bytes(bytes: Vec<u8>, name: &str) -> Result<Self> {
+        Self::parse(Path::new(name), Data::Owned(bytes))
+    }
+
+    fn parse(path: &Path, data: Data) -> Result<Self> {
+        let b = data.bytes();
+        if b.is_empty() {
+            bail!("{} is empty, not a checkpoint", path.display());
+        }
+        if b.len() < 8 {
+            bail!(
+                "{} is too short to be a checkpoint ({} bytes)",
+                path.display(),
+                b.len()
             );
         }
-        if tensors.is_empty() {
+        let parsed = if b.starts_with(b"PK\x03\x04") || b.starts_with(b"PK\x05\x06") {
+            parse_pth(b).map(|(t, s)| (Format::Pth, t, s))
+        } else if b[0] == 0x80 && (2..=5).contains(&b[1]) {
+            bail!(
+                "{} is a legacy (pre-zip) torch.save pickle; re-save it with torch 1.6 or later, or convert it to safetensors",
+                path.display()
+            );
+        } else {
+            parse_safetensors(b).map(|t| (Format::Safetensors, t, Vec::new()))
+        };
+        let (format, entries, storages) = parsed.with_context(|| match format_guess(b) {
+            Format::Pth => format!("cannot read .pth archive {}", path.display()),
+            Format::Safetensors => format!("cannot read {} as safetensors", path.display()),
+        })?;
+        if entries.is_empty() {
             bail!(
                 "{} holds no tensors (not an RWKV checkpoint)",
                 path.display()
             );
         }
+        let mut tensors = BTreeMap::new();
+        let mut places = BTreeMap::new();
+        for (name, meta, place) in entries {
+            tensors.insert(name.clone(), meta);
+            places.insert(name, place);
+        }
         Ok(Self {
             path: path.to_owned(),
-            format: Format::Pth,
-            file_size,
+            format,
+            file_size: b.len() as u64,
             tensors,
-            source: Source::Pth(pth),
+            places,
+            storages: storages
+                .into_iter()
+                .map(|(name, entry)| StorageEntry {
+                    name,
+                    entry,
+                    verified: AtomicBool::new(false),
+                })
+                .collect(),
+            data,
         })
     }
 
@@ -209,11 +230,17 @@ impl Checkpoint {
         self.tensors.contains_key(name)
     }
 
+    /// The element type of a tensor as the file names it (`F32`, `I64`,
+    /// `torch.BFloat16Storage`, …), for messages.
+    pub fn stored_type_name(&self, name: &str) -> Option<&str> {
+        self.places.get(name).map(|p| p.type_name.as_str())
+    }
+
     /// The dtype most of the weights are stored in (by element count).
     pub fn stored_dtype(&self) -> StoredDType {
-        let mut counts: BTreeMap<StoredDType, usize> = BTreeMap::new();
+        let mut counts: BTreeMap<StoredDType, u64> = BTreeMap::new();
         for m in self.tensors.values() {
-            *counts.entry(m.dtype).or_default() += m.numel();
+            *counts.entry(m.dtype).or_default() += m.numel() as u64;
         }
         counts
             .into_iter()
@@ -236,7 +263,7 @@ impl Checkpoint {
         for (name, m) in &self.tensors {
             h = fnv1a(name.as_bytes(), h);
             h = fnv1a(format!("{:?}{}", m.shape, m.dtype.name()).as_bytes(), h);
-            if m.numel() <= 65536 {
+            if m.numel() <= 65536 && m.dtype != StoredDType::Other {
                 for v in self.read_f32(name)? {
                     h = fnv1a(&v.to_le_bytes(), h);
                 }
@@ -245,49 +272,388 @@ impl Checkpoint {
         Ok(h)
     }
 
-    /// Reads one tensor, converted to f32, in row-major order.
-    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let meta = self
-            .tensors
-            .get(name)
-            .with_context(|| format!("tensor {name} is missing from {}", self.path.display()))?;
-        match &self.source {
-            Source::Safetensors { mmap, ranges } => {
-                let (start, end) = ranges[name];
-                let bytes = &mmap[start..end];
-                let expect = meta.numel() * meta.dtype.size_in_bytes();
-                if meta.dtype == StoredDType::Other || bytes.len() != expect {
-                    bail!(
-                        "tensor {name}: unsupported dtype or {} bytes for shape {:?}",
-                        bytes.len(),
-                        meta.shape
-                    );
-                }
-                let out = bytes_to_f32(bytes, meta.dtype);
-                release_pages(mmap, start, end);
-                Ok(out)
-            }
-            Source::Pth(pth) => {
-                let t = pth
-                    .get(name)
-                    .map_err(|e| anyhow::anyhow!("tensor {name}: {e}"))?
-                    .with_context(|| format!("tensor {name} is missing"))?;
-                let v = t
-                    .to_dtype(DType::F32)
-                    .and_then(|t| t.flatten_all())
-                    .and_then(|t| t.to_vec1::<f32>())
-                    .map_err(|e| anyhow::anyhow!("tensor {name}: {e}"))?;
-                if v.len() != meta.numel() {
-                    bail!(
-                        "tensor {name}: read {} values, expected {}",
-                        v.len(),
-                        meta.numel()
-                    );
-                }
-                Ok(v)
+    /// Checks, once, the CRC of the `.pth` storage entry a tensor lies in.
+    fn verify_storage(&self, name: &str, place: &Place) -> Result<()> {
+        if let Some(s) = place.storage.and_then(|i| self.storages.get(i)) {
+            if !s.verified.load(Ordering::Relaxed) {
+                s.entry
+                    .verify(self.data.bytes(), &s.name)
+                    .with_context(|| format!("tensor {name}"))?;
+                s.verified.store(true, Ordering::Relaxed);
             }
         }
+        Ok(())
     }
+
+    /// Reads one tensor like [`Checkpoint::read_f32`], in runs of at most `chunk` elements
+    /// (row-major order), each handed to `f` with the index of its first element — so that a
+    /// large matrix can be converted straight to its compute format without an f32 copy of
+    /// the whole (each run's file pages are released once converted). Strided views are read
+    /// whole, then handed out in runs.
+    pub fn read_f32_chunks(
+        &self,
+        name: &str,
+        chunk: usize,
+        mut f: impl FnMut(usize, &[f32]) -> Result<()>,
+    ) -> Result<()> {
+        let chunk = chunk.max(1);
+        let (Some(meta), Some(place)) = (self.tensors.get(name), self.places.get(name)) else {
+            bail!("tensor {name} is missing from {}", self.path.display());
+        };
+        if place.view.is_some() || meta.dtype == StoredDType::Other {
+            let v = self.read_f32(name)?;
+            for (i, c) in v.chunks(chunk).enumerate() {
+                f(i * chunk, c)?;
+            }
+            return Ok(());
+        }
+        self.verify_storage(name, place)?;
+        let es = place.elem_size;
+        let n = meta.numel();
+        // Checked at open: base + n × es lies inside the file.
+        let Some(bytes) = self.data.bytes().get(place.base..place.base + n * es) else {
+            bail!("tensor {name}: its data lie outside the file");
+        };
+        for (i, c) in bytes.chunks(chunk * es).enumerate() {
+            f(i * chunk, &bytes_to_f32(c, meta.dtype))?;
+            if let Data::Mapped(m) = &self.data {
+                // From the page the run starts in, so that pages straddling two runs go too.
+                let start = place.base + i * chunk * es;
+                release_pages(m, start & !4095, start + c.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one tensor, converted to f32, in row-major order.
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let (Some(meta), Some(place)) = (self.tensors.get(name), self.places.get(name)) else {
+            bail!("tensor {name} is missing from {}", self.path.display());
+        };
+        if meta.dtype == StoredDType::Other {
+            bail!(
+                "tensor {name} is stored as {}; RWKV weights must be f32, f16, bf16 or f64",
+                place.type_name
+            );
+        }
+        let b = self.data.bytes();
+        self.verify_storage(name, place)?;
+        let es = place.elem_size;
+        let n = meta.numel();
+        let out = match &place.view {
+            None => {
+                // Checked at open: base + n × es lies inside the file.
+                let Some(bytes) = b.get(place.base..place.base + n * es) else {
+                    bail!("tensor {name}: its data lie outside the file");
+                };
+                let out = bytes_to_f32(bytes, meta.dtype);
+                if let Data::Mapped(m) = &self.data {
+                    release_pages(m, place.base, place.base + n * es);
+                }
+                out
+            }
+            Some((offset, stride)) => {
+                // A strided view: gather element by element (checked at open: every index
+                // lies inside the storage).
+                let mut out = Vec::with_capacity(n);
+                let mut idx = vec![0usize; meta.shape.len()];
+                let mut at = *offset;
+                for _ in 0..n {
+                    let p = place.base + at * es;
+                    let Some(e) = b.get(p..p + es) else {
+                        bail!("tensor {name}: an element lies outside the file");
+                    };
+                    out.push(element_to_f32(e, meta.dtype));
+                    // Advance the multi-index, last dimension fastest.
+                    for d in (0..idx.len()).rev() {
+                        idx[d] += 1;
+                        at += stride[d];
+                        if idx[d] < meta.shape[d] {
+                            break;
+                        }
+                        at -= stride[d] * idx[d];
+                        idx[d] = 0;
+                    }
+                }
+                out
+            }
+        };
+        Ok(out)
+    }
+}
+
+/// Which format a file looks like, for the context of an error.
+fn format_guess(b: &[u8]) -> Format {
+    if b.starts_with(b"PK") {
+        Format::Pth
+    } else {
+        Format::Safetensors
+    }
+}
+
+type Entries = Vec<(String, TensorMeta, Place)>;
+
+/// Element count of `shape`, or an error if it (or the product of its non-zero dimensions,
+/// which later shape arithmetic may form) overflows.
+fn checked_numel(name: &str, shape: &[usize]) -> Result<usize> {
+    let nonzero = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d.max(1)));
+    if nonzero.is_none() {
+        bail!("tensor {name}: shape {shape:?} is too large");
+    }
+    Ok(shape.iter().product())
+}
+
+/// Element type of a safetensors dtype name: ours, the size in bits, and the name.
+fn safetensors_dtype(name: &str, s: &str) -> Result<(StoredDType, usize)> {
+    Ok(match s {
+        "F32" => (StoredDType::F32, 32),
+        "F16" => (StoredDType::F16, 16),
+        "BF16" => (StoredDType::BF16, 16),
+        "F64" => (StoredDType::F64, 64),
+        "I64" | "U64" | "C64" => (StoredDType::Other, 64),
+        "I32" | "U32" => (StoredDType::Other, 32),
+        "I16" | "U16" => (StoredDType::Other, 16),
+        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => (StoredDType::Other, 8),
+        "F6_E2M3" | "F6_E3M2" => (StoredDType::Other, 6),
+        "F4" => (StoredDType::Other, 4),
+        _ => bail!("tensor {name}: unknown dtype {s:?}"),
+    })
+}
+
+fn parse_safetensors(b: &[u8]) -> Result<Entries> {
+    let mut len8 = [0u8; 8];
+    len8.copy_from_slice(&b[..8]);
+    let n = u64::from_le_bytes(len8);
+    let rest = (b.len() - 8) as u64;
+    if n > rest {
+        bail!(
+            "not a safetensors file, or truncated: its header length says {n} bytes but only {rest} follow"
+        );
+    }
+    let n = n as usize;
+    if n > MAX_SAFETENSORS_HEADER {
+        bail!("safetensors header of {n} bytes is implausibly large");
+    }
+    let header = &b[8..8 + n];
+    let data = &b[8 + n..];
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
+        .map_err(|e| anyhow::anyhow!("the safetensors header is not a JSON object ({e})"))?;
+    let mut out = Vec::with_capacity(json.len());
+    let mut ranges = Vec::with_capacity(json.len());
+    for (name, v) in &json {
+        if name == "__metadata__" {
+            continue;
+        }
+        let field = |k: &str| {
+            v.get(k)
+                .ok_or_else(|| anyhow::anyhow!("tensor {name}: the header has no {k}"))
+        };
+        let dtype = field("dtype")?
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("tensor {name}: dtype is not a string"))?;
+        let (dtype, bits) = safetensors_dtype(name, dtype)?;
+        let shape = field("shape")?
+            .as_array()
+            .ok_or_else(|| anyhow::anyhow!("tensor {name}: shape is not a list"))?
+            .iter()
+            .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| anyhow::anyhow!("tensor {name}: shape is not a list of sizes"))?;
+        let offsets = field("data_offsets")?
+            .as_array()
+            .filter(|a| a.len() == 2)
+            .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
+            .ok_or_else(|| anyhow::anyhow!("tensor {name}: data_offsets is not [start, end]"))?;
+        let (start, end) = offsets;
+        if start > end || end > data.len() as u64 {
+            bail!(
+                "tensor {name}: data_offsets [{start}, {end}] lie outside the data area ({} bytes): the file is truncated or its header is wrong",
+                data.len()
+            );
+        }
+        let numel = checked_numel(name, &shape)?;
+        let bytes = numel
+            .checked_mul(bits)
+            .map(|b| b.div_ceil(8))
+            .ok_or_else(|| anyhow::anyhow!("tensor {name}: shape {shape:?} is too large"))?;
+        let (start, end) = (start as usize, end as usize);
+        if end - start != bytes {
+            bail!(
+                "tensor {name}: shape {shape:?} of {} needs {bytes} bytes but its data_offsets [{start}, {end}] hold {}",
+                dtype_label(dtype, bits),
+                end - start
+            );
+        }
+        ranges.push((start, end, name.as_str()));
+        out.push((
+            name.clone(),
+            TensorMeta { shape, dtype },
+            Place {
+                base: 8 + n + start,
+                elem_size: if bits % 8 == 0 { bits / 8 } else { 0 },
+                type_name: v["dtype"].as_str().unwrap_or("?").to_owned(),
+                view: None,
+                storage: None,
+            },
+        ));
+    }
+    // Sorted by start, a non-empty range overlaps an earlier one iff it starts before the
+    // furthest end seen so far.
+    ranges.sort();
+    let mut furthest: Option<(usize, &str)> = None;
+    for &(s, e, name) in ranges.iter().filter(|(s, e, _)| s < e) {
+        if let Some((end, other)) = furthest {
+            if s < end {
+                bail!("tensors {other} and {name} overlap in the file (data ends at {end}, next starts at {s})");
+            }
+        }
+        if furthest.is_none_or(|(end, _)| e > end) {
+            furthest = Some((e, name));
+        }
+    }
+    Ok(out)
+}
+
+fn dtype_label(dtype: StoredDType, bits: usize) -> String {
+    match dtype {
+        StoredDType::Other => format!("a {bits}-bit type"),
+        d => d.name().to_owned(),
+    }
+}
+
+/// The tensors of a `.pth` archive, and the storage entries they read.
+fn parse_pth(b: &[u8]) -> Result<(Entries, Vec<(String, zip::Entry)>)> {
+    let archive = zip::parse(b)?;
+    let Some(pkl_name) = archive
+        .names
+        .iter()
+        .find(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
+        .cloned()
+    else {
+        bail!("the zip archive has no data.pkl (not a torch.save checkpoint)");
+    };
+    let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
+    let order_name = format!("{prefix}byteorder");
+    if let Ok(order) = archive.data(b, &order_name) {
+        if let Some(e) = archive.entries.get(&order_name) {
+            e.verify(b, &order_name)?;
+        }
+        if order != b"little" {
+            bail!(
+                "the checkpoint's byte order is {:?}; only little-endian checkpoints are supported",
+                String::from_utf8_lossy(order)
+            );
+        }
+    }
+    let pkl = archive.data(b, &pkl_name)?;
+    if let Some(e) = archive.entries.get(&pkl_name) {
+        e.verify(b, &pkl_name)?;
+    }
+    let mut out = Vec::new();
+    let mut storages: Vec<(String, zip::Entry)> = Vec::new();
+    let mut storage_index: std::collections::HashMap<String, usize> = Default::default();
+    for (name, t) in pickle::state_dict(pkl)? {
+        let s = &t.storage;
+        let entry = format!("{prefix}data/{}", s.key);
+        let Some(zip_entry) = archive.entries.get(&entry).cloned() else {
+            bail!(
+                "tensor {name}: its storage {entry} is missing from the archive (truncated or damaged)"
+            );
+        };
+        let bytes = archive
+            .data(b, &entry)
+            .with_context(|| format!("tensor {name}"))?;
+        let need = (s.numel as u128) * (s.elem_size as u128);
+        if (bytes.len() as u128) < need {
+            bail!(
+                "tensor {name}: storage {entry} holds {} bytes but the pickle says {} elements of {} bytes",
+                bytes.len(),
+                s.numel,
+                s.elem_size
+            );
+        }
+        // From here every count fits in usize: the storage lies inside the file.
+        let storage_numel = s.numel as usize;
+        let to_usize = |v: u64| usize::try_from(v).ok();
+        let shape = t
+            .shape
+            .iter()
+            .map(|&d| to_usize(d))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| anyhow::anyhow!("tensor {name}: shape {:?} is too large", t.shape))?;
+        let numel = checked_numel(&name, &shape)?;
+        let offset = to_usize(t.offset).unwrap_or(usize::MAX);
+        // The last element the view touches: offset + Σ (size − 1) × stride.
+        let mut last = Some(offset);
+        if numel > 0 {
+            for (&d, &st) in shape.iter().zip(&t.stride) {
+                last = last.and_then(|l| {
+                    to_usize(st)
+                        .and_then(|st| st.checked_mul(d - 1))
+                        .and_then(|x| l.checked_add(x))
+                });
+            }
+        }
+        let inside = match last {
+            Some(l) => numel == 0 || l < storage_numel,
+            None => false,
+        };
+        if !inside || (numel == 0 && offset > storage_numel) {
+            bail!(
+                "tensor {name}: shape {:?} with strides {:?} at offset {} reaches past its storage of {} elements",
+                t.shape,
+                t.stride,
+                t.offset,
+                s.numel
+            );
+        }
+        if numel > storage_numel {
+            bail!(
+                "tensor {name}: {numel} elements view a storage of only {storage_numel} (expanded tensors are not supported)"
+            );
+        }
+        // Strides of size-1 dimensions never move; zero them so no index arithmetic can
+        // overflow on them. Every other stride × (size − 1) was checked above.
+        let strides: Vec<usize> = shape
+            .iter()
+            .zip(&t.stride)
+            .map(|(&d, &st)| if d <= 1 { 0 } else { st as usize })
+            .collect();
+        let contiguous = is_row_major(&shape, &strides);
+        out.push((
+            name,
+            TensorMeta {
+                shape,
+                dtype: s.dtype,
+            },
+            Place {
+                base: zip_entry.start + if contiguous { offset * s.elem_size } else { 0 },
+                elem_size: s.elem_size,
+                type_name: format!("torch.{}Storage", s.type_name),
+                view: (!contiguous).then_some((offset, strides)),
+                storage: Some(*storage_index.entry(entry.clone()).or_insert_with(|| {
+                    storages.push((entry.clone(), zip_entry.clone()));
+                    storages.len() - 1
+                })),
+            },
+        ));
+    }
+    Ok((out, storages))
+}
+
+/// Whether `stride` is the row-major layout of `shape` (dimensions of size 1 may have any
+/// stride, as torch allows).
+fn is_row_major(shape: &[usize], stride: &[usize]) -> bool {
+    let mut expect = 1usize;
+    for (&d, &s) in shape.iter().zip(stride).rev() {
+        if d != 1 && s != expect {
+            return false;
+        }
+        expect = expect.saturating_mul(d);
+    }
+    true
 }
 
 /// Converts little-endian stored values to f32.
@@ -313,6 +679,19 @@ fn bytes_to_f32(bytes: &[u8], dtype: StoredDType) -> Vec<f32> {
     }
 }
 
+/// Converts one stored element (exactly its bytes) to f32.
+fn element_to_f32(c: &[u8], dtype: StoredDType) -> f32 {
+    match (dtype, c) {
+        (StoredDType::F32, &[a, b, c, d]) => f32::from_le_bytes([a, b, c, d]),
+        (StoredDType::F16, &[a, b]) => half::f16::from_le_bytes([a, b]).to_f32(),
+        (StoredDType::BF16, &[a, b]) => half::bf16::from_le_bytes([a, b]).to_f32(),
+        (StoredDType::F64, &[a, b, c, d, e, f, g, h]) => {
+            f64::from_le_bytes([a, b, c, d, e, f, g, h]) as f32
+        }
+        _ => f32::NAN,
+    }
+}
+
 /// Drops the resident pages of a tensor we have converted, so the file's pages and the
 /// converted copy are not both resident for the whole load.
 fn release_pages(mmap: &memmap2::Mmap, start: usize, end: usize) {
@@ -330,5 +709,98 @@ fn release_pages(mmap: &memmap2::Mmap, start: usize, end: usize) {
                 last - first,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file from (name, dtype, shape, data_offsets) entries and a data area.
+    fn st(entries: &[(&str, &str, &[usize], [usize; 2])], data: &[u8]) -> Vec<u8> {
+        let mut h = serde_json::Map::new();
+        for (name, dtype, shape, off) in entries {
+            h.insert(
+                name.to_string(),
+                serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": off}),
+            );
+        }
+        let h = serde_json::Value::Object(h).to_string();
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    fn err(bytes: Vec<u8>) -> String {
+        match Checkpoint::from_bytes(bytes, "t") {
+            Ok(_) => panic!("accepted"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn safetensors_reads_and_validates() {
+        let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let c = Checkpoint::from_bytes(st(&[("a", "F32", &[2, 2], [0, 16])], &data), "t").unwrap();
+        assert_eq!(c.read_f32("a").unwrap(), [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(c.format, Format::Safetensors);
+        let e = err(st(&[("a", "F32", &[2, 2], [0, 20])], &data));
+        assert!(e.contains("outside the data area"), "{e}");
+        let e = err(st(&[("a", "F32", &[3, 2], [0, 16])], &data));
+        assert!(e.contains("needs 24 bytes"), "{e}");
+        let e = err(st(
+            &[("a", "F32", &[2], [0, 8]), ("b", "F32", &[2], [4, 12])],
+            &data,
+        ));
+        assert!(e.contains("overlap"), "{e}");
+        let e = err(st(&[("a", "F32", &[1 << 40, 1 << 40], [0, 16])], &data));
+        assert!(e.contains("too large"), "{e}");
+        let e = err(st(&[("a", "Q7", &[4], [0, 16])], &data));
+        assert!(e.contains("unknown dtype"), "{e}");
+        let c = Checkpoint::from_bytes(st(&[("a", "I64", &[2], [0, 16])], &data), "t").unwrap();
+        let e = format!("{:#}", c.read_f32("a").unwrap_err());
+        assert!(e.contains("stored as I64"), "{e}");
+    }
+
+    #[test]
+    fn every_truncation_of_a_safetensors_file_is_an_error() {
+        let data = vec![0u8; 24];
+        let f = st(
+            &[
+                ("a", "F32", &[2, 2], [0, 16]),
+                ("b", "BF16", &[4], [16, 24]),
+            ],
+            &data,
+        );
+        for n in 0..f.len() {
+            assert!(Checkpoint::from_bytes(f[..n].to_vec(), "t").is_err(), "{n}");
+        }
+    }
+
+    #[test]
+    fn strided_views_are_gathered_in_row_major_order() {
+        // A 2×3 storage read as its 3×2 transpose (strides 1, 3), from offset 0.
+        let mut c = Checkpoint::from_bytes(
+            st(
+                &[("a", "F32", &[6], [0, 24])],
+                &[0f32, 1., 2., 3., 4., 5.]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            ),
+            "t",
+        )
+        .unwrap();
+        let p = c.places.get_mut("a").unwrap();
+        p.view = Some((0, vec![1, 3]));
+        c.tensors.get_mut("a").unwrap().shape = vec![3, 2];
+        assert_eq!(c.read_f32("a").unwrap(), [0., 3., 1., 4., 2., 5.]);
+        assert!(is_row_major(&[2, 3], &[3, 1]));
+        assert!(is_row_major(&[1, 3], &[7, 1]));
+        assert!(!is_row_major(&[3, 2], &[1, 3]));
     }
 }

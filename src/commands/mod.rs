@@ -15,6 +15,9 @@ use std::path::PathBuf;
 pub fn init_threads(threads: Option<usize>) -> Result<()> {
     let n = match threads {
         Some(0) => crate::usage_bail!("--threads must be at least 1"),
+        Some(n) if n > 1024 => {
+            crate::usage_bail!("--threads {n} is more than this tool supports (1024)")
+        }
         Some(n) => n,
         None => std::thread::available_parallelism()
             .map(|n| n.get())

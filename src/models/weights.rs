@@ -1,8 +1,8 @@
 //! Typed access to a checkpoint's tensors while building a model: every read checks the
 //! tensor's shape and names the tensor at fault when it is wrong.
 
-use crate::checkpoint::Checkpoint;
-use crate::ops::{ComputeDType, Linear};
+use crate::checkpoint::{Checkpoint, StoredDType};
+use crate::ops::{ComputeDType, Linear, RowTable};
 use anyhow::{bail, Context, Result};
 
 pub struct Weights<'a> {
@@ -20,14 +20,21 @@ impl<'a> Weights<'a> {
         Self { ckpt, dtype }
     }
 
-    /// The stored shape of a tensor that must exist.
+    /// The stored shape of a tensor that must exist and hold floating-point values.
     pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        Ok(self
+        let meta = self
             .ckpt
             .meta(name)
-            .with_context(|| format!("tensor {name} is missing"))?
-            .shape
-            .clone())
+            .with_context(|| format!("tensor {name} is missing"))?;
+        if meta.dtype == StoredDType::Other {
+            bail!(
+                "tensor {name} is stored as {}; RWKV weights must be f32, f16, bf16 or f64",
+                self.ckpt
+                    .stored_type_name(name)
+                    .unwrap_or("a non-float type")
+            );
+        }
+        Ok(meta.shape.clone())
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -57,10 +64,36 @@ impl<'a> Weights<'a> {
         self.ckpt.read_f32(name)
     }
 
-    /// A projection stored (out, in), kept in the compute dtype.
+    /// A projection stored (out, in), kept in the compute dtype: converted from the file in
+    /// runs of 32 rows straight into the packed format, never whole in f32.
     pub fn linear(&self, name: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
-        let v = self.tensor(name, &[out_dim, in_dim])?;
-        Linear::new(v, out_dim, in_dim, self.dtype).with_context(|| format!("tensor {name}"))
+        let got = self.shape(name)?;
+        if squeezed(&got) != squeezed(&[out_dim, in_dim]) {
+            bail!(
+                "tensor {name} has shape {got:?}, expected {:?}",
+                [out_dim, in_dim]
+            );
+        }
+        Linear::from_streamed(out_dim, in_dim, self.dtype, |sink| {
+            self.ckpt.read_f32_chunks(name, 32 * in_dim, sink)
+        })
+        .with_context(|| format!("tensor {name}"))
+    }
+
+    /// A table of `rows` rows read one at a time (the embedding), kept in the compute dtype,
+    /// converted from the file in runs without an f32 copy of the whole.
+    pub fn table(&self, name: &str, rows: usize, cols: usize) -> Result<RowTable> {
+        let got = self.shape(name)?;
+        if squeezed(&got) != squeezed(&[rows, cols]) {
+            bail!(
+                "tensor {name} has shape {got:?}, expected {:?}",
+                [rows, cols]
+            );
+        }
+        RowTable::from_streamed(rows, cols, self.dtype, |sink| {
+            self.ckpt.read_f32_chunks(name, 256 * cols, sink)
+        })
+        .with_context(|| format!("tensor {name}"))
     }
 
     /// A LoRA matrix stored (in, out) and used as `x @ W`; kept in f32 (they are small).
