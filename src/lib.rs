@@ -17,6 +17,7 @@ pub mod hub;
 pub mod kernels;
 pub mod models;
 pub mod ops;
+pub mod quant;
 pub mod sampler;
 pub mod state_file;
 pub mod stats;

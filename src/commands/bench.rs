@@ -4,7 +4,15 @@
 //! memory per segment (each tenth of N by default) so that a flat line is visible, then
 //! decodes a few tokens at depth 0 and at depth N. The state's size is printed next to the
 //! KV cache a softmax transformer of the same depth and width would need at that context.
+//!
+//! Decode is bound by memory bandwidth: every generated token reads every weight matrix once.
+//! So the report also gives the bytes of weights one decode step reads (the embedding row
+//! aside), the bandwidth that makes at the measured decode speed, and the machine's memory
+//! bandwidth measured in the same run by a short STREAM-style read and copy over buffers much
+//! larger than the caches — the fraction of the physical limit is printed, not guessed.
+//! `--decode` runs only that part.
 
+use crate::checkpoint::Checkpoint;
 use crate::models::{self, LoadOptions, Model};
 use crate::ops::ComputeDType;
 use crate::stats::{current_rss_bytes, human_bytes, human_count, parse_count, peak_rss_bytes};
@@ -40,9 +48,37 @@ pub struct BenchArgs {
     /// Compute dtype of the weight matrices: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: ComputeDType,
+    /// Quantize the weight matrices at load time: q8_0 or q4_0 (replaces --dtype for them).
+    #[arg(long)]
+    pub quant: Option<ComputeDType>,
+    /// Measure decode only: ms/token over --decode-tokens steps, the weight traffic it makes,
+    /// and the machine's memory bandwidth (no long-context run).
+    #[arg(long)]
+    pub decode: bool,
     /// Tokenizer (default: chosen from the vocabulary size).
     #[arg(long)]
     pub tokenizer: Option<TokenizerKind>,
+}
+
+/// Size of the buffer the memory-bandwidth probe reads (four times a 32 MiB L3).
+const BANDWIDTH_PROBE_BYTES: usize = 128 << 20;
+
+/// Bytes of weights one decode step reads: every tensor but the embedding (of which a step
+/// reads one row), the weight matrices in the packed layout of `dtype`, the rest (LoRAs,
+/// mixes, norms) in f32 as the models keep them.
+pub fn decode_weight_bytes(ckpt: &Checkpoint, dtype: ComputeDType) -> u64 {
+    ckpt.tensors()
+        .iter()
+        .filter(|(name, _)| name.as_str() != "emb.weight")
+        .map(|(name, meta)| {
+            let dims: Vec<usize> = meta.shape.iter().copied().filter(|&d| d != 1).collect();
+            if name.ends_with(".weight") && dims.len() == 2 {
+                (crate::quant::n_panels(dims[0]) * dtype.format().panel_bytes(dims[1])) as u64
+            } else {
+                4 * meta.numel() as u64
+            }
+        })
+        .sum()
 }
 
 /// One segment of the run.
@@ -127,11 +163,64 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.chunk == 0 || args.segments == 0 {
         crate::usage_bail!("--chunk and --segments must be at least 1");
     }
+    let dtype = crate::ops::effective_dtype(args.dtype, args.quant)
+        .map_err(|e| crate::commands::UsageError(format!("{e:#}")))?;
     let path = super::resolve_model(args.model.as_deref())?;
+    // Before the model is loaded, so that the probe's buffers never add to the peak RSS.
+    let bandwidth = crate::kernels::measure_bandwidth(BANDWIDTH_PROBE_BYTES, 10);
     let load_start = Instant::now();
-    let model = models::load(&path, LoadOptions { dtype: args.dtype })?;
+    let ckpt = Checkpoint::open(&path)?;
+    let weight_bytes = decode_weight_bytes(&ckpt, dtype);
+    let model = models::load_checkpoint(&ckpt, LoadOptions { dtype })?;
+    drop(ckpt);
     let load_secs = load_start.elapsed().as_secs_f64();
     let cfg = model.config().clone();
+    let decode = |ms: f64| DecodeReport {
+        ms_per_token: ms,
+        weight_bytes,
+        read_bandwidth: bandwidth.read,
+        copy_bandwidth: bandwidth.copy,
+        threads: bandwidth.threads,
+    };
+    if args.decode {
+        let ms = decode_ms(
+            model.as_ref(),
+            &mut model.new_state(),
+            0,
+            args.decode_tokens,
+        )?;
+        let d = decode(ms);
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "model": {
+                        "version": cfg.version.name(),
+                        "params": cfg.n_params,
+                        "layers": cfg.n_layer,
+                        "width": cfg.n_embd,
+                        "dtype": dtype.name(),
+                    },
+                    "decode_tokens": args.decode_tokens,
+                    "decode": d.to_json(),
+                    "peak_rss_bytes": peak_rss_bytes(),
+                    "load_seconds": load_secs,
+                })
+            );
+        } else {
+            println!(
+                "RWKV {} {} params, {} layers × {}, {} — decode, {} tokens",
+                cfg.version.name(),
+                human_count(cfg.n_params),
+                cfg.n_layer,
+                cfg.n_embd,
+                dtype.name(),
+                args.decode_tokens
+            );
+            print!("{}", d.to_table());
+        }
+        return Ok(());
+    }
     let kind = match args.tokenizer {
         Some(k) => k,
         None => tokenizer::kind_for_vocab(cfg.vocab_size)?,
@@ -209,13 +298,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let decode_depth_n = decode_ms(model.as_ref(), &mut state, next, args.decode_tokens)?;
     let total_secs = load_start.elapsed().as_secs_f64();
 
-    let bytes_per_el = args.dtype.size_in_bytes();
+    let bytes_per_el = dtype.size_in_bytes();
     let report = Report {
         version: cfg.version.name().to_string(),
         params: cfg.n_params,
         layers: cfg.n_layer,
         width: cfg.n_embd,
-        dtype: args.dtype.name().to_string(),
+        dtype: dtype.name().to_string(),
         context: n,
         chunk: args.chunk,
         segments,
@@ -229,6 +318,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         total_seconds: total_secs,
         peak_rss_bytes: peak_rss_bytes(),
         bits_per_byte: (scoring && score.bytes > 0).then(|| score.bits_per_byte()),
+        decode: decode(decode_depth0),
     };
     if args.json {
         println!("{}", report.to_json());
@@ -258,6 +348,65 @@ pub struct Report {
     pub total_seconds: f64,
     pub peak_rss_bytes: Option<u64>,
     pub bits_per_byte: Option<f64>,
+    pub decode: DecodeReport,
+}
+
+/// Decode speed against the memory bandwidth it needs and the bandwidth measured.
+#[derive(Clone, Debug)]
+pub struct DecodeReport {
+    pub ms_per_token: f64,
+    /// Bytes of weights one step reads (the embedding row aside).
+    pub weight_bytes: u64,
+    /// Measured memory bandwidth, bytes/s: streaming read, and copy (read + write).
+    pub read_bandwidth: f64,
+    pub copy_bandwidth: f64,
+    pub threads: usize,
+}
+
+impl DecodeReport {
+    /// Bytes/s of weight traffic at the measured decode speed.
+    pub fn weight_bandwidth(&self) -> f64 {
+        self.weight_bytes as f64 / (self.ms_per_token.max(1e-9) / 1e3)
+    }
+    /// The weight traffic as a fraction of the measured read bandwidth.
+    pub fn fraction_of_bandwidth(&self) -> f64 {
+        self.weight_bandwidth() / self.read_bandwidth.max(1.0)
+    }
+    /// The fastest a step could be if it only read the weights at the measured bandwidth.
+    pub fn bound_ms(&self) -> f64 {
+        self.weight_bytes as f64 / self.read_bandwidth.max(1.0) * 1e3
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ms_per_token": self.ms_per_token,
+            "tokens_per_second": 1e3 / self.ms_per_token.max(1e-9),
+            "weight_bytes_per_token": self.weight_bytes,
+            "weight_bandwidth_bytes_per_second": self.weight_bandwidth(),
+            "memory_read_bandwidth_bytes_per_second": self.read_bandwidth,
+            "memory_copy_bandwidth_bytes_per_second": self.copy_bandwidth,
+            "fraction_of_memory_bandwidth": self.fraction_of_bandwidth(),
+            "bandwidth_bound_ms_per_token": self.bound_ms(),
+            "threads": self.threads,
+        })
+    }
+
+    pub fn to_table(&self) -> String {
+        format!(
+            "decode            {:.2} ms/token ({:.1} tokens/s), reading {} of weights per token\n\
+             weight traffic    {:.1} GB/s = {:.0}% of the measured memory bandwidth\n\
+             memory bandwidth  {:.1} GB/s read, {:.1} GB/s copy ({} threads, STREAM-style); bound {:.2} ms/token\n",
+            self.ms_per_token,
+            1e3 / self.ms_per_token.max(1e-9),
+            human_bytes(self.weight_bytes),
+            self.weight_bandwidth() / 1e9,
+            100.0 * self.fraction_of_bandwidth(),
+            self.read_bandwidth / 1e9,
+            self.copy_bandwidth / 1e9,
+            self.threads,
+            self.bound_ms(),
+        )
+    }
 }
 
 impl Report {
@@ -298,6 +447,7 @@ impl Report {
             "load_seconds": self.load_seconds,
             "total_seconds": self.total_seconds,
             "bits_per_byte": self.bits_per_byte,
+            "decode": self.decode.to_json(),
         })
     }
 
@@ -362,6 +512,7 @@ impl Report {
                 .map(human_bytes)
                 .unwrap_or_else(|| "n/a".into())
         );
+        s.push_str(&self.decode.to_table());
         if let Some(b) = self.bits_per_byte {
             let _ = writeln!(s, "bits per byte     {b:.4}");
         }

@@ -29,6 +29,9 @@ pub struct EvalArgs {
     /// Compute dtype of the weight matrices: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: ComputeDType,
+    /// Quantize the weight matrices at load time: q8_0 or q4_0 (replaces --dtype for them).
+    #[arg(long)]
+    pub quant: Option<ComputeDType>,
     /// Tokenizer (default: chosen from the vocabulary size).
     #[arg(long)]
     pub tokenizer: Option<TokenizerKind>,
@@ -92,7 +95,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let text =
         std::fs::read(&args.text).with_context(|| format!("cannot read --text {}", args.text))?;
     let path = super::resolve_model(args.model.as_deref())?;
-    let model = models::load(&path, LoadOptions { dtype: args.dtype })?;
+    let dtype = crate::ops::effective_dtype(args.dtype, args.quant)
+        .map_err(|e| crate::commands::UsageError(format!("{e:#}")))?;
+    let model = models::load(&path, LoadOptions { dtype })?;
     let cfg = model.config().clone();
     let kind = match args.tokenizer {
         Some(k) => k,
@@ -129,7 +134,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "version": cfg.version.name(),
-                "dtype": args.dtype.name(),
+                "dtype": dtype.name(),
                 "tokenizer": tok.name(),
                 "tokens": tokens.len(),
                 "scored_tokens": score.tokens,
@@ -147,7 +152,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             score.bits_per_byte(),
             score.perplexity(),
             tok.name(),
-            args.dtype.name(),
+            dtype.name(),
             secs
         );
     }

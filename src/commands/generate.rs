@@ -25,7 +25,7 @@ pub struct GenerateArgs {
     pub model: Option<String>,
     /// The prompt; `-` reads it from stdin (as does a piped stdin when --prompt is absent).
     #[arg(long, short)]
-    pub prompt: Option<String>,
+    pub prompt: Option<std::ffi::OsString>,
     /// Tokens to generate (0: run the prompt only).
     #[arg(long, short = 'n', default_value_t = 200)]
     pub max_tokens: usize,
@@ -56,6 +56,9 @@ pub struct GenerateArgs {
     /// Compute dtype of the weight matrices: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: ComputeDType,
+    /// Quantize the weight matrices at load time: q8_0 or q4_0 (replaces --dtype for them).
+    #[arg(long)]
+    pub quant: Option<ComputeDType>,
     /// Tokenizer (default: chosen from the vocabulary size): world, 20b, bytes.
     #[arg(long)]
     pub tokenizer: Option<TokenizerKind>,
@@ -77,7 +80,7 @@ pub struct GenerateArgs {
 }
 
 /// Reads the prompt from `--prompt`, or from stdin for `-` or when stdin is piped.
-fn read_prompt(prompt: Option<&str>) -> Result<Vec<u8>> {
+fn read_prompt(prompt: Option<&std::ffi::OsStr>) -> Result<Vec<u8>> {
     let from_stdin = || -> Result<Vec<u8>> {
         let mut buf = Vec::new();
         std::io::stdin()
@@ -85,9 +88,11 @@ fn read_prompt(prompt: Option<&str>) -> Result<Vec<u8>> {
             .context("cannot read the prompt from stdin")?;
         Ok(buf)
     };
-    match prompt {
-        Some("-") => from_stdin(),
-        Some(p) => Ok(p.as_bytes().to_vec()),
+    // The prompt is bytes: an argument that is not UTF-8 is tokenized byte by byte.
+    use std::os::unix::ffi::OsStrExt;
+    match prompt.map(|p| p.as_bytes()) {
+        Some(b"-") => from_stdin(),
+        Some(p) => Ok(p.to_vec()),
         None if !std::io::stdin().is_terminal() => from_stdin(),
         None => crate::usage_bail!("no prompt: pass --prompt TEXT, or pipe the prompt on stdin"),
     }
@@ -209,7 +214,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         };
     let path = super::resolve_model(args.model.as_deref())?;
     let ckpt = crate::checkpoint::Checkpoint::open(&path)?;
-    let model = models::load_checkpoint(&ckpt, LoadOptions { dtype: args.dtype })?;
+    let dtype = crate::ops::effective_dtype(args.dtype, args.quant)
+        .map_err(|e| crate::commands::UsageError(format!("{e:#}")))?;
+    let model = models::load_checkpoint(&ckpt, LoadOptions { dtype })?;
     let cfg = model.config().clone();
     let kind = match args.tokenizer {
         Some(k) => k,
@@ -317,7 +324,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         gen_secs,
     };
     if !args.quiet {
-        print_stats(model.as_ref(), &ckpt, args.dtype, &stats, args.stats_json);
+        print_stats(model.as_ref(), &ckpt, dtype, &stats, args.stats_json);
     }
     if INTERRUPTED.load(Ordering::SeqCst) {
         // Like a shell: 128 + SIGINT.
