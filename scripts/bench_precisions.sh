@@ -5,6 +5,7 @@
 #   scripts/bench_precisions.sh                      # 5 repetitions, 2 threads
 #   REPS=9 THREADS=2 scripts/bench_precisions.sh
 #   BASELINE=/path/to/older/rwkv-cli scripts/bench_precisions.sh   # add its rows, same run
+#   BUILDS="patched=/tmp/a/rwkv-cli other=/tmp/b/rwkv-cli" scripts/bench_precisions.sh
 #
 # Each repetition runs `rwkv-cli bench` once per precision, in turn (so that a slow spell of
 # the machine touches every precision alike): a 1024-token prompt through the sequence path
@@ -22,6 +23,8 @@ DECODE_TOKENS=${DECODE_TOKENS:-32}
 PRECISIONS=${PRECISIONS:-"f32 bf16 f16 q8_0 q4_0"}
 MODEL=${MODEL:-${TMPDIR:-/tmp}/rwkv-v7-0.1b-random-bf16.safetensors}
 BASELINE=${BASELINE:-}
+BUILDS=${BUILDS:-}
+[ -n "$BASELINE" ] && BUILDS="baseline=$BASELINE $BUILDS"
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
@@ -39,7 +42,9 @@ run() { # label binary precision rep
         --decode-tokens "$DECODE_TOKENS" "${flag[@]}" --json >"$OUT/$label.$p.$rep.json" 2>"$OUT/err"; then
         echo -n "." >&2
     else
-        echo "($label $p failed: $(tail -1 "$OUT/err"))" >&2
+        if [ "$label" = rwkv-cli ]; then
+            echo "($label $p failed: $(tail -1 "$OUT/err"))" >&2
+        fi
         rm -f "$OUT/$label.$p.$rep.json"
     fi
 }
@@ -48,9 +53,10 @@ echo -n "running $REPS repetitions" >&2
 for rep in $(seq "$REPS"); do
     for p in $PRECISIONS; do
         run rwkv-cli "$BIN" "$p" "$rep"
-        if [ -n "$BASELINE" ] && [[ $p != q* ]]; then
-            run baseline "$BASELINE" "$p" "$rep"
-        fi
+        for b in $BUILDS; do
+            # Older builds may not know a format: their failed runs are skipped.
+            run "${b%%=*}" "${b#*=}" "$p" "$rep"
+        done
     done
 done
 echo >&2
@@ -93,7 +99,7 @@ print(f"Random RWKV-7 0.1B-shaped checkpoint (12 × 768, vocab 65536), {threads}
 print("| build | weights | decode tok/s (ms/token) | weight traffic | of measured bandwidth | bandwidth-bound ms/token | prefill tok/s | peak RSS |")
 print("|---|---|---|---|---|---|---|---|")
 order = {p: i for i, p in enumerate(["f32", "bf16", "f16", "q8_0", "q4_0"])}
-for (label, prec), r in sorted(rows.items(), key=lambda kv: (kv[0][0] != "rwkv-cli", order.get(kv[0][1], 9))):
+for (label, prec), r in sorted(rows.items(), key=lambda kv: (kv[0][0] != "rwkv-cli", kv[0][0], order.get(kv[0][1], 9))):
     ms = med(r["ms"])
     traffic = f"{med(r['traffic']):.1f} GB/s (memory {med(r['bw']):.1f} GB/s)" if r["traffic"] else "—"
     frac = f"{med(r['frac']):.0f}%" if r["frac"] else "—"

@@ -1,8 +1,12 @@
-//! SIMD dot products for the one-token (decode) path, where every weight is read once per
-//! token and the speed is set by memory bandwidth and by how fast 16-bit weights widen to f32.
+//! The SIMD kernels: dot products; matrix–vector products over packed weight panels (the
+//! decode path, where every weight is read once per token and memory bandwidth sets the
+//! speed); register-tiled matrix–matrix products (the prefill path, bound by arithmetic);
+//! int8 products for the quantized formats; the RWKV-7 recurrence; a memory-bandwidth probe.
 //!
-//! Each kernel has an AVX-512 and an AVX2+FMA version chosen at run time, and a portable
-//! fallback. The 16-bit kernels widen in registers, so weights stay 16-bit in memory.
+//! Each kernel has an AVX-512 version (with VNNI for the integer ones) and an AVX2+FMA or
+//! portable one, chosen at run time (`RWKV_NO_AVX512`, `RWKV_NO_VNNI` and `RWKV_NO_SIMD` force
+//! the lower levels, for testing). 16-bit and quantized weights are widened in registers, so
+//! they stay small in memory.
 
 use half::{bf16, f16};
 

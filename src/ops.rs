@@ -1,9 +1,12 @@
 //! The small linear-algebra toolkit the models are written in.
 //!
 //! Activations are plain row-major [`Mat`]s of f32 (T tokens × width). Weight matrices are
-//! [`Linear`]s stored as candle tensors in the compute dtype: a batch of tokens goes through
-//! candle's multi-threaded gemm, a single token through our own multi-threaded
-//! matrix–vector kernel (candle's is single-threaded). Everything elementwise is plain Rust.
+//! [`Linear`]s packed once at load into panels of 32 output rows, in the chosen format (f32,
+//! bf16, f16, or the block-quantized Q8_0 / Q4_0 of [`crate::quant`]): one or two tokens go
+//! through our matrix–vector kernels (the decode path, bound by memory bandwidth), a batch
+//! through our register-tiled matrix–matrix kernels (the prefill path, bound by arithmetic),
+//! both SIMD ([`crate::kernels`]) and multi-threaded on a small fork–join [`pool`]. The
+//! RWKV-7 recurrence has a kernel of its own ([`wkv7`]). Everything else is plain Rust.
 
 use anyhow::{bail, Result};
 use candle_core::DType;
@@ -768,20 +771,58 @@ pub fn wkv7(
     })
 }
 
+/// Elementwise work on more values than this is spread over the pool, by rows.
+const PARALLEL_ELEMENTS: usize = 1 << 15;
+
+/// Rows per task for row-parallel elementwise work on `x`, or `None` to run serially.
+fn row_tasks(rows: usize, cols: usize) -> Option<usize> {
+    (rows > 1 && rows * cols >= PARALLEL_ELEMENTS).then(|| rows.div_ceil(4 * pool::threads()))
+}
+
+/// `f(row)` for every row of `data` (`cols` long each), in parallel for large matrices.
+fn for_rows(data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let rows = data.len() / cols.max(1);
+    match row_tasks(rows, cols) {
+        Some(per) => par_chunks_mut(data, per * cols, false, |c, block| {
+            for (i, row) in block.chunks_exact_mut(cols).enumerate() {
+                f(c * per + i, row);
+            }
+        }),
+        None => {
+            for (i, row) in data.chunks_exact_mut(cols.max(1)).enumerate() {
+                f(i, row);
+            }
+        }
+    }
+}
+
 /// LayerNorm over each row (eps 1e-5, as torch's default used by RWKV).
 pub fn layer_norm(x: &Mat, weight: &[f32], bias: &[f32]) -> Mat {
     let mut out = x.clone();
-    for t in 0..x.rows {
-        layer_norm_row(out.row_mut(t), weight, bias, 1e-5);
-    }
+    for_rows(&mut out.data, x.cols, |_, row| {
+        layer_norm_row(row, weight, bias, 1e-5)
+    });
     out
+}
+
+/// `Σ x` with 16 independent partial sums (vectorisable, unlike a plain running sum).
+fn sum16(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += f(*v);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Normalises one row in place: `(x - mean) / sqrt(var + eps) * weight + bias`.
 pub fn layer_norm_row(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = sum16(x, |v| v) / n;
+    let var = sum16(x, |v| (v - mean) * (v - mean)) / n;
     let inv = 1.0 / (var + eps).sqrt();
     for ((v, w), b) in x.iter_mut().zip(weight).zip(bias) {
         *v = (*v - mean) * inv * w + b;
@@ -791,24 +832,22 @@ pub fn layer_norm_row(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
 /// GroupNorm with `groups` equal groups per row (RWKV's `ln_x`, one group per head).
 pub fn group_norm(x: &mut Mat, groups: usize, weight: &[f32], bias: &[f32], eps: f32) {
     let g = x.cols / groups;
-    for t in 0..x.rows {
-        let row = x.row_mut(t);
+    let cols = x.cols;
+    for_rows(&mut x.data, cols, |_, row| {
         for h in 0..groups {
             let r = h * g..(h + 1) * g;
             layer_norm_row(&mut row[r.clone()], &weight[r.clone()], &bias[r], eps);
         }
-    }
+    });
 }
 
 /// The previous token's row for each row of `x`: row 0 comes from `prev` (the state),
 /// row t from `x[t-1]`. Afterwards `prev` holds the last row of `x`.
 pub fn token_shift(x: &Mat, prev: &mut [f32]) -> Mat {
-    let mut out = Mat::zeros(x.rows, x.cols);
+    let c = x.cols;
+    let mut out = Mat::zeros(x.rows, c);
     out.row_mut(0).copy_from_slice(prev);
-    for t in 1..x.rows {
-        let src = x.row(t - 1).to_vec();
-        out.row_mut(t).copy_from_slice(&src);
-    }
+    out.data[c..].copy_from_slice(&x.data[..(x.rows - 1) * c]);
     prev.copy_from_slice(x.last_row());
     out
 }
@@ -817,12 +856,11 @@ pub fn token_shift(x: &Mat, prev: &mut [f32]) -> Mat {
 /// v4/v5's `x*mix + prev*(1-mix)` is the same with `mix` replaced by `1 - mix`).
 pub fn lerp(x: &Mat, prev: &Mat, mix: &[f32]) -> Mat {
     let mut out = x.clone();
-    for t in 0..x.rows {
-        let p = prev.row(t);
-        for ((o, pv), m) in out.row_mut(t).iter_mut().zip(p).zip(mix) {
+    for_rows(&mut out.data, x.cols, |t, row| {
+        for ((o, pv), m) in row.iter_mut().zip(prev.row(t)).zip(mix) {
             *o += (pv - *o) * m;
         }
-    }
+    });
     out
 }
 

@@ -271,8 +271,8 @@ pub fn load_checkpoint(ckpt: &Checkpoint, opts: LoadOptions) -> Result<Box<dyn M
 
 /// Embedding lookup, `ln_out` and the head: the parts every version shares.
 pub struct Embedding {
-    /// `vocab × C`, f32, as stored (the `blocks.0.ln0` norm is applied on lookup).
-    table: Vec<f32>,
+    /// `vocab × C`, in the compute dtype (the `blocks.0.ln0` norm is applied on lookup).
+    table: crate::ops::RowTable,
     ln0_w: Vec<f32>,
     ln0_b: Vec<f32>,
     pub n_embd: usize,
@@ -282,7 +282,7 @@ pub struct Embedding {
 impl Embedding {
     pub fn load(w: &Weights, vocab: usize, c: usize) -> Result<Self> {
         Ok(Self {
-            table: w.tensor("emb.weight", &[vocab, c])?,
+            table: w.table("emb.weight", vocab, c)?,
             ln0_w: w.vector("blocks.0.ln0.weight", c)?,
             ln0_b: w.vector("blocks.0.ln0.bias", c)?,
             n_embd: c,
@@ -303,7 +303,7 @@ impl Embedding {
                 );
             }
             let row = x.row_mut(t);
-            row.copy_from_slice(&self.table[tok * c..(tok + 1) * c]);
+            self.table.row_into(tok, row);
             crate::ops::layer_norm_row(row, &self.ln0_w, &self.ln0_b, 1e-5);
         }
         Ok(x)

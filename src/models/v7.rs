@@ -12,7 +12,7 @@
 //! ("value residual"). Equations as in BlinkDL's RWKV-LM `RWKV-v7` and the `rwkv` package.
 
 use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
-use crate::ops::{add_row, dot, group_norm, layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
+use crate::ops::{add_row, group_norm, layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
 use anyhow::Result;
 
 struct Lora {
@@ -200,36 +200,7 @@ impl RwkvV7 {
         }
 
         // The recurrence: heads in parallel, each stepping through the tokens.
-        let out = crate::ops::per_head(&mut s.wkv, h_count, n, t_count, |h, st, out_h| {
-            let hs = h * n..(h + 1) * n;
-            let mut b = vec![0.0f32; n];
-            for t in 0..t_count {
-                let (r_h, w_h, k_h) = (
-                    &r.row(t)[hs.clone()],
-                    &w.row(t)[hs.clone()],
-                    &k.row(t)[hs.clone()],
-                );
-                let (v_h, kk_h, a_h) = (
-                    &v.row(t)[hs.clone()],
-                    &kk.row(t)[hs.clone()],
-                    &a.row(t)[hs.clone()],
-                );
-                for ((b, kk), a) in b.iter_mut().zip(kk_h).zip(a_h) {
-                    *b = kk * a;
-                }
-                let o = &mut out_h[t * n..(t + 1) * n];
-                for (i, row) in st.chunks_exact_mut(n).enumerate() {
-                    // S_i ← S_i ⊙ w + (S_i · (−κ̂)) (κ̂ ⊙ a) + v_i k;  out_i = S_i · r
-                    let sa = -dot(row, kk_h);
-                    let vi = v_h[i];
-                    for (((x, w), b), k) in row.iter_mut().zip(w_h).zip(&b).zip(k_h) {
-                        *x = *x * w + sa * b + vi * k;
-                    }
-                    o[i] = dot(row, r_h);
-                }
-            }
-        });
-        let mut out = out;
+        let mut out = crate::ops::wkv7(&mut s.wkv, h_count, n, &r, &w, &k, &v, &kk, &a);
 
         group_norm(&mut out, h_count, &l.ln_x_w, &l.ln_x_b, 64e-5);
         // Bonus: + (Σ_head r ⊙ k ⊙ r_k) · v.
