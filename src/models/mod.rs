@@ -154,7 +154,10 @@ pub trait Model: Send + Sync {
     }
 
     /// Recurrent path: feeds one token, updates `state`, returns the next-token logits.
-    fn step(&self, token: u32, state: &mut State) -> Result<Vec<f32>>;
+    /// With a single row, every matrix product takes the matrix–vector kernels.
+    fn step(&self, token: u32, state: &mut State) -> Result<Vec<f32>> {
+        self.forward_seq(&[token], state, false)
+    }
 
     /// Sequence path: feeds `tokens` (non-empty) at once. Returns the logits after the last
     /// token (`vocab` values), or after every token (`tokens.len() × vocab`) if `all_logits`.

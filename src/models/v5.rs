@@ -162,10 +162,6 @@ impl Model for RwkvV5 {
         &self.cfg
     }
 
-    fn step(&self, token: u32, state: &mut State) -> Result<Vec<f32>> {
-        self.forward_seq(&[token], state, false)
-    }
-
     fn forward_seq(&self, tokens: &[u32], state: &mut State, all_logits: bool) -> Result<Vec<f32>> {
         super::check_call(&self.cfg, tokens, state)?;
         let mut x = self.emb.lookup(tokens)?;
