@@ -19,7 +19,6 @@ use crate::stats::{current_rss_bytes, human_bytes, human_count, parse_count, pea
 use crate::tokenizer::{self, TokenizerKind};
 use anyhow::{Context, Result};
 use clap::Args;
-use std::io::IsTerminal;
 use std::time::Instant;
 
 #[derive(Args, Debug, Clone)]
@@ -236,18 +235,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let stream = token_stream(&text_tokens, n);
 
-    let bar = if std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new(n as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} tokens  {per_sec}  ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = super::token_progress_bar(n);
 
     let decode_depth0 = decode_ms(
         model.as_ref(),

@@ -10,7 +10,6 @@ use crate::ops::ComputeDType;
 use crate::tokenizer::{self, Tokenizer, TokenizerKind};
 use anyhow::{Context, Result};
 use clap::Args;
-use std::io::IsTerminal;
 
 #[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
@@ -111,18 +110,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if tokens.len() < 2 {
         crate::usage_bail!("--text must hold at least two tokens to score");
     }
-    let bar = if std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new(tokens.len() as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} tokens  {per_sec}  ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = super::token_progress_bar(tokens.len());
     let t = std::time::Instant::now();
     let score = score_tokens(model.as_ref(), tok.as_ref(), &tokens, args.chunk, |n| {
         bar.set_position(n as u64)

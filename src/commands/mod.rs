@@ -31,6 +31,22 @@ pub fn init_threads(threads: Option<usize>) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot start {n} threads: {e}"))
 }
 
+/// A progress bar over `len` tokens on stderr when it is a terminal; hidden otherwise.
+pub fn token_progress_bar(len: usize) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len as u64);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} tokens  {per_sec}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b
+}
+
 /// Resolves `--model` to a checkpoint file.
 pub fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
     match model {
