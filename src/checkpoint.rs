@@ -272,6 +272,22 @@ impl Checkpoint {
         Ok(h)
     }
 
+    /// Checks a tensor's data without converting it: for `.pth`, the CRC of the storage
+    /// entry it lies in (safetensors carry no checksum; their ranges are checked at open).
+    pub fn verify_data(&self, name: &str) -> Result<()> {
+        let Some(place) = self.places.get(name) else {
+            bail!("tensor {name} is missing from {}", self.path.display());
+        };
+        self.verify_storage(name, place)?;
+        // The pages read for the CRC are not needed again: keep the RSS small.
+        if let (Data::Mapped(m), Some(s)) =
+            (&self.data, place.storage.and_then(|i| self.storages.get(i)))
+        {
+            release_pages(m, s.entry.start & !4095, s.entry.start + s.entry.len);
+        }
+        Ok(())
+    }
+
     /// Checks, once, the CRC of the `.pth` storage entry a tensor lies in.
     fn verify_storage(&self, name: &str, place: &Place) -> Result<()> {
         if let Some(s) = place.storage.and_then(|i| self.storages.get(i)) {

@@ -228,6 +228,18 @@ fn put_padded(v: Vec<f32>) {
 }
 
 impl Linear {
+    /// A stand-in with the shape of an `out_dim × in_dim` matrix and no weights, for
+    /// inspecting a checkpoint without converting it (`Weights::shapes_only`). Any product
+    /// with it fails the kernels' bounds assertions: it must never run.
+    pub fn unloaded(out_dim: usize, in_dim: usize) -> Self {
+        Self {
+            out_dim,
+            in_dim,
+            dtype: ComputeDType::F32,
+            w: AlignedBuf::zeroed(0),
+        }
+    }
+
     /// Builds from f32 values laid out (out, in), converting to `dtype`.
     pub fn new(
         values: Vec<f32>,
@@ -536,6 +548,16 @@ enum RowData {
 }
 
 impl RowTable {
+    /// A stand-in with the shape of a `rows × cols` table and no values, as
+    /// [`Linear::unloaded`]; a lookup in it panics.
+    pub fn unloaded(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            data: RowData::F32(Vec::new()),
+        }
+    }
+
     /// Builds from values (rows × cols, row-major) delivered in runs by `read`, as
     /// [`Linear::from_streamed`]: converted as they come, never held whole in f32.
     pub fn from_streamed(

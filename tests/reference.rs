@@ -162,6 +162,12 @@ fn versions_and_shapes_are_detected_from_the_tensors() {
             "{name}"
         );
         assert_eq!(c.n_ffn, 96, "{name}");
+        // `info` describes a checkpoint without converting it: the same configuration.
+        for ext in ["safetensors", "pth"] {
+            let ckpt =
+                rwkv_cli::checkpoint::Checkpoint::open(&fixture(&format!("{name}.{ext}"))).unwrap();
+            assert_eq!(&models::inspect(&ckpt).unwrap(), c, "{name}.{ext}");
+        }
     }
 }
 

@@ -272,6 +272,23 @@ pub fn load_checkpoint(ckpt: &Checkpoint, opts: LoadOptions) -> Result<Box<dyn M
     })
 }
 
+/// The configuration of the model a checkpoint holds, checked as loading checks it (every
+/// tensor present with its shape and a float type, `.pth` CRCs) but without converting the
+/// weights: fast and small even for a multi-gigabyte file. For `rwkv-cli info`.
+pub fn inspect(ckpt: &Checkpoint) -> Result<Config> {
+    let version = detect_version(ckpt)?;
+    let w = Weights::shapes_only(ckpt);
+    // The stand-in model is dropped here: only its configuration leaves.
+    Ok(match version {
+        Version::V4 => v4::RwkvV4::load(&w)?.config().clone(),
+        Version::V5_0 | Version::V5_1 | Version::V5_2 => {
+            v5::RwkvV5::load(&w, version)?.config().clone()
+        }
+        Version::V6 => v6::RwkvV6::load(&w)?.config().clone(),
+        Version::V7 => v7::RwkvV7::load(&w)?.config().clone(),
+    })
+}
+
 /// Embedding lookup, `ln_out` and the head: the parts every version shares.
 pub struct Embedding {
     /// `vocab × C`, in the compute dtype (the `blocks.0.ln0` norm is applied on lookup).

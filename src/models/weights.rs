@@ -8,6 +8,9 @@ use anyhow::{bail, Context, Result};
 pub struct Weights<'a> {
     pub ckpt: &'a Checkpoint,
     pub dtype: ComputeDType,
+    /// Check names, shapes, types and (`.pth`) CRCs only: matrices and the embedding are not
+    /// converted, and come back as shape-only stand-ins that cannot run (see [`Weights::shapes_only`]).
+    check_only: bool,
 }
 
 /// Drops size-1 dimensions (RWKV stores per-channel vectors as (1, 1, C)).
@@ -17,7 +20,24 @@ fn squeezed(shape: &[usize]) -> Vec<usize> {
 
 impl<'a> Weights<'a> {
     pub fn new(ckpt: &'a Checkpoint, dtype: ComputeDType) -> Self {
-        Self { ckpt, dtype }
+        Self {
+            ckpt,
+            dtype,
+            check_only: false,
+        }
+    }
+
+    /// Checks a checkpoint the way loading does, without converting its large tensors:
+    /// every tensor a model needs must exist with the right shape and a float type, and its
+    /// data must pass the archive's CRC; small vectors are read as usual. What a version's
+    /// `load` builds from this holds [`Linear::unloaded`] / [`RowTable::unloaded`] stand-ins,
+    /// so it is only good for its `Config` (see `models::inspect`).
+    pub fn shapes_only(ckpt: &'a Checkpoint) -> Self {
+        Self {
+            ckpt,
+            dtype: ComputeDType::F32,
+            check_only: true,
+        }
     }
 
     /// The stored shape of a tensor that must exist and hold floating-point values.
@@ -74,6 +94,10 @@ impl<'a> Weights<'a> {
                 [out_dim, in_dim]
             );
         }
+        if self.check_only {
+            self.ckpt.verify_data(name)?;
+            return Ok(Linear::unloaded(out_dim, in_dim));
+        }
         Linear::from_streamed(out_dim, in_dim, self.dtype, |sink| {
             self.ckpt.read_f32_chunks(name, 32 * in_dim, sink)
         })
@@ -89,6 +113,10 @@ impl<'a> Weights<'a> {
                 "tensor {name} has shape {got:?}, expected {:?}",
                 [rows, cols]
             );
+        }
+        if self.check_only {
+            self.ckpt.verify_data(name)?;
+            return Ok(RowTable::unloaded(rows, cols));
         }
         RowTable::from_streamed(rows, cols, self.dtype, |sink| {
             self.ckpt.read_f32_chunks(name, 256 * cols, sink)
