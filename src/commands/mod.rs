@@ -77,10 +77,58 @@ macro_rules! usage_bail {
     };
 }
 
-/// Prints the error chain on one line and exits: status 2 for usage errors, 1 otherwise.
+/// The reader of stdout went away (a closed pipe, as in `rwkv-cli info | head -1`): not a
+/// failure. A command returns it to stop at once; the process then exits 0 without a word.
+#[derive(Debug)]
+pub struct ReaderGone;
+
+impl std::fmt::Display for ReaderGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the reader of stdout went away")
+    }
+}
+
+impl std::error::Error for ReaderGone {}
+
+/// Writes `text` to stdout and flushes it. A closed pipe becomes [`ReaderGone`]; any other
+/// failure (a full disk, say) is an error that names stdout. Commands print through this (or
+/// [`outln!`](crate::outln)) rather than `println!`, which panics on either.
+pub fn print_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(ReaderGone.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
+    }
+}
+
+/// `println!` for command output: `outln!(...)?` writes one line through [`print_out`].
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::commands::print_out(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` for messages and statistics: a stderr that cannot be written (closed, as in
+/// `2>&1 | head -c 10`) is ignored instead of panicking.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Prints the error chain on one line and exits: status 2 for usage errors, 1 otherwise, 0
+/// quietly when the reader of stdout went away ([`ReaderGone`]).
 pub fn exit_with_error(e: &anyhow::Error) -> ! {
+    if e.chain().any(|c| c.downcast_ref::<ReaderGone>().is_some()) {
+        std::process::exit(0);
+    }
     let msg = format!("{e:#}").replace('\n', " ");
-    eprintln!("error: {msg}");
+    crate::errln!("error: {msg}");
     let usage = e.chain().any(|c| c.downcast_ref::<UsageError>().is_some());
     std::process::exit(if usage { 2 } else { 1 })
 }
