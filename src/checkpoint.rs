@@ -183,8 +183,16 @@ impl Checkpoint {
         } else {
             parse_safetensors(b).map(|t| (Format::Safetensors, t, Vec::new()))
         };
+        let named_pth = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("pth"));
         let (format, entries, storages) = parsed.with_context(|| match format_guess(b) {
             Format::Pth => format!("cannot read .pth archive {}", path.display()),
+            // Content decides the format, but a name ending in .pth says what was meant.
+            Format::Safetensors if named_pth => format!(
+                "{} is not a zip archive as .pth files are, and reading it as safetensors fails",
+                path.display()
+            ),
             Format::Safetensors => format!("cannot read {} as safetensors", path.display()),
         })?;
         if entries.is_empty() {

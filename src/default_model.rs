@@ -4,7 +4,8 @@
 //!
 //! The weights are compiled in with `include_bytes!`. To load them through the same
 //! memory-mapped path as every other checkpoint, they are written once to a cache file named by
-//! their hash (atomically: a temporary file, then a rename) and reused from there.
+//! their hash (atomically: a temporary file, then a rename) and reused from there once its
+//! bytes are found equal to the embedded ones (a damaged or edited cache file is rewritten).
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -35,10 +36,11 @@ pub fn path() -> Result<PathBuf> {
     let mut last_err = None;
     for dir in [cache_dir(), std::env::temp_dir().join("rwkv-cli")] {
         let p = dir.join(&name);
-        if std::fs::metadata(&p)
-            .map(|m| m.len() == WEIGHTS.len() as u64)
-            .unwrap_or(false)
-        {
+        // Compared byte for byte (8 MiB, a few milliseconds): the name alone proves nothing
+        // about what a file in a user-writable directory holds now.
+        let intact = std::fs::metadata(&p).is_ok_and(|m| m.len() == WEIGHTS.len() as u64)
+            && std::fs::read(&p).is_ok_and(|b| b == WEIGHTS);
+        if intact {
             return Ok(p);
         }
         let written = std::fs::create_dir_all(&dir)

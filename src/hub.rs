@@ -562,7 +562,7 @@ fn download(f: &HubFile, cache: &Path) -> Result<PathBuf> {
         } else {
             human_bytes(size)
         };
-        eprintln!(
+        crate::errln!(
             "downloading {f} ({how}) from {endpoint} into {}",
             cache.display()
         );
@@ -573,7 +573,7 @@ fn download(f: &HubFile, cache: &Path) -> Result<PathBuf> {
         match check_download(f, &path, &blob, &part, size)? {
             Check::Good => return Ok(path),
             Check::Restart if attempt == 0 => {
-                eprintln!("{f}: the server sent more than announced; downloading it again");
+                crate::errln!("{f}: the server sent more than announced; downloading it again");
             }
             Check::Restart => {}
         }

@@ -396,6 +396,13 @@ fn model_file_cases() -> Vec<Case> {
             &random_bytes(seed, 4096),
             &["safetensors"],
         );
+        model_cases(
+            &mut c,
+            &format!("random bytes named .pth {seed}"),
+            "pth",
+            &random_bytes(seed, 4096),
+            &["is not a zip archive as .pth files are"],
+        );
         let mut zipish = b"PK\x03\x04".to_vec();
         zipish.extend(random_bytes(seed, 4096));
         model_cases(

@@ -124,3 +124,38 @@ fn held_out_bits_per_byte_match_the_training_script() {
         "engine {ours} vs training script {reported}"
     );
 }
+
+/// A cache file of the right name and size but damaged contents is not trusted: it is
+/// rewritten, and the output is the embedded model's.
+#[test]
+fn a_damaged_cache_file_is_rewritten() {
+    let c = cache("damaged");
+    let args = [
+        "generate",
+        "-p",
+        "It is a truth",
+        "-n",
+        "30",
+        "--temperature",
+        "0",
+        "--quiet",
+    ];
+    let good = ok(bin(&c).args(args).output().unwrap()).stdout;
+    let files: Vec<_> = std::fs::read_dir(&c)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let half = bytes.len() / 2;
+    bytes[half..].fill(0);
+    std::fs::write(&files[0], &bytes).unwrap();
+    let again = ok(bin(&c).args(args).output().unwrap()).stdout;
+    assert_eq!(again, good);
+    let embedded = std::fs::read(manifest("models/default.safetensors")).unwrap();
+    assert!(
+        std::fs::read(&files[0]).unwrap() == embedded,
+        "cache file not repaired"
+    );
+}

@@ -41,6 +41,8 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let ckpt = Checkpoint::open(&path)?;
     let c = &models::inspect(&ckpt)?;
     let stored = ckpt.stored_dtype().name();
+    // v4 has no heads: its recurrence runs channel by channel.
+    let headed = c.version != models::Version::V4;
     if args.json {
         let v = serde_json::json!({
             "path": path.display().to_string(),
@@ -49,8 +51,8 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "version": c.version.name(),
             "layers": c.n_layer,
             "width": c.n_embd,
-            "heads": c.n_head,
-            "head_size": c.head_size,
+            "heads": headed.then_some(c.n_head),
+            "head_size": headed.then_some(c.head_size),
             "ffn": c.n_ffn,
             "vocab": c.vocab_size,
             "params": c.n_params,
@@ -58,27 +60,31 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "file_bytes": ckpt.file_size,
             "state_bytes": c.state_bytes(),
         });
-        println!("{v}");
-    } else {
-        println!("path          {}", path.display());
-        println!("source        {source}");
-        if let Some(at) = &cached_at {
-            println!("cached at     {at}");
-        }
-        println!("version       RWKV {}", c.version);
-        println!("layers        {}", c.n_layer);
-        println!("width         {}", c.n_embd);
-        println!("heads         {} × {}", c.n_head, c.head_size);
-        println!("ffn width     {}", c.n_ffn);
-        println!("vocab         {}", c.vocab_size);
-        println!("parameters    {} ({})", c.n_params, human_count(c.n_params));
-        println!("stored dtype  {stored}");
-        println!("file size     {}", human_bytes(ckpt.file_size));
-        println!(
-            "state size    {} ({} bytes, constant)",
-            human_bytes(c.state_bytes() as u64),
-            c.state_bytes()
-        );
+        return crate::outln!("{v}");
     }
-    Ok(())
+    let mut out = format!("path          {}\nsource        {source}\n", path.display());
+    if let Some(at) = &cached_at {
+        out += &format!("cached at     {at}\n");
+    }
+    let heads = if headed {
+        format!("{} × {}", c.n_head, c.head_size)
+    } else {
+        "none (RWKV v4 mixes each channel on its own)".to_string()
+    };
+    out += &format!(
+        "version       RWKV {}\nlayers        {}\nwidth         {}\nheads         {heads}\n\
+         ffn width     {}\nvocab         {}\nparameters    {} ({})\nstored dtype  {stored}\n\
+         file size     {}\nstate size    {} ({} bytes, constant)\n",
+        c.version,
+        c.n_layer,
+        c.n_embd,
+        c.n_ffn,
+        c.vocab_size,
+        c.n_params,
+        human_count(c.n_params),
+        human_bytes(ckpt.file_size),
+        human_bytes(c.state_bytes() as u64),
+        c.state_bytes()
+    );
+    crate::commands::print_out(&out)
 }

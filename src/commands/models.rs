@@ -40,17 +40,17 @@ pub fn run(args: ModelsArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        crate::outln!("{}", serde_json::Value::Array(list))?;
         return Ok(());
     }
     let width = rows.iter().map(|(e, _)| e.alias.len()).max().unwrap_or(5);
-    println!(
+    let mut out = format!(
         "{:<width$}  {:<7}  {:>6}  {:>10}  {:<6}  SOURCE",
         "ALIAS", "VERSION", "PARAMS", "DOWNLOAD", "CACHED"
     );
     for (e, cached) in &rows {
-        println!(
-            "{:<width$}  {:<7}  {:>6}  {:>10}  {:<6}  {}",
+        out += &format!(
+            "{:<width$}  {:<7}  {:>6}  {:>10}  {:<6}  {}\n",
             e.alias,
             e.version,
             human_count(e.params),
@@ -59,11 +59,11 @@ pub fn run(args: ModelsArgs) -> Result<()> {
             HubFile::from(*e),
         );
     }
-    println!(
-        "\ncache: {}{}",
+    out += &format!(
+        "\ncache: {}{}\n",
         cache.display(),
         if hub::offline() { " (offline)" } else { "" }
     );
-    println!("run one: rwkv-cli generate --model ALIAS --prompt \"...\"");
-    Ok(())
+    out += "run one: rwkv-cli generate --model ALIAS --prompt \"...\"\n";
+    crate::commands::print_out(&out)
 }

@@ -201,7 +201,10 @@ impl Default for LoadOptions {
 pub fn detect_version(ckpt: &Checkpoint) -> Result<Version> {
     let has = |n: &str| ckpt.contains(n);
     if !has("emb.weight") {
-        bail!("not an RWKV checkpoint: tensor emb.weight is missing");
+        bail!(
+            "{} is not an RWKV checkpoint: tensor emb.weight is missing",
+            ckpt.path.display()
+        );
     }
     if has("blocks.0.att.r_k") || has("blocks.0.att.w0") || has("blocks.0.att.x_r") {
         return Ok(Version::V7);
