@@ -569,3 +569,49 @@ fn ctrl_c_stops_generation_and_still_prints_the_stats() {
     );
     assert!(!stderr(&o).contains("panicked"));
 }
+
+/// `info` and `models` into a pipe whose reader is already gone exit 0 without a word, and
+/// into a full disk exit 1 with one line: no panic either way.
+#[test]
+fn info_and_models_survive_a_closed_pipe_and_a_full_disk() {
+    for args in [
+        vec!["info".to_string(), fixture("v7.pth")],
+        vec!["info".to_string(), fixture("v7.pth"), "--json".into()],
+        vec!["models".to_string()],
+        vec!["models".to_string(), "--json".into()],
+    ] {
+        // The read end is closed before the process starts: its first write meets EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = bin()
+            .args(&args)
+            .env("HF_HUB_OFFLINE", "1")
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(o.stderr.is_empty(), "{args:?}: {}", stderr(&o));
+
+        if std::path::Path::new("/dev/full").exists() {
+            let full = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap();
+            let o = bin()
+                .args(&args)
+                .env("HF_HUB_OFFLINE", "1")
+                .stdout(full)
+                .stderr(Stdio::piped())
+                .output()
+                .unwrap();
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+            let e = stderr(&o);
+            assert_eq!(e.lines().count(), 1, "{args:?}: {e}");
+            assert!(
+                e.starts_with("error: cannot write to stdout"),
+                "{args:?}: {e}"
+            );
+        }
+    }
+}
