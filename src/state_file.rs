@@ -11,8 +11,11 @@
 //!
 //! The header names the model (version, shapes and a fingerprint of its weights), the dtype and
 //! how many tokens the state has seen. Loading checks all of it, so a state is never applied to
-//! another model, and a truncated or damaged file is refused. Files are written to a temporary
-//! file and renamed, so an interrupted write never destroys the previous state.
+//! another model, and a truncated or damaged file is refused. A regular file is written to a
+//! temporary file in its directory (that of the file a symbolic link points to, the link
+//! staying a link) and renamed over it, so an interrupted write never destroys the previous
+//! state; an existing FIFO or device is written in place (see
+//! [`write_output`](crate::commands::generate::write_output)).
 
 use crate::models::{Config, LayerState, State};
 use anyhow::{bail, Context, Result};
@@ -176,9 +179,10 @@ pub fn decode(bytes: &[u8], cfg: &Config, fingerprint: u64) -> Result<SavedState
     })
 }
 
-/// Writes a state file atomically.
+/// Writes a state file: atomically for a regular file, through a symbolic link to its target,
+/// in place for a FIFO or a device.
 pub fn save(path: &Path, cfg: &Config, fingerprint: u64, saved: &SavedState) -> Result<()> {
-    crate::commands::generate::write_atomic(path, &encode(cfg, fingerprint, saved))
+    crate::commands::generate::write_output(path, &encode(cfg, fingerprint, saved))
 }
 
 /// Reads and checks a state file.

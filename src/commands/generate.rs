@@ -4,6 +4,13 @@
 //! else (the stats line, errors) goes to stderr. The prompt runs through the sequence path in
 //! chunks; generation runs through the recurrent path, one token at a time, with a state that
 //! never grows.
+//!
+//! Output files (`--state-out`, `--logits-out`) are checked before anything expensive runs, and
+//! written by [`write_output`]: a regular file (or a new one) atomically, through a temporary
+//! file renamed over it in the directory of the real file (symbolic links are followed, never
+//! replaced); anything else that already exists (a FIFO, a device, `/dev/stdout`) is opened and
+//! written in place. After Ctrl-C neither is written: the state would cover only part of the
+//! input.
 
 use crate::models::{self, LoadOptions, Model};
 use crate::ops::ComputeDType;
@@ -14,16 +21,18 @@ use crate::tokenizer::{self, TokenizerKind};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::io::{IsTerminal, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
-    /// Checkpoint file (.pth or .safetensors).
+    /// Checkpoint: a file (.pth or .safetensors), a catalogue alias (see `rwkv-cli models`) or
+    /// owner/repo:file.pth[@revision] on the Hugging Face Hub. Default: the embedded model.
     #[arg(long, short)]
     pub model: Option<String>,
     /// The prompt; `-` reads it from stdin (as does a piped stdin when --prompt is absent).
+    /// A prompt read from stdin must not be empty; `--prompt ""` generates unconditionally.
     #[arg(long, short)]
     pub prompt: Option<std::ffi::OsString>,
     /// Tokens to generate (0: run the prompt only).
@@ -47,17 +56,19 @@ pub struct GenerateArgs {
     /// Subtracted from a token's logit per (decayed) occurrence.
     #[arg(long, default_value_t = 0.0)]
     pub frequency_penalty: f32,
-    /// Stop when the output contains this string (not printed); may be repeated.
+    /// Stop when the output contains this (non-empty) string, not printed; may be repeated.
     #[arg(long)]
     pub stop: Vec<String>,
-    /// Write the next-token logits after the prompt as raw little-endian f32 (one per vocab entry).
-    #[arg(long)]
+    /// Write the next-token logits after the prompt as raw little-endian f32 (one per vocab
+    /// entry) to this file; `-` writes them to stdout, which needs --max-tokens 0 (they would
+    /// mix with the text). Not written after Ctrl-C during the prompt.
+    #[arg(long, value_name = "FILE")]
     pub logits_out: Option<String>,
     /// Compute dtype of the weight matrices: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: ComputeDType,
-    /// Quantize the weight matrices at load time: q8_0 or q4_0 (replaces --dtype for them).
-    #[arg(long)]
+    /// Quantize the weight matrices at load time: q8_0 or q4_0 (instead of --dtype).
+    #[arg(long, conflicts_with = "dtype")]
     pub quant: Option<ComputeDType>,
     /// Tokenizer (default: chosen from the vocabulary size): world, 20b, bytes.
     #[arg(long)]
@@ -66,10 +77,11 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = models::DEFAULT_CHUNK)]
     pub chunk: usize,
     /// Resume from a state saved by --state-out (the prompt, if any, continues it).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub state_in: Option<String>,
-    /// Save the state after the run (prompt and generated tokens) to this file.
-    #[arg(long)]
+    /// Save the state after the run (prompt and generated tokens) to this file (not written
+    /// after Ctrl-C).
+    #[arg(long, value_name = "FILE")]
     pub state_out: Option<String>,
     /// No stats line on stderr.
     #[arg(long, short, conflicts_with = "stats_json")]
@@ -79,13 +91,20 @@ pub struct GenerateArgs {
     pub stats_json: bool,
 }
 
-/// Reads the prompt from `--prompt`, or from stdin for `-` or when stdin is piped.
+/// Reads the prompt from `--prompt`, or from stdin for `-` or when stdin is piped. A prompt
+/// read from stdin must not be empty (an empty pipe is almost always a mistake upstream, as in
+/// `cat missing | rwkv-cli generate`); an explicit `--prompt ""` is allowed.
 fn read_prompt(prompt: Option<&std::ffi::OsStr>) -> Result<Vec<u8>> {
     let from_stdin = || -> Result<Vec<u8>> {
         let mut buf = Vec::new();
         std::io::stdin()
             .read_to_end(&mut buf)
             .context("cannot read the prompt from stdin")?;
+        if buf.is_empty() {
+            crate::usage_bail!(
+                "the prompt read from stdin is empty (use --prompt \"\" to generate without a prompt)"
+            );
+        }
         Ok(buf)
     };
     // The prompt is bytes: an argument that is not UTF-8 is tokenized byte by byte.
@@ -98,23 +117,137 @@ fn read_prompt(prompt: Option<&std::ffi::OsStr>) -> Result<Vec<u8>> {
     }
 }
 
-/// Writes a file atomically: a temporary file beside it, then a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
+/// Follows `path` through symbolic links (relative targets are relative to the link's
+/// directory) to the path of the file it names, which need not exist yet.
+fn resolve_links(path: &Path) -> Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&p)
+                    .with_context(|| format!("cannot read the link {}", p.display()))?;
+                p = match p.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    bail!("{}: too many levels of symbolic links", path.display())
+}
+
+/// The directory a new file at `path` goes into.
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
         .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+        .unwrap_or(Path::new("."))
+}
+
+/// The temporary file [`write_atomic`] writes before renaming it to `path`.
+fn temp_path(path: &Path) -> Result<PathBuf> {
     let name = path.file_name().context("output path has no file name")?;
-    let tmp = dir.join(format!(
+    Ok(parent_dir(path).join(format!(
         ".{}.{}.tmp",
         name.to_string_lossy(),
         std::process::id()
-    ));
+    )))
+}
+
+/// Checks, before any work, that `--option path` can be written: not a directory, in a
+/// directory that exists and where a file can be created (for a regular or a new file). An
+/// existing FIFO or device is not opened here (opening a FIFO waits for its reader).
+pub fn check_output_path(option: &str, path: &str) -> Result<()> {
+    if path.is_empty() {
+        crate::usage_bail!("{option} needs a file name");
+    }
+    let fail = |why: String| -> Result<()> { bail!("cannot write {option} {path}: {why}") };
+    if path.ends_with('/') {
+        return fail("the path names a directory, not a file".into());
+    }
+    let p = Path::new(path);
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => return fail("it is a directory".into()),
+        Ok(m) if !m.is_file() => return Ok(()), // a FIFO or a device: written in place
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return fail(e.to_string()),
+    }
+    // A regular file or a new one: written atomically beside the real file.
+    let target = match resolve_links(p) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    let dir = parent_dir(&target);
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return fail(format!("{} is not a directory", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return fail(format!("directory {} does not exist", dir.display()))
+        }
+        Err(e) => return fail(format!("{}: {e}", dir.display())),
+    }
+    // Can a file be created there (permissions, a read-only file system)?
+    let tmp = match temp_path(&target) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+    {
+        Ok(f) => {
+            drop(f);
+            let _ = std::fs::remove_file(&tmp);
+            Ok(())
+        }
+        // A temporary file left by an earlier run of this pid: it is overwritten later.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => fail(format!("cannot create a file in {}: {e}", dir.display())),
+    }
+}
+
+/// Writes an output file: a regular (or new) file atomically, in the directory of the file a
+/// symbolic link points to (the link stays); a FIFO, a character device or anything else that
+/// is not a regular file is opened and written in place.
+pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => bail!("cannot write {}: it is a directory", path.display()),
+        Ok(m) if !m.is_file() => {
+            let write = || -> std::io::Result<()> {
+                let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+                f.write_all(bytes)?;
+                f.flush()
+            };
+            write().with_context(|| format!("cannot write {}", path.display()))
+        }
+        Ok(_) => write_atomic(&resolve_links(path)?, bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            write_atomic(&resolve_links(path)?, bytes)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
+    }
+}
+
+/// Writes a file atomically: a temporary file beside it, then a rename. An existing file's
+/// permissions are kept.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path).with_context(|| format!("cannot write {}", path.display()))?;
     let result = (|| -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
+        if let Ok(m) = std::fs::metadata(path) {
+            if m.is_file() {
+                f.set_permissions(m.permissions())?;
+            }
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
+        // Make the rename itself durable (best effort: not every file system allows it).
+        if let Ok(d) = std::fs::File::open(parent_dir(path)) {
+            let _ = d.sync_all();
+        }
         Ok(())
     })();
     if result.is_err() {
@@ -181,10 +314,22 @@ fn emit(out: &mut impl Write, bytes: &[u8]) -> Result<bool> {
 
 /// What one run measured, for the stats line.
 pub struct RunStats {
+    /// Tokens the state had already seen when loaded with --state-in (0 without it).
+    pub resumed_tokens: u64,
+    /// Prompt tokens actually processed (fewer than the prompt's after Ctrl-C).
     pub prompt_tokens: usize,
     pub prompt_secs: f64,
     pub generated_tokens: usize,
     pub gen_secs: f64,
+    /// Stopped by Ctrl-C.
+    pub interrupted: bool,
+}
+
+impl RunStats {
+    /// Tokens in the context at the end: those of a resumed state, the prompt's, the generated.
+    pub fn context_tokens(&self) -> u64 {
+        self.resumed_tokens + self.prompt_tokens as u64 + self.generated_tokens as u64
+    }
 }
 
 /// Set by Ctrl-C: generation stops at the next token and still reports its stats.
@@ -206,6 +351,24 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.chunk == 0 {
         crate::usage_bail!("--chunk must be at least 1");
     }
+    if args.stop.iter().any(|s| s.is_empty()) {
+        crate::usage_bail!("--stop needs a non-empty string");
+    }
+    let logits_to_stdout = args.logits_out.as_deref() == Some("-");
+    if logits_to_stdout && args.max_tokens != 0 {
+        crate::usage_bail!(
+            "--logits-out - writes the logits to stdout, which needs --max-tokens 0 (they would mix with the generated text)"
+        );
+    }
+    // Fail on an output that cannot be written now, not after the whole run.
+    if let Some(p) = &args.state_out {
+        check_output_path("--state-out", p)?;
+    }
+    if let Some(p) = args.logits_out.as_deref().filter(|_| !logits_to_stdout) {
+        check_output_path("--logits-out", p)?;
+    }
+    let dtype = crate::ops::effective_dtype(args.dtype, args.quant)
+        .map_err(|e| crate::commands::UsageError(format!("{e:#}")))?;
     let prompt =
         if args.state_in.is_some() && args.prompt.is_none() && std::io::stdin().is_terminal() {
             Vec::new() // resuming a saved state needs no prompt
@@ -214,8 +377,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         };
     let path = super::resolve_model(args.model.as_deref())?;
     let ckpt = crate::checkpoint::Checkpoint::open(&path)?;
-    let dtype = crate::ops::effective_dtype(args.dtype, args.quant)
-        .map_err(|e| crate::commands::UsageError(format!("{e:#}")))?;
     let model = models::load_checkpoint(&ckpt, LoadOptions { dtype })?;
     let cfg = model.config().clone();
     let kind = match args.tokenizer {
@@ -236,16 +397,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         0
     };
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
 
     // Where we start: a saved state, or a fresh one.
-    let (mut state, mut logits, mut seen) = match &args.state_in {
+    let (mut state, mut logits, resumed_tokens) = match &args.state_in {
         Some(p) => {
             let saved = state_file::load(Path::new(p), &cfg, fingerprint)?;
             (saved.state, Some(saved.logits), saved.tokens)
         }
         None => (model.new_state(), None, 0),
     };
+    let mut seen = resumed_tokens;
     let mut tokens = tok.encode(&prompt)?;
     if tokens.is_empty() && logits.is_none() {
         // An empty prompt starts a new document: RWKV models are trained with documents
@@ -253,80 +414,110 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         tokens.push(tok.eot_token().unwrap_or(0));
     }
 
+    // From here on, Ctrl-C stops the run at the next chunk or token and still reports it.
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+
     // The prompt: sequence path, chunk by chunk.
     let t0 = Instant::now();
+    let mut prompt_done = 0;
     for c in tokens.chunks(args.chunk) {
         if INTERRUPTED.load(Ordering::SeqCst) {
             break;
         }
         logits = Some(model.forward_seq(c, &mut state, false)?);
         seen += c.len() as u64;
+        prompt_done += c.len();
     }
     let prompt_secs = t0.elapsed().as_secs_f64();
-    let mut logits = match logits {
-        Some(l) => l,
-        None => bail!("interrupted before the prompt was read"),
-    };
-    if let Some(p) = &args.logits_out {
-        let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-        write_atomic(Path::new(p), &bytes)?;
-    }
 
-    // Generation: recurrent path, one token at a time.
-    let mut sampler = Sampler::new(sampler_cfg);
-    // Like ChatRWKV, only generated tokens count towards the penalties, not the prompt.
-    let mut filter = StopFilter {
-        stops: args.stop.iter().map(|s| s.as_bytes().to_vec()).collect(),
-        pending: Vec::new(),
-    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let t1 = Instant::now();
     let mut generated = 0;
-    let mut open = true;
-    while generated < args.max_tokens && !INTERRUPTED.load(Ordering::SeqCst) {
-        let next = sampler.sample(&logits);
-        if Some(next) == tok.eot_token() {
-            break;
+    let mut gen_secs = 0.0;
+    // Ctrl-C during the prompt: the state and the logits cover only part of it.
+    let prompt_interrupted = INTERRUPTED.load(Ordering::SeqCst);
+    // Whether the run counts as interrupted, decided once (before --state-out would be
+    // written): a Ctrl-C after that changes nothing.
+    let mut interrupted = prompt_interrupted;
+    if let (false, Some(mut logits)) = (prompt_interrupted, logits) {
+        if let Some(p) = &args.logits_out {
+            let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+            if logits_to_stdout {
+                emit(&mut out, &bytes)?;
+            } else {
+                write_output(Path::new(p), &bytes).context("--logits-out")?;
+            }
         }
-        sampler.accept(next);
-        generated += 1;
-        let (text, stopped) = filter.push(&tok.token_bytes(next));
-        open = emit(&mut out, &text)?;
-        // The state always sees every generated token when it is saved afterwards.
-        if generated < args.max_tokens && !stopped && open || args.state_out.is_some() {
-            logits = model.step(next, &mut state)?;
-            seen += 1;
+
+        // Generation: recurrent path, one token at a time.
+        let t1 = Instant::now();
+        let mut sampler = Sampler::new(sampler_cfg);
+        // Like ChatRWKV, only generated tokens count towards the penalties, not the prompt.
+        let mut filter = StopFilter {
+            stops: args.stop.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            pending: Vec::new(),
+        };
+        let mut open = true;
+        while generated < args.max_tokens && !INTERRUPTED.load(Ordering::SeqCst) {
+            let next = sampler.sample(&logits);
+            if Some(next) == tok.eot_token() {
+                break;
+            }
+            sampler.accept(next);
+            generated += 1;
+            let (text, stopped) = filter.push(&tok.token_bytes(next));
+            open = emit(&mut out, &text)?;
+            // The state always sees every generated token when it is saved afterwards.
+            if generated < args.max_tokens && !stopped && open || args.state_out.is_some() {
+                logits = model.step(next, &mut state)?;
+                seen += 1;
+            }
+            if stopped || !open {
+                break;
+            }
         }
-        if stopped || !open {
-            break;
+        if open {
+            let rest = std::mem::take(&mut filter.pending);
+            emit(&mut out, &rest)?;
+        }
+        gen_secs = t1.elapsed().as_secs_f64();
+
+        interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        if let (Some(p), false) = (&args.state_out, interrupted) {
+            let saved = state_file::SavedState {
+                state,
+                logits,
+                tokens: seen,
+            };
+            state_file::save(Path::new(p), &cfg, fingerprint, &saved).context("--state-out")?;
         }
     }
-    if open {
-        let rest = std::mem::take(&mut filter.pending);
-        emit(&mut out, &rest)?;
-    }
-    let gen_secs = t1.elapsed().as_secs_f64();
     drop(out);
 
-    if let Some(p) = &args.state_out {
-        let saved = state_file::SavedState {
-            state,
-            logits,
-            tokens: seen,
-        };
-        state_file::save(Path::new(p), &cfg, fingerprint, &saved)?;
+    if interrupted {
+        let mut skipped = Vec::new();
+        if args.state_out.is_some() {
+            skipped.push("--state-out");
+        }
+        if prompt_interrupted && args.logits_out.is_some() {
+            skipped.push("--logits-out");
+        }
+        if !skipped.is_empty() {
+            crate::errln!("interrupted: {} not written", skipped.join(" and "));
+        }
     }
     let stats = RunStats {
-        prompt_tokens: tokens.len(),
+        resumed_tokens,
+        prompt_tokens: prompt_done,
         prompt_secs,
         generated_tokens: generated,
         gen_secs,
+        interrupted,
     };
     if !args.quiet {
         print_stats(model.as_ref(), &ckpt, dtype, &stats, args.stats_json);
     }
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if interrupted {
         // Like a shell: 128 + SIGINT.
         std::process::exit(130);
     }
@@ -341,6 +532,10 @@ fn per_sec(n: usize, secs: f64) -> f64 {
     }
 }
 
+/// Bytes per element of the transformer KV cache the state is compared with: f32, the
+/// precision the RWKV state is kept in, whatever the weights' format.
+pub const KV_BYTES_PER_ELEMENT: usize = 4;
+
 fn print_stats(
     model: &dyn Model,
     ckpt: &crate::checkpoint::Checkpoint,
@@ -349,8 +544,8 @@ fn print_stats(
     json: bool,
 ) {
     let c = model.config();
-    let context = s.prompt_tokens + s.generated_tokens;
-    let kv = c.kv_cache_bytes(context, dtype.size_in_bytes());
+    let context = s.context_tokens();
+    let kv = c.kv_cache_bytes(context as usize, KV_BYTES_PER_ELEMENT);
     let rss = peak_rss_bytes();
     let prompt_tps = per_sec(s.prompt_tokens, s.prompt_secs);
     let gen_tps = per_sec(s.generated_tokens, s.gen_secs);
@@ -363,8 +558,10 @@ fn print_stats(
             "dtype": dtype.name(),
             "file_bytes": ckpt.file_size,
             "state_bytes": c.state_bytes(),
+            "resumed_tokens": s.resumed_tokens,
             "context_tokens": context,
             "kv_cache_bytes_equivalent": kv,
+            "kv_cache_dtype": "f32",
             "prompt_tokens": s.prompt_tokens,
             "prompt_seconds": s.prompt_secs,
             "prompt_tokens_per_second": prompt_tps,
@@ -372,16 +569,23 @@ fn print_stats(
             "generate_seconds": s.gen_secs,
             "generate_tokens_per_second": gen_tps,
             "peak_rss_bytes": rss,
+            "interrupted": s.interrupted,
         });
-        eprintln!("{v}");
+        crate::errln!("{v}");
     } else {
-        eprintln!(
-            "\n[RWKV {} {} params, {}] state {} (a transformer's KV cache at {} tokens: {}) | prompt {} tok at {:.1} tok/s | generated {} tok at {:.1} tok/s | peak RSS {}",
+        let resumed = if s.resumed_tokens > 0 {
+            format!(", {} of them from --state-in", s.resumed_tokens)
+        } else {
+            String::new()
+        };
+        crate::errln!(
+            "\n[RWKV {} {} params, {}] state {} (a transformer's f32 KV cache at {} tokens{}: {}) | prompt {} tok at {:.1} tok/s | generated {} tok at {:.1} tok/s | peak RSS {}",
             c.version,
             human_count(c.n_params),
             dtype.name(),
             human_bytes(c.state_bytes() as u64),
             context,
+            resumed,
             human_bytes(kv),
             s.prompt_tokens,
             prompt_tps,
