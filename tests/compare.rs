@@ -351,7 +351,11 @@ fn cli_rejects_bad_options() {
         &["--memory-budget", "lots"],
         &["--time-budget", "3 weeks"],
         &["--contexts", "0,16"],
+        &["--contexts", "1x"],
         &["--decode-tokens", "0"],
+        &["--time-budget", "0s"],
+        &["--time-budget", "0"],
+        &["--time-budget", "0ms"],
     ] {
         let out = bin()
             .args(["compare", "--model"])
@@ -365,6 +369,205 @@ fn cli_rejects_bad_options() {
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+#[test]
+fn cli_accepts_k_suffixes_in_contexts() {
+    let out = bin()
+        .args(["compare", "--model"])
+        .arg(fixture("v7.safetensors"))
+        .args(["--contexts", "1k,0.05k", "--baseline", "linear"])
+        .args(["--decode-tokens", "2", "--time-budget", "none", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["settings"]["contexts"], serde_json::json!([50, 1000]));
+    for m in v["models"].as_array().unwrap() {
+        let contexts: Vec<u64> = m["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["context"].as_u64().unwrap())
+            .collect();
+        assert_eq!(contexts, [50, 1000], "{}", m["name"]);
+    }
+}
+
+#[test]
+fn cli_refuses_a_plot_into_a_missing_directory_before_any_work() {
+    let missing = tmp("no-such-dir").join("sub").join("x.svg");
+    let t = std::time::Instant::now();
+    let out = bin()
+        .args(["compare", "--model"])
+        .arg(fixture("v7.safetensors"))
+        .args(["--contexts", "16,64,256", "--baseline", "softmax,linear"])
+        .args(["--time-budget", "none", "--plot"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.starts_with("error: cannot write --plot") && stderr.contains("no-such-dir"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no table before the error");
+    assert!(secs < 5.0, "took {secs:.1} s");
+    assert!(!missing.parent().unwrap().exists());
+}
+
+#[test]
+fn cli_model_help_names_every_kind_of_model() {
+    let o = bin().args(["compare", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    for words in [
+        "catalogue alias",
+        "rwkv-cli models",
+        "Hugging Face",
+        "embedded model",
+    ] {
+        assert!(help.contains(words), "--model help lacks {words:?}: {help}");
+    }
+}
+
+#[test]
+fn an_rwkv_point_peaks_at_the_same_memory_at_any_context() {
+    // The worker of one point (as the parent runs it): its token stream is drawn chunk by
+    // chunk, so a 1M-token point does not hold 4 MB of tokens that a 1k point does not.
+    let peak = |n: &str| {
+        let out = bin()
+            .args(["--threads", "1", "compare", "--worker", "rwkv"])
+            .args(["--worker-context", n, "--decode-tokens", "2", "--model"])
+            .arg(fixture("v7.safetensors"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["context"].as_u64().unwrap().to_string(), n);
+        v["peak_rss_bytes"].as_u64().unwrap()
+    };
+    let (small, large) = (peak("1000"), peak("1000000"));
+    assert!(
+        large < small + (2 << 20),
+        "peak RSS at 1M tokens {large}, at 1k {small}"
+    );
+}
+
+/// The processes whose parent is `pid` (Linux /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let child: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // pid (comm) state ppid ...: the command may hold spaces and brackets.
+            let ppid: u32 = stat[stat.rfind(')')? + 1..]
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
+/// Runs a comparison whose last point takes minutes, sends SIGINT to compare (not to its
+/// worker) once the first two contexts are measured and the third's worker runs, and returns
+/// what came out. The worker must be gone with its parent.
+fn compare_interrupted(json: bool) -> std::process::Output {
+    use std::io::BufRead;
+    let mut child = bin()
+        .args(["--threads", "1", "compare", "--model"])
+        .arg(fixture("v7.safetensors"))
+        .args(["--contexts", "16,32,20000000", "--baseline", "linear"])
+        .args(["--decode-tokens", "2", "--time-budget", "none"])
+        .args(json.then_some("--json"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while !seen.contains("linear     N=32 ") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "ended early: {seen}");
+        seen += &line;
+    }
+    // The RWKV worker at 20M tokens (a minute or more) is starting: find it, then Ctrl-C.
+    let t = std::time::Instant::now();
+    let mut workers = Vec::new();
+    while workers.is_empty() && t.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        workers = children_of(child.id());
+    }
+    assert!(!workers.is_empty(), "no worker running");
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let t = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() && t.elapsed().as_secs() < 15 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let still_running = |pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let left: Vec<u32> = workers.iter().copied().filter(still_running).collect();
+    for pid in &left {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    let _ = child.kill();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let mut o = child.wait_with_output().unwrap();
+    assert!(left.is_empty(), "the worker {left:?} outlived compare");
+    o.stderr = (seen + &rest).into_bytes();
+    o
+}
+
+#[test]
+fn ctrl_c_reports_the_points_measured_so_far_and_exits_130() {
+    let o = compare_interrupted(false);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(rows.len(), 4, "two contexts × two models: {stdout}");
+    assert!(rows.iter().all(|r| !r.contains("20000000")), "{stdout}");
+    assert!(stdout.contains("growth exponents"), "{stdout}");
+    assert!(
+        stdout.contains("RWKV v7: interrupted (Ctrl-C) before 20000000 tokens"),
+        "{stdout}"
+    );
+
+    let o = compare_interrupted(true);
+    assert_eq!(o.status.code(), Some(130));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+    for m in v["models"].as_array().unwrap() {
+        let contexts: Vec<u64> = m["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["context"].as_u64().unwrap())
+            .collect();
+        assert_eq!(contexts, [16, 32], "{}", m["name"]);
+        assert!(m["stopped"].as_str().unwrap().contains("interrupted"));
     }
 }
 

@@ -1,9 +1,11 @@
 //! `rwkv-cli bench --context N`: long-context throughput and memory, measured.
 //!
-//! Pushes N tokens through the sequence path in chunks, reporting throughput and resident
-//! memory per segment (each tenth of N by default) so that a flat line is visible, then
+//! Pushes N tokens (the text's tokens repeated, made chunk by chunk so that nothing grows with
+//! N) through the sequence path in chunks, reporting throughput and resident memory per
+//! segment (each tenth of N by default) so that a flat line is visible, then
 //! decodes a few tokens at depth 0 and at depth N. The state's size is printed next to the
-//! KV cache a softmax transformer of the same depth and width would need at that context.
+//! KV cache a softmax transformer of the same depth and width would need at that context, in
+//! f32 like the state, whatever the weights' format.
 //!
 //! Decode is bound by memory bandwidth: every generated token reads every weight matrix once.
 //! So the report also gives the bytes of weights one decode step reads (the embedding row
@@ -23,7 +25,8 @@ use std::time::Instant;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Checkpoint file (.pth or .safetensors).
+    /// Checkpoint: a file (.pth or .safetensors), a catalogue alias (see `rwkv-cli models`) or
+    /// owner/repo:file.pth[@revision] on the Hugging Face Hub. Default: the embedded model.
     #[arg(long, short)]
     pub model: Option<String>,
     /// Tokens to push through the model: 100000, 100k, 1M.
@@ -41,20 +44,21 @@ pub struct BenchArgs {
     /// Tokens per chunk of the sequence path.
     #[arg(long, default_value_t = models::DEFAULT_CHUNK)]
     pub chunk: usize,
-    /// Tokens decoded (one at a time) at depth 0 and at depth N.
+    /// Tokens decoded (one at a time) at depth 0 and at depth N (at least 1).
     #[arg(long, default_value_t = 16)]
     pub decode_tokens: usize,
     /// Compute dtype of the weight matrices: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: ComputeDType,
-    /// Quantize the weight matrices at load time: q8_0 or q4_0 (replaces --dtype for them).
-    #[arg(long)]
+    /// Quantize the weight matrices at load time: q8_0 or q4_0 (instead of --dtype).
+    #[arg(long, conflicts_with = "dtype")]
     pub quant: Option<ComputeDType>,
     /// Measure decode only: ms/token over --decode-tokens steps, the weight traffic it makes,
-    /// and the machine's memory bandwidth (no long-context run).
-    #[arg(long)]
+    /// and the machine's memory bandwidth (no long-context run, so none of --context, --text,
+    /// --segments, --chunk, --tokenizer).
+    #[arg(long, conflicts_with_all = ["context", "text", "segments", "chunk", "tokenizer"])]
     pub decode: bool,
-    /// Tokenizer (default: chosen from the vocabulary size).
+    /// Tokenizer (default: chosen from the vocabulary size): world, 20b, bytes.
     #[arg(long)]
     pub tokenizer: Option<TokenizerKind>,
 }
@@ -63,6 +67,33 @@ pub struct BenchArgs {
 /// times, a victim L3 still served part of the reads (best passes 32–42 GB/s on a machine
 /// whose decode streams 36 GB/s); from eight times up the best pass is stable within 2%.
 const BANDWIDTH_PROBE_BYTES: usize = 256 << 20;
+
+/// The last-level cache assumed when the system does not say: 32 MiB, an L3 of this project's
+/// machine.
+const DEFAULT_LLC_BYTES: u64 = 32 << 20;
+
+/// Size of the largest cache of CPU 0 (Linux sysfs), or [`DEFAULT_LLC_BYTES`].
+pub fn last_level_cache_bytes() -> u64 {
+    let parse = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        let (num, scale) = match s.chars().last()? {
+            'K' | 'k' => (&s[..s.len() - 1], 1u64 << 10),
+            'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
+            'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
+            _ => (s, 1),
+        };
+        Some(num.trim().parse::<u64>().ok()? * scale)
+    };
+    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| parse(&std::fs::read_to_string(e.path().join("size")).ok()?))
+        .max()
+        .filter(|&b| b > 0)
+        .unwrap_or(DEFAULT_LLC_BYTES)
+}
 
 /// Bytes of weights one decode step reads: every tensor but the embedding (of which a step
 /// reads one row), the weight matrices in the packed layout of `dtype`, the rest (LoRAs,
@@ -136,9 +167,13 @@ pub fn builtin_text(min_bytes: usize) -> String {
     s
 }
 
-/// The token stream: the text's tokens repeated until there are `n`.
-fn token_stream(tokens: &[u32], n: usize) -> Vec<u32> {
-    tokens.iter().copied().cycle().take(n).collect()
+/// Positions `start..end` of the token stream (the text's tokens repeated without end) into
+/// `buf`: the stream is made chunk by chunk, never held whole, so memory does not grow with
+/// the context.
+fn stream_chunk(tokens: &[u32], start: usize, end: usize, buf: &mut Vec<u32>) {
+    buf.clear();
+    let len = tokens.len();
+    buf.extend((start..end).map(|p| tokens[p % len]));
 }
 
 /// Median milliseconds per token of `k` greedy recurrent steps from `state`.
@@ -164,6 +199,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.chunk == 0 || args.segments == 0 {
         crate::usage_bail!("--chunk and --segments must be at least 1");
     }
+    if args.decode_tokens == 0 {
+        crate::usage_bail!("--decode-tokens must be at least 1");
+    }
     let dtype = crate::ops::effective_dtype(args.dtype, args.quant)
         .map_err(|e| crate::commands::UsageError(format!("{e:#}")))?;
     let path = super::resolve_model(args.model.as_deref())?;
@@ -178,12 +216,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     drop(ckpt);
     let load_secs = load_start.elapsed().as_secs_f64();
     let cfg = model.config().clone();
+    let cache_bytes = last_level_cache_bytes();
     let decode = |ms: f64| DecodeReport {
         ms_per_token: ms,
         weight_bytes,
         read_bandwidth: bandwidth.read,
         copy_bandwidth: bandwidth.copy,
         threads: bandwidth.threads,
+        cache_bytes,
     };
     if args.decode {
         let ms = decode_ms(
@@ -194,7 +234,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         )?;
         let d = decode(ms);
         if args.json {
-            println!(
+            crate::outln!(
                 "{}",
                 serde_json::json!({
                     "model": {
@@ -209,9 +249,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     "peak_rss_bytes": peak_rss_bytes(),
                     "load_seconds": load_secs,
                 })
-            );
+            )?;
         } else {
-            println!(
+            crate::outln!(
                 "RWKV {} {} params, {} layers × {}, {} — decode, {} tokens",
                 cfg.version.name(),
                 human_count(cfg.n_params),
@@ -219,8 +259,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 cfg.n_embd,
                 dtype.name(),
                 args.decode_tokens
-            );
-            print!("{}", d.to_table());
+            )?;
+            super::print_out(&d.to_table())?;
         }
         return Ok(());
     }
@@ -229,6 +269,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None => tokenizer::kind_for_vocab(cfg.vocab_size)?,
     };
     let tok = tokenizer::load(kind)?;
+    super::eval::check_tokenizer(tok.as_ref(), cfg.vocab_size)?;
     let text = match &args.text {
         Some(p) => std::fs::read(p).with_context(|| format!("cannot read --text {p}"))?,
         None => builtin_text(64 * 1024).into_bytes(),
@@ -237,14 +278,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if text_tokens.is_empty() {
         crate::usage_bail!("--text is empty");
     }
-    let stream = token_stream(&text_tokens, n);
 
     let bar = super::token_progress_bar(n);
 
     let decode_depth0 = decode_ms(
         model.as_ref(),
         &mut model.new_state(),
-        stream[0],
+        text_tokens[0],
         args.decode_tokens,
     )?;
 
@@ -255,20 +295,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut state = model.new_state();
     let mut segments = Vec::new();
     let mut last_logits = Vec::new();
+    let mut chunk = Vec::with_capacity(args.chunk.min(n));
     let run_start = Instant::now();
     for (a, b) in segment_bounds(n, args.segments) {
         let t = Instant::now();
         for start in (a..b).step_by(args.chunk) {
             let end = (start + args.chunk).min(b);
-            let chunk = &stream[start..end];
-            let logits = model.forward_seq(chunk, &mut state, scoring)?;
+            stream_chunk(&text_tokens, start, end, &mut chunk);
+            let logits = model.forward_seq(&chunk, &mut state, scoring)?;
             if scoring {
                 let v = cfg.vocab_size;
                 for (i, row) in logits.chunks_exact(v).enumerate() {
                     // Only the text's first pass counts: repeats would be easy to predict.
                     let pos = start + i + 1;
                     if pos < text_tokens.len().min(n) {
-                        score.add(row, stream[pos], tok.as_ref());
+                        score.add(row, text_tokens[pos], tok.as_ref());
                     }
                 }
                 last_logits = logits[logits.len() - v..].to_vec();
@@ -290,7 +331,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let decode_depth_n = decode_ms(model.as_ref(), &mut state, next, args.decode_tokens)?;
     let total_secs = load_start.elapsed().as_secs_f64();
 
-    let bytes_per_el = dtype.size_in_bytes();
+    // f32, the precision of the RWKV state, whatever the weights' format: like for like (the
+    // figure generate prints).
+    let bytes_per_el = super::generate::KV_BYTES_PER_ELEMENT;
     let report = Report {
         version: cfg.version.name().to_string(),
         params: cfg.n_params,
@@ -313,9 +356,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         decode: decode(decode_depth0),
     };
     if args.json {
-        println!("{}", report.to_json());
+        crate::outln!("{}", report.to_json())?;
     } else {
-        print!("{}", report.to_table());
+        super::print_out(&report.to_table())?;
     }
     Ok(())
 }
@@ -353,6 +396,8 @@ pub struct DecodeReport {
     pub read_bandwidth: f64,
     pub copy_bandwidth: f64,
     pub threads: usize,
+    /// The largest cache (L3) of the machine, bytes.
+    pub cache_bytes: u64,
 }
 
 impl DecodeReport {
@@ -368,6 +413,13 @@ impl DecodeReport {
     pub fn bound_ms(&self) -> f64 {
         self.weight_bytes as f64 / self.read_bandwidth.max(1.0) * 1e3
     }
+    /// The weights a step reads are small next to the caches (under four times the largest:
+    /// see [`BANDWIDTH_PROBE_BYTES`], at four times an L3 still served part of the probe's
+    /// reads), or their traffic exceeds the measured memory bandwidth: part of them comes from
+    /// the caches, so the fraction of memory bandwidth is not bounded by it.
+    pub fn weights_fit_in_cache(&self) -> bool {
+        self.weight_bytes < 4 * self.cache_bytes || self.fraction_of_bandwidth() > 1.0
+    }
 
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -380,12 +432,14 @@ impl DecodeReport {
             "fraction_of_memory_bandwidth": self.fraction_of_bandwidth(),
             "bandwidth_bound_ms_per_token": self.bound_ms(),
             "threads": self.threads,
+            "last_level_cache_bytes": self.cache_bytes,
+            "weights_fit_in_cache": self.weights_fit_in_cache(),
         })
     }
 
     pub fn to_table(&self) -> String {
-        format!(
-            "decode            {:.2} ms/token ({:.1} tokens/s), reading {} of weights per token\n\
+        let mut s = format!(
+            "decode speed      {:.2} ms/token ({:.1} tokens/s), reading {} of weights per token\n\
              weight traffic    {:.1} GB/s = {:.0}% of the measured memory bandwidth\n\
              memory bandwidth  {:.1} GB/s read, {:.1} GB/s copy ({} threads, STREAM-style); bound {:.2} ms/token\n",
             self.ms_per_token,
@@ -397,7 +451,26 @@ impl DecodeReport {
             self.copy_bandwidth / 1e9,
             self.threads,
             self.bound_ms(),
-        )
+        );
+        if self.weights_fit_in_cache() {
+            let why = if self.weight_bytes < 4 * self.cache_bytes {
+                format!(
+                    "the weights a token reads ({}) are under 4× the last-level cache ({}): the \
+                     caches serve part of them",
+                    human_bytes(self.weight_bytes),
+                    human_bytes(self.cache_bytes)
+                )
+            } else {
+                "the weight traffic exceeds the measured memory bandwidth: the caches serve part \
+                 of the weights"
+                    .to_string()
+            };
+            s += &format!(
+                "note              {why}, so the fraction above is not bounded by memory \
+                 bandwidth\n"
+            );
+        }
+        s
     }
 }
 
@@ -483,7 +556,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "decode            {:.2} ms/token at depth 0, {:.2} ms/token at depth {}",
+            "decode by depth   {:.2} ms/token at depth 0, {:.2} ms/token at depth {}",
             self.decode_ms_depth0, self.decode_ms_depth_n, self.context
         );
         let _ = writeln!(
@@ -549,7 +622,38 @@ mod tests {
     }
 
     #[test]
-    fn token_stream_repeats_the_text() {
-        assert_eq!(token_stream(&[1, 2, 3], 7), vec![1, 2, 3, 1, 2, 3, 1]);
+    fn the_stream_repeats_the_text_chunk_by_chunk() {
+        let mut buf = Vec::new();
+        let mut all = Vec::new();
+        for (a, b) in [(0, 2), (2, 5), (5, 7)] {
+            stream_chunk(&[1, 2, 3], a, b, &mut buf);
+            all.extend_from_slice(&buf);
+        }
+        assert_eq!(all, vec![1, 2, 3, 1, 2, 3, 1]);
+        // Far into a context too large to hold: position 10^11 is token 10^11 mod 3.
+        stream_chunk(&[1, 2, 3], 100_000_000_000, 100_000_000_002, &mut buf);
+        assert_eq!(buf, vec![2, 3]);
+    }
+
+    #[test]
+    fn small_weights_or_traffic_over_the_bandwidth_get_the_cache_note() {
+        let d = |weight_bytes: u64, ms: f64| DecodeReport {
+            ms_per_token: ms,
+            weight_bytes,
+            read_bandwidth: 40e9,
+            copy_bandwidth: 30e9,
+            threads: 2,
+            cache_bytes: 32 << 20,
+        };
+        // 8 MiB of weights: in the caches, whatever the speed.
+        assert!(d(8 << 20, 1.0).weights_fit_in_cache());
+        assert!(d(8 << 20, 1.0).to_table().contains("note"));
+        // 760 MB at 20 ms: 38 GB/s, 95% of 40 GB/s, from memory.
+        let big = d(760_000_000, 20.0);
+        assert!(!big.weights_fit_in_cache());
+        assert!(!big.to_table().contains("note"));
+        assert_eq!(big.to_json()["weights_fit_in_cache"], false);
+        // The same at 10 ms would be 190% of the bandwidth: not bounded by it.
+        assert!(d(760_000_000, 10.0).weights_fit_in_cache());
     }
 }

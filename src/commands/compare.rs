@@ -11,7 +11,8 @@
 //! counted), runs, and prints one JSON line. The parent schedules the points context by
 //! context, refuses those predicted to exceed the memory budget, and stops a model's series
 //! when its next point is predicted (from the growth measured so far) to overrun what is left
-//! of the time budget.
+//! of the time budget. Ctrl-C stops the running worker and reports the points measured so far
+//! (table or JSON), then exits 130.
 
 use crate::baselines::{self, Kind, Shape, Transformer};
 use crate::models::{self, LoadOptions};
@@ -22,21 +23,64 @@ use clap::Args;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Set by Ctrl-C: the running point's worker is stopped, the points measured so far are
+/// reported, and the process exits 130.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// A context length: a count as `bench --context` takes it (512, 1k, 1.5M).
+fn parse_context(s: &str) -> Result<usize> {
+    let n = crate::stats::parse_count(s)?;
+    usize::try_from(n).map_err(|_| anyhow::anyhow!("invalid count \"{s}\": too large"))
+}
+
+/// Refuses a `--plot` path whose file could not be written (missing or read-only directory),
+/// before any point is measured: a probe file is created beside it, then removed.
+fn check_plot_path(p: &Path) -> Result<()> {
+    let dir = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!(
+            "cannot write --plot {}: no directory {}",
+            p.display(),
+            dir.display()
+        );
+    }
+    if p.is_dir() {
+        bail!("cannot write --plot {}: it is a directory", p.display());
+    }
+    let name = p.file_name().unwrap_or_default().to_string_lossy();
+    let probe = dir.join(format!(".{name}.{}.probe", std::process::id()));
+    std::fs::File::create(&probe)
+        .with_context(|| format!("cannot write --plot {}", p.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
 
 /// Contexts measured when `--contexts` is not given.
 pub const DEFAULT_CONTEXTS: [usize; 7] = [512, 1024, 2048, 4096, 8192, 16384, 32768];
 
 #[derive(Args, Debug, Clone)]
 pub struct CompareArgs {
-    /// The RWKV checkpoint to compare (as for `generate`).
+    /// The RWKV checkpoint to compare: a file (.pth or .safetensors), a catalogue alias (see
+    /// `rwkv-cli models`) or owner/repo:file.pth[@revision] on the Hugging Face Hub. Default:
+    /// the embedded model.
     #[arg(long, short)]
     pub model: Option<String>,
     /// Baselines, comma-separated: softmax, linear.
     #[arg(long, value_delimiter = ',', default_value = "softmax")]
     pub baseline: Vec<Kind>,
-    /// Context lengths in tokens, comma-separated [default: 512,1024,2048,4096,8192,16384,32768].
-    #[arg(long, value_delimiter = ',')]
+    /// Context lengths in tokens, comma-separated, with k/M suffixes as for `bench --context`
+    /// (1k = 1000) [default: 512,1024,2048,4096,8192,16384,32768].
+    #[arg(long, value_delimiter = ',', value_parser = parse_context)]
     pub contexts: Vec<usize>,
     /// Tokens decoded one at a time after each prefill; decode speed is their median.
     #[arg(long, default_value_t = 8)]
@@ -46,13 +90,14 @@ pub struct CompareArgs {
     #[arg(long, default_value = "8GiB")]
     pub memory_budget: String,
     /// Wall-clock budget: a model's series stops when its next point is predicted to overrun
-    /// it. 180s, 5m, 1h, or "none".
+    /// it. 180s, 5m, 1h, or "none" (not zero).
     #[arg(long, default_value = "180s")]
     pub time_budget: String,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Draw time and memory against context (log–log) into this SVG file.
+    /// Draw time and memory against context (log–log) into this SVG file (its directory must
+    /// exist).
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Compute dtype of the weight matrices (RWKV and baselines): f32, f16 or bf16.
@@ -410,6 +455,12 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// The token stream of [`baselines::token_stream`], one token at a time.
+fn token_source(vocab: usize, seed: u64) -> impl FnMut() -> u32 {
+    let mut rng = baselines::SplitMix64::new(seed);
+    move || ((rng.next_u64() >> 32) % vocab.max(1) as u64) as u32
+}
+
 fn shape_arg(s: &Shape) -> String {
     format!(
         "{},{},{},{},{},{}",
@@ -469,16 +520,26 @@ fn run_worker(args: &CompareArgs, who: &str) -> Result<()> {
         }
     };
     let load_seconds = t_load.elapsed().as_secs_f64();
-    let tokens = baselines::token_stream(n + d, vocab, args.seed);
+    // The tokens are drawn chunk by chunk, never held whole: at a long context a stream of
+    // 4 bytes per token would otherwise grow the peak RSS of even a fixed-size state.
+    let mut next_token = token_source(vocab, args.seed);
+    let mut piece = Vec::with_capacity(args.chunk.min(n));
     let reset = reset_peak_rss();
     let rss_after_load = current_rss_bytes();
 
     let t0 = Instant::now();
-    let logits = match &mut runner {
-        Runner::Rwkv(m, st) => models::prefill(m.as_ref(), &tokens[..n], st, args.chunk)?,
-        Runner::Base(m, c) => m.prefill(&tokens[..n], c, args.chunk)?,
+    let mut logits = None;
+    for start in (0..n).step_by(args.chunk.max(1)) {
+        piece.clear();
+        piece.extend((start..(start + args.chunk).min(n)).map(|_| next_token()));
+        logits = Some(match &mut runner {
+            Runner::Rwkv(m, st) => m.forward_seq(&piece, st, false)?,
+            Runner::Base(m, c) => m
+                .prefill(&piece, c, piece.len())?
+                .context("no tokens to prefill")?,
+        });
     }
-    .context("no tokens to prefill")?;
+    let logits = logits.context("no tokens to prefill")?;
     let prefill_seconds = t0.elapsed().as_secs_f64();
     let (state_bytes, allocated_bytes) = match &runner {
         Runner::Rwkv(_, st) => (st.size_bytes() as u64, st.size_bytes() as u64),
@@ -486,7 +547,7 @@ fn run_worker(args: &CompareArgs, who: &str) -> Result<()> {
     };
     let mut finite = logits.iter().all(|v| v.is_finite());
     let mut decode_ms = Vec::with_capacity(d);
-    for &tok in &tokens[n..] {
+    for tok in (0..d).map(|_| next_token()) {
         let t = Instant::now();
         let out = match &mut runner {
             Runner::Rwkv(m, st) => m.step(tok, st)?,
@@ -510,7 +571,7 @@ fn run_worker(args: &CompareArgs, who: &str) -> Result<()> {
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_rss_includes_load": !reset,
     });
-    println!("{v}");
+    crate::outln!("{v}")?;
     Ok(())
 }
 
@@ -547,11 +608,11 @@ fn run_point(plan: &Plan, who: Contender, n: usize) -> Result<Point> {
         Contender::Baseline(_) => cmd.arg("--worker-shape").arg(shape_arg(&plan.shape)),
     };
     let t = Instant::now();
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {}", plan.exe.display()))?;
+    let out = run_child(&mut cmd).with_context(|| format!("cannot run {}", plan.exe.display()))?;
     let wall = t.elapsed().as_secs_f64();
+    if interrupted() {
+        bail!("interrupted");
+    }
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let line = err.lines().rev().find(|l| !l.trim().is_empty());
@@ -570,6 +631,58 @@ fn run_point(plan: &Plan, who: Contender, n: usize) -> Result<Point> {
         .context("the worker printed no result")?;
     let v: Value = serde_json::from_str(line).context("the worker's result is not JSON")?;
     Point::from_worker_json(&v, wall)
+}
+
+/// Runs a worker to its end, like [`Command::output`], but kills it as soon as Ctrl-C is
+/// pressed. A worker that died of SIGINT itself (Ctrl-C in a terminal reaches the whole
+/// process group) counts as an interruption too, even if our handler has not run yet.
+fn run_child(cmd: &mut Command) -> std::io::Result<std::process::Output> {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if interrupted() {
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if status.signal() == Some(2) {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    }
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }
 
 fn secs(s: f64) -> String {
@@ -610,6 +723,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
         Err(e) => crate::usage_bail!("--memory-budget: {e}"),
     };
     let time_budget = match parse_duration(&args.time_budget) {
+        Ok(Some(t)) if t <= 0.0 => {
+            crate::usage_bail!("--time-budget must be more than zero (or \"none\" for no limit)")
+        }
         Ok(t) => t,
         Err(e) => crate::usage_bail!("--time-budget: {e}"),
     };
@@ -631,6 +747,10 @@ pub fn run(args: CompareArgs) -> Result<()> {
     }
     contexts.sort_unstable();
     contexts.dedup();
+    // Not a usage error: the path is well formed, the file system says no. Before any work.
+    if let Some(p) = &args.plot {
+        check_plot_path(p)?;
+    }
     let mut kinds: Vec<Kind> = Vec::new();
     for k in &args.baseline {
         if !kinds.contains(k) {
@@ -647,7 +767,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let d = args.decode_tokens;
     let rwkv = Contender::Rwkv(cfg.version);
 
-    eprintln!(
+    crate::errln!(
         "compare: RWKV {} ({} params): {} layers, width {}, FFN {}, vocab {} — {}",
         cfg.version,
         human_count(cfg.n_params),
@@ -658,7 +778,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         model_path.display()
     );
     if !kinds.is_empty() {
-        eprintln!(
+        crate::errln!(
             "compare: baselines of the same shape, random weights, {} heads × {}, squared-ReLU FFN: {} ({} params each)",
             shape.n_head,
             shape.head_size,
@@ -666,7 +786,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             human_count(shape.n_params())
         );
     }
-    eprintln!(
+    crate::errln!(
         "compare: {threads} threads, {} weights, prefill chunks of {}, {d} decode tokens per point, each point in a fresh process",
         args.dtype.name(),
         args.chunk
@@ -696,8 +816,8 @@ pub fn run(args: CompareArgs) -> Result<()> {
             .collect();
         mem_line += &format!("; softmax KV cache (f32) at {}", list.join(", "));
     }
-    eprintln!("{mem_line}");
-    eprintln!(
+    crate::errln!("{mem_line}");
+    crate::errln!(
         "compare: time budget {}",
         time_budget
             .map(|t| format!(
@@ -728,8 +848,12 @@ pub fn run(args: CompareArgs) -> Result<()> {
         })
         .collect();
 
-    for &n in &contexts {
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    'points: for &n in &contexts {
         for s in series.iter_mut() {
+            if interrupted() {
+                break 'points;
+            }
             if s.stopped.is_some() {
                 continue;
             }
@@ -744,7 +868,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
                         human_bytes(need),
                         human_bytes(budget)
                     );
-                    eprintln!("compare: {}: {why}", who.id());
+                    crate::errln!("compare: {}: {why}", who.id());
                     s.stopped = Some(why);
                     continue;
                 }
@@ -757,14 +881,14 @@ pub fn run(args: CompareArgs) -> Result<()> {
                         secs(pred),
                         secs(left.max(0.0))
                     );
-                    eprintln!("compare: {}: {why}", who.id());
+                    crate::errln!("compare: {}: {why}", who.id());
                     s.stopped = Some(why);
                     continue;
                 }
             }
             match run_point(&plan, who, n) {
                 Ok(p) => {
-                    eprintln!(
+                    crate::errln!(
                         "[{:>7}] {:<10} N={:<6} prefill {} ({:.0} tok/s)  decode {:.2} ms/tok  state {}  peak RSS {}",
                         secs(start.elapsed().as_secs_f64()),
                         who.id(),
@@ -777,9 +901,10 @@ pub fn run(args: CompareArgs) -> Result<()> {
                     );
                     s.points.push(p);
                 }
+                Err(_) if interrupted() => break 'points,
                 Err(e) => {
                     let why = format!("{e:#}");
-                    eprintln!("compare: {}: {why}", who.id());
+                    crate::errln!("compare: {}: {why}", who.id());
                     s.stopped = Some(why);
                     s.failed = true;
                 }
@@ -787,6 +912,22 @@ pub fn run(args: CompareArgs) -> Result<()> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let stopped_by_user = interrupted();
+    if stopped_by_user {
+        crate::errln!(
+            "compare: interrupted after {}; reporting the points measured so far",
+            secs(elapsed)
+        );
+        for s in series.iter_mut().filter(|s| s.stopped.is_none()) {
+            let next = contexts
+                .iter()
+                .find(|&&n| !s.points.iter().any(|p| p.context == n));
+            s.stopped = Some(match next {
+                Some(n) => format!("interrupted (Ctrl-C) before {n} tokens were measured"),
+                None => "interrupted (Ctrl-C) after its last point".into(),
+            });
+        }
+    }
 
     let title = format!(
         "RWKV {} vs baselines of the same shape ({} layers, width {}), {} thread{}, {}",
@@ -809,15 +950,19 @@ pub fn run(args: CompareArgs) -> Result<()> {
             time_budget,
             elapsed,
         };
-        println!("{}", report.to_json(&series));
+        crate::outln!("{}", report.to_json(&series))?;
     } else {
-        print_table(&title, &series, &contexts);
+        super::print_out(&table(&title, &series, &contexts))?;
     }
     if let Some(p) = &args.plot {
         draw_plot(p, &title, &series).with_context(|| format!("cannot draw {}", p.display()))?;
-        eprintln!("compare: plot written to {}", p.display());
+        crate::errln!("compare: plot written to {}", p.display());
     }
-    eprintln!("compare: done in {}", secs(elapsed));
+    if stopped_by_user {
+        // Like a shell: 128 + SIGINT.
+        std::process::exit(130);
+    }
+    crate::errln!("compare: done in {}", secs(elapsed));
     let failures = series.iter().filter(|s| s.failed).count();
     if series.iter().all(|s| s.points.is_empty()) {
         bail!("no point could be measured");
@@ -904,10 +1049,14 @@ impl Report<'_> {
     }
 }
 
-fn print_table(title: &str, series: &[Series], contexts: &[usize]) {
-    println!("{title}");
-    println!();
-    println!(
+/// The table of every point, the growth exponents and why series stopped, as printed.
+fn table(title: &str, series: &[Series], contexts: &[usize]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "{title}");
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
         "{:>8}  {:<18} {:>10} {:>9} {:>14} {:>12} {:>12} {:>12}",
         "context",
         "model",
@@ -921,7 +1070,8 @@ fn print_table(title: &str, series: &[Series], contexts: &[usize]) {
     for &n in contexts {
         for s in series {
             if let Some(p) = s.points.iter().find(|p| p.context == n) {
-                println!(
+                let _ = writeln!(
+                    out,
                     "{:>8}  {:<18} {:>10} {:>9.0} {:>14.2} {:>12} {:>12} {:>12}",
                     n,
                     s.who.label(),
@@ -935,9 +1085,14 @@ fn print_table(title: &str, series: &[Series], contexts: &[usize]) {
             }
         }
     }
-    println!();
-    println!("growth exponents: least-squares slope of log(value) against log(context); in brackets, the last step");
-    println!(
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "growth exponents: least-squares slope of log(value) against log(context); \
+         in brackets, the last step"
+    );
+    let _ = writeln!(
+        out,
         "{:<18} {:>14} {:>14} {:>10} {:>10}",
         "model", "prefill", "decode", "state/KV", "peak RSS"
     );
@@ -949,7 +1104,8 @@ fn print_table(title: &str, series: &[Series], contexts: &[usize]) {
                 opt_exp(s.last_step_exponent(m))
             )
         };
-        println!(
+        let _ = writeln!(
+            out,
             "{:<18} {:>14} {:>14} {:>10} {:>10}",
             s.who.label(),
             both(Metric::PrefillSeconds),
@@ -960,9 +1116,10 @@ fn print_table(title: &str, series: &[Series], contexts: &[usize]) {
     }
     for s in series {
         if let Some(why) = &s.stopped {
-            println!("{}: {why}", s.who.label());
+            let _ = writeln!(out, "{}: {why}", s.who.label());
         }
     }
+    out
 }
 
 /// Tick values for a log axis over `[lo, hi]`: powers of two for bytes, else 1–2–5 per
@@ -1174,6 +1331,13 @@ mod tests {
         let alloc = |n: usize| n as u64 * 10;
         assert_eq!(predict_peak_bytes(&two, alloc, 4000, 0), 1_000_000 + 20_000);
         assert_eq!(predict_peak_bytes(&[], alloc, 4000, 500), 40_500);
+    }
+
+    #[test]
+    fn the_worker_draws_the_same_tokens_one_at_a_time() {
+        let mut next = token_source(97, 42);
+        let streamed: Vec<u32> = (0..1000).map(|_| next()).collect();
+        assert_eq!(streamed, baselines::token_stream(1000, 97, 42));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `rwkv-cli eval --text FILE`: bits per byte and perplexity of a model over a text.
+//! `rwkv-cli eval --text FILE`: bits per byte and perplexity of a model over a text (`--text -`
+//! reads it from stdin).
 //!
 //! The text is tokenized, then fed through the sequence path in chunks with the state carried
 //! across chunks. Every token after the first is scored: its negative log-probability given
@@ -8,17 +9,19 @@
 use crate::models::{self, LoadOptions, Model};
 use crate::ops::ComputeDType;
 use crate::tokenizer::{self, Tokenizer, TokenizerKind};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use std::io::Read;
 
 #[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
-    /// Checkpoint file (.pth or .safetensors).
+    /// Checkpoint: a file (.pth or .safetensors), a catalogue alias (see `rwkv-cli models`) or
+    /// owner/repo:file.pth[@revision] on the Hugging Face Hub. Default: the embedded model.
     #[arg(long, short)]
     pub model: Option<String>,
-    /// The text to score.
+    /// The text to score: a file, or `-` to read it from stdin.
     #[arg(long)]
-    pub text: String,
+    pub text: std::ffi::OsString,
     /// Score at most this many tokens (from the start of the text).
     #[arg(long)]
     pub max_tokens: Option<usize>,
@@ -28,10 +31,10 @@ pub struct EvalArgs {
     /// Compute dtype of the weight matrices: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: ComputeDType,
-    /// Quantize the weight matrices at load time: q8_0 or q4_0 (replaces --dtype for them).
-    #[arg(long)]
+    /// Quantize the weight matrices at load time: q8_0 or q4_0 (instead of --dtype).
+    #[arg(long, conflicts_with = "dtype")]
     pub quant: Option<ComputeDType>,
-    /// Tokenizer (default: chosen from the vocabulary size).
+    /// Tokenizer (default: chosen from the vocabulary size): world, 20b, bytes.
     #[arg(long)]
     pub tokenizer: Option<TokenizerKind>,
     /// Print one JSON object instead of text.
@@ -63,6 +66,32 @@ impl Score {
     }
 }
 
+/// Refuses a tokenizer whose ids go past the model's vocabulary (the World tokenizer on a
+/// byte-level model, say), before any text is tokenized, with the message `generate` gives.
+pub fn check_tokenizer(tok: &dyn Tokenizer, model_vocab: usize) -> Result<()> {
+    if tok.vocab_size() > model_vocab {
+        bail!(
+            "the {} tokenizer has {} tokens but the model only {}",
+            tok.name(),
+            tok.vocab_size(),
+            model_vocab
+        );
+    }
+    Ok(())
+}
+
+/// Reads `--text`: a file, or stdin for `-`.
+fn read_text(arg: &std::ffi::OsStr) -> Result<Vec<u8>> {
+    if arg == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read --text - (stdin)")?;
+        return Ok(buf);
+    }
+    std::fs::read(arg).with_context(|| format!("cannot read --text {}", arg.to_string_lossy()))
+}
+
 /// Feeds `tokens` in chunks (state carried across) and scores every token after the first.
 pub fn score_tokens(
     model: &dyn Model,
@@ -91,11 +120,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.chunk == 0 {
         crate::usage_bail!("--chunk must be at least 1");
     }
-    let text =
-        std::fs::read(&args.text).with_context(|| format!("cannot read --text {}", args.text))?;
-    let path = super::resolve_model(args.model.as_deref())?;
     let dtype = crate::ops::effective_dtype(args.dtype, args.quant)
         .map_err(|e| crate::commands::UsageError(format!("{e:#}")))?;
+    let text = read_text(&args.text)?;
+    let path = super::resolve_model(args.model.as_deref())?;
     let model = models::load(&path, LoadOptions { dtype })?;
     let cfg = model.config().clone();
     let kind = match args.tokenizer {
@@ -103,6 +131,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         None => tokenizer::kind_for_vocab(cfg.vocab_size)?,
     };
     let tok = tokenizer::load(kind)?;
+    check_tokenizer(tok.as_ref(), cfg.vocab_size)?;
     let mut tokens = tok.encode(&text)?;
     if let Some(m) = args.max_tokens {
         tokens.truncate(m);
@@ -118,7 +147,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     bar.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     if args.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::json!({
                 "version": cfg.version.name(),
@@ -131,9 +160,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 "perplexity": score.perplexity(),
                 "seconds": secs,
             })
-        );
+        )?;
     } else {
-        println!(
+        crate::outln!(
             "{} tokens ({} bytes scored): {:.4} bits per byte, perplexity {:.3} per token ({} tokenizer, {}, {:.1} s)",
             tokens.len(),
             score.bytes,
@@ -142,7 +171,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             tok.name(),
             dtype.name(),
             secs
-        );
+        )?;
     }
     Ok(())
 }
