@@ -264,12 +264,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let kind = match args.tokenizer {
-        Some(k) => k,
-        None => tokenizer::kind_for_vocab(cfg.vocab_size)?,
-    };
-    let tok = tokenizer::load(kind)?;
-    super::eval::check_tokenizer(tok.as_ref(), cfg.vocab_size)?;
+    let tok = tokenizer::for_model(args.tokenizer, cfg.vocab_size)?;
     let text = match &args.text {
         Some(p) => std::fs::read(p).with_context(|| format!("cannot read --text {p}"))?,
         None => builtin_text(64 * 1024).into_bytes(),
@@ -333,7 +328,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     // f32, the precision of the RWKV state, whatever the weights' format: like for like (the
     // figure generate prints).
-    let bytes_per_el = super::generate::KV_BYTES_PER_ELEMENT;
+    let bytes_per_el = crate::models::KV_BYTES_PER_ELEMENT;
     let report = Report {
         version: cfg.version.name().to_string(),
         params: cfg.n_params,

@@ -23,16 +23,9 @@ use clap::Args;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Set by Ctrl-C: the running point's worker is stopped, the points measured so far are
-/// reported, and the process exits 130.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
+use super::interrupted;
 
 /// A context length: a count as `bench --context` takes it (512, 1k, 1.5M).
 fn parse_context(s: &str) -> Result<usize> {
@@ -676,7 +669,7 @@ fn run_child(cmd: &mut Command) -> std::io::Result<std::process::Output> {
         std::thread::sleep(Duration::from_millis(20));
     };
     if status.signal() == Some(2) {
-        INTERRUPTED.store(true, Ordering::SeqCst);
+        super::note_interrupt();
     }
     Ok(std::process::Output {
         status,
@@ -848,7 +841,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
         })
         .collect();
 
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    // Ctrl-C: the running point's worker is stopped, the points measured so far are
+    // reported, and the process exits 130.
+    super::catch_interrupt();
     'points: for &n in &contexts {
         for s in series.iter_mut() {
             if interrupted() {

@@ -9,7 +9,7 @@
 use crate::models::{self, LoadOptions, Model};
 use crate::ops::ComputeDType;
 use crate::tokenizer::{self, Tokenizer, TokenizerKind};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use std::io::Read;
 
@@ -66,20 +66,6 @@ impl Score {
     }
 }
 
-/// Refuses a tokenizer whose ids go past the model's vocabulary (the World tokenizer on a
-/// byte-level model, say), before any text is tokenized, with the message `generate` gives.
-pub fn check_tokenizer(tok: &dyn Tokenizer, model_vocab: usize) -> Result<()> {
-    if tok.vocab_size() > model_vocab {
-        bail!(
-            "the {} tokenizer has {} tokens but the model only {}",
-            tok.name(),
-            tok.vocab_size(),
-            model_vocab
-        );
-    }
-    Ok(())
-}
-
 /// Reads `--text`: a file, or stdin for `-`.
 fn read_text(arg: &std::ffi::OsStr) -> Result<Vec<u8>> {
     if arg == "-" {
@@ -126,12 +112,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let path = super::resolve_model(args.model.as_deref())?;
     let model = models::load(&path, LoadOptions { dtype })?;
     let cfg = model.config().clone();
-    let kind = match args.tokenizer {
-        Some(k) => k,
-        None => tokenizer::kind_for_vocab(cfg.vocab_size)?,
-    };
-    let tok = tokenizer::load(kind)?;
-    check_tokenizer(tok.as_ref(), cfg.vocab_size)?;
+    let tok = tokenizer::for_model(args.tokenizer, cfg.vocab_size)?;
     let mut tokens = tok.encode(&text)?;
     if let Some(m) = args.max_tokens {
         tokens.truncate(m);

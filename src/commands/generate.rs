@@ -22,7 +22,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(Args, Debug, Clone)]
@@ -332,9 +331,6 @@ impl RunStats {
     }
 }
 
-/// Set by Ctrl-C: generation stops at the next token and still reports its stats.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
 pub fn run(args: GenerateArgs) -> Result<()> {
     let sampler_cfg = SamplerConfig {
         temperature: args.temperature,
@@ -379,19 +375,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let ckpt = crate::checkpoint::Checkpoint::open(&path)?;
     let model = models::load_checkpoint(&ckpt, LoadOptions { dtype })?;
     let cfg = model.config().clone();
-    let kind = match args.tokenizer {
-        Some(k) => k,
-        None => tokenizer::kind_for_vocab(cfg.vocab_size)?,
-    };
-    let tok = tokenizer::load(kind)?;
-    if tok.vocab_size() > cfg.vocab_size {
-        bail!(
-            "the {} tokenizer has {} tokens but the model only {}",
-            tok.name(),
-            tok.vocab_size(),
-            cfg.vocab_size
-        );
-    }
+    let tok = tokenizer::for_model(args.tokenizer, cfg.vocab_size)?;
     let fingerprint = if args.state_in.is_some() || args.state_out.is_some() {
         ckpt.fingerprint()?
     } else {
@@ -415,13 +399,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
 
     // From here on, Ctrl-C stops the run at the next chunk or token and still reports it.
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    // Ctrl-C: generation stops at the next token and still reports its stats.
+    super::catch_interrupt();
 
     // The prompt: sequence path, chunk by chunk.
     let t0 = Instant::now();
     let mut prompt_done = 0;
     for c in tokens.chunks(args.chunk) {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if super::interrupted() {
             break;
         }
         logits = Some(model.forward_seq(c, &mut state, false)?);
@@ -435,7 +420,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut generated = 0;
     let mut gen_secs = 0.0;
     // Ctrl-C during the prompt: the state and the logits cover only part of it.
-    let prompt_interrupted = INTERRUPTED.load(Ordering::SeqCst);
+    let prompt_interrupted = super::interrupted();
     // Whether the run counts as interrupted, decided once (before --state-out would be
     // written): a Ctrl-C after that changes nothing.
     let mut interrupted = prompt_interrupted;
@@ -458,7 +443,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             pending: Vec::new(),
         };
         let mut open = true;
-        while generated < args.max_tokens && !INTERRUPTED.load(Ordering::SeqCst) {
+        while generated < args.max_tokens && !super::interrupted() {
             let next = sampler.sample(&logits);
             if Some(next) == tok.eot_token() {
                 break;
@@ -482,7 +467,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         gen_secs = t1.elapsed().as_secs_f64();
 
-        interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        interrupted = super::interrupted();
         if let (Some(p), false) = (&args.state_out, interrupted) {
             let saved = state_file::SavedState {
                 state,
@@ -532,10 +517,6 @@ fn per_sec(n: usize, secs: f64) -> f64 {
     }
 }
 
-/// Bytes per element of the transformer KV cache the state is compared with: f32, the
-/// precision the RWKV state is kept in, whatever the weights' format.
-pub const KV_BYTES_PER_ELEMENT: usize = 4;
-
 fn print_stats(
     model: &dyn Model,
     ckpt: &crate::checkpoint::Checkpoint,
@@ -545,7 +526,7 @@ fn print_stats(
 ) {
     let c = model.config();
     let context = s.context_tokens();
-    let kv = c.kv_cache_bytes(context as usize, KV_BYTES_PER_ELEMENT);
+    let kv = c.kv_cache_bytes(context as usize, models::KV_BYTES_PER_ELEMENT);
     let rss = peak_rss_bytes();
     let prompt_tps = per_sec(s.prompt_tokens, s.prompt_secs);
     let gen_tps = per_sec(s.generated_tokens, s.gen_secs);

@@ -11,6 +11,26 @@ pub mod models;
 use anyhow::Result;
 use std::path::PathBuf;
 
+/// Set by Ctrl-C once [`catch_interrupt`] has installed the handler.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes Ctrl-C set a flag instead of killing the process, for the commands that stop cleanly
+/// on it (`generate` stops at the next token, `compare` reports the points it has): they poll
+/// [`interrupted`] and exit 130 themselves.
+pub fn catch_interrupt() {
+    let _ = ctrlc::set_handler(note_interrupt);
+}
+
+/// Whether Ctrl-C has been pressed (or [`note_interrupt`] called).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Records an interrupt seen another way (a child process that died of SIGINT, say).
+pub fn note_interrupt() {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Sets the size of the thread pool used by the matrix kernels (ours and candle's).
 pub fn init_threads(threads: Option<usize>) -> Result<()> {
     let n = match threads {

@@ -89,11 +89,16 @@ impl Config {
     }
 
     /// What a softmax transformer of the same depth and width would cache for `context`
-    /// tokens: keys and values, per layer, `bytes_per_element` each.
+    /// tokens: keys and values, per layer, `bytes_per_element` each (the CLI compares the
+    /// state with [`KV_BYTES_PER_ELEMENT`]).
     pub fn kv_cache_bytes(&self, context: usize, bytes_per_element: usize) -> u64 {
         2 * self.n_layer as u64 * self.n_embd as u64 * context as u64 * bytes_per_element as u64
     }
 }
+
+/// Bytes per element of the transformer KV cache the state is compared with in the CLI's
+/// statistics: f32, the precision the RWKV state is kept in, whatever the weights' format.
+pub const KV_BYTES_PER_ELEMENT: usize = 4;
 
 /// One layer's recurrent state.
 #[derive(Clone, Debug, PartialEq)]

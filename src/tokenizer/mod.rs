@@ -102,6 +102,29 @@ pub fn kind_for_vocab(vocab_size: usize) -> anyhow::Result<TokenizerKind> {
     }
 }
 
+/// The tokenizer for a model of `model_vocab` entries: `requested` (`--tokenizer`) or the one
+/// its vocabulary size implies. A tokenizer whose ids go past the model's vocabulary (the World
+/// tokenizer on a byte-level model, say) is refused before any text is tokenized.
+pub fn for_model(
+    requested: Option<TokenizerKind>,
+    model_vocab: usize,
+) -> anyhow::Result<Box<dyn Tokenizer>> {
+    let kind = match requested {
+        Some(k) => k,
+        None => kind_for_vocab(model_vocab)?,
+    };
+    let tok = load(kind)?;
+    if tok.vocab_size() > model_vocab {
+        anyhow::bail!(
+            "the {} tokenizer has {} tokens but the model only {}",
+            tok.name(),
+            tok.vocab_size(),
+            model_vocab
+        );
+    }
+    Ok(tok)
+}
+
 /// Loads a tokenizer. The World and 20B tables are built once per process and shared.
 pub fn load(kind: TokenizerKind) -> anyhow::Result<Box<dyn Tokenizer>> {
     Ok(match kind {
