@@ -30,7 +30,7 @@ fn bench_json_reports_every_segment_and_the_state_against_a_kv_cache() {
         "--chunk",
         "100",
     ]);
-    assert_eq!(v["context"], 1000);
+    assert_eq!(v["context_tokens"], 1000);
     assert_eq!(v["model"]["version"], "v7");
     let segs = v["segments"].as_array().unwrap();
     assert_eq!(segs.len(), 4);
@@ -48,7 +48,7 @@ fn bench_json_reports_every_segment_and_the_state_against_a_kv_cache() {
     // 2 layers × (2 × 32 + 2 heads × 16²) floats × 4 bytes: constant.
     assert_eq!(v["state_bytes"], 2 * (64 + 512) * 4);
     // K and V, per layer, per token, f32: 2 × 2 × 32 × 1000 × 4.
-    assert_eq!(v["kv_cache_bytes_at_context"], 2 * 2 * 32 * 1000 * 4);
+    assert_eq!(v["kv_cache_bytes"], 2 * 2 * 32 * 1000 * 4);
     assert!(v["decode_ms_per_token_depth_0"].as_f64().unwrap() > 0.0);
     assert!(v["decode_ms_per_token_depth_n"].as_f64().unwrap() > 0.0);
     assert!(v["bits_per_byte"].is_null(), "no --text, no bits per byte");
@@ -120,7 +120,7 @@ fn bench_accepts_k_and_m_suffixes_and_rejects_garbage() {
         "2k",
         "--json",
     ]);
-    assert_eq!(v["context"], 2000);
+    assert_eq!(v["context_tokens"], 2000);
 }
 
 #[test]
@@ -264,7 +264,7 @@ fn bench_kv_cache_is_f32_whatever_the_weight_format() {
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["kv_cache_bytes_per_element"], 4, "{flags:?}");
         (
-            v["kv_cache_bytes_at_context"].as_u64().unwrap(),
+            v["kv_cache_bytes"].as_u64().unwrap(),
             v["state_bytes"].as_u64().unwrap(),
         )
     };

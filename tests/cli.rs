@@ -245,13 +245,13 @@ fn stats_json_reports_the_run_on_stderr() {
     let line = stderr(&o);
     let v: serde_json::Value =
         serde_json::from_str(line.trim()).expect("stderr is one JSON object");
-    assert_eq!(v["version"], "v7");
+    assert_eq!(v["model"]["version"], "v7");
     assert_eq!(v["prompt_tokens"], 5);
     assert_eq!(v["generated_tokens"], 5);
     // 2 layers × (2·32 shift + 2 heads × 16 × 16) floats × 4 bytes.
     assert_eq!(v["state_bytes"], 2 * (64 + 512) * 4);
     // A transformer of the same shape at 10 tokens: 2 (K,V) × 2 layers × 32 × 10 × 4 bytes.
-    assert_eq!(v["kv_cache_bytes_equivalent"], 2 * 2 * 32 * 10 * 4);
+    assert_eq!(v["kv_cache_bytes"], 2 * 2 * 32 * 10 * 4);
     assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0);
 }
 
@@ -613,5 +613,82 @@ fn info_and_models_survive_a_closed_pipe_and_a_full_disk() {
                 "{args:?}: {e}"
             );
         }
+    }
+}
+
+/// Every command's JSON names and describes the model the same way, in a `"model"` object.
+#[test]
+fn every_json_output_describes_the_model_the_same_way() {
+    let m = fixture("v7.safetensors");
+    let text = tmp("model-json.txt");
+    std::fs::write(&text, "Some text to score, long enough for a few tokens.").unwrap();
+    let text = text.display().to_string();
+    let runs: [(&[&str], bool); 5] = [
+        (
+            &["generate", "-m", &m, "-p", "hi", "-n", "2", "--stats-json"],
+            true,
+        ),
+        (&["eval", "-m", &m, "--text", &text, "--json"], false),
+        (
+            &[
+                "bench",
+                "-m",
+                &m,
+                "--context",
+                "300",
+                "--segments",
+                "1",
+                "--json",
+            ],
+            false,
+        ),
+        (
+            &[
+                "bench",
+                "-m",
+                &m,
+                "--decode",
+                "--decode-tokens",
+                "2",
+                "--json",
+            ],
+            false,
+        ),
+        (
+            &[
+                "compare",
+                "-m",
+                &m,
+                "--contexts",
+                "64,128",
+                "--decode-tokens",
+                "1",
+                "--json",
+            ],
+            false,
+        ),
+    ];
+    for (args, on_stderr) in runs {
+        let o = run(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let out = if on_stderr {
+            stderr(&o)
+        } else {
+            String::from_utf8(o.stdout).unwrap()
+        };
+        let line = out
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .expect("a JSON line");
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let model = &v["model"];
+        assert_eq!(model["path"], m.as_str(), "{args:?}");
+        assert_eq!(model["version"], "v7", "{args:?}");
+        assert_eq!(model["layers"], 2, "{args:?}");
+        assert_eq!(model["width"], 32, "{args:?}");
+        assert_eq!(model["vocab"], 256, "{args:?}");
+        assert_eq!(model["dtype"], "f32", "{args:?}");
+        assert!(model["params"].as_u64().unwrap() > 0, "{args:?}");
     }
 }

@@ -580,9 +580,9 @@ fn the_kv_cache_figure_is_f32_whatever_the_weight_format() {
         ]);
         assert!(o.status.success(), "{format:?}: {}", stderr(&o));
         let v = stats_json(&o);
-        assert_eq!(v["dtype"], format[1]);
+        assert_eq!(v["model"]["dtype"], format[1]);
         assert_eq!(v["context_tokens"], 10);
-        seen.push(v["kv_cache_bytes_equivalent"].as_u64().unwrap());
+        seen.push(v["kv_cache_bytes"].as_u64().unwrap());
     }
     // 2 (K, V) × 2 layers × width 32 × 10 tokens × 4 bytes, for every format.
     assert_eq!(seen, vec![2 * 2 * 32 * 10 * 4; 5], "{seen:?}");
@@ -637,7 +637,7 @@ fn the_context_after_state_in_counts_the_saved_tokens() {
     let v = stats_json(&resume(true));
     // 5 saved + 3 prompt + 4 generated.
     assert_eq!(v["context_tokens"], 12, "{v}");
-    assert_eq!(v["kv_cache_bytes_equivalent"], 2 * 2 * 32 * 12 * 4);
+    assert_eq!(v["kv_cache_bytes"], 2 * 2 * 32 * 12 * 4);
     assert_eq!(v["prompt_tokens"], 3);
     assert_eq!(v["generated_tokens"], 4);
     assert_eq!(v["resumed_tokens"], 5);

@@ -237,13 +237,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             crate::outln!(
                 "{}",
                 serde_json::json!({
-                    "model": {
-                        "version": cfg.version.name(),
-                        "params": cfg.n_params,
-                        "layers": cfg.n_layer,
-                        "width": cfg.n_embd,
-                        "dtype": dtype.name(),
-                    },
+                    "model": super::model_json(&path, &cfg, dtype),
                     "decode_tokens": args.decode_tokens,
                     "decode": d.to_json(),
                     "peak_rss_bytes": peak_rss_bytes(),
@@ -330,6 +324,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // figure generate prints).
     let bytes_per_el = crate::models::KV_BYTES_PER_ELEMENT;
     let report = Report {
+        model: super::model_json(&path, &cfg, dtype),
         version: cfg.version.name().to_string(),
         params: cfg.n_params,
         layers: cfg.n_layer,
@@ -360,6 +355,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 /// Everything `bench` measured.
 pub struct Report {
+    /// The JSON description of the model (`commands::model_json`).
+    pub model: serde_json::Value,
     pub version: String,
     pub params: u64,
     pub layers: usize,
@@ -479,14 +476,8 @@ impl Report {
 
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "model": {
-                "version": self.version,
-                "params": self.params,
-                "layers": self.layers,
-                "width": self.width,
-                "dtype": self.dtype,
-            },
-            "context": self.context,
+            "model": self.model,
+            "context_tokens": self.context,
             "chunk": self.chunk,
             "segments": self.segments.iter().map(|s| serde_json::json!({
                 "start": s.start,
@@ -498,7 +489,7 @@ impl Report {
             "prefill_tokens_per_second": self.context as f64 / self.prefill_seconds.max(1e-9),
             "prefill_seconds": self.prefill_seconds,
             "state_bytes": self.state_bytes,
-            "kv_cache_bytes_at_context": self.kv_cache_bytes,
+            "kv_cache_bytes": self.kv_cache_bytes,
             "kv_cache_bytes_per_element": self.kv_bytes_per_element,
             "decode_ms_per_token_depth_0": self.decode_ms_depth0,
             "decode_ms_per_token_depth_n": self.decode_ms_depth_n,

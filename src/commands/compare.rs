@@ -1005,19 +1005,13 @@ impl Report<'_> {
                 })
             })
             .collect();
+        let mut model = super::model_json(self.model_path, cfg, self.args.dtype);
+        model["ffn"] = cfg.n_ffn.into();
+        model["heads"] = cfg.n_head.into();
+        model["head_size"] = cfg.head_size.into();
+        model["state_bytes"] = cfg.state_bytes().into();
         json!({
-            "model": {
-                "path": self.model_path.display().to_string(),
-                "version": cfg.version.name(),
-                "params": cfg.n_params,
-                "layers": cfg.n_layer,
-                "width": cfg.n_embd,
-                "ffn": cfg.n_ffn,
-                "heads": cfg.n_head,
-                "head_size": cfg.head_size,
-                "vocab": cfg.vocab_size,
-                "state_bytes": cfg.state_bytes(),
-            },
+            "model": model,
             "baseline_shape": {
                 "layers": shape.n_layer,
                 "width": shape.n_embd,

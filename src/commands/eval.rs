@@ -131,8 +131,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         crate::outln!(
             "{}",
             serde_json::json!({
-                "version": cfg.version.name(),
-                "dtype": dtype.name(),
+                "model": super::model_json(&path, &cfg, dtype),
                 "tokenizer": tok.name(),
                 "tokens": tokens.len(),
                 "scored_tokens": score.tokens,

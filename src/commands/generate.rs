@@ -532,16 +532,11 @@ fn print_stats(
     let gen_tps = per_sec(s.generated_tokens, s.gen_secs);
     if json {
         let v = serde_json::json!({
-            "version": c.version.name(),
-            "params": c.n_params,
-            "layers": c.n_layer,
-            "width": c.n_embd,
-            "dtype": dtype.name(),
-            "file_bytes": ckpt.file_size,
+            "model": super::model_json(&ckpt.path, c, dtype),
             "state_bytes": c.state_bytes(),
             "resumed_tokens": s.resumed_tokens,
             "context_tokens": context,
-            "kv_cache_bytes_equivalent": kv,
+            "kv_cache_bytes": kv,
             "kv_cache_dtype": "f32",
             "prompt_tokens": s.prompt_tokens,
             "prompt_seconds": s.prompt_secs,

@@ -67,6 +67,24 @@ pub fn token_progress_bar(len: usize) -> indicatif::ProgressBar {
     b
 }
 
+/// The `"model"` object of every command's JSON (`generate --stats-json`, `eval`, `bench` and
+/// `compare --json`): which file ran, what it is, and the precision it ran in.
+pub fn model_json(
+    path: &std::path::Path,
+    cfg: &crate::models::Config,
+    dtype: crate::ops::ComputeDType,
+) -> serde_json::Value {
+    serde_json::json!({
+        "path": path.display().to_string(),
+        "version": cfg.version.name(),
+        "params": cfg.n_params,
+        "layers": cfg.n_layer,
+        "width": cfg.n_embd,
+        "vocab": cfg.vocab_size,
+        "dtype": dtype.name(),
+    })
+}
+
 /// Resolves `--model` to a checkpoint file.
 pub fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
     match model {

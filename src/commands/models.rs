@@ -45,7 +45,7 @@ pub fn run(args: ModelsArgs) -> Result<()> {
     }
     let width = rows.iter().map(|(e, _)| e.alias.len()).max().unwrap_or(5);
     let mut out = format!(
-        "{:<width$}  {:<7}  {:>6}  {:>10}  {:<6}  SOURCE",
+        "{:<width$}  {:<7}  {:>6}  {:>10}  {:<6}  SOURCE\n",
         "ALIAS", "VERSION", "PARAMS", "DOWNLOAD", "CACHED"
     );
     for (e, cached) in &rows {
