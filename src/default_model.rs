@@ -45,7 +45,7 @@ pub fn path() -> Result<PathBuf> {
         }
         let written = std::fs::create_dir_all(&dir)
             .map_err(anyhow::Error::from)
-            .and_then(|_| crate::commands::generate::write_atomic(&p, WEIGHTS));
+            .and_then(|_| crate::output_file::write_atomic(&p, WEIGHTS));
         match written {
             Ok(()) => return Ok(p),
             Err(e) => last_err = Some(e),

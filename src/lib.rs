@@ -6,6 +6,7 @@
 //! - [`tokenizer`]: World (trie, greedy longest match), 20B (HF `tokenizers`) and byte tokenizers.
 //! - [`sampler`]: temperature, top-k, top-p, penalties, seeded.
 //! - [`stats`]: peak and current resident memory.
+//! - [`state_file`], [`output_file`]: saved states; writing output files safely.
 //! - [`commands`]: one file per subcommand.
 
 pub mod baselines;
@@ -17,6 +18,7 @@ pub mod hub;
 pub mod kernels;
 pub mod models;
 pub mod ops;
+pub mod output_file;
 pub mod quant;
 pub mod sampler;
 pub mod state_file;

@@ -15,7 +15,7 @@
 //! temporary file in its directory (that of the file a symbolic link points to, the link
 //! staying a link) and renamed over it, so an interrupted write never destroys the previous
 //! state; an existing FIFO or device is written in place (see
-//! [`write_output`](crate::commands::generate::write_output)).
+//! [`output_file::write`](crate::output_file::write)).
 
 use crate::models::{Config, LayerState, State};
 use anyhow::{bail, Context, Result};
@@ -182,7 +182,7 @@ pub fn decode(bytes: &[u8], cfg: &Config, fingerprint: u64) -> Result<SavedState
 /// Writes a state file: atomically for a regular file, through a symbolic link to its target,
 /// in place for a FIFO or a device.
 pub fn save(path: &Path, cfg: &Config, fingerprint: u64, saved: &SavedState) -> Result<()> {
-    crate::commands::generate::write_output(path, &encode(cfg, fingerprint, saved))
+    crate::output_file::write(path, &encode(cfg, fingerprint, saved))
 }
 
 /// Reads and checks a state file.

@@ -33,31 +33,6 @@ fn parse_context(s: &str) -> Result<usize> {
     usize::try_from(n).map_err(|_| anyhow::anyhow!("invalid count \"{s}\": too large"))
 }
 
-/// Refuses a `--plot` path whose file could not be written (missing or read-only directory),
-/// before any point is measured: a probe file is created beside it, then removed.
-fn check_plot_path(p: &Path) -> Result<()> {
-    let dir = p
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !dir.is_dir() {
-        bail!(
-            "cannot write --plot {}: no directory {}",
-            p.display(),
-            dir.display()
-        );
-    }
-    if p.is_dir() {
-        bail!("cannot write --plot {}: it is a directory", p.display());
-    }
-    let name = p.file_name().unwrap_or_default().to_string_lossy();
-    let probe = dir.join(format!(".{name}.{}.probe", std::process::id()));
-    std::fs::File::create(&probe)
-        .with_context(|| format!("cannot write --plot {}", p.display()))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
-}
-
 /// Contexts measured when `--contexts` is not given.
 pub const DEFAULT_CONTEXTS: [usize; 7] = [512, 1024, 2048, 4096, 8192, 16384, 32768];
 
@@ -742,7 +717,8 @@ pub fn run(args: CompareArgs) -> Result<()> {
     contexts.dedup();
     // Not a usage error: the path is well formed, the file system says no. Before any work.
     if let Some(p) = &args.plot {
-        check_plot_path(p)?;
+        // Before any point is measured: a run is minutes long.
+        crate::output_file::check("--plot", &p.to_string_lossy())?;
     }
     let mut kinds: Vec<Kind> = Vec::new();
     for k in &args.baseline {

@@ -6,22 +6,21 @@
 //! never grows.
 //!
 //! Output files (`--state-out`, `--logits-out`) are checked before anything expensive runs, and
-//! written by [`write_output`]: a regular file (or a new one) atomically, through a temporary
-//! file renamed over it in the directory of the real file (symbolic links are followed, never
-//! replaced); anything else that already exists (a FIFO, a device, `/dev/stdout`) is opened and
-//! written in place. After Ctrl-C neither is written: the state would cover only part of the
-//! input.
+//! written by [`crate::output_file`] (atomically for regular files, through symbolic links, in
+//! place for FIFOs and devices). After Ctrl-C neither is written: the state would cover only
+//! part of the input.
 
 use crate::models::{self, LoadOptions, Model};
 use crate::ops::ComputeDType;
+use crate::output_file;
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::state_file;
 use crate::stats::{human_bytes, human_count, peak_rss_bytes};
 use crate::tokenizer::{self, TokenizerKind};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use std::io::{IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 #[derive(Args, Debug, Clone)]
@@ -114,145 +113,6 @@ fn read_prompt(prompt: Option<&std::ffi::OsStr>) -> Result<Vec<u8>> {
         None if !std::io::stdin().is_terminal() => from_stdin(),
         None => crate::usage_bail!("no prompt: pass --prompt TEXT, or pipe the prompt on stdin"),
     }
-}
-
-/// Follows `path` through symbolic links (relative targets are relative to the link's
-/// directory) to the path of the file it names, which need not exist yet.
-fn resolve_links(path: &Path) -> Result<PathBuf> {
-    let mut p = path.to_path_buf();
-    for _ in 0..40 {
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let target = std::fs::read_link(&p)
-                    .with_context(|| format!("cannot read the link {}", p.display()))?;
-                p = match p.parent() {
-                    Some(dir) if target.is_relative() => dir.join(target),
-                    _ => target,
-                };
-            }
-            _ => return Ok(p),
-        }
-    }
-    bail!("{}: too many levels of symbolic links", path.display())
-}
-
-/// The directory a new file at `path` goes into.
-fn parent_dir(path: &Path) -> &Path {
-    path.parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
-
-/// The temporary file [`write_atomic`] writes before renaming it to `path`.
-fn temp_path(path: &Path) -> Result<PathBuf> {
-    let name = path.file_name().context("output path has no file name")?;
-    Ok(parent_dir(path).join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    )))
-}
-
-/// Checks, before any work, that `--option path` can be written: not a directory, in a
-/// directory that exists and where a file can be created (for a regular or a new file). An
-/// existing FIFO or device is not opened here (opening a FIFO waits for its reader).
-pub fn check_output_path(option: &str, path: &str) -> Result<()> {
-    if path.is_empty() {
-        crate::usage_bail!("{option} needs a file name");
-    }
-    let fail = |why: String| -> Result<()> { bail!("cannot write {option} {path}: {why}") };
-    if path.ends_with('/') {
-        return fail("the path names a directory, not a file".into());
-    }
-    let p = Path::new(path);
-    match std::fs::metadata(p) {
-        Ok(m) if m.is_dir() => return fail("it is a directory".into()),
-        Ok(m) if !m.is_file() => return Ok(()), // a FIFO or a device: written in place
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return fail(e.to_string()),
-    }
-    // A regular file or a new one: written atomically beside the real file.
-    let target = match resolve_links(p) {
-        Ok(t) => t,
-        Err(e) => return fail(format!("{e:#}")),
-    };
-    let dir = parent_dir(&target);
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return fail(format!("{} is not a directory", dir.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return fail(format!("directory {} does not exist", dir.display()))
-        }
-        Err(e) => return fail(format!("{}: {e}", dir.display())),
-    }
-    // Can a file be created there (permissions, a read-only file system)?
-    let tmp = match temp_path(&target) {
-        Ok(t) => t,
-        Err(e) => return fail(format!("{e:#}")),
-    };
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-    {
-        Ok(f) => {
-            drop(f);
-            let _ = std::fs::remove_file(&tmp);
-            Ok(())
-        }
-        // A temporary file left by an earlier run of this pid: it is overwritten later.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => fail(format!("cannot create a file in {}: {e}", dir.display())),
-    }
-}
-
-/// Writes an output file: a regular (or new) file atomically, in the directory of the file a
-/// symbolic link points to (the link stays); a FIFO, a character device or anything else that
-/// is not a regular file is opened and written in place.
-pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => bail!("cannot write {}: it is a directory", path.display()),
-        Ok(m) if !m.is_file() => {
-            let write = || -> std::io::Result<()> {
-                let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
-                f.write_all(bytes)?;
-                f.flush()
-            };
-            write().with_context(|| format!("cannot write {}", path.display()))
-        }
-        Ok(_) => write_atomic(&resolve_links(path)?, bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            write_atomic(&resolve_links(path)?, bytes)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
-    }
-}
-
-/// Writes a file atomically: a temporary file beside it, then a rename. An existing file's
-/// permissions are kept.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path).with_context(|| format!("cannot write {}", path.display()))?;
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        if let Ok(m) = std::fs::metadata(path) {
-            if m.is_file() {
-                f.set_permissions(m.permissions())?;
-            }
-        }
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable (best effort: not every file system allows it).
-        if let Ok(d) = std::fs::File::open(parent_dir(path)) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Holds back output that might be the start of a stop string.
@@ -358,10 +218,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     // Fail on an output that cannot be written now, not after the whole run.
     if let Some(p) = &args.state_out {
-        check_output_path("--state-out", p)?;
+        output_file::check("--state-out", p)?;
     }
     if let Some(p) = args.logits_out.as_deref().filter(|_| !logits_to_stdout) {
-        check_output_path("--logits-out", p)?;
+        output_file::check("--logits-out", p)?;
     }
     let dtype = crate::ops::effective_dtype(args.dtype, args.quant)
         .map_err(|e| crate::commands::UsageError(format!("{e:#}")))?;
@@ -430,7 +290,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             if logits_to_stdout {
                 emit(&mut out, &bytes)?;
             } else {
-                write_output(Path::new(p), &bytes).context("--logits-out")?;
+                output_file::write(Path::new(p), &bytes).context("--logits-out")?;
             }
         }
 
@@ -612,21 +472,5 @@ mod tests {
             ("START".into(), false)
         );
         assert_eq!(run_filter(&[], &["abc"]), ("abc".into(), false));
-    }
-
-    #[test]
-    fn atomic_write_replaces_the_file() {
-        let dir = std::env::temp_dir().join(format!("rwkv-atomic-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("x.bin");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        assert_eq!(
-            std::fs::read_dir(&dir).unwrap().count(),
-            1,
-            "no temp file left behind"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
