@@ -448,7 +448,7 @@ impl DecodeReport {
             let why = if self.weight_bytes < 4 * self.cache_bytes {
                 format!(
                     "the weights a token reads ({}) are under 4× the last-level cache ({}): the \
-                     caches serve part of them",
+                     caches may serve part of them",
                     human_bytes(self.weight_bytes),
                     human_bytes(self.cache_bytes)
                 )
