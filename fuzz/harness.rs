@@ -153,10 +153,18 @@ pub fn load_model(data: &[u8]) {
     };
     let _ = models::detect_version(&c);
     let _ = models::count_layers(&c);
+    // `info`'s check-only path accepts exactly what loading accepts, with the same config.
+    let inspected = models::inspect(&c);
     let Ok(m) = models::load_checkpoint(&c, LoadOptions::default()) else {
+        assert!(inspected.is_err(), "inspect accepted what load refuses");
         return;
     };
     let cfg = m.config().clone();
+    assert_eq!(
+        inspected.ok().as_ref(),
+        Some(&cfg),
+        "inspect and load disagree"
+    );
     let mut state = m.new_state();
     assert_eq!(state.size_bytes(), cfg.state_bytes());
     if let Ok(logits) = m.forward_seq(&[0, 1], &mut state, false) {

@@ -370,17 +370,3 @@ fn bench_labels_are_distinct_and_small_weights_get_the_cache_note() {
     assert_eq!(v["decode_tokens"], 4);
     assert!(v["decode"]["last_level_cache_bytes"].as_u64().unwrap() > 0);
 }
-
-#[test]
-fn bench_model_help_names_every_kind_of_model() {
-    let o = cli().args(["bench", "--help"]).output().unwrap();
-    let help = String::from_utf8_lossy(&o.stdout);
-    for words in [
-        "catalogue alias",
-        "rwkv-cli models",
-        "Hugging Face",
-        "embedded model",
-    ] {
-        assert!(help.contains(words), "--model help lacks {words:?}: {help}");
-    }
-}

@@ -692,3 +692,26 @@ fn every_json_output_describes_the_model_the_same_way() {
         assert!(model["params"].as_u64().unwrap() > 0, "{args:?}");
     }
 }
+
+/// Every command that takes a model says, in its help, every kind of model it takes.
+#[test]
+fn every_model_option_help_names_every_kind_of_model() {
+    for command in ["generate", "bench", "eval", "compare", "info"] {
+        let o = run(&[command, "--help"]);
+        assert!(o.status.success());
+        let help = String::from_utf8(o.stdout).unwrap();
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for want in [
+            "catalogue alias",
+            "rwkv-cli models",
+            "owner/repo:file.pth[@revision]",
+            "Hugging Face Hub",
+            "embedded model",
+        ] {
+            assert!(
+                flat.contains(want),
+                "{command} --help lacks {want:?}:\n{help}"
+            );
+        }
+    }
+}

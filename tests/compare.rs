@@ -422,20 +422,6 @@ fn cli_refuses_a_plot_into_a_missing_directory_before_any_work() {
 }
 
 #[test]
-fn cli_model_help_names_every_kind_of_model() {
-    let o = bin().args(["compare", "--help"]).output().unwrap();
-    let help = String::from_utf8_lossy(&o.stdout);
-    for words in [
-        "catalogue alias",
-        "rwkv-cli models",
-        "Hugging Face",
-        "embedded model",
-    ] {
-        assert!(help.contains(words), "--model help lacks {words:?}: {help}");
-    }
-}
-
-#[test]
 fn an_rwkv_point_peaks_at_the_same_memory_at_any_context() {
     // The worker of one point (as the parent runs it): its token stream is drawn chunk by
     // chunk, so a 1M-token point does not hold 4 MB of tokens that a 1k point does not.

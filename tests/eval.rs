@@ -149,17 +149,3 @@ fn eval_refuses_quant_with_dtype() {
     assert!(stderr(&o).contains("--dtype"), "{}", stderr(&o));
     assert!(o.stdout.is_empty());
 }
-
-#[test]
-fn eval_model_help_names_every_kind_of_model() {
-    let o = bin().args(["eval", "--help"]).output().unwrap();
-    let help = String::from_utf8_lossy(&o.stdout);
-    for words in [
-        "catalogue alias",
-        "rwkv-cli models",
-        "Hugging Face",
-        "embedded model",
-    ] {
-        assert!(help.contains(words), "--model help lacks {words:?}: {help}");
-    }
-}
