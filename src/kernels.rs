@@ -1,14 +1,13 @@
-//! The SIMD kernels: dot products; matrix–vector products over packed weight panels (the
-//! decode path, where every weight is read once per token and memory bandwidth sets the
-//! speed); register-tiled matrix–matrix products (the prefill path, bound by arithmetic);
-//! int8 products for the quantized formats; the RWKV-7 recurrence; a memory-bandwidth probe.
+//! The SIMD kernels: an f32 dot product (for the baselines); matrix–vector products over
+//! packed weight panels (the decode path, where every weight is read once per token and memory
+//! bandwidth sets the speed); register-tiled matrix–matrix products (the prefill path, bound by
+//! arithmetic); int8 products for the quantized formats; the RWKV-7 recurrence; a
+//! memory-bandwidth probe.
 //!
 //! Each kernel has an AVX-512 version (with VNNI for the integer ones) and an AVX2+FMA or
 //! portable one, chosen at run time (`RWKV_NO_AVX512`, `RWKV_NO_VNNI` and `RWKV_NO_SIMD` force
 //! the lower levels, for testing). 16-bit and quantized weights are widened in registers, so
 //! they stay small in memory.
-
-use half::{bf16, f16};
 
 /// Which instruction set the kernels use on this machine (detected once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,39 +58,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// `Σ a[i]·b[i]` with `a` in IEEE half precision.
-pub fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    match isa() {
-        // SAFETY: target features checked by `isa`; both slices have length `n`.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::dot_f16_avx512(a, b) },
-        // SAFETY: as above (AVX2, FMA and F16C).
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::dot_f16_avx2(a, b) },
-        _ => portable::dot_f16(a, b),
-    }
-}
-
-/// `Σ a[i]·b[i]` with `a` in bfloat16.
-pub fn dot_bf16(a: &[bf16], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    match isa() {
-        // SAFETY: target features checked by `isa`; both slices have length `n`.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::dot_bf16_avx512(a, b) },
-        // SAFETY: as above (AVX2 and FMA).
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::dot_bf16_avx2(a, b) },
-        _ => portable::dot_bf16(a, b),
-    }
-}
-
 mod portable {
-    use half::{bf16, f16};
-
     const L: usize = 16;
 
     pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -105,27 +72,10 @@ mod portable {
         }
         acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
     }
-
-    pub fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| x.to_f32() * y).sum()
-    }
-
-    pub fn dot_bf16(a: &[bf16], b: &[f32]) -> f32 {
-        let mut acc = [0.0f32; L];
-        let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-        let (ra, rb) = (ca.remainder(), cb.remainder());
-        for (x, y) in ca.zip(cb) {
-            for j in 0..L {
-                acc[j] += f32::from_bits((x[j].to_bits() as u32) << 16) * y[j];
-            }
-        }
-        acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x.to_f32() * y).sum::<f32>()
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use half::{bf16, f16};
     use std::arch::x86_64::*;
 
     /// Horizontal sum of 8 lanes.
@@ -185,98 +135,6 @@ mod x86 {
         let mut s = hsum256(_mm256_add_ps(acc0, acc1));
         while i < n {
             s += *pa.add(i) * *pb.add(i);
-            i += 1;
-        }
-        s
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_f16_avx512(a: &[f16], b: &[f32]) -> f32 {
-        let n = a.len();
-        let (pa, pb) = (a.as_ptr() as *const u16, b.as_ptr());
-        let mut acc0 = _mm512_setzero_ps();
-        let mut acc1 = _mm512_setzero_ps();
-        let mut i = 0;
-        while i + 32 <= n {
-            let h0 = _mm256_loadu_si256(pa.add(i) as *const __m256i);
-            let h1 = _mm256_loadu_si256(pa.add(i + 16) as *const __m256i);
-            acc0 = _mm512_fmadd_ps(_mm512_cvtph_ps(h0), _mm512_loadu_ps(pb.add(i)), acc0);
-            acc1 = _mm512_fmadd_ps(_mm512_cvtph_ps(h1), _mm512_loadu_ps(pb.add(i + 16)), acc1);
-            i += 32;
-        }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-        while i < n {
-            s += f16::from_bits(*pa.add(i)).to_f32() * *pb.add(i);
-            i += 1;
-        }
-        s
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f16_avx2(a: &[f16], b: &[f32]) -> f32 {
-        let n = a.len();
-        let (pa, pb) = (a.as_ptr() as *const u16, b.as_ptr());
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 16 <= n {
-            let h0 = _mm_loadu_si128(pa.add(i) as *const __m128i);
-            let h1 = _mm_loadu_si128(pa.add(i + 8) as *const __m128i);
-            acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(h0), _mm256_loadu_ps(pb.add(i)), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_cvtph_ps(h1), _mm256_loadu_ps(pb.add(i + 8)), acc1);
-            i += 16;
-        }
-        let mut s = hsum256(_mm256_add_ps(acc0, acc1));
-        while i < n {
-            s += f16::from_bits(*pa.add(i)).to_f32() * *pb.add(i);
-            i += 1;
-        }
-        s
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_bf16_avx512(a: &[bf16], b: &[f32]) -> f32 {
-        let n = a.len();
-        let (pa, pb) = (a.as_ptr() as *const u16, b.as_ptr());
-        let mut acc0 = _mm512_setzero_ps();
-        let mut acc1 = _mm512_setzero_ps();
-        let mut i = 0;
-        while i + 32 <= n {
-            let h0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(pa.add(i) as *const __m256i));
-            let h1 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(pa.add(i + 16) as *const __m256i));
-            let w0 = _mm512_castsi512_ps(_mm512_slli_epi32(h0, 16));
-            let w1 = _mm512_castsi512_ps(_mm512_slli_epi32(h1, 16));
-            acc0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(pb.add(i)), acc0);
-            acc1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(pb.add(i + 16)), acc1);
-            i += 32;
-        }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-        while i < n {
-            s += bf16::from_bits(*pa.add(i)).to_f32() * *pb.add(i);
-            i += 1;
-        }
-        s
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_bf16_avx2(a: &[bf16], b: &[f32]) -> f32 {
-        let n = a.len();
-        let (pa, pb) = (a.as_ptr() as *const u16, b.as_ptr());
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 16 <= n {
-            let h0 = _mm256_cvtepu16_epi32(_mm_loadu_si128(pa.add(i) as *const __m128i));
-            let h1 = _mm256_cvtepu16_epi32(_mm_loadu_si128(pa.add(i + 8) as *const __m128i));
-            let w0 = _mm256_castsi256_ps(_mm256_slli_epi32(h0, 16));
-            let w1 = _mm256_castsi256_ps(_mm256_slli_epi32(h1, 16));
-            acc0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(pb.add(i)), acc0);
-            acc1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(pb.add(i + 8)), acc1);
-            i += 16;
-        }
-        let mut s = hsum256(_mm256_add_ps(acc0, acc1));
-        while i < n {
-            s += bf16::from_bits(*pa.add(i)).to_f32() * *pb.add(i);
             i += 1;
         }
         s
@@ -1736,18 +1594,8 @@ mod tests {
             let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
             let tol = 1e-4 * (1.0 + exact.abs());
             assert!((dot_f32(&a, &b) as f64 - exact).abs() < tol, "f32 n={n}");
-            let ah: Vec<f16> = a.iter().map(|&x| f16::from_f32(x)).collect();
-            let exact_h: f64 = ah.iter().zip(&b).map(|(x, y)| x.to_f64() * *y as f64).sum();
-            assert!((dot_f16(&ah, &b) as f64 - exact_h).abs() < tol, "f16 n={n}");
-            let ab: Vec<bf16> = a.iter().map(|&x| bf16::from_f32(x)).collect();
-            let exact_b: f64 = ab.iter().zip(&b).map(|(x, y)| x.to_f64() * *y as f64).sum();
-            assert!(
-                (dot_bf16(&ab, &b) as f64 - exact_b).abs() < tol,
-                "bf16 n={n}"
-            );
             // The portable fallback agrees too.
             assert!((portable::dot_f32(&a, &b) as f64 - exact).abs() < tol);
-            assert!((portable::dot_bf16(&ab, &b) as f64 - exact_b).abs() < tol);
         }
     }
 
