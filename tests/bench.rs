@@ -1,18 +1,11 @@
 //! `rwkv-cli bench`: its arithmetic and its JSON schema on a small context (speed is reported,
 //! never asserted).
 
-use std::process::Command;
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::{bin, fixture, stderr};
 
 fn bench(args: &[&str]) -> serde_json::Value {
-    let o = Command::new(env!("CARGO_BIN_EXE_rwkv-cli"))
-        .arg("bench")
-        .args(args)
-        .output()
-        .unwrap();
+    let o = bin().arg("bench").args(args).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).expect("stdout is one JSON object")
 }
@@ -97,7 +90,7 @@ fn bench_with_text_reports_bits_per_byte_of_the_model_on_it() {
 
 #[test]
 fn bench_accepts_k_and_m_suffixes_and_rejects_garbage() {
-    let o = Command::new(env!("CARGO_BIN_EXE_rwkv-cli"))
+    let o = bin()
         .args([
             "bench",
             "--model",
@@ -128,7 +121,7 @@ fn eval_scores_a_text_like_the_recurrent_path() {
     let text = format!("{}/tests/fixtures/README.md", env!("CARGO_MANIFEST_DIR"));
     let bytes = std::fs::read(&text).unwrap();
     let n = 500;
-    let o = Command::new(env!("CARGO_BIN_EXE_rwkv-cli"))
+    let o = bin()
         .args([
             "eval",
             "--model",
@@ -161,21 +154,9 @@ fn eval_scores_a_text_like_the_recurrent_path() {
     assert!((v["perplexity"].as_f64().unwrap() - ppl).abs() / ppl < 1e-4);
 }
 
-/// The binary, with the embedded model's cache file in a temporary directory.
-fn cli() -> Command {
-    let cache = std::env::temp_dir().join(format!("rwkv-bench-test-{}", std::process::id()));
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rwkv-cli"));
-    c.env("RWKV_CLI_CACHE", cache);
-    c
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// Runs `bench ARGS --json` and returns the largest RSS of its segments.
 fn max_segment_rss(args: &[&str]) -> u64 {
-    let o = cli()
+    let o = bin()
         .arg("bench")
         .args(args)
         .arg("--json")
@@ -211,7 +192,7 @@ fn bench_runs_a_context_too_large_to_hold_in_flat_memory() {
     // 100G tokens would be 400 GB as a Vec<u32>. The run must start and settle into a small
     // RSS (after the bandwidth probe's 256 MiB buffers are freed) for a full second; it is
     // then stopped.
-    let mut child = cli()
+    let mut child = bin()
         .args(["bench", "--context", "100G", "--decode-tokens", "2"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -248,7 +229,7 @@ fn bench_runs_a_context_too_large_to_hold_in_flat_memory() {
 #[test]
 fn bench_kv_cache_is_f32_whatever_the_weight_format() {
     let kv = |flags: &[&str]| {
-        let o = cli()
+        let o = bin()
             .args([
                 "bench",
                 "--context",
@@ -293,7 +274,7 @@ fn bench_refuses_flags_it_would_ignore() {
         &["--decode-tokens", "0", "--context", "10"],
         &["--quant", "q4_0", "--dtype", "bf16"],
     ] {
-        let o = cli()
+        let o = bin()
             .args(["bench", "--model", &model])
             .args(args)
             .output()
@@ -305,7 +286,7 @@ fn bench_refuses_flags_it_would_ignore() {
 
 #[test]
 fn bench_refuses_a_tokenizer_larger_than_the_model_vocabulary() {
-    let o = cli()
+    let o = bin()
         .args(["bench", "--model", &fixture("v7.safetensors")])
         .args(["--context", "100", "--tokenizer", "20b"])
         .output()
@@ -324,7 +305,7 @@ fn bench_refuses_a_tokenizer_larger_than_the_model_vocabulary() {
 fn bench_labels_are_distinct_and_small_weights_get_the_cache_note() {
     // The fixture's weights (a few hundred KiB) fit in any L2: the fraction of memory
     // bandwidth is not bounded by it, and the report says so.
-    let o = cli()
+    let o = bin()
         .args(["bench", "--model", &fixture("v7.safetensors")])
         .args([
             "--context",

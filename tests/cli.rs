@@ -8,22 +8,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rwkv-cli"))
-}
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
+mod common;
+use common::{bin, fixture, scratch, stderr};
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rwkv-cli-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    scratch("files").join(name)
 }
 
 /// Runs with `stdin` piped in.
@@ -40,10 +29,6 @@ fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
 
 fn run(args: &[&str]) -> Output {
     run_with_stdin(bin().args(args), b"")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// The official reference's prompt and next-token logits for a fixture.

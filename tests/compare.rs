@@ -10,6 +10,9 @@ use rwkv_cli::ops::{ComputeDType, Mat};
 use std::path::PathBuf;
 use std::process::Command;
 
+mod common;
+use common::{bin, fixture, scratch};
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -194,22 +197,8 @@ fn exponent_fit_recovers_known_growth() {
     assert_eq!(fit_exponent(&[(10.0, 0.0), (20.0, 2.0)]), None);
 }
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rwkv-cli"))
-}
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
-
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rwkv-compare-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    scratch("files").join(name)
 }
 
 #[test]

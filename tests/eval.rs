@@ -3,22 +3,10 @@
 //! `--model` is given; its cache file goes to a temporary directory (`RWKV_CLI_CACHE`).
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-fn bin() -> Command {
-    let cache = std::env::temp_dir().join(format!("rwkv-eval-test-{}", std::process::id()));
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rwkv-cli"));
-    c.env("RWKV_CLI_CACHE", cache);
-    c
-}
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{bin, fixture, stderr};
 
 /// The one line of a failure: `error: ...`, nothing else.
 fn assert_one_error_line(o: &Output) {

@@ -7,35 +7,20 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{fixture, scratch, stderr};
 
 /// Vocabulary of the fixtures and of the embedded model.
 const VOCAB: usize = 256;
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rwkv-cli"));
-    c.env("RWKV_CLI_CACHE", dir("cache"))
-        .env("HF_HUB_OFFLINE", "1");
+    let mut c = common::bin();
+    c.env("HF_HUB_OFFLINE", "1");
     c
-}
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-/// A fresh directory per test (`name`), under one per test process.
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir()
-        .join(format!("rwkv-generate-io-{}", std::process::id()))
-        .join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn s(p: &Path) -> String {
@@ -64,10 +49,6 @@ fn run(args: &[&str]) -> Output {
     run_stdin(bin().args(args), b"")
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// The stats JSON object: the last line of stderr.
 fn stats_json(o: &Output) -> serde_json::Value {
     let e = stderr(o);
@@ -92,7 +73,7 @@ fn wait_for(child: &mut Child, limit: Duration) -> ExitStatus {
 
 /// The next-token logits after `prompt` on the v7 fixture, written to a plain new file.
 fn reference_logits(prompt: &str) -> Vec<u8> {
-    let f = dir("reference").join(format!("{}.f32", prompt.len()));
+    let f = scratch("reference").join(format!("{}.f32", prompt.len()));
     let o = run(&[
         "generate",
         "--model",
@@ -124,7 +105,7 @@ fn stdout_and_stderr_into_a_closed_pipe_end_quietly() {
             r#""$0" generate -p hi -n 1000 2>&1 | head -c 10 > /dev/null; exit "${PIPESTATUS[0]}""#,
             env!("CARGO_BIN_EXE_rwkv-cli"),
         ])
-        .env("RWKV_CLI_CACHE", dir("cache"))
+        .env("RWKV_CLI_CACHE", scratch("cache"))
         .stderr(Stdio::piped())
         .output()
         .unwrap();
@@ -218,7 +199,7 @@ fn catches_sigint(pid: u32) -> bool {
 
 #[test]
 fn ctrl_c_during_the_prompt_writes_no_state_and_reports_what_was_read() {
-    let d = dir("sigint");
+    let d = scratch("sigint");
     // A 1 MB prompt: minutes for the embedded model (byte tokenizer: one token per byte).
     let text = std::fs::read(fixture("austen_heldout.txt")).unwrap();
     let prompt: Vec<u8> = text.iter().copied().cycle().take(1 << 20).collect();
@@ -295,7 +276,7 @@ fn ctrl_c_during_the_prompt_writes_no_state_and_reports_what_was_read() {
 
 #[test]
 fn a_symlinked_output_is_written_through_the_link() {
-    let d = dir("symlink");
+    let d = scratch("symlink");
     let want = reference_logits("abc");
     let model = fixture("v7.safetensors");
     // A link to an existing file, by a relative path: the file gets the logits, the link stays.
@@ -328,7 +309,7 @@ fn a_symlinked_output_is_written_through_the_link() {
     );
 
     // A dangling link into another directory: the file is created where it points.
-    let other = dir("symlink-target");
+    let other = scratch("symlink-target");
     let target = other.join("state.bin");
     let dangling = d.join("dangling.state");
     std::os::unix::fs::symlink(&target, &dangling).unwrap();
@@ -376,7 +357,7 @@ fn a_symlinked_output_is_written_through_the_link() {
 
 #[test]
 fn a_fifo_output_delivers_the_bytes_to_its_reader() {
-    let d = dir("fifo");
+    let d = scratch("fifo");
     let want = reference_logits("abc");
     let fifo = d.join("logits.fifo");
     let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
@@ -420,7 +401,7 @@ fn a_fifo_output_delivers_the_bytes_to_its_reader() {
 fn logits_out_dash_writes_exactly_the_logits_to_stdout() {
     let want = reference_logits("abc");
     let model = fixture("v7.safetensors");
-    let d = dir("dash");
+    let d = scratch("dash");
     let o = run_stdin(
         bin().current_dir(&d).args([
             "generate",
@@ -459,7 +440,7 @@ fn logits_out_dash_writes_exactly_the_logits_to_stdout() {
 #[test]
 fn a_regular_output_file_is_replaced_atomically_and_keeps_its_mode() {
     use std::os::unix::fs::PermissionsExt;
-    let d = dir("regular");
+    let d = scratch("regular");
     let want = reference_logits("abc");
     let f = d.join("out.f32");
     std::fs::write(&f, vec![7u8; 5000]).unwrap();
@@ -496,7 +477,7 @@ fn a_regular_output_file_is_replaced_atomically_and_keeps_its_mode() {
 
 #[test]
 fn a_bad_output_path_fails_before_anything_runs() {
-    let d = dir("badpath");
+    let d = scratch("badpath");
     let model = fixture("v7.safetensors");
     let missing_dir = d.join("no-such-dir").join("x.state");
     let a_dir = d.join("a-dir");
@@ -597,7 +578,7 @@ fn the_kv_cache_figure_is_f32_whatever_the_weight_format() {
 
 #[test]
 fn the_context_after_state_in_counts_the_saved_tokens() {
-    let d = dir("context");
+    let d = scratch("context");
     let model = fixture("v7.safetensors");
     let state = d.join("doc.state");
     let o = run(&[
