@@ -4,27 +4,14 @@
 //! bytes are its token ids. That lets these tests feed the exact token ids the official
 //! implementation saw and compare the CLI's `--logits-out` with the official logits.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 mod common;
-use common::{bin, fixture, scratch, stderr};
+use common::{bin, fixture, run_with_stdin, scratch, stderr};
 
 fn tmp(name: &str) -> PathBuf {
     scratch("files").join(name)
-}
-
-/// Runs with `stdin` piped in.
-fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
 }
 
 fn run(args: &[&str]) -> Output {

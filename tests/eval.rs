@@ -2,11 +2,10 @@
 //! check, conflicting flags and the help text. The embedded default model is used where no
 //! `--model` is given; its cache file goes to a temporary directory (`RWKV_CLI_CACHE`).
 
-use std::io::Write;
 use std::process::{Output, Stdio};
 
 mod common;
-use common::{bin, fixture, stderr};
+use common::{bin, fixture, run_with_stdin, stderr};
 
 /// The one line of a failure: `error: ...`, nothing else.
 fn assert_one_error_line(o: &Output) {
@@ -71,15 +70,10 @@ fn eval_text_dash_reads_stdin_and_scores_it_like_the_file() {
             .output()
             .unwrap(),
     );
-    let mut child = bin()
-        .args(["eval", "--json", "--text", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(text).unwrap();
-    let from_stdin = json(&child.wait_with_output().unwrap());
+    let from_stdin = json(&run_with_stdin(
+        bin().args(["eval", "--json", "--text", "-"]),
+        text,
+    ));
     let _ = std::fs::remove_file(&file);
     assert_eq!(from_stdin["tokens"], 4000);
     assert_eq!(from_stdin["scored_bytes"], 3999);

@@ -5,14 +5,14 @@
 //! The fixture models have a 256-entry vocabulary (byte tokenizer: 256 logits, one token per
 //! prompt byte); the embedded default model is used where a run must take a while.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{fixture, scratch, stderr};
+use common::{fixture, run_with_stdin, scratch, stderr};
 
 /// Vocabulary of the fixtures and of the embedded model.
 const VOCAB: usize = 256;
@@ -27,26 +27,8 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// Runs with `stdin` piped in (closed after it), stdout and stderr captured.
-fn run_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let o = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    o
-}
-
 fn run(args: &[&str]) -> Output {
-    run_stdin(bin().args(args), b"")
+    run_with_stdin(bin().args(args), b"")
 }
 
 /// The stats JSON object: the last line of stderr.
@@ -402,7 +384,7 @@ fn logits_out_dash_writes_exactly_the_logits_to_stdout() {
     let want = reference_logits("abc");
     let model = fixture("v7.safetensors");
     let d = scratch("dash");
-    let o = run_stdin(
+    let o = run_with_stdin(
         bin().current_dir(&d).args([
             "generate",
             "--model",
@@ -633,7 +615,7 @@ fn the_context_after_state_in_counts_the_saved_tokens() {
 fn an_empty_prompt_from_stdin_is_a_usage_error() {
     let model = fixture("v7.safetensors");
     for extra in [&[][..], &["--prompt", "-"][..]] {
-        let o = run_stdin(
+        let o = run_with_stdin(
             bin()
                 .args(["generate", "--model", &model, "-n", "5"])
                 .args(extra),
