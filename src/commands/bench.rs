@@ -332,12 +332,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let bytes_per_el = crate::models::KV_BYTES_PER_ELEMENT;
     let peak_rss = peak_rss_bytes();
     let report = Report {
-        model: super::model_json(&path, &cfg, dtype),
-        version: cfg.version.name().to_string(),
-        params: cfg.n_params,
-        layers: cfg.n_layer,
-        width: cfg.n_embd,
-        dtype: dtype.name().to_string(),
+        path,
+        cfg: cfg.clone(),
+        dtype,
         context: n,
         chunk: args.chunk,
         segments,
@@ -363,13 +360,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 /// Everything `bench` measured.
 pub struct Report {
-    /// The JSON description of the model (`commands::model_json`).
-    pub model: serde_json::Value,
-    pub version: String,
-    pub params: u64,
-    pub layers: usize,
-    pub width: usize,
-    pub dtype: String,
+    /// The checkpoint that ran, its configuration and the weights' format.
+    pub path: std::path::PathBuf,
+    pub cfg: models::Config,
+    pub dtype: ComputeDType,
     pub context: usize,
     pub chunk: usize,
     pub segments: Vec<Segment>,
@@ -484,7 +478,7 @@ impl Report {
 
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "model": self.model,
+            "model": super::model_json(&self.path, &self.cfg, self.dtype),
             "context_tokens": self.context,
             "chunk": self.chunk,
             "segments": self.segments.iter().map(|s| serde_json::json!({
@@ -516,11 +510,11 @@ impl Report {
         let _ = writeln!(
             s,
             "RWKV {} {} params, {} layers × {}, {} — context {} tokens in chunks of {}",
-            self.version,
-            human_count(self.params),
-            self.layers,
-            self.width,
-            self.dtype,
+            self.cfg.version.name(),
+            human_count(self.cfg.n_params),
+            self.cfg.n_layer,
+            self.cfg.n_embd,
+            self.dtype.name(),
             self.context,
             self.chunk
         );
