@@ -172,10 +172,14 @@ pub fn random_values(n: usize, std: f32, seed: u64) -> Vec<f32> {
 
 /// A deterministic pseudo-random token stream: ids uniform in `0..vocab`.
 pub fn token_stream(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut next = token_source(vocab, seed);
+    (0..n).map(|_| next()).collect()
+}
+
+/// The tokens of [`token_stream`], one at a time (for runs too long to hold them all).
+pub fn token_source(vocab: usize, seed: u64) -> impl FnMut() -> u32 {
     let mut rng = SplitMix64::new(seed);
-    (0..n)
-        .map(|_| ((rng.next_u64() >> 32) % vocab.max(1) as u64) as u32)
-        .collect()
+    move || ((rng.next_u64() >> 32) % vocab.max(1) as u64) as u32
 }
 
 /// What a baseline carries from token to token.

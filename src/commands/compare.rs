@@ -423,12 +423,6 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// The token stream of [`baselines::token_stream`], one token at a time.
-fn token_source(vocab: usize, seed: u64) -> impl FnMut() -> u32 {
-    let mut rng = baselines::SplitMix64::new(seed);
-    move || ((rng.next_u64() >> 32) % vocab.max(1) as u64) as u32
-}
-
 fn shape_arg(s: &Shape) -> String {
     format!(
         "{},{},{},{},{},{}",
@@ -490,7 +484,7 @@ fn run_worker(args: &CompareArgs, who: &str) -> Result<()> {
     let load_seconds = t_load.elapsed().as_secs_f64();
     // The tokens are drawn chunk by chunk, never held whole: at a long context a stream of
     // 4 bytes per token would otherwise grow the peak RSS of even a fixed-size state.
-    let mut next_token = token_source(vocab, args.seed);
+    let mut next_token = baselines::token_source(vocab, args.seed);
     let mut piece = Vec::with_capacity(args.chunk.min(n));
     let reset = reset_peak_rss();
     let rss_after_load = current_rss_bytes();
@@ -1300,7 +1294,7 @@ mod tests {
 
     #[test]
     fn the_worker_draws_the_same_tokens_one_at_a_time() {
-        let mut next = token_source(97, 42);
+        let mut next = baselines::token_source(97, 42);
         let streamed: Vec<u32> = (0..1000).map(|_| next()).collect();
         assert_eq!(streamed, baselines::token_stream(1000, 97, 42));
     }
