@@ -132,28 +132,8 @@ impl Shape {
     }
 }
 
-/// SplitMix64: a tiny, fast, seedable generator (good enough for random weights and tokens).
-#[derive(Clone, Debug)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    pub fn next_signed(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
+/// The generator of the random weights and tokens (the sampler's).
+pub use crate::sampler::SplitMix64;
 
 /// `n` values, uniform with standard deviation `std`, generated in parallel; the same seed
 /// always gives the same values, whatever the number of threads.
