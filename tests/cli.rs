@@ -4,54 +4,20 @@
 //! bytes are its token ids. That lets these tests feed the exact token ids the official
 //! implementation saw and compare the CLI's `--logits-out` with the official logits.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 mod common;
-use common::{bin, fixture, run_with_stdin, scratch, stderr};
-
-fn tmp(name: &str) -> PathBuf {
-    scratch("files").join(name)
-}
-
-fn run(args: &[&str]) -> Output {
-    run_with_stdin(bin().args(args), b"")
-}
-
-/// The official reference's prompt and next-token logits for a fixture.
-fn reference(name: &str) -> (Vec<u8>, Vec<f32>) {
-    let bytes = std::fs::read(fixture(&format!("{name}.ref.safetensors"))).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let tokens = st
-        .tensor("tokens")
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u8)
-        .collect();
-    let logits = st
-        .tensor("logits_last")
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    (tokens, logits)
-}
-
-fn read_f32(path: &PathBuf) -> Vec<f32> {
-    std::fs::read(path)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
+use common::{
+    bin, fixture, read_f32, reference, run, run_with_stdin, scratch_file, stderr, MODELS,
+};
 
 #[test]
 fn logits_out_matches_the_official_reference_for_every_version() {
-    for name in ["v4", "v5_0", "v5_1", "v5_2", "v6", "v7", "v7_bf16"] {
-        let (prompt, expected) = reference(name);
-        let out = tmp(&format!("{name}.logits"));
+    for name in MODELS {
+        let r = reference(name);
+        let (prompt, expected): (Vec<u8>, _) =
+            (r.tokens.iter().map(|&t| t as u8).collect(), r.logits_last);
+        let out = scratch_file(&format!("{name}.logits"));
         let model = fixture(&format!("{name}.pth"));
         let o = run_with_stdin(
             bin()
@@ -286,7 +252,7 @@ fn errors_are_one_line_with_meaningful_exit_codes() {
     assert_eq!(stderr(&missing).trim().lines().count(), 1);
     assert!(stderr(&missing).contains("does not exist"));
 
-    let junk = tmp("junk.safetensors");
+    let junk = scratch_file("junk.safetensors");
     std::fs::write(&junk, b"this is not a checkpoint at all").unwrap();
     let o = run(&[
         "generate",
@@ -353,9 +319,9 @@ fn info_reports_version_shapes_and_state_size() {
 fn resuming_a_saved_state_equals_reading_the_whole_text() {
     let model = fixture("v7.pth");
     let (a, b) = ("The quick brown fox ", "jumps over the lazy dog");
-    let whole = tmp("whole.logits");
-    let resumed = tmp("resumed.logits");
-    let state = tmp("doc.state");
+    let whole = scratch_file("whole.logits");
+    let resumed = scratch_file("resumed.logits");
+    let state = scratch_file("doc.state");
     let base = ["generate", "--model", &model, "-n", "0", "--quiet"];
     let o = run(&[
         &base[..],
@@ -399,7 +365,7 @@ fn resuming_a_saved_state_equals_reading_the_whole_text() {
 #[test]
 fn generation_continues_from_a_saved_state() {
     let model = fixture("v6.safetensors");
-    let state = tmp("gen.state");
+    let state = scratch_file("gen.state");
     let base = [
         "generate",
         "--model",
@@ -438,7 +404,7 @@ fn generation_continues_from_a_saved_state() {
 
 #[test]
 fn a_state_for_another_model_or_a_damaged_state_is_refused() {
-    let state = tmp("v7.state");
+    let state = scratch_file("v7.state");
     let o = run(&[
         "generate",
         "--model",
@@ -482,7 +448,7 @@ fn a_state_for_another_model_or_a_damaged_state_is_refused() {
     assert!(stderr(&o).contains("another model"), "{}", stderr(&o));
     // Truncated.
     let bytes = std::fs::read(&state).unwrap();
-    let cut = tmp("cut.state");
+    let cut = scratch_file("cut.state");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let o = run(&[
         "generate",
@@ -592,7 +558,7 @@ fn info_and_models_survive_a_closed_pipe_and_a_full_disk() {
 #[test]
 fn every_json_output_describes_the_model_the_same_way() {
     let m = fixture("v7.safetensors");
-    let text = tmp("model-json.txt");
+    let text = scratch_file("model-json.txt");
     std::fs::write(&text, "Some text to score, long enough for a few tokens.").unwrap();
     let text = text.display().to_string();
     let runs: [(&[&str], bool); 5] = [

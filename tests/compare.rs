@@ -7,19 +7,10 @@ use rwkv_cli::baselines::{
 };
 use rwkv_cli::commands::compare::fit_exponent;
 use rwkv_cli::ops::{ComputeDType, Mat};
-use std::path::PathBuf;
 use std::process::Command;
 
 mod common;
-use common::{bin, fixture, scratch};
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
+use common::{bin, fixture, max_abs_diff, scratch_file};
 
 fn tiny_shape() -> Shape {
     Shape {
@@ -197,13 +188,9 @@ fn exponent_fit_recovers_known_growth() {
     assert_eq!(fit_exponent(&[(10.0, 0.0), (20.0, 2.0)]), None);
 }
 
-fn tmp(name: &str) -> PathBuf {
-    scratch("files").join(name)
-}
-
 #[test]
 fn cli_compares_end_to_end_with_json_and_plot() {
-    let svg = tmp("cmp.svg");
+    let svg = scratch_file("cmp.svg");
     let out = bin()
         .args(["--threads", "2", "compare", "--model"])
         .arg(fixture("v7.safetensors"))
@@ -387,7 +374,7 @@ fn cli_accepts_k_suffixes_in_contexts() {
 
 #[test]
 fn cli_refuses_a_plot_into_a_missing_directory_before_any_work() {
-    let missing = tmp("no-such-dir").join("sub").join("x.svg");
+    let missing = scratch_file("no-such-dir").join("sub").join("x.svg");
     let t = std::time::Instant::now();
     let out = bin()
         .args(["compare", "--model"])

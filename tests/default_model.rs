@@ -2,26 +2,20 @@
 //! `scripts/train_default_model.py`): it runs with no `--model`, offline, and is the model its
 //! training script reported.
 
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
 
-fn bin(cache: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rwkv-cli"));
-    c.env("RWKV_CLI_CACHE", cache);
-    c
-}
+mod common;
+use common::{bin_with_cache, repo_path, scratch};
 
-fn cache(name: &str) -> String {
-    let d = std::env::temp_dir().join(format!("rwkv-default-{}-{name}", std::process::id()));
-    d.display().to_string()
+/// A cache folder of one test's own.
+fn cache(name: &str) -> PathBuf {
+    scratch(&format!("default-model-cache-{name}"))
 }
 
 fn ok(o: Output) -> Output {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     o
-}
-
-fn manifest(p: &str) -> String {
-    format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
 }
 
 #[test]
@@ -35,20 +29,31 @@ fn generate_without_model_uses_the_embedded_one_and_a_seed_reproduces_it() {
         "120",
         "--quiet",
     ];
-    let a = ok(bin(&c).args(args).args(["--seed", "5"]).output().unwrap()).stdout;
-    let b = ok(bin(&c).args(args).args(["--seed", "5"]).output().unwrap()).stdout;
-    let other = ok(bin(&c).args(args).args(["--seed", "6"]).output().unwrap()).stdout;
+    let a = ok(bin_with_cache(&c)
+        .args(args)
+        .args(["--seed", "5"])
+        .output()
+        .unwrap())
+    .stdout;
+    let b = ok(bin_with_cache(&c)
+        .args(args)
+        .args(["--seed", "5"])
+        .output()
+        .unwrap())
+    .stdout;
+    let other = ok(bin_with_cache(&c)
+        .args(args)
+        .args(["--seed", "6"])
+        .output()
+        .unwrap())
+    .stdout;
     assert_eq!(a, b, "same seed, same text");
     assert_ne!(a, other, "another seed, another text");
     // The same as naming the file explicitly.
-    let explicit = ok(bin(&c)
+    let explicit = ok(bin_with_cache(&c)
         .args(args)
-        .args([
-            "--seed",
-            "5",
-            "--model",
-            &manifest("models/default.safetensors"),
-        ])
+        .args(["--seed", "5", "--model"])
+        .arg(repo_path("models/default.safetensors"))
         .output()
         .unwrap())
     .stdout;
@@ -66,7 +71,7 @@ fn generate_without_model_uses_the_embedded_one_and_a_seed_reproduces_it() {
 
 #[test]
 fn info_without_model_describes_the_embedded_model() {
-    let o = ok(bin(&cache("info"))
+    let o = ok(bin_with_cache(&cache("info"))
         .args(["info", "--json"])
         .output()
         .unwrap());
@@ -75,11 +80,11 @@ fn info_without_model_describes_the_embedded_model() {
     assert_eq!(v["vocab"], 256);
     assert!(v["source"].as_str().unwrap().contains("embedded"));
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(manifest("models/default.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(repo_path("models/default.json")).unwrap())
             .unwrap();
     assert_eq!(v["params"], meta["model"]["params"]);
     assert!(
-        std::fs::metadata(manifest("models/default.safetensors"))
+        std::fs::metadata(repo_path("models/default.safetensors"))
             .unwrap()
             .len()
             <= 16 << 20,
@@ -93,19 +98,19 @@ fn info_without_model_describes_the_embedded_model() {
 #[test]
 fn held_out_bits_per_byte_match_the_training_script() {
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(manifest("models/default.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(repo_path("models/default.json")).unwrap())
             .unwrap();
     let reported = meta["evaluation"]["heldout_bpb_exact"]
         .as_f64()
         .expect("heldout_bpb_exact in default.json");
-    let heldout = std::fs::read(manifest("tests/fixtures/austen_heldout.txt")).unwrap();
+    let heldout = std::fs::read(repo_path("tests/fixtures/austen_heldout.txt")).unwrap();
     assert_eq!(
         heldout.len() as u64,
         meta["evaluation"]["heldout_bytes"].as_u64().unwrap()
     );
-    let text = std::env::temp_dir().join(format!("rwkv-heldout-{}.txt", std::process::id()));
+    let text = scratch("heldout").join("heldout.txt");
     std::fs::write(&text, [&[0u8][..], &heldout].concat()).unwrap();
-    let o = ok(bin(&cache("eval"))
+    let o = ok(bin_with_cache(&cache("eval"))
         .args([
             "eval",
             "--json",
@@ -140,7 +145,7 @@ fn a_damaged_cache_file_is_rewritten() {
         "0",
         "--quiet",
     ];
-    let good = ok(bin(&c).args(args).output().unwrap()).stdout;
+    let good = ok(bin_with_cache(&c).args(args).output().unwrap()).stdout;
     let files: Vec<_> = std::fs::read_dir(&c)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -151,9 +156,9 @@ fn a_damaged_cache_file_is_rewritten() {
     let half = bytes.len() / 2;
     bytes[half..].fill(0);
     std::fs::write(&files[0], &bytes).unwrap();
-    let again = ok(bin(&c).args(args).output().unwrap()).stdout;
+    let again = ok(bin_with_cache(&c).args(args).output().unwrap()).stdout;
     assert_eq!(again, good);
-    let embedded = std::fs::read(manifest("models/default.safetensors")).unwrap();
+    let embedded = std::fs::read(repo_path("models/default.safetensors")).unwrap();
     assert!(
         std::fs::read(&files[0]).unwrap() == embedded,
         "cache file not repaired"

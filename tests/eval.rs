@@ -5,7 +5,7 @@
 use std::process::{Output, Stdio};
 
 mod common;
-use common::{bin, fixture, run_with_stdin, stderr};
+use common::{bin, fixture, run_with_stdin, scratch_file, stderr};
 
 /// The one line of a failure: `error: ...`, nothing else.
 fn assert_one_error_line(o: &Output) {
@@ -61,7 +61,7 @@ fn eval_into_a_full_disk_fails_with_one_line() {
 fn eval_text_dash_reads_stdin_and_scores_it_like_the_file() {
     let path = fixture("austen_heldout.txt");
     let text = &std::fs::read(&path).unwrap()[..4000];
-    let file = std::env::temp_dir().join(format!("rwkv-eval-stdin-{}.txt", std::process::id()));
+    let file = scratch_file("eval-stdin.txt");
     std::fs::write(&file, text).unwrap();
     let from_file = json(
         &bin()

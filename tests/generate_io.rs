@@ -12,23 +12,13 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{fixture, run_with_stdin, scratch, stderr};
+use common::{bin_offline, fixture, run_offline, run_with_stdin, scratch, stderr, wait_or_kill};
 
 /// Vocabulary of the fixtures and of the embedded model.
 const VOCAB: usize = 256;
 
-fn bin() -> Command {
-    let mut c = common::bin();
-    c.env("HF_HUB_OFFLINE", "1");
-    c
-}
-
 fn s(p: &Path) -> String {
     p.display().to_string()
-}
-
-fn run(args: &[&str]) -> Output {
-    run_with_stdin(bin().args(args), b"")
 }
 
 /// The stats JSON object: the last line of stderr.
@@ -40,23 +30,13 @@ fn stats_json(o: &Output) -> serde_json::Value {
 
 /// Waits for `child`, killing it (and failing) after `limit`.
 fn wait_for(child: &mut Child, limit: Duration) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("rwkv-cli did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_or_kill(child, limit).unwrap_or_else(|| panic!("rwkv-cli did not finish within {limit:?}"))
 }
 
 /// The next-token logits after `prompt` on the v7 fixture, written to a plain new file.
 fn reference_logits(prompt: &str) -> Vec<u8> {
     let f = scratch("reference").join(format!("{}.f32", prompt.len()));
-    let o = run(&[
+    let o = run_offline(&[
         "generate",
         "--model",
         &fixture("v7.safetensors"),
@@ -98,7 +78,7 @@ fn stdout_and_stderr_into_a_closed_pipe_end_quietly() {
 /// the stats line is dropped without a panic.
 #[test]
 fn a_closed_stderr_loses_only_the_stats() {
-    let mut child = bin()
+    let mut child = bin_offline()
         .args([
             "generate",
             "--model",
@@ -134,7 +114,7 @@ fn a_full_stdout_fails_with_one_line_and_a_full_stderr_is_ignored() {
             .open("/dev/full")
             .unwrap()
     };
-    let o = bin()
+    let o = bin_offline()
         .args(args)
         .stdin(Stdio::null())
         .stdout(full())
@@ -147,7 +127,7 @@ fn a_full_stdout_fails_with_one_line_and_a_full_stderr_is_ignored() {
     assert!(e.starts_with("error: ") && e.contains("stdout"), "{e}");
     assert!(!e.contains("panicked"), "{e}");
 
-    let o = bin()
+    let o = bin_offline()
         .args(args)
         .args(["--temperature", "0"])
         .stdin(Stdio::null())
@@ -189,7 +169,7 @@ fn ctrl_c_during_the_prompt_writes_no_state_and_reports_what_was_read() {
     std::fs::write(&prompt_file, &prompt).unwrap();
     let state = d.join("partial.state");
     let logits = d.join("partial.f32");
-    let mut child = bin()
+    let mut child = bin_offline()
         .args([
             "generate",
             "--prompt",
@@ -266,7 +246,7 @@ fn a_symlinked_output_is_written_through_the_link() {
     std::fs::write(&real, b"old contents").unwrap();
     let link = d.join("link.f32");
     std::os::unix::fs::symlink("real.f32", &link).unwrap();
-    let o = run(&[
+    let o = run_offline(&[
         "generate",
         "--model",
         &model,
@@ -295,7 +275,7 @@ fn a_symlinked_output_is_written_through_the_link() {
     let target = other.join("state.bin");
     let dangling = d.join("dangling.state");
     std::os::unix::fs::symlink(&target, &dangling).unwrap();
-    let o = run(&[
+    let o = run_offline(&[
         "generate",
         "--model",
         &model,
@@ -314,7 +294,7 @@ fn a_symlinked_output_is_written_through_the_link() {
         .is_symlink());
     assert!(std::fs::metadata(&target).unwrap().is_file());
     // And the state reads back through the link.
-    let o = run(&[
+    let o = run_offline(&[
         "generate",
         "--model",
         &model,
@@ -352,7 +332,7 @@ fn a_fifo_output_delivers_the_bytes_to_its_reader() {
         let r = std::fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut got));
         let _ = tx.send(r.map(|_| got));
     });
-    let o = run(&[
+    let o = run_offline(&[
         "generate",
         "--model",
         &fixture("v7.safetensors"),
@@ -385,7 +365,7 @@ fn logits_out_dash_writes_exactly_the_logits_to_stdout() {
     let model = fixture("v7.safetensors");
     let d = scratch("dash");
     let o = run_with_stdin(
-        bin().current_dir(&d).args([
+        bin_offline().current_dir(&d).args([
             "generate",
             "--model",
             &model,
@@ -403,7 +383,7 @@ fn logits_out_dash_writes_exactly_the_logits_to_stdout() {
     assert_eq!(o.stdout, want);
     assert!(!d.join("-").exists(), "no file named -");
     // With generated text the two would mix: a usage error, before any output.
-    let o = run(&[
+    let o = run_offline(&[
         "generate",
         "--model",
         &model,
@@ -427,7 +407,7 @@ fn a_regular_output_file_is_replaced_atomically_and_keeps_its_mode() {
     let f = d.join("out.f32");
     std::fs::write(&f, vec![7u8; 5000]).unwrap();
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let o = run(&[
+    let o = run_offline(&[
         "generate",
         "--model",
         &fixture("v7.safetensors"),
@@ -473,7 +453,7 @@ fn a_bad_output_path_fails_before_anything_runs() {
         ("--logits-out", s(&a_dir), "directory"),
     ];
     for (option, path, why) in &cases {
-        let o = run(&[
+        let o = run_offline(&[
             "generate",
             "--model",
             &model,
@@ -497,7 +477,7 @@ fn a_bad_output_path_fails_before_anything_runs() {
         assert!(!e.contains("os error 20"), "{e}");
     }
     // Before the model is even looked at: a missing model is not what is reported.
-    let o = run(&[
+    let o = run_offline(&[
         "generate",
         "--model",
         "/nonexistent/model.pth",
@@ -527,7 +507,7 @@ fn the_kv_cache_figure_is_f32_whatever_the_weight_format() {
         ["--quant", "q8_0"],
         ["--quant", "q4_0"],
     ] {
-        let o = run(&[
+        let o = run_offline(&[
             "generate",
             "--model",
             &model,
@@ -550,7 +530,7 @@ fn the_kv_cache_figure_is_f32_whatever_the_weight_format() {
     // 2 (K, V) × 2 layers × width 32 × 10 tokens × 4 bytes, for every format.
     assert_eq!(seen, vec![2 * 2 * 32 * 10 * 4; 5], "{seen:?}");
     // The text line says which precision the comparison assumes.
-    let o = run(&[
+    let o = run_offline(&[
         "generate", "--model", &model, "-p", "hello", "-n", "5", "--quant", "q4_0",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -563,7 +543,7 @@ fn the_context_after_state_in_counts_the_saved_tokens() {
     let d = scratch("context");
     let model = fixture("v7.safetensors");
     let state = d.join("doc.state");
-    let o = run(&[
+    let o = run_offline(&[
         "generate",
         "--model",
         &model,
@@ -593,7 +573,7 @@ fn the_context_after_state_in_counts_the_saved_tokens() {
         if json {
             args.push("--stats-json");
         }
-        let o = run(&args);
+        let o = run_offline(&args);
         assert!(o.status.success(), "{}", stderr(&o));
         o
     };
@@ -616,7 +596,7 @@ fn an_empty_prompt_from_stdin_is_a_usage_error() {
     let model = fixture("v7.safetensors");
     for extra in [&[][..], &["--prompt", "-"][..]] {
         let o = run_with_stdin(
-            bin()
+            bin_offline()
                 .args(["generate", "--model", &model, "-n", "5"])
                 .args(extra),
             b"",
@@ -628,14 +608,14 @@ fn an_empty_prompt_from_stdin_is_a_usage_error() {
         assert_eq!(e.trim().lines().count(), 1, "{e}");
     }
     // `< /dev/null` as well.
-    let o = bin()
+    let o = bin_offline()
         .args(["generate", "--model", &model, "-n", "5"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     // An explicit empty prompt still generates unconditionally.
-    let o = run(&[
+    let o = run_offline(&[
         "generate", "--model", &model, "--prompt", "", "-n", "5", "--quiet",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -645,14 +625,14 @@ fn an_empty_prompt_from_stdin_is_a_usage_error() {
 #[test]
 fn an_empty_stop_string_is_a_usage_error() {
     let model = fixture("v7.safetensors");
-    let o = run(&[
+    let o = run_offline(&[
         "generate", "--model", &model, "-p", "x", "-n", "5", "--stop", "",
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(o.stdout.is_empty());
     assert!(stderr(&o).contains("--stop"), "{}", stderr(&o));
     // Next to a real one, too.
-    let o = run(&[
+    let o = run_offline(&[
         "generate", "--model", &model, "-p", "x", "-n", "5", "--stop", "\n", "--stop", "",
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -661,7 +641,7 @@ fn an_empty_stop_string_is_a_usage_error() {
 #[test]
 fn quant_and_dtype_conflict() {
     let model = fixture("v7.safetensors");
-    let o = run(&[
+    let o = run_offline(&[
         "generate", "--model", &model, "-p", "x", "-n", "3", "--quant", "q4_0", "--dtype", "bf16",
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -669,7 +649,7 @@ fn quant_and_dtype_conflict() {
     assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
     // Each alone is fine.
     for f in [["--quant", "q4_0"], ["--dtype", "bf16"]] {
-        let o = run(&[
+        let o = run_offline(&[
             "generate", "--model", &model, "-p", "x", "-n", "3", "--quiet", f[0], f[1],
         ]);
         assert!(o.status.success(), "{f:?}: {}", stderr(&o));
@@ -679,7 +659,7 @@ fn quant_and_dtype_conflict() {
 
 #[test]
 fn help_describes_logits_on_stdout() {
-    let o = run(&["generate", "--help"]);
+    let o = run_offline(&["generate", "--help"]);
     assert!(o.status.success());
     let help = String::from_utf8(o.stdout).unwrap();
     let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");

@@ -16,16 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+mod common;
+use common::{fixture, read_fixture, stderr};
+
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
 fn fixture_bytes() -> Arc<Vec<u8>> {
-    Arc::new(std::fs::read(fixture("v7.pth")).unwrap())
+    Arc::new(read_fixture("v7.pth"))
 }
 
 /// What a route does wrong, if anything.
@@ -265,9 +262,10 @@ impl Drop for TempHome {
     }
 }
 
-/// The binary with a clean Hub environment: our HF_HOME, our endpoint, no proxies.
+/// The binary with a clean Hub environment: our HF_HOME, our endpoint, no proxies (and, as in
+/// every test, the embedded model's cache in the test's scratch folder).
 fn bin(home: &TempHome, endpoint: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rwkv-cli"));
+    let mut c = common::bin();
     for v in [
         "HF_HUB_CACHE",
         "HF_TOKEN",
@@ -296,10 +294,6 @@ fn run(mut c: Command) -> Output {
     c.output().unwrap()
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// `generate` greedily for 8 tokens, dumping the logits after the prompt.
 fn generate(home: &TempHome, endpoint: &str, model: &str, logits: &Path, extra: &[&str]) -> Output {
     let mut c = bin(home, endpoint);
@@ -313,13 +307,7 @@ fn generate(home: &TempHome, endpoint: &str, model: &str, logits: &Path, extra: 
 /// The same run on the local fixture: (stdout, logits).
 fn local_reference(home: &TempHome) -> (Vec<u8>, Vec<u8>) {
     let out = home.file("local.logits");
-    let o = generate(
-        home,
-        "http://127.0.0.1:9",
-        fixture("v7.pth").to_str().unwrap(),
-        &out,
-        &[],
-    );
+    let o = generate(home, "http://127.0.0.1:9", &fixture("v7.pth"), &out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     (o.stdout, std::fs::read(&out).unwrap())
 }

@@ -18,9 +18,9 @@ use rwkv_cli::commands::eval::score_tokens;
 use rwkv_cli::models::{self, LoadOptions, Model};
 use rwkv_cli::ops::ComputeDType;
 use rwkv_cli::tokenizer::{self, TokenizerKind};
-use std::path::PathBuf;
 
-const MODELS: [&str; 7] = ["v4", "v5_0", "v5_1", "v5_2", "v6", "v7", "v7_bf16"];
+mod common;
+use common::{fixture_path, max_abs_diff, repo_path, MODELS};
 
 /// Allowed differences from f32, per format (the fixtures' logits have a standard deviation of
 /// about 2.5 across the vocabulary; the measured values are about half of what is allowed).
@@ -76,15 +76,9 @@ const TOLERANCES: [Tolerance; 4] = [
     },
 ];
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
 fn load(name: &str, dtype: ComputeDType) -> Box<dyn Model> {
     models::load(
-        &fixture(&format!("{name}.safetensors")),
+        &fixture_path(&format!("{name}.safetensors")),
         LoadOptions { dtype },
     )
     .unwrap()
@@ -100,15 +94,7 @@ fn prompt() -> Vec<u32> {
 
 /// A longer text to score.
 fn text() -> Vec<u8> {
-    std::fs::read(fixture("README.md")).unwrap()[..3000].to_vec()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    std::fs::read(fixture_path("README.md")).unwrap()[..3000].to_vec()
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -230,9 +216,8 @@ fn both_paths_agree_at_every_precision() {
 /// −0.0001, Q8_0 −0.0002, Q4_0 +0.0065 bits per byte, i.e. +0.35%).
 #[test]
 fn a_trained_model_loses_little_at_every_precision() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let path = root.join("models/default.safetensors");
-    let text = std::fs::read(root.join("tests/fixtures/austen_heldout.txt")).unwrap();
+    let path = repo_path("models/default.safetensors");
+    let text = std::fs::read(fixture_path("austen_heldout.txt")).unwrap();
     let tok = tokenizer::load(TokenizerKind::Bytes).unwrap();
     let tokens = tok.encode(&text[..8000]).unwrap();
     let bpb = |dtype| {

@@ -7,66 +7,14 @@
 //! (one token at a time).
 
 use rwkv_cli::models::{self, LoadOptions, Model, State};
-use std::path::PathBuf;
+
+mod common;
+use common::{fixture_path, max_abs_diff, reference, Reference, MODELS};
 
 const TOLERANCE: f32 = 1e-4;
-const MODELS: [&str; 7] = ["v4", "v5_0", "v5_1", "v5_2", "v6", "v7", "v7_bf16"];
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// The reference outputs recorded by the official implementation.
-struct Reference {
-    tokens: Vec<u32>,
-    tokens2: Vec<u32>,
-    logits_last: Vec<f32>,
-    logits_seq_all: Vec<f32>,
-    logits_steps: Vec<f32>,
-    logits2_last: Vec<f32>,
-}
-
-fn reference(name: &str) -> Reference {
-    let bytes = std::fs::read(fixture(&format!("{name}.ref.safetensors"))).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |n: &str| -> Vec<f32> {
-        let t = st.tensor(n).unwrap();
-        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{n}");
-        t.data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
-    let ids = |n: &str| -> Vec<u32> {
-        let t = st.tensor(n).unwrap();
-        assert_eq!(t.dtype(), safetensors::Dtype::I64, "{n}");
-        t.data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
-            .collect()
-    };
-    Reference {
-        tokens: ids("tokens"),
-        tokens2: ids("tokens2"),
-        logits_last: f32s("logits_last"),
-        logits_seq_all: f32s("logits_seq_all"),
-        logits_steps: f32s("logits_steps"),
-        logits2_last: f32s("logits2_last"),
-    }
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
 
 fn load(file: &str) -> Box<dyn Model> {
-    models::load(&fixture(file), LoadOptions::default())
+    models::load(&fixture_path(file), LoadOptions::default())
         .unwrap_or_else(|e| panic!("loading {file}: {e:#}"))
 }
 
@@ -165,7 +113,8 @@ fn versions_and_shapes_are_detected_from_the_tensors() {
         // `info` describes a checkpoint without converting it: the same configuration.
         for ext in ["safetensors", "pth"] {
             let ckpt =
-                rwkv_cli::checkpoint::Checkpoint::open(&fixture(&format!("{name}.{ext}"))).unwrap();
+                rwkv_cli::checkpoint::Checkpoint::open(&fixture_path(&format!("{name}.{ext}")))
+                    .unwrap();
             assert_eq!(&models::inspect(&ckpt).unwrap(), c, "{name}.{ext}");
         }
     }
