@@ -11,7 +11,7 @@ use super::common::safetensors::{st_edit, st_lie, st_raw, st_split, st_tensors, 
 use super::{random_bytes, s, Case};
 
 /// Cases for a model file: written into `dir`, run through `generate` and `info`.
-pub fn model_cases(
+fn model_cases(
     cases: &mut Vec<Case>,
     dir: &Path,
     name: &str,

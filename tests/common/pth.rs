@@ -4,12 +4,14 @@
 use super::harness::crc32;
 use super::read_fixture;
 
+/// Offset of the first occurrence of `needle` in `hay` (panics if there is none).
 pub fn find(hay: &[u8], needle: &[u8]) -> usize {
     hay.windows(needle.len())
         .position(|w| w == needle)
         .unwrap_or_else(|| panic!("{:?} not found", String::from_utf8_lossy(needle)))
 }
 
+/// Offset of the last occurrence of `needle` in `hay` (panics if there is none).
 pub fn rfind(hay: &[u8], needle: &[u8]) -> usize {
     hay.windows(needle.len())
         .rposition(|w| w == needle)
@@ -73,6 +75,7 @@ pub fn pkl_edit(fixture_name: &str, from: &[u8], to: &[u8]) -> Vec<u8> {
     b
 }
 
+/// `v` as the 4 little-endian bytes of a zip field.
 pub fn le32(v: u32) -> [u8; 4] {
     v.to_le_bytes()
 }

@@ -18,6 +18,7 @@ pub fn st_raw(header: &[u8], data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Writes a header object and a data area as a safetensors file.
 pub fn st_join(header: &serde_json::Map<String, serde_json::Value>, data: &[u8]) -> Vec<u8> {
     st_raw(
         serde_json::Value::Object(header.clone())
