@@ -266,7 +266,7 @@ impl Checkpoint {
     /// the small tensors (norms, mixes, decays). Two checkpoints of the same shape but
     /// different training have different fingerprints.
     pub fn fingerprint(&self) -> Result<u64> {
-        use crate::state_file::{fnv1a, FNV_OFFSET};
+        use crate::fnv::{fnv1a, FNV_OFFSET};
         let mut h = FNV_OFFSET;
         for (name, m) in &self.tensors {
             h = fnv1a(name.as_bytes(), h);
