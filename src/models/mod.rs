@@ -12,6 +12,7 @@ pub mod v5;
 pub mod v6;
 pub mod v7;
 mod weights;
+pub mod wkv;
 
 pub use weights::Weights;
 
@@ -122,12 +123,7 @@ impl State {
     /// The state before any token.
     pub fn new(cfg: &Config) -> Self {
         let wkv_init = match cfg.version {
-            // aa = bb = 0; pp (the running maximum exponent) starts very negative.
-            Version::V4 => {
-                let mut v = vec![0.0; 3 * cfg.n_att];
-                v[2 * cfg.n_att..].fill(-1e30);
-                v
-            }
+            Version::V4 => wkv::wkv4_initial_state(cfg.n_att),
             _ => vec![0.0; cfg.n_head * cfg.head_size * cfg.head_size],
         };
         Self {

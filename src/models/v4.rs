@@ -6,9 +6,11 @@
 //! ```
 //!
 //! computed recurrently with numerator `aa`, denominator `bb` and a running maximum exponent
-//! `pp` that keeps every `exp` ≤ 1 (`pp` starts at −1e30: a state of zeros is wrong).
+//! `pp` that keeps every `exp` ≤ 1 (`pp` starts at −1e30: a state of zeros is wrong); the
+//! recurrence is [`super::wkv::wkv4`].
 
 use super::shared::{current_to_prev_mix, ReceptanceFfn};
+use super::wkv::wkv4;
 use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
 use crate::ops::{layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
 use anyhow::Result;
@@ -101,29 +103,7 @@ impl RwkvV4 {
             .map(sigmoid);
         let k = l.key.forward(&lerp(xx, &prev, &l.mix_k))?;
         let v = l.value.forward(&lerp(xx, &prev, &l.mix_v))?;
-        let c = self.cfg.n_att;
-        let (aa, rest) = s.wkv.split_at_mut(c);
-        let (bb, pp) = rest.split_at_mut(c);
-        let mut out = Mat::zeros(xx.rows, c);
-        for t in 0..xx.rows {
-            let (kt, vt, rt) = (k.row(t), v.row(t), r.row(t));
-            let ot = out.row_mut(t);
-            for j in 0..c {
-                let (kj, vj) = (kt[j], vt[j]);
-                // Output: include the current token with the bonus u.
-                let ww = l.bonus[j] + kj;
-                let p = pp[j].max(ww);
-                let (e1, e2) = ((pp[j] - p).exp(), (ww - p).exp());
-                ot[j] = rt[j] * (e1 * aa[j] + e2 * vj) / (e1 * bb[j] + e2);
-                // State: decay the past, add the current token.
-                let ww = l.decay[j] + pp[j];
-                let p = ww.max(kj);
-                let (e1, e2) = ((ww - p).exp(), (kj - p).exp());
-                aa[j] = e1 * aa[j] + e2 * vj;
-                bb[j] = e1 * bb[j] + e2;
-                pp[j] = p;
-            }
-        }
+        let out = wkv4(&r, &k, &v, &l.decay, &l.bonus, &mut s.wkv);
         l.output.forward(&out)
     }
 }

@@ -11,6 +11,7 @@
 //! `k ⊙ (1 + (a − 1) ⊙ k_a)`, and (layers ≥ 1) the value mixed with layer 0's value
 //! ("value residual"). Equations as in BlinkDL's RWKV-LM `RWKV-v7` and the `rwkv` package.
 
+use super::wkv::wkv7;
 use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
 use crate::ops::{add_row, group_norm, layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
 use anyhow::Result;
@@ -200,7 +201,7 @@ impl RwkvV7 {
         }
 
         // The recurrence: heads in parallel, each stepping through the tokens.
-        let mut out = crate::ops::wkv7(&mut s.wkv, h_count, n, &r, &w, &k, &v, &kk, &a);
+        let mut out = wkv7(&mut s.wkv, h_count, n, &r, &w, &k, &v, &kk, &a);
 
         group_norm(&mut out, h_count, &l.ln_x_w, &l.ln_x_b, 64e-5);
         // Bonus: + (Σ_head r ⊙ k ⊙ r_k) · v.
