@@ -6,7 +6,8 @@
 //! one token, state in, state out). The [`State`] is a plain value whose size does not
 //! depend on how many tokens it has seen.
 
-mod shared;
+mod embedding;
+mod ffn;
 pub mod v4;
 pub mod v5;
 pub mod v6;
@@ -14,6 +15,7 @@ pub mod v7;
 mod weights;
 pub mod wkv;
 
+pub use embedding::{Embedding, Head};
 pub use weights::Weights;
 
 use crate::checkpoint::Checkpoint;
@@ -291,75 +293,6 @@ pub fn inspect(ckpt: &Checkpoint) -> Result<Config> {
         Version::V6 => v6::RwkvV6::load(&w)?.config().clone(),
         Version::V7 => v7::RwkvV7::load(&w)?.config().clone(),
     })
-}
-
-/// Embedding lookup, `ln_out` and the head: the parts every version shares.
-pub struct Embedding {
-    /// `vocab × C`, in the compute dtype (the `blocks.0.ln0` norm is applied on lookup).
-    table: crate::ops::RowTable,
-    ln0_w: Vec<f32>,
-    ln0_b: Vec<f32>,
-    pub n_embd: usize,
-    pub vocab_size: usize,
-}
-
-impl Embedding {
-    pub fn load(w: &Weights, vocab: usize, c: usize) -> Result<Self> {
-        Ok(Self {
-            table: w.table("emb.weight", vocab, c)?,
-            ln0_w: w.vector("blocks.0.ln0.weight", c)?,
-            ln0_b: w.vector("blocks.0.ln0.bias", c)?,
-            n_embd: c,
-            vocab_size: vocab,
-        })
-    }
-
-    /// Rows of the normalised embedding for `tokens`.
-    pub fn lookup(&self, tokens: &[u32]) -> Result<crate::ops::Mat> {
-        let c = self.n_embd;
-        let mut x = crate::ops::Mat::zeros(tokens.len(), c);
-        for (t, &tok) in tokens.iter().enumerate() {
-            let tok = tok as usize;
-            if tok >= self.vocab_size {
-                bail!(
-                    "token id {tok} is out of range for a vocabulary of {}",
-                    self.vocab_size
-                );
-            }
-            let row = x.row_mut(t);
-            self.table.row_into(tok, row);
-            crate::ops::layer_norm_row(row, &self.ln0_w, &self.ln0_b, 1e-5);
-        }
-        Ok(x)
-    }
-}
-
-/// The final norm and the output projection.
-pub struct Head {
-    ln_w: Vec<f32>,
-    ln_b: Vec<f32>,
-    head: crate::ops::Linear,
-}
-
-impl Head {
-    pub fn load(w: &Weights, vocab: usize, c: usize) -> Result<Self> {
-        Ok(Self {
-            ln_w: w.vector("ln_out.weight", c)?,
-            ln_b: w.vector("ln_out.bias", c)?,
-            head: w.linear("head.weight", vocab, c)?,
-        })
-    }
-
-    /// Logits for the last row of `x`, or for every row.
-    pub fn logits(&self, x: &crate::ops::Mat, all: bool) -> Result<Vec<f32>> {
-        let x = if all {
-            x.clone()
-        } else {
-            crate::ops::Mat::from_vec(1, x.cols, x.last_row().to_vec())
-        };
-        let x = crate::ops::layer_norm(&x, &self.ln_w, &self.ln_b);
-        Ok(self.head.forward(&x)?.data)
-    }
 }
 
 /// Checks a call's arguments against the model before running it.

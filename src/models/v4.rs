@@ -9,7 +9,7 @@
 //! `pp` that keeps every `exp` ≤ 1 (`pp` starts at −1e30: a state of zeros is wrong); the
 //! recurrence is [`super::wkv::wkv4`].
 
-use super::shared::{current_to_prev_mix, ReceptanceFfn};
+use super::ffn::{current_to_prev_mix, ReceptanceFfn};
 use super::wkv::wkv4;
 use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
 use crate::ops::{layer_norm, lerp, sigmoid, token_shift, Linear, Mat};

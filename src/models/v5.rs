@@ -10,7 +10,7 @@
 //! The bonus is `exp(time_first)` when stored as `time_first`, and used as is when stored as
 //! `time_faaaa` (the official package's rule). Decay is `exp(−exp(time_decay))`.
 
-use super::shared::{current_to_prev_mix, ReceptanceFfn};
+use super::ffn::{current_to_prev_mix, ReceptanceFfn};
 use super::wkv::wkv5;
 use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
 use crate::ops::{group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat};

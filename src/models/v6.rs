@@ -5,7 +5,7 @@
 //! `exp(−exp(time_decay + LoRA_decay(x_w)))` per channel and per token; the bonus `time_faaaa`
 //! is used as is. The recurrence and output are RWKV-5.2's.
 
-use super::shared::ReceptanceFfn;
+use super::ffn::ReceptanceFfn;
 use super::wkv::wkv5;
 use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
 use crate::ops::{add_row, group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat};

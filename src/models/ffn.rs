@@ -1,4 +1,5 @@
-//! Pieces that several RWKV versions share exactly.
+//! The channel-mix (FFN) block that v4, v5 and v6 share exactly (v7's, without receptance,
+//! is in `v7.rs`).
 
 use super::{LayerState, Weights};
 use crate::ops::{lerp, sigmoid, token_shift, Linear, Mat};
