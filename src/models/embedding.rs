@@ -19,8 +19,8 @@ impl Embedding {
     pub fn load(w: &Weights, vocab: usize, c: usize) -> Result<Self> {
         Ok(Self {
             table: w.table("emb.weight", vocab, c)?,
-            ln0_w: w.vector("blocks.0.ln0.weight", c)?,
-            ln0_b: w.vector("blocks.0.ln0.bias", c)?,
+            ln0_w: w.pp("blocks.0").vector("ln0.weight", c)?,
+            ln0_b: w.pp("blocks.0").vector("ln0.bias", c)?,
             n_embd: c,
             vocab_size: vocab,
         })

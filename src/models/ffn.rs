@@ -16,25 +16,25 @@ pub struct ReceptanceFfn {
 }
 
 impl ReceptanceFfn {
-    /// `prefix` is `blocks.N.ffn.`. v4/v5 store `time_mix_*` (weight of the current token);
-    /// v6 stores `time_maa_*` (weight of the previous token).
-    pub fn load(w: &Weights, prefix: &str, c: usize, v6_style: bool) -> Result<Self> {
-        let n_ffn = w.dim(&format!("{prefix}key.weight"), 2, 0)?;
+    /// `ffn` is scoped at `blocks.N.ffn`. v4/v5 store `time_mix_*` (weight of the current
+    /// token); v6 stores `time_maa_*` (weight of the previous token).
+    pub fn load(ffn: &Weights, c: usize, v6_style: bool) -> Result<Self> {
+        let n_ffn = ffn.dim("key.weight", 2, 0)?;
         let mix = |name: &str| -> Result<Vec<f32>> {
             if v6_style {
-                w.vector(&format!("{prefix}time_maa_{name}"), c)
+                ffn.vector(&format!("time_maa_{name}"), c)
             } else {
                 Ok(current_to_prev_mix(
-                    w.vector(&format!("{prefix}time_mix_{name}"), c)?,
+                    ffn.vector(&format!("time_mix_{name}"), c)?,
                 ))
             }
         };
         Ok(Self {
             mix_k: mix("k")?,
             mix_r: mix("r")?,
-            key: w.linear(&format!("{prefix}key.weight"), n_ffn, c)?,
-            receptance: w.linear(&format!("{prefix}receptance.weight"), c, c)?,
-            value: w.linear(&format!("{prefix}value.weight"), c, n_ffn)?,
+            key: ffn.linear("key.weight", n_ffn, c)?,
+            receptance: ffn.linear("receptance.weight", c, c)?,
+            value: ffn.linear("value.weight", c, n_ffn)?,
         })
     }
 

@@ -48,32 +48,32 @@ impl RwkvV4 {
         let n_att = w.dim("blocks.0.att.key.weight", 2, 0)?;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
-            let p = format!("blocks.{i}.");
-            let a = format!("blocks.{i}.att.");
+            let b = w.pp(format!("blocks.{i}"));
+            let att = b.pp("att");
             let mix = |m: &str| -> Result<Vec<f32>> {
                 Ok(current_to_prev_mix(
-                    w.vector(&format!("{a}time_mix_{m}"), c)?,
+                    att.vector(&format!("time_mix_{m}"), c)?,
                 ))
             };
             layers.push(Layer {
-                ln1_w: w.vector(&format!("{p}ln1.weight"), c)?,
-                ln1_b: w.vector(&format!("{p}ln1.bias"), c)?,
-                ln2_w: w.vector(&format!("{p}ln2.weight"), c)?,
-                ln2_b: w.vector(&format!("{p}ln2.bias"), c)?,
+                ln1_w: b.vector("ln1.weight", c)?,
+                ln1_b: b.vector("ln1.bias", c)?,
+                ln2_w: b.vector("ln2.weight", c)?,
+                ln2_b: b.vector("ln2.bias", c)?,
                 mix_k: mix("k")?,
                 mix_v: mix("v")?,
                 mix_r: mix("r")?,
-                decay: w
-                    .vector(&format!("{a}time_decay"), n_att)?
+                decay: att
+                    .vector("time_decay", n_att)?
                     .into_iter()
                     .map(|d| -d.exp())
                     .collect(),
-                bonus: w.vector(&format!("{a}time_first"), n_att)?,
-                receptance: w.linear(&format!("{a}receptance.weight"), n_att, c)?,
-                key: w.linear(&format!("{a}key.weight"), n_att, c)?,
-                value: w.linear(&format!("{a}value.weight"), n_att, c)?,
-                output: w.linear(&format!("{a}output.weight"), c, n_att)?,
-                ffn: ReceptanceFfn::load(w, &format!("blocks.{i}.ffn."), c, false)?,
+                bonus: att.vector("time_first", n_att)?,
+                receptance: att.linear("receptance.weight", n_att, c)?,
+                key: att.linear("key.weight", n_att, c)?,
+                value: att.linear("value.weight", n_att, c)?,
+                output: att.linear("output.weight", c, n_att)?,
+                ffn: ReceptanceFfn::load(&b.pp("ffn"), c, false)?,
             });
         }
         let cfg = Config {

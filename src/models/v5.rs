@@ -45,13 +45,10 @@ pub struct RwkvV5 {
     head: Head,
 }
 
-/// Expands per-head values (H) to per-channel (H·N); per-channel values pass through.
-pub(crate) fn per_channel(
-    name: &str,
-    v: Vec<f32>,
-    n_head: usize,
-    head_size: usize,
-) -> Result<Vec<f32>> {
+/// Reads `name` and expands per-head values (H) to per-channel (H·N); per-channel values
+/// pass through.
+fn per_channel(att: &Weights, name: &str, n_head: usize, head_size: usize) -> Result<Vec<f32>> {
+    let v = att.vector_any(name)?;
     if v.len() == n_head * head_size {
         Ok(v)
     } else if v.len() == n_head {
@@ -60,7 +57,8 @@ pub(crate) fn per_channel(
             .collect())
     } else {
         bail!(
-            "tensor {name} has {} values, expected {n_head} (per head) or {} (per channel)",
+            "tensor {} has {} values, expected {n_head} (per head) or {} (per channel)",
+            att.path(name),
             v.len(),
             n_head * head_size
         )
@@ -81,47 +79,44 @@ impl RwkvV5 {
         let gated = version != Version::V5_0;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
-            let p = format!("blocks.{i}.");
-            let a = format!("blocks.{i}.att.");
-            let decay_name = format!("{a}time_decay");
-            let decay = per_channel(&decay_name, w.vector_any(&decay_name)?, n_head, head_size)?;
+            let b = w.pp(format!("blocks.{i}"));
+            let att = b.pp("att");
+            let decay = per_channel(&att, "time_decay", n_head, head_size)?;
             let decay = decay.into_iter().map(|d| (-d.exp()).exp()).collect();
-            let bonus = if w.has(&format!("{a}time_faaaa")) {
-                let name = format!("{a}time_faaaa");
-                per_channel(&name, w.vector_any(&name)?, n_head, head_size)?
+            let bonus = if att.has("time_faaaa") {
+                per_channel(&att, "time_faaaa", n_head, head_size)?
             } else {
-                let name = format!("{a}time_first");
-                let raw = per_channel(&name, w.vector_any(&name)?, n_head, head_size)?;
+                let raw = per_channel(&att, "time_first", n_head, head_size)?;
                 raw.into_iter().map(f32::exp).collect()
             };
             let mix = |m: &str| -> Result<Vec<f32>> {
                 Ok(current_to_prev_mix(
-                    w.vector(&format!("{a}time_mix_{m}"), c)?,
+                    att.vector(&format!("time_mix_{m}"), c)?,
                 ))
             };
             let gate = if gated {
-                Some((mix("g")?, w.linear(&format!("{a}gate.weight"), n_att, c)?))
+                Some((mix("g")?, att.linear("gate.weight", n_att, c)?))
             } else {
                 None
             };
             layers.push(Layer {
-                ln1_w: w.vector(&format!("{p}ln1.weight"), c)?,
-                ln1_b: w.vector(&format!("{p}ln1.bias"), c)?,
-                ln2_w: w.vector(&format!("{p}ln2.weight"), c)?,
-                ln2_b: w.vector(&format!("{p}ln2.bias"), c)?,
+                ln1_w: b.vector("ln1.weight", c)?,
+                ln1_b: b.vector("ln1.bias", c)?,
+                ln2_w: b.vector("ln2.weight", c)?,
+                ln2_b: b.vector("ln2.bias", c)?,
                 mix_k: mix("k")?,
                 mix_v: mix("v")?,
                 mix_r: mix("r")?,
                 decay: Mat::from_vec(1, n_att, decay),
                 bonus,
-                receptance: w.linear(&format!("{a}receptance.weight"), n_att, c)?,
-                key: w.linear(&format!("{a}key.weight"), n_att, c)?,
-                value: w.linear(&format!("{a}value.weight"), n_att, c)?,
+                receptance: att.linear("receptance.weight", n_att, c)?,
+                key: att.linear("key.weight", n_att, c)?,
+                value: att.linear("value.weight", n_att, c)?,
                 gate,
-                output: w.linear(&format!("{a}output.weight"), c, n_att)?,
-                ln_x_w: w.vector(&format!("{a}ln_x.weight"), n_att)?,
-                ln_x_b: w.vector(&format!("{a}ln_x.bias"), n_att)?,
-                ffn: ReceptanceFfn::load(w, &format!("blocks.{i}.ffn."), c, false)?,
+                output: att.linear("output.weight", c, n_att)?,
+                ln_x_w: att.vector("ln_x.weight", n_att)?,
+                ln_x_b: att.vector("ln_x.bias", n_att)?,
+                ffn: ReceptanceFfn::load(&b.pp("ffn"), c, false)?,
             });
         }
         let cfg = Config {
