@@ -1,4 +1,10 @@
-//! RWKV models: version detection, the [`Model`] trait, and one module per version.
+//! RWKV models: the [`Model`] trait and its [`State`], and one file per version.
+//!
+//! - `v4.rs` … `v7.rs`: each version's model, readable top to bottom, with its registry row;
+//! - `registry.rs`: [`Version`], the list of rows ([`VERSIONS`]), detection and loading;
+//! - [`wkv`]: every WKV recurrence (v4; v5/v6; v7's driver of the SIMD kernel);
+//! - `ffn.rs`: the channel-mix block of v4–v6; `embedding.rs`: [`Embedding`] and [`Head`];
+//! - `weights.rs`: [`Weights`], shape-checked tensor access with scoped names.
 //!
 //! Every version runs a prompt through the *sequence* path ([`Model::forward_seq`]: the
 //! projections, LoRAs and FFN as batched matmuls over all tokens, with only the WKV
@@ -8,6 +14,7 @@
 
 mod embedding;
 mod ffn;
+mod registry;
 pub mod v4;
 pub mod v5;
 pub mod v6;
@@ -16,47 +23,14 @@ mod weights;
 pub mod wkv;
 
 pub use embedding::{Embedding, Head};
+pub use registry::{
+    detect_version, inspect, load, load_checkpoint, Version, VersionInfo, VERSIONS,
+};
 pub use weights::Weights;
 
 use crate::checkpoint::Checkpoint;
 use crate::ops::ComputeDType;
 use anyhow::{bail, Result};
-use std::path::Path;
-
-/// The RWKV architecture generations this crate runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Version {
-    V4,
-    /// v5.0: no gate, per-head decay, bonus `time_first` used as `exp(time_first)`.
-    V5_0,
-    /// v5.1: gate, per-head decay.
-    V5_1,
-    /// v5.2: gate, per-channel decay, per-channel bonus `time_faaaa`.
-    V5_2,
-    /// v6 ("Finch"): data-dependent token shift and decay (LoRAs).
-    V6,
-    /// v7 ("Goose", x070): generalised delta rule with in-context learning rate.
-    V7,
-}
-
-impl Version {
-    pub fn name(self) -> &'static str {
-        match self {
-            Version::V4 => "v4",
-            Version::V5_0 => "v5.0",
-            Version::V5_1 => "v5.1",
-            Version::V5_2 => "v5.2",
-            Version::V6 => "v6",
-            Version::V7 => "v7",
-        }
-    }
-}
-
-impl std::fmt::Display for Version {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Shapes of a model, all inferred from its tensors.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,11 +58,7 @@ impl Config {
     }
 
     fn state_floats_per_layer(&self) -> usize {
-        let wkv = match self.version {
-            Version::V4 => 3 * self.n_att,
-            _ => self.n_head * self.head_size * self.head_size,
-        };
-        2 * self.n_embd + wkv
+        2 * self.n_embd + (self.version.info().wkv_len)(self)
     }
 
     /// What a softmax transformer of the same depth and width would cache for `context`
@@ -124,10 +94,7 @@ pub struct State {
 impl State {
     /// The state before any token.
     pub fn new(cfg: &Config) -> Self {
-        let wkv_init = match cfg.version {
-            Version::V4 => wkv::wkv4_initial_state(cfg.n_att),
-            _ => vec![0.0; cfg.n_head * cfg.head_size * cfg.head_size],
-        };
+        let wkv_init = (cfg.version.info().wkv_init)(cfg);
         Self {
             layers: (0..cfg.n_layer)
                 .map(|_| LayerState {
@@ -200,44 +167,6 @@ impl Default for LoadOptions {
     }
 }
 
-/// Tells the version from tensor names and shapes.
-pub fn detect_version(ckpt: &Checkpoint) -> Result<Version> {
-    let has = |n: &str| ckpt.contains(n);
-    if !has("emb.weight") {
-        bail!(
-            "{} is not an RWKV checkpoint: tensor emb.weight is missing",
-            ckpt.path.display()
-        );
-    }
-    if has("blocks.0.att.r_k") || has("blocks.0.att.w0") || has("blocks.0.att.x_r") {
-        return Ok(Version::V7);
-    }
-    if has("blocks.0.att.time_maa_x") {
-        return Ok(Version::V6);
-    }
-    if has("blocks.0.att.ln_x.weight") {
-        if !has("blocks.0.att.gate.weight") {
-            return Ok(Version::V5_0);
-        }
-        let decay = ckpt.meta("blocks.0.att.time_decay").ok_or_else(|| {
-            anyhow::anyhow!("RWKV v5 layout without tensor blocks.0.att.time_decay")
-        })?;
-        let per_channel = decay.shape.iter().filter(|&&d| d > 1).count() > 1;
-        return Ok(if per_channel {
-            Version::V5_2
-        } else {
-            Version::V5_1
-        });
-    }
-    if has("blocks.0.att.time_mix_k") && has("blocks.0.att.time_decay") {
-        return Ok(Version::V4);
-    }
-    bail!(
-        "unknown RWKV layout in {}: no tensor identifies v4 (blocks.0.att.time_mix_k), v5 (blocks.0.att.ln_x.weight), v6 (blocks.0.att.time_maa_x) or v7 (blocks.0.att.r_k)",
-        ckpt.path.display()
-    )
-}
-
 /// Counts the layers: `blocks.N.*` for consecutive N from 0, all present.
 pub fn count_layers(ckpt: &Checkpoint) -> Result<usize> {
     let mut max = None;
@@ -258,41 +187,6 @@ pub fn count_layers(ckpt: &Checkpoint) -> Result<usize> {
         bail!("checkpoint claims {n} layers; refusing an implausible layout");
     }
     Ok(n)
-}
-
-/// Opens a checkpoint file and loads the model it holds, whatever its version.
-pub fn load(path: &Path, opts: LoadOptions) -> Result<Box<dyn Model>> {
-    let ckpt = Checkpoint::open(path)?;
-    load_checkpoint(&ckpt, opts)
-}
-
-/// Loads the model held by an opened checkpoint.
-pub fn load_checkpoint(ckpt: &Checkpoint, opts: LoadOptions) -> Result<Box<dyn Model>> {
-    let version = detect_version(ckpt)?;
-    let w = Weights::new(ckpt, opts.dtype);
-    Ok(match version {
-        Version::V4 => Box::new(v4::RwkvV4::load(&w)?),
-        Version::V5_0 | Version::V5_1 | Version::V5_2 => Box::new(v5::RwkvV5::load(&w, version)?),
-        Version::V6 => Box::new(v6::RwkvV6::load(&w)?),
-        Version::V7 => Box::new(v7::RwkvV7::load(&w)?),
-    })
-}
-
-/// The configuration of the model a checkpoint holds, checked as loading checks it (every
-/// tensor present with its shape and a float type, `.pth` CRCs) but without converting the
-/// weights: fast and small even for a multi-gigabyte file. For `rwkv-cli info`.
-pub fn inspect(ckpt: &Checkpoint) -> Result<Config> {
-    let version = detect_version(ckpt)?;
-    let w = Weights::shapes_only(ckpt);
-    // The stand-in model is dropped here: only its configuration leaves.
-    Ok(match version {
-        Version::V4 => v4::RwkvV4::load(&w)?.config().clone(),
-        Version::V5_0 | Version::V5_1 | Version::V5_2 => {
-            v5::RwkvV5::load(&w, version)?.config().clone()
-        }
-        Version::V6 => v6::RwkvV6::load(&w)?.config().clone(),
-        Version::V7 => v7::RwkvV7::load(&w)?.config().clone(),
-    })
 }
 
 /// Checks a call's arguments against the model before running it.

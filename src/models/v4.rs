@@ -10,10 +10,24 @@
 //! recurrence is [`super::wkv::wkv4`].
 
 use super::ffn::{current_to_prev_mix, ReceptanceFfn};
-use super::wkv::wkv4;
-use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
+use super::wkv::{self, wkv4};
+use super::{Config, Embedding, Head, LayerState, Model, State, Version, VersionInfo, Weights};
 use crate::ops::{layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
 use anyhow::Result;
+
+/// v4's row in the registry ([`super::VERSIONS`]).
+pub const INFO: VersionInfo = VersionInfo {
+    versions: &[Version::V4],
+    identified_by: "v4 (blocks.0.att.time_mix_k)",
+    detect: |ckpt| {
+        let v4 =
+            ckpt.contains("blocks.0.att.time_mix_k") && ckpt.contains("blocks.0.att.time_decay");
+        Ok(v4.then_some(Version::V4))
+    },
+    load: |w, _| Ok(Box::new(RwkvV4::load(w)?)),
+    wkv_len: wkv::wkv4_state_len,
+    wkv_init: wkv::wkv4_initial_state,
+};
 
 struct Layer {
     ln1_w: Vec<f32>,

@@ -11,10 +11,41 @@
 //! `time_faaaa` (the official package's rule). Decay is `exp(−exp(time_decay))`.
 
 use super::ffn::{current_to_prev_mix, ReceptanceFfn};
-use super::wkv::wkv5;
-use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
+use super::wkv::{self, wkv5};
+use super::{Config, Embedding, Head, LayerState, Model, State, Version, VersionInfo, Weights};
+use crate::checkpoint::Checkpoint;
 use crate::ops::{group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat};
 use anyhow::{bail, Result};
+
+/// v5's row in the registry ([`super::VERSIONS`]): v5.0, v5.1 and v5.2.
+pub const INFO: VersionInfo = VersionInfo {
+    versions: &[Version::V5_0, Version::V5_1, Version::V5_2],
+    identified_by: "v5 (blocks.0.att.ln_x.weight)",
+    detect,
+    load: |w, version| Ok(Box::new(RwkvV5::load(w, version)?)),
+    wkv_len: wkv::matrix_state_len,
+    wkv_init: wkv::matrix_initial_state,
+};
+
+/// v5 has `ln_x`; v5.0 no gate; v5.2 a per-channel decay (v5.1 a per-head one).
+fn detect(ckpt: &Checkpoint) -> Result<Option<Version>> {
+    let has = |n: &str| ckpt.contains(n);
+    if !has("blocks.0.att.ln_x.weight") {
+        return Ok(None);
+    }
+    if !has("blocks.0.att.gate.weight") {
+        return Ok(Some(Version::V5_0));
+    }
+    let decay = ckpt
+        .meta("blocks.0.att.time_decay")
+        .ok_or_else(|| anyhow::anyhow!("RWKV v5 layout without tensor blocks.0.att.time_decay"))?;
+    let per_channel = decay.shape.iter().filter(|&&d| d > 1).count() > 1;
+    Ok(Some(if per_channel {
+        Version::V5_2
+    } else {
+        Version::V5_1
+    }))
+}
 
 struct Layer {
     ln1_w: Vec<f32>,

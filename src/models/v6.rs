@@ -6,10 +6,24 @@
 //! is used as is. The recurrence and output are RWKV-5.2's.
 
 use super::ffn::ReceptanceFfn;
-use super::wkv::wkv5;
-use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
+use super::wkv::{self, wkv5};
+use super::{Config, Embedding, Head, LayerState, Model, State, Version, VersionInfo, Weights};
 use crate::ops::{add_row, group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat};
 use anyhow::{bail, Result};
+
+/// v6's row in the registry ([`super::VERSIONS`]).
+pub const INFO: VersionInfo = VersionInfo {
+    versions: &[Version::V6],
+    identified_by: "v6 (blocks.0.att.time_maa_x)",
+    detect: |ckpt| {
+        Ok(ckpt
+            .contains("blocks.0.att.time_maa_x")
+            .then_some(Version::V6))
+    },
+    load: |w, _| Ok(Box::new(RwkvV6::load(w)?)),
+    wkv_len: wkv::matrix_state_len,
+    wkv_init: wkv::matrix_initial_state,
+};
 
 struct Layer {
     ln1_w: Vec<f32>,

@@ -11,10 +11,24 @@
 //! `k ⊙ (1 + (a − 1) ⊙ k_a)`, and (layers ≥ 1) the value mixed with layer 0's value
 //! ("value residual"). Equations as in BlinkDL's RWKV-LM `RWKV-v7` and the `rwkv` package.
 
-use super::wkv::wkv7;
-use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
+use super::wkv::{self, wkv7};
+use super::{Config, Embedding, Head, LayerState, Model, State, Version, VersionInfo, Weights};
 use crate::ops::{add_row, group_norm, layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
 use anyhow::Result;
+
+/// v7's row in the registry ([`super::VERSIONS`]).
+pub const INFO: VersionInfo = VersionInfo {
+    versions: &[Version::V7],
+    identified_by: "v7 (blocks.0.att.r_k)",
+    detect: |ckpt| {
+        let has = |n: &str| ckpt.contains(n);
+        let v7 = has("blocks.0.att.r_k") || has("blocks.0.att.w0") || has("blocks.0.att.x_r");
+        Ok(v7.then_some(Version::V7))
+    },
+    load: |w, _| Ok(Box::new(RwkvV7::load(w)?)),
+    wkv_len: wkv::matrix_state_len,
+    wkv_init: wkv::matrix_initial_state,
+};
 
 struct Lora {
     down: Linear,

@@ -10,15 +10,32 @@
 //!
 //! [`per_head`] runs the matrix-state recurrences with the heads in parallel.
 
+use super::Config;
 use crate::kernels::wkv7_token;
 use crate::ops::{par_chunks_mut, Mat};
 
-/// The v4 state before any token, for `c` channels: `aa = bb = 0` and `pp` (the running
-/// maximum exponent) very negative — a state of zeros would be wrong.
-pub fn wkv4_initial_state(c: usize) -> Vec<f32> {
+/// Floats in one layer's v4 state: `[aa | bb | pp]`, each `n_att` wide.
+pub fn wkv4_state_len(cfg: &Config) -> usize {
+    3 * cfg.n_att
+}
+
+/// One layer's v4 state before any token: `aa = bb = 0` and `pp` (the running maximum
+/// exponent) very negative — a state of zeros would be wrong.
+pub fn wkv4_initial_state(cfg: &Config) -> Vec<f32> {
+    let c = cfg.n_att;
     let mut v = vec![0.0; 3 * c];
     v[2 * c..].fill(-1e30);
     v
+}
+
+/// Floats in one layer's matrix state (v5–v7): `n_head` blocks of `head_size²`.
+pub fn matrix_state_len(cfg: &Config) -> usize {
+    cfg.n_head * cfg.head_size * cfg.head_size
+}
+
+/// One layer's matrix state (v5–v7) before any token: zeros.
+pub fn matrix_initial_state(cfg: &Config) -> Vec<f32> {
+    vec![0.0; matrix_state_len(cfg)]
 }
 
 /// The RWKV-4 recurrence over `r` (receptance, after its sigmoid), `k`, `v` (T × C), with
