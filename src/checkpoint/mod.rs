@@ -8,12 +8,12 @@
 //! offset, length and shape is checked (with overflow-checked arithmetic) against the file's
 //! size before it is used, so a damaged or malicious file gives an error naming the problem —
 //! never a panic, a huge allocation or a hang.
-//! - safetensors ([`safetensors`]): 8-byte header length, JSON header, data. Each tensor's
+//! - safetensors (`safetensors.rs`): 8-byte header length, JSON header, data. Each tensor's
 //!   byte range must lie in the data area, match its shape and dtype exactly, and not overlap
 //!   another tensor's.
-//! - `.pth` ([`pth`]): the zip central directory ([`zip`]: stored entries only, as
+//! - `.pth` (`pth.rs`): the zip central directory (`zip.rs`: stored entries only, as
 //!   `torch.save` writes them) and `data.pkl` run by a small bounded pickle machine
-//!   ([`pickle`]) that knows the handful of opcodes and callables of a state dict and executes
+//!   (`pickle.rs`) that knows the handful of opcodes and callables of a state dict and executes
 //!   nothing. Each tensor's view (offset, shape, strides) must lie inside its storage entry.
 //!
 //! Memory: the file is memory-mapped and tensors are converted straight from the map; after

@@ -1,7 +1,8 @@
 //! RWKV models: the [`Model`] trait and its [`State`], and one file per version.
 //!
 //! - `v4.rs` … `v7.rs`: each version's model, readable top to bottom, with its registry row;
-//! - `registry.rs`: [`Version`], the list of rows ([`VERSIONS`]), detection and loading;
+//! - `registry.rs`: the list of versions' rows ([`VERSIONS`]: a new version is one file and
+//!   one row, see [`VersionInfo`]), detection and loading;
 //! - [`wkv`]: every WKV recurrence (v4; v5/v6; v7's driver of the SIMD kernel);
 //! - `ffn.rs`: the channel-mix block of v4–v6; `embedding.rs`: [`Embedding`] and [`Head`];
 //! - `weights.rs`: [`Weights`], shape-checked tensor access with scoped names.
@@ -23,14 +24,75 @@ mod weights;
 pub mod wkv;
 
 pub use embedding::{Embedding, Head};
-pub use registry::{
-    detect_version, inspect, load, load_checkpoint, Version, VersionInfo, VERSIONS,
-};
+pub use registry::{detect_version, inspect, load, load_checkpoint, VERSIONS};
 pub use weights::Weights;
 
 use crate::checkpoint::Checkpoint;
 use crate::ops::ComputeDType;
 use anyhow::{bail, Result};
+
+/// The RWKV architecture generations this crate runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V4,
+    /// v5.0: no gate, per-head decay, bonus `time_first` used as `exp(time_first)`.
+    V5_0,
+    /// v5.1: gate, per-head decay.
+    V5_1,
+    /// v5.2: gate, per-channel decay, per-channel bonus `time_faaaa`.
+    V5_2,
+    /// v6 ("Finch"): data-dependent token shift and decay (LoRAs).
+    V6,
+    /// v7 ("Goose", x070): generalised delta rule with in-context learning rate.
+    V7,
+}
+
+impl Version {
+    pub fn name(self) -> &'static str {
+        match self {
+            Version::V4 => "v4",
+            Version::V5_0 => "v5.0",
+            Version::V5_1 => "v5.1",
+            Version::V5_2 => "v5.2",
+            Version::V6 => "v6",
+            Version::V7 => "v7",
+        }
+    }
+
+    /// The registry row of the file that runs this version.
+    pub fn info(self) -> &'static VersionInfo {
+        registry::VERSIONS
+            .iter()
+            .find(|i| i.versions.contains(&self))
+            .expect("every version has a row in VERSIONS")
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One generation's row in the registry ([`VERSIONS`]): how to recognise, load and size it.
+/// Each version file defines its own (`v7::INFO`).
+pub struct VersionInfo {
+    /// The versions its file runs (v5's runs three variants).
+    pub versions: &'static [Version],
+    /// The tensor that identifies it, as the "unknown layout" message lists it:
+    /// `v7 (blocks.0.att.r_k)`.
+    pub identified_by: &'static str,
+    /// Tells the version from the tensor names and shapes of a checkpoint (one that has
+    /// `emb.weight`): `Ok(None)` when it is not this generation.
+    pub detect: fn(&Checkpoint) -> Result<Option<Version>>,
+    /// Builds the model from its weights (or, with [`Weights::shapes_only`], a stand-in whose
+    /// only use is its [`Config`]).
+    pub load: fn(&Weights, Version) -> Result<Box<dyn Model>>,
+    /// Floats in one layer's WKV state ([`LayerState::wkv`]).
+    pub wkv_len: fn(&Config) -> usize,
+    /// One layer's WKV state before any token.
+    pub wkv_init: fn(&Config) -> Vec<f32>,
+}
 
 /// Shapes of a model, all inferred from its tensors.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,77 +1,15 @@
-//! The version registry: which RWKV generations exist, how each is recognised, loaded and
-//! laid out in the state. Everything the crate needs to know about a generation is its file's
-//! row ([`VersionInfo`], defined as `INFO` in `v4.rs` … `v7.rs`); [`VERSIONS`] lists the rows,
-//! and detection, loading, inspection and the state's shape consult it.
+//! The version registry: the list of RWKV generations this crate runs, and the functions that
+//! consult it. Everything the crate needs to know about a generation is its file's row
+//! ([`VersionInfo`], defined as `INFO` in `v4.rs` … `v7.rs`); [`VERSIONS`] lists the rows,
+//! and detection, loading, inspection and the state's shape ([`Version::info`]) consult it.
 //!
-//! To add a version: write `vN.rs` (its model, its `INFO` row, its WKV recurrence in
-//! `wkv.rs` if it has a new one), add its variant to [`Version`] and its row to [`VERSIONS`].
+//! To add a version: write `vN.rs` (its model and its `INFO` row; its WKV recurrence goes to
+//! `wkv.rs`), add its variant to [`Version`] (with its name) and its row to [`VERSIONS`].
 
-use super::{v4, v5, v6, v7, Config, LoadOptions, Model, Weights};
+use super::{v4, v5, v6, v7, Config, LoadOptions, Model, Version, VersionInfo, Weights};
 use crate::checkpoint::Checkpoint;
 use anyhow::{bail, Result};
 use std::path::Path;
-
-/// The RWKV architecture generations this crate runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Version {
-    V4,
-    /// v5.0: no gate, per-head decay, bonus `time_first` used as `exp(time_first)`.
-    V5_0,
-    /// v5.1: gate, per-head decay.
-    V5_1,
-    /// v5.2: gate, per-channel decay, per-channel bonus `time_faaaa`.
-    V5_2,
-    /// v6 ("Finch"): data-dependent token shift and decay (LoRAs).
-    V6,
-    /// v7 ("Goose", x070): generalised delta rule with in-context learning rate.
-    V7,
-}
-
-impl Version {
-    pub fn name(self) -> &'static str {
-        match self {
-            Version::V4 => "v4",
-            Version::V5_0 => "v5.0",
-            Version::V5_1 => "v5.1",
-            Version::V5_2 => "v5.2",
-            Version::V6 => "v6",
-            Version::V7 => "v7",
-        }
-    }
-
-    /// The registry row of the file that runs this version.
-    pub fn info(self) -> &'static VersionInfo {
-        VERSIONS
-            .iter()
-            .find(|i| i.versions.contains(&self))
-            .expect("every version has a row in VERSIONS")
-    }
-}
-
-impl std::fmt::Display for Version {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// One generation's row: how to recognise, load and size it.
-pub struct VersionInfo {
-    /// The versions its file runs (v5's runs three variants).
-    pub versions: &'static [Version],
-    /// The tensor that identifies it, as the "unknown layout" message lists it:
-    /// `v7 (blocks.0.att.r_k)`.
-    pub identified_by: &'static str,
-    /// Tells the version from the tensor names and shapes of a checkpoint (one that has
-    /// `emb.weight`): `Ok(None)` when it is not this generation.
-    pub detect: fn(&Checkpoint) -> Result<Option<Version>>,
-    /// Builds the model from its weights (or, with [`Weights::shapes_only`], a stand-in whose
-    /// only use is its [`Config`]).
-    pub load: fn(&Weights, Version) -> Result<Box<dyn Model>>,
-    /// Floats in one layer's WKV state ([`super::LayerState::wkv`]).
-    pub wkv_len: fn(&Config) -> usize,
-    /// One layer's WKV state before any token.
-    pub wkv_init: fn(&Config) -> Vec<f32>,
-}
 
 /// Every generation, newest first: detection takes the first row that recognises a
 /// checkpoint, and newer layouts keep tensors of older ones (v6 and v7 have v5's `ln_x`, v5
