@@ -221,7 +221,7 @@ pub fn state_file(data: &[u8]) {
     if data.len() >= 8 {
         let (body, _) = data.split_at(data.len() - 8);
         let mut fixed = body.to_vec();
-        let sum = state_file::fnv1a(body, state_file::FNV_OFFSET);
+        let sum = rwkv_cli::fnv::fnv1a(body, rwkv_cli::fnv::FNV_OFFSET);
         fixed.extend_from_slice(&sum.to_le_bytes());
         if let Ok(s) = state_file::decode(&fixed, &cfg, STATE_FINGERPRINT) {
             assert_eq!(s.logits.len(), cfg.vocab_size);

@@ -31,7 +31,7 @@ fn cache_dir() -> PathBuf {
 
 /// The path of the embedded model's file, writing it on first use.
 pub fn path() -> Result<PathBuf> {
-    let hash = crate::state_file::fnv1a(WEIGHTS, crate::state_file::FNV_OFFSET);
+    let hash = crate::fnv::fnv1a(WEIGHTS, crate::fnv::FNV_OFFSET);
     let name = format!("default-{hash:016x}.safetensors");
     let mut last_err = None;
     for dir in [cache_dir(), std::env::temp_dir().join("rwkv-cli")] {

@@ -7,6 +7,7 @@
 //! - [`sampler`]: temperature, top-k, top-p, penalties, seeded.
 //! - [`stats`]: peak and current resident memory.
 //! - [`state_file`], [`output_file`]: saved states; writing output files safely.
+//! - [`fnv`]: the FNV-1a hash (state checksums, weight fingerprints).
 //! - [`commands`]: one file per subcommand.
 
 pub mod baselines;
@@ -14,6 +15,7 @@ pub mod catalog;
 pub mod checkpoint;
 pub mod commands;
 pub mod default_model;
+pub mod fnv;
 pub mod hub;
 pub mod kernels;
 pub mod models;

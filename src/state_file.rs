@@ -17,6 +17,7 @@
 //! state; an existing FIFO or device is written in place (see
 //! [`output_file::write`](crate::output_file::write)).
 
+use crate::fnv::{fnv1a, FNV_OFFSET};
 use crate::models::{Config, LayerState, State};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -35,17 +36,6 @@ pub struct SavedState {
     /// Tokens the state has seen.
     pub tokens: u64,
 }
-
-/// 64-bit FNV-1a.
-pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 fn header_json(cfg: &Config, fingerprint: u64, tokens: u64) -> serde_json::Value {
     serde_json::json!({

@@ -1,4 +1,11 @@
-//! RWKV models: version detection, the [`Model`] trait, and one module per version.
+//! RWKV models: the [`Model`] trait and its [`State`], and one file per version.
+//!
+//! - `v4.rs` … `v7.rs`: each version's model, readable top to bottom, with its registry row;
+//! - `registry.rs`: the list of versions' rows ([`VERSIONS`]: a new version is one file and
+//!   one row, see [`VersionInfo`]), detection and loading;
+//! - [`wkv`]: every WKV recurrence (v4; v5/v6; v7's driver of the SIMD kernel);
+//! - `ffn.rs`: the channel-mix block of v4–v6; `embedding.rs`: [`Embedding`] and [`Head`];
+//! - `weights.rs`: [`Weights`], shape-checked tensor access with scoped names.
 //!
 //! Every version runs a prompt through the *sequence* path ([`Model::forward_seq`]: the
 //! projections, LoRAs and FFN as batched matmuls over all tokens, with only the WKV
@@ -6,19 +13,23 @@
 //! one token, state in, state out). The [`State`] is a plain value whose size does not
 //! depend on how many tokens it has seen.
 
-mod shared;
+mod embedding;
+mod ffn;
+mod registry;
 pub mod v4;
 pub mod v5;
 pub mod v6;
 pub mod v7;
 mod weights;
+pub mod wkv;
 
+pub use embedding::{Embedding, Head};
+pub use registry::{detect_version, inspect, load, load_checkpoint, VERSIONS};
 pub use weights::Weights;
 
 use crate::checkpoint::Checkpoint;
 use crate::ops::ComputeDType;
 use anyhow::{bail, Result};
-use std::path::Path;
 
 /// The RWKV architecture generations this crate runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,12 +58,40 @@ impl Version {
             Version::V7 => "v7",
         }
     }
+
+    /// The registry row of the file that runs this version.
+    pub fn info(self) -> &'static VersionInfo {
+        registry::VERSIONS
+            .iter()
+            .find(|i| i.versions.contains(&self))
+            .expect("every version has a row in VERSIONS")
+    }
 }
 
 impl std::fmt::Display for Version {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// One generation's row in the registry ([`VERSIONS`]): how to recognise, load and size it.
+/// Each version file defines its own (`v7::INFO`).
+pub struct VersionInfo {
+    /// The versions its file runs (v5's runs three variants).
+    pub versions: &'static [Version],
+    /// The tensor that identifies it, as the "unknown layout" message lists it:
+    /// `v7 (blocks.0.att.r_k)`.
+    pub identified_by: &'static str,
+    /// Tells the version from the tensor names and shapes of a checkpoint (one that has
+    /// `emb.weight`): `Ok(None)` when it is not this generation.
+    pub detect: fn(&Checkpoint) -> Result<Option<Version>>,
+    /// Builds the model from its weights (or, with [`Weights::shapes_only`], a stand-in whose
+    /// only use is its [`Config`]).
+    pub load: fn(&Weights, Version) -> Result<Box<dyn Model>>,
+    /// Floats in one layer's WKV state ([`LayerState::wkv`]).
+    pub wkv_len: fn(&Config) -> usize,
+    /// One layer's WKV state before any token.
+    pub wkv_init: fn(&Config) -> Vec<f32>,
 }
 
 /// Shapes of a model, all inferred from its tensors.
@@ -81,11 +120,7 @@ impl Config {
     }
 
     fn state_floats_per_layer(&self) -> usize {
-        let wkv = match self.version {
-            Version::V4 => 3 * self.n_att,
-            _ => self.n_head * self.head_size * self.head_size,
-        };
-        2 * self.n_embd + wkv
+        2 * self.n_embd + (self.version.info().wkv_len)(self)
     }
 
     /// What a softmax transformer of the same depth and width would cache for `context`
@@ -121,15 +156,7 @@ pub struct State {
 impl State {
     /// The state before any token.
     pub fn new(cfg: &Config) -> Self {
-        let wkv_init = match cfg.version {
-            // aa = bb = 0; pp (the running maximum exponent) starts very negative.
-            Version::V4 => {
-                let mut v = vec![0.0; 3 * cfg.n_att];
-                v[2 * cfg.n_att..].fill(-1e30);
-                v
-            }
-            _ => vec![0.0; cfg.n_head * cfg.head_size * cfg.head_size],
-        };
+        let wkv_init = (cfg.version.info().wkv_init)(cfg);
         Self {
             layers: (0..cfg.n_layer)
                 .map(|_| LayerState {
@@ -202,44 +229,6 @@ impl Default for LoadOptions {
     }
 }
 
-/// Tells the version from tensor names and shapes.
-pub fn detect_version(ckpt: &Checkpoint) -> Result<Version> {
-    let has = |n: &str| ckpt.contains(n);
-    if !has("emb.weight") {
-        bail!(
-            "{} is not an RWKV checkpoint: tensor emb.weight is missing",
-            ckpt.path.display()
-        );
-    }
-    if has("blocks.0.att.r_k") || has("blocks.0.att.w0") || has("blocks.0.att.x_r") {
-        return Ok(Version::V7);
-    }
-    if has("blocks.0.att.time_maa_x") {
-        return Ok(Version::V6);
-    }
-    if has("blocks.0.att.ln_x.weight") {
-        if !has("blocks.0.att.gate.weight") {
-            return Ok(Version::V5_0);
-        }
-        let decay = ckpt.meta("blocks.0.att.time_decay").ok_or_else(|| {
-            anyhow::anyhow!("RWKV v5 layout without tensor blocks.0.att.time_decay")
-        })?;
-        let per_channel = decay.shape.iter().filter(|&&d| d > 1).count() > 1;
-        return Ok(if per_channel {
-            Version::V5_2
-        } else {
-            Version::V5_1
-        });
-    }
-    if has("blocks.0.att.time_mix_k") && has("blocks.0.att.time_decay") {
-        return Ok(Version::V4);
-    }
-    bail!(
-        "unknown RWKV layout in {}: no tensor identifies v4 (blocks.0.att.time_mix_k), v5 (blocks.0.att.ln_x.weight), v6 (blocks.0.att.time_maa_x) or v7 (blocks.0.att.r_k)",
-        ckpt.path.display()
-    )
-}
-
 /// Counts the layers: `blocks.N.*` for consecutive N from 0, all present.
 pub fn count_layers(ckpt: &Checkpoint) -> Result<usize> {
     let mut max = None;
@@ -260,110 +249,6 @@ pub fn count_layers(ckpt: &Checkpoint) -> Result<usize> {
         bail!("checkpoint claims {n} layers; refusing an implausible layout");
     }
     Ok(n)
-}
-
-/// Opens a checkpoint file and loads the model it holds, whatever its version.
-pub fn load(path: &Path, opts: LoadOptions) -> Result<Box<dyn Model>> {
-    let ckpt = Checkpoint::open(path)?;
-    load_checkpoint(&ckpt, opts)
-}
-
-/// Loads the model held by an opened checkpoint.
-pub fn load_checkpoint(ckpt: &Checkpoint, opts: LoadOptions) -> Result<Box<dyn Model>> {
-    let version = detect_version(ckpt)?;
-    let w = Weights::new(ckpt, opts.dtype);
-    Ok(match version {
-        Version::V4 => Box::new(v4::RwkvV4::load(&w)?),
-        Version::V5_0 | Version::V5_1 | Version::V5_2 => Box::new(v5::RwkvV5::load(&w, version)?),
-        Version::V6 => Box::new(v6::RwkvV6::load(&w)?),
-        Version::V7 => Box::new(v7::RwkvV7::load(&w)?),
-    })
-}
-
-/// The configuration of the model a checkpoint holds, checked as loading checks it (every
-/// tensor present with its shape and a float type, `.pth` CRCs) but without converting the
-/// weights: fast and small even for a multi-gigabyte file. For `rwkv-cli info`.
-pub fn inspect(ckpt: &Checkpoint) -> Result<Config> {
-    let version = detect_version(ckpt)?;
-    let w = Weights::shapes_only(ckpt);
-    // The stand-in model is dropped here: only its configuration leaves.
-    Ok(match version {
-        Version::V4 => v4::RwkvV4::load(&w)?.config().clone(),
-        Version::V5_0 | Version::V5_1 | Version::V5_2 => {
-            v5::RwkvV5::load(&w, version)?.config().clone()
-        }
-        Version::V6 => v6::RwkvV6::load(&w)?.config().clone(),
-        Version::V7 => v7::RwkvV7::load(&w)?.config().clone(),
-    })
-}
-
-/// Embedding lookup, `ln_out` and the head: the parts every version shares.
-pub struct Embedding {
-    /// `vocab × C`, in the compute dtype (the `blocks.0.ln0` norm is applied on lookup).
-    table: crate::ops::RowTable,
-    ln0_w: Vec<f32>,
-    ln0_b: Vec<f32>,
-    pub n_embd: usize,
-    pub vocab_size: usize,
-}
-
-impl Embedding {
-    pub fn load(w: &Weights, vocab: usize, c: usize) -> Result<Self> {
-        Ok(Self {
-            table: w.table("emb.weight", vocab, c)?,
-            ln0_w: w.vector("blocks.0.ln0.weight", c)?,
-            ln0_b: w.vector("blocks.0.ln0.bias", c)?,
-            n_embd: c,
-            vocab_size: vocab,
-        })
-    }
-
-    /// Rows of the normalised embedding for `tokens`.
-    pub fn lookup(&self, tokens: &[u32]) -> Result<crate::ops::Mat> {
-        let c = self.n_embd;
-        let mut x = crate::ops::Mat::zeros(tokens.len(), c);
-        for (t, &tok) in tokens.iter().enumerate() {
-            let tok = tok as usize;
-            if tok >= self.vocab_size {
-                bail!(
-                    "token id {tok} is out of range for a vocabulary of {}",
-                    self.vocab_size
-                );
-            }
-            let row = x.row_mut(t);
-            self.table.row_into(tok, row);
-            crate::ops::layer_norm_row(row, &self.ln0_w, &self.ln0_b, 1e-5);
-        }
-        Ok(x)
-    }
-}
-
-/// The final norm and the output projection.
-pub struct Head {
-    ln_w: Vec<f32>,
-    ln_b: Vec<f32>,
-    head: crate::ops::Linear,
-}
-
-impl Head {
-    pub fn load(w: &Weights, vocab: usize, c: usize) -> Result<Self> {
-        Ok(Self {
-            ln_w: w.vector("ln_out.weight", c)?,
-            ln_b: w.vector("ln_out.bias", c)?,
-            head: w.linear("head.weight", vocab, c)?,
-        })
-    }
-
-    /// Logits for the last row of `x`, or for every row.
-    pub fn logits(&self, x: &crate::ops::Mat, all: bool) -> Result<Vec<f32>> {
-        let x = if all {
-            x.clone()
-        } else {
-            crate::ops::Mat::from_vec(1, x.cols, x.last_row().to_vec())
-        };
-        let x = crate::ops::layer_norm(&x, &self.ln_w, &self.ln_b);
-        Ok(self.head.forward(&x)?.data)
-    }
 }
 
 /// Checks a call's arguments against the model before running it.

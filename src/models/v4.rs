@@ -6,12 +6,28 @@
 //! ```
 //!
 //! computed recurrently with numerator `aa`, denominator `bb` and a running maximum exponent
-//! `pp` that keeps every `exp` ≤ 1 (`pp` starts at −1e30: a state of zeros is wrong).
+//! `pp` that keeps every `exp` ≤ 1 (`pp` starts at −1e30: a state of zeros is wrong); the
+//! recurrence is [`super::wkv::wkv4`].
 
-use super::shared::{current_to_prev_mix, ReceptanceFfn};
-use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
+use super::ffn::{current_to_prev_mix, ReceptanceFfn};
+use super::wkv::{self, wkv4};
+use super::{Config, Embedding, Head, LayerState, Model, State, Version, VersionInfo, Weights};
 use crate::ops::{layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
 use anyhow::Result;
+
+/// v4's row in the registry ([`super::VERSIONS`]).
+pub const INFO: VersionInfo = VersionInfo {
+    versions: &[Version::V4],
+    identified_by: "v4 (blocks.0.att.time_mix_k)",
+    detect: |ckpt| {
+        let v4 =
+            ckpt.contains("blocks.0.att.time_mix_k") && ckpt.contains("blocks.0.att.time_decay");
+        Ok(v4.then_some(Version::V4))
+    },
+    load: |w, _| Ok(Box::new(RwkvV4::load(w)?)),
+    wkv_len: wkv::wkv4_state_len,
+    wkv_init: wkv::wkv4_initial_state,
+};
 
 struct Layer {
     ln1_w: Vec<f32>,
@@ -46,32 +62,32 @@ impl RwkvV4 {
         let n_att = w.dim("blocks.0.att.key.weight", 2, 0)?;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
-            let p = format!("blocks.{i}.");
-            let a = format!("blocks.{i}.att.");
+            let b = w.pp(format!("blocks.{i}"));
+            let att = b.pp("att");
             let mix = |m: &str| -> Result<Vec<f32>> {
                 Ok(current_to_prev_mix(
-                    w.vector(&format!("{a}time_mix_{m}"), c)?,
+                    att.vector(&format!("time_mix_{m}"), c)?,
                 ))
             };
             layers.push(Layer {
-                ln1_w: w.vector(&format!("{p}ln1.weight"), c)?,
-                ln1_b: w.vector(&format!("{p}ln1.bias"), c)?,
-                ln2_w: w.vector(&format!("{p}ln2.weight"), c)?,
-                ln2_b: w.vector(&format!("{p}ln2.bias"), c)?,
+                ln1_w: b.vector("ln1.weight", c)?,
+                ln1_b: b.vector("ln1.bias", c)?,
+                ln2_w: b.vector("ln2.weight", c)?,
+                ln2_b: b.vector("ln2.bias", c)?,
                 mix_k: mix("k")?,
                 mix_v: mix("v")?,
                 mix_r: mix("r")?,
-                decay: w
-                    .vector(&format!("{a}time_decay"), n_att)?
+                decay: att
+                    .vector("time_decay", n_att)?
                     .into_iter()
                     .map(|d| -d.exp())
                     .collect(),
-                bonus: w.vector(&format!("{a}time_first"), n_att)?,
-                receptance: w.linear(&format!("{a}receptance.weight"), n_att, c)?,
-                key: w.linear(&format!("{a}key.weight"), n_att, c)?,
-                value: w.linear(&format!("{a}value.weight"), n_att, c)?,
-                output: w.linear(&format!("{a}output.weight"), c, n_att)?,
-                ffn: ReceptanceFfn::load(w, &format!("blocks.{i}.ffn."), c, false)?,
+                bonus: att.vector("time_first", n_att)?,
+                receptance: att.linear("receptance.weight", n_att, c)?,
+                key: att.linear("key.weight", n_att, c)?,
+                value: att.linear("value.weight", n_att, c)?,
+                output: att.linear("output.weight", c, n_att)?,
+                ffn: ReceptanceFfn::load(&b.pp("ffn"), c, false)?,
             });
         }
         let cfg = Config {
@@ -101,29 +117,7 @@ impl RwkvV4 {
             .map(sigmoid);
         let k = l.key.forward(&lerp(xx, &prev, &l.mix_k))?;
         let v = l.value.forward(&lerp(xx, &prev, &l.mix_v))?;
-        let c = self.cfg.n_att;
-        let (aa, rest) = s.wkv.split_at_mut(c);
-        let (bb, pp) = rest.split_at_mut(c);
-        let mut out = Mat::zeros(xx.rows, c);
-        for t in 0..xx.rows {
-            let (kt, vt, rt) = (k.row(t), v.row(t), r.row(t));
-            let ot = out.row_mut(t);
-            for j in 0..c {
-                let (kj, vj) = (kt[j], vt[j]);
-                // Output: include the current token with the bonus u.
-                let ww = l.bonus[j] + kj;
-                let p = pp[j].max(ww);
-                let (e1, e2) = ((pp[j] - p).exp(), (ww - p).exp());
-                ot[j] = rt[j] * (e1 * aa[j] + e2 * vj) / (e1 * bb[j] + e2);
-                // State: decay the past, add the current token.
-                let ww = l.decay[j] + pp[j];
-                let p = ww.max(kj);
-                let (e1, e2) = ((ww - p).exp(), (kj - p).exp());
-                aa[j] = e1 * aa[j] + e2 * vj;
-                bb[j] = e1 * bb[j] + e2;
-                pp[j] = p;
-            }
-        }
+        let out = wkv4(&r, &k, &v, &l.decay, &l.bonus, &mut s.wkv);
         l.output.forward(&out)
     }
 }

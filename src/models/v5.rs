@@ -10,10 +10,42 @@
 //! The bonus is `exp(time_first)` when stored as `time_first`, and used as is when stored as
 //! `time_faaaa` (the official package's rule). Decay is `exp(−exp(time_decay))`.
 
-use super::shared::{current_to_prev_mix, wkv5, ReceptanceFfn};
-use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
+use super::ffn::{current_to_prev_mix, ReceptanceFfn};
+use super::wkv::{self, wkv5};
+use super::{Config, Embedding, Head, LayerState, Model, State, Version, VersionInfo, Weights};
+use crate::checkpoint::Checkpoint;
 use crate::ops::{group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat};
 use anyhow::{bail, Result};
+
+/// v5's row in the registry ([`super::VERSIONS`]): v5.0, v5.1 and v5.2.
+pub const INFO: VersionInfo = VersionInfo {
+    versions: &[Version::V5_0, Version::V5_1, Version::V5_2],
+    identified_by: "v5 (blocks.0.att.ln_x.weight)",
+    detect,
+    load: |w, version| Ok(Box::new(RwkvV5::load(w, version)?)),
+    wkv_len: wkv::matrix_state_len,
+    wkv_init: wkv::matrix_initial_state,
+};
+
+/// v5 has `ln_x`; v5.0 no gate; v5.2 a per-channel decay (v5.1 a per-head one).
+fn detect(ckpt: &Checkpoint) -> Result<Option<Version>> {
+    let has = |n: &str| ckpt.contains(n);
+    if !has("blocks.0.att.ln_x.weight") {
+        return Ok(None);
+    }
+    if !has("blocks.0.att.gate.weight") {
+        return Ok(Some(Version::V5_0));
+    }
+    let decay = ckpt
+        .meta("blocks.0.att.time_decay")
+        .ok_or_else(|| anyhow::anyhow!("RWKV v5 layout without tensor blocks.0.att.time_decay"))?;
+    let per_channel = decay.shape.iter().filter(|&&d| d > 1).count() > 1;
+    Ok(Some(if per_channel {
+        Version::V5_2
+    } else {
+        Version::V5_1
+    }))
+}
 
 struct Layer {
     ln1_w: Vec<f32>,
@@ -44,13 +76,10 @@ pub struct RwkvV5 {
     head: Head,
 }
 
-/// Expands per-head values (H) to per-channel (H·N); per-channel values pass through.
-pub(crate) fn per_channel(
-    name: &str,
-    v: Vec<f32>,
-    n_head: usize,
-    head_size: usize,
-) -> Result<Vec<f32>> {
+/// Reads `name` and expands per-head values (H) to per-channel (H·N); per-channel values
+/// pass through.
+fn per_channel(att: &Weights, name: &str, n_head: usize, head_size: usize) -> Result<Vec<f32>> {
+    let v = att.vector_any(name)?;
     if v.len() == n_head * head_size {
         Ok(v)
     } else if v.len() == n_head {
@@ -59,7 +88,8 @@ pub(crate) fn per_channel(
             .collect())
     } else {
         bail!(
-            "tensor {name} has {} values, expected {n_head} (per head) or {} (per channel)",
+            "tensor {} has {} values, expected {n_head} (per head) or {} (per channel)",
+            att.path(name),
             v.len(),
             n_head * head_size
         )
@@ -80,47 +110,44 @@ impl RwkvV5 {
         let gated = version != Version::V5_0;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
-            let p = format!("blocks.{i}.");
-            let a = format!("blocks.{i}.att.");
-            let decay_name = format!("{a}time_decay");
-            let decay = per_channel(&decay_name, w.vector_any(&decay_name)?, n_head, head_size)?;
+            let b = w.pp(format!("blocks.{i}"));
+            let att = b.pp("att");
+            let decay = per_channel(&att, "time_decay", n_head, head_size)?;
             let decay = decay.into_iter().map(|d| (-d.exp()).exp()).collect();
-            let bonus = if w.has(&format!("{a}time_faaaa")) {
-                let name = format!("{a}time_faaaa");
-                per_channel(&name, w.vector_any(&name)?, n_head, head_size)?
+            let bonus = if att.has("time_faaaa") {
+                per_channel(&att, "time_faaaa", n_head, head_size)?
             } else {
-                let name = format!("{a}time_first");
-                let raw = per_channel(&name, w.vector_any(&name)?, n_head, head_size)?;
+                let raw = per_channel(&att, "time_first", n_head, head_size)?;
                 raw.into_iter().map(f32::exp).collect()
             };
             let mix = |m: &str| -> Result<Vec<f32>> {
                 Ok(current_to_prev_mix(
-                    w.vector(&format!("{a}time_mix_{m}"), c)?,
+                    att.vector(&format!("time_mix_{m}"), c)?,
                 ))
             };
             let gate = if gated {
-                Some((mix("g")?, w.linear(&format!("{a}gate.weight"), n_att, c)?))
+                Some((mix("g")?, att.linear("gate.weight", n_att, c)?))
             } else {
                 None
             };
             layers.push(Layer {
-                ln1_w: w.vector(&format!("{p}ln1.weight"), c)?,
-                ln1_b: w.vector(&format!("{p}ln1.bias"), c)?,
-                ln2_w: w.vector(&format!("{p}ln2.weight"), c)?,
-                ln2_b: w.vector(&format!("{p}ln2.bias"), c)?,
+                ln1_w: b.vector("ln1.weight", c)?,
+                ln1_b: b.vector("ln1.bias", c)?,
+                ln2_w: b.vector("ln2.weight", c)?,
+                ln2_b: b.vector("ln2.bias", c)?,
                 mix_k: mix("k")?,
                 mix_v: mix("v")?,
                 mix_r: mix("r")?,
                 decay: Mat::from_vec(1, n_att, decay),
                 bonus,
-                receptance: w.linear(&format!("{a}receptance.weight"), n_att, c)?,
-                key: w.linear(&format!("{a}key.weight"), n_att, c)?,
-                value: w.linear(&format!("{a}value.weight"), n_att, c)?,
+                receptance: att.linear("receptance.weight", n_att, c)?,
+                key: att.linear("key.weight", n_att, c)?,
+                value: att.linear("value.weight", n_att, c)?,
                 gate,
-                output: w.linear(&format!("{a}output.weight"), c, n_att)?,
-                ln_x_w: w.vector(&format!("{a}ln_x.weight"), n_att)?,
-                ln_x_b: w.vector(&format!("{a}ln_x.bias"), n_att)?,
-                ffn: ReceptanceFfn::load(w, &format!("blocks.{i}.ffn."), c, false)?,
+                output: att.linear("output.weight", c, n_att)?,
+                ln_x_w: att.vector("ln_x.weight", n_att)?,
+                ln_x_b: att.vector("ln_x.bias", n_att)?,
+                ffn: ReceptanceFfn::load(&b.pp("ffn"), c, false)?,
             });
         }
         let cfg = Config {

@@ -5,10 +5,25 @@
 //! `exp(−exp(time_decay + LoRA_decay(x_w)))` per channel and per token; the bonus `time_faaaa`
 //! is used as is. The recurrence and output are RWKV-5.2's.
 
-use super::shared::{wkv5, ReceptanceFfn};
-use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
+use super::ffn::ReceptanceFfn;
+use super::wkv::{self, wkv5};
+use super::{Config, Embedding, Head, LayerState, Model, State, Version, VersionInfo, Weights};
 use crate::ops::{add_row, group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat};
 use anyhow::{bail, Result};
+
+/// v6's row in the registry ([`super::VERSIONS`]).
+pub const INFO: VersionInfo = VersionInfo {
+    versions: &[Version::V6],
+    identified_by: "v6 (blocks.0.att.time_maa_x)",
+    detect: |ckpt| {
+        Ok(ckpt
+            .contains("blocks.0.att.time_maa_x")
+            .then_some(Version::V6))
+    },
+    load: |w, _| Ok(Box::new(RwkvV6::load(w)?)),
+    wkv_len: wkv::matrix_state_len,
+    wkv_init: wkv::matrix_initial_state,
+};
 
 struct Layer {
     ln1_w: Vec<f32>,
@@ -57,25 +72,28 @@ impl RwkvV6 {
         };
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
-            let p = format!("blocks.{i}.");
-            let a = format!("blocks.{i}.att.");
-            let lora5 = w.dim(&format!("{a}time_maa_w1"), 2, 1)?;
+            let b = w.pp(format!("blocks.{i}"));
+            let att = b.pp("att");
+            let lora5 = att.dim("time_maa_w1", 2, 1)?;
             if lora5 % 5 != 0 {
-                bail!("tensor {a}time_maa_w1: its second dimension {lora5} is not 5 × rank");
+                bail!(
+                    "tensor {}: its second dimension {lora5} is not 5 × rank",
+                    att.path("time_maa_w1")
+                );
             }
             let d = lora5 / 5;
-            let up_all = w.tensor(&format!("{a}time_maa_w2"), &[5, d, c])?;
+            let up_all = att.tensor("time_maa_w2", &[5, d, c])?;
             let maa_up = up_all
                 .chunks_exact(d * c)
                 .map(|m| Linear::from_in_out(m.to_vec(), d, c, crate::ops::ComputeDType::F32))
                 .collect::<Result<Vec<_>>>()?;
-            let d2 = w.dim(&format!("{a}time_decay_w1"), 2, 1)?;
-            let v = |n: &str| w.vector(&format!("{a}{n}"), c);
+            let d2 = att.dim("time_decay_w1", 2, 1)?;
+            let v = |n: &str| att.vector(n, c);
             layers.push(Layer {
-                ln1_w: w.vector(&format!("{p}ln1.weight"), c)?,
-                ln1_b: w.vector(&format!("{p}ln1.bias"), c)?,
-                ln2_w: w.vector(&format!("{p}ln2.weight"), c)?,
-                ln2_b: w.vector(&format!("{p}ln2.bias"), c)?,
+                ln1_w: b.vector("ln1.weight", c)?,
+                ln1_b: b.vector("ln1.bias", c)?,
+                ln2_w: b.vector("ln2.weight", c)?,
+                ln2_b: b.vector("ln2.bias", c)?,
                 maa_x: v("time_maa_x")?,
                 maa: [
                     v("time_maa_w")?,
@@ -84,20 +102,20 @@ impl RwkvV6 {
                     v("time_maa_r")?,
                     v("time_maa_g")?,
                 ],
-                maa_down: w.lora(&format!("{a}time_maa_w1"), c, lora5)?,
+                maa_down: att.lora("time_maa_w1", c, lora5)?,
                 maa_up,
-                decay: w.vector(&format!("{a}time_decay"), n_att)?,
-                decay_down: w.lora(&format!("{a}time_decay_w1"), c, d2)?,
-                decay_up: w.lora(&format!("{a}time_decay_w2"), d2, n_att)?,
-                bonus: w.vector(&format!("{a}time_faaaa"), n_att)?,
-                receptance: w.linear(&format!("{a}receptance.weight"), n_att, c)?,
-                key: w.linear(&format!("{a}key.weight"), n_att, c)?,
-                value: w.linear(&format!("{a}value.weight"), n_att, c)?,
-                gate: w.linear(&format!("{a}gate.weight"), n_att, c)?,
-                output: w.linear(&format!("{a}output.weight"), c, n_att)?,
-                ln_x_w: w.vector(&format!("{a}ln_x.weight"), n_att)?,
-                ln_x_b: w.vector(&format!("{a}ln_x.bias"), n_att)?,
-                ffn: ReceptanceFfn::load(w, &format!("blocks.{i}.ffn."), c, true)?,
+                decay: att.vector("time_decay", n_att)?,
+                decay_down: att.lora("time_decay_w1", c, d2)?,
+                decay_up: att.lora("time_decay_w2", d2, n_att)?,
+                bonus: att.vector("time_faaaa", n_att)?,
+                receptance: att.linear("receptance.weight", n_att, c)?,
+                key: att.linear("key.weight", n_att, c)?,
+                value: att.linear("value.weight", n_att, c)?,
+                gate: att.linear("gate.weight", n_att, c)?,
+                output: att.linear("output.weight", c, n_att)?,
+                ln_x_w: att.vector("ln_x.weight", n_att)?,
+                ln_x_b: att.vector("ln_x.bias", n_att)?,
+                ffn: ReceptanceFfn::load(&b.pp("ffn"), c, true)?,
             });
         }
         let cfg = Config {

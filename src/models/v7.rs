@@ -11,9 +11,24 @@
 //! `k ⊙ (1 + (a − 1) ⊙ k_a)`, and (layers ≥ 1) the value mixed with layer 0's value
 //! ("value residual"). Equations as in BlinkDL's RWKV-LM `RWKV-v7` and the `rwkv` package.
 
-use super::{Config, Embedding, Head, LayerState, Model, State, Version, Weights};
+use super::wkv::{self, wkv7};
+use super::{Config, Embedding, Head, LayerState, Model, State, Version, VersionInfo, Weights};
 use crate::ops::{add_row, group_norm, layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
 use anyhow::Result;
+
+/// v7's row in the registry ([`super::VERSIONS`]).
+pub const INFO: VersionInfo = VersionInfo {
+    versions: &[Version::V7],
+    identified_by: "v7 (blocks.0.att.r_k)",
+    detect: |ckpt| {
+        let has = |n: &str| ckpt.contains(n);
+        let v7 = has("blocks.0.att.r_k") || has("blocks.0.att.w0") || has("blocks.0.att.x_r");
+        Ok(v7.then_some(Version::V7))
+    },
+    load: |w, _| Ok(Box::new(RwkvV7::load(w)?)),
+    wkv_len: wkv::matrix_state_len,
+    wkv_init: wkv::matrix_initial_state,
+};
 
 struct Lora {
     down: Linear,
@@ -21,11 +36,12 @@ struct Lora {
 }
 
 impl Lora {
-    fn load(w: &Weights, p: &str, a: &str, b: &str, c: usize) -> Result<Self> {
-        let rank = w.dim(&format!("{p}{a}"), 2, 1)?;
+    /// The pair `down`, `up` (e.g. `w1`, `w2`) of the scope `att`.
+    fn load(att: &Weights, down: &str, up: &str, c: usize) -> Result<Self> {
+        let rank = att.dim(down, 2, 1)?;
         Ok(Self {
-            down: w.lora(&format!("{p}{a}"), c, rank)?,
-            up: w.lora(&format!("{p}{b}"), rank, c)?,
+            down: att.lora(down, c, rank)?,
+            up: att.lora(up, rank, c)?,
         })
     }
     /// `up(f(down(x)))`.
@@ -88,46 +104,42 @@ impl RwkvV7 {
         let n_ffn = w.dim("blocks.0.ffn.key.weight", 2, 0)?;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
-            let p = format!("blocks.{i}.");
-            let a = format!("blocks.{i}.att.");
-            let f = format!("blocks.{i}.ffn.");
+            let b = w.pp(format!("blocks.{i}"));
+            let (att, ffn) = (b.pp("att"), b.pp("ffn"));
             let v_mix = if i == 0 {
                 None
             } else {
-                Some((
-                    w.vector(&format!("{a}v0"), c)?,
-                    Lora::load(w, &a, "v1", "v2", c)?,
-                ))
+                Some((att.vector("v0", c)?, Lora::load(&att, "v1", "v2", c)?))
             };
             layers.push(Layer {
-                ln1_w: w.vector(&format!("{p}ln1.weight"), c)?,
-                ln1_b: w.vector(&format!("{p}ln1.bias"), c)?,
-                ln2_w: w.vector(&format!("{p}ln2.weight"), c)?,
-                ln2_b: w.vector(&format!("{p}ln2.bias"), c)?,
-                x_r: w.vector(&format!("{a}x_r"), c)?,
-                x_w: w.vector(&format!("{a}x_w"), c)?,
-                x_k: w.vector(&format!("{a}x_k"), c)?,
-                x_v: w.vector(&format!("{a}x_v"), c)?,
-                x_a: w.vector(&format!("{a}x_a"), c)?,
-                x_g: w.vector(&format!("{a}x_g"), c)?,
-                w0: w.vector(&format!("{a}w0"), c)?,
-                w_lora: Lora::load(w, &a, "w1", "w2", c)?,
-                a0: w.vector(&format!("{a}a0"), c)?,
-                a_lora: Lora::load(w, &a, "a1", "a2", c)?,
+                ln1_w: b.vector("ln1.weight", c)?,
+                ln1_b: b.vector("ln1.bias", c)?,
+                ln2_w: b.vector("ln2.weight", c)?,
+                ln2_b: b.vector("ln2.bias", c)?,
+                x_r: att.vector("x_r", c)?,
+                x_w: att.vector("x_w", c)?,
+                x_k: att.vector("x_k", c)?,
+                x_v: att.vector("x_v", c)?,
+                x_a: att.vector("x_a", c)?,
+                x_g: att.vector("x_g", c)?,
+                w0: att.vector("w0", c)?,
+                w_lora: Lora::load(&att, "w1", "w2", c)?,
+                a0: att.vector("a0", c)?,
+                a_lora: Lora::load(&att, "a1", "a2", c)?,
                 v_mix,
-                g_lora: Lora::load(w, &a, "g1", "g2", c)?,
-                k_k: w.vector(&format!("{a}k_k"), c)?,
-                k_a: w.vector(&format!("{a}k_a"), c)?,
-                r_k: w.vector(&format!("{a}r_k"), c)?,
-                receptance: w.linear(&format!("{a}receptance.weight"), c, c)?,
-                key: w.linear(&format!("{a}key.weight"), c, c)?,
-                value: w.linear(&format!("{a}value.weight"), c, c)?,
-                output: w.linear(&format!("{a}output.weight"), c, c)?,
-                ln_x_w: w.vector(&format!("{a}ln_x.weight"), c)?,
-                ln_x_b: w.vector(&format!("{a}ln_x.bias"), c)?,
-                ffn_x_k: w.vector(&format!("{f}x_k"), c)?,
-                ffn_key: w.linear(&format!("{f}key.weight"), n_ffn, c)?,
-                ffn_value: w.linear(&format!("{f}value.weight"), c, n_ffn)?,
+                g_lora: Lora::load(&att, "g1", "g2", c)?,
+                k_k: att.vector("k_k", c)?,
+                k_a: att.vector("k_a", c)?,
+                r_k: att.vector("r_k", c)?,
+                receptance: att.linear("receptance.weight", c, c)?,
+                key: att.linear("key.weight", c, c)?,
+                value: att.linear("value.weight", c, c)?,
+                output: att.linear("output.weight", c, c)?,
+                ln_x_w: att.vector("ln_x.weight", c)?,
+                ln_x_b: att.vector("ln_x.bias", c)?,
+                ffn_x_k: ffn.vector("x_k", c)?,
+                ffn_key: ffn.linear("key.weight", n_ffn, c)?,
+                ffn_value: ffn.linear("value.weight", c, n_ffn)?,
             });
         }
         let cfg = Config {
@@ -200,7 +212,7 @@ impl RwkvV7 {
         }
 
         // The recurrence: heads in parallel, each stepping through the tokens.
-        let mut out = crate::ops::wkv7(&mut s.wkv, h_count, n, &r, &w, &k, &v, &kk, &a);
+        let mut out = wkv7(&mut s.wkv, h_count, n, &r, &w, &k, &v, &kk, &a);
 
         group_norm(&mut out, h_count, &l.ln_x_w, &l.ln_x_b, 64e-5);
         // Bonus: + (Σ_head r ⊙ k ⊙ r_k) · v.

@@ -1,5 +1,8 @@
 //! Typed access to a checkpoint's tensors while building a model: every read checks the
 //! tensor's shape and names the tensor at fault when it is wrong.
+//!
+//! Names are scoped as with candle's `VarBuilder::pp`: `w.pp("blocks.3").pp("att")` reads
+//! `key.weight` as `blocks.3.att.key.weight`, and every message names the full tensor name.
 
 use crate::checkpoint::{Checkpoint, StoredDType};
 use crate::ops::{ComputeDType, Linear, RowTable};
@@ -11,6 +14,8 @@ pub struct Weights<'a> {
     /// Check names, shapes, types and (`.pth`) CRCs only: matrices and the embedding are not
     /// converted, and come back as shape-only stand-ins that cannot run (see [`Weights::shapes_only`]).
     check_only: bool,
+    /// The scope: the names asked for are read as `{prefix}{name}` (empty, or ending in a dot).
+    prefix: String,
 }
 
 /// Drops size-1 dimensions (RWKV stores per-channel vectors as (1, 1, C)).
@@ -24,6 +29,7 @@ impl<'a> Weights<'a> {
             ckpt,
             dtype,
             check_only: false,
+            prefix: String::new(),
         }
     }
 
@@ -37,11 +43,33 @@ impl<'a> Weights<'a> {
             ckpt,
             dtype: ComputeDType::F32,
             check_only: true,
+            prefix: String::new(),
         }
+    }
+
+    /// The same weights with names scoped under `scope` (candle's `VarBuilder::pp`):
+    /// `w.pp("blocks.0").pp("att").vector("x_r", c)` reads `blocks.0.att.x_r`.
+    pub fn pp(&self, scope: impl std::fmt::Display) -> Weights<'a> {
+        Weights {
+            ckpt: self.ckpt,
+            dtype: self.dtype,
+            check_only: self.check_only,
+            prefix: format!("{}{scope}.", self.prefix),
+        }
+    }
+
+    /// The full name of tensor `name` in this scope, as the checkpoint (and messages) name it.
+    pub fn path(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
     }
 
     /// The stored shape of a tensor that must exist and hold floating-point values.
     pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        self.shape_at(&self.path(name))
+    }
+
+    /// [`Weights::shape`] of the tensor whose full name is `name`.
+    fn shape_at(&self, name: &str) -> Result<Vec<usize>> {
         let meta = self
             .ckpt
             .meta(name)
@@ -58,12 +86,17 @@ impl<'a> Weights<'a> {
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.ckpt.contains(name)
+        self.ckpt.contains(&self.path(name))
     }
 
     /// A tensor whose shape must be `shape` (size-1 dimensions ignored), as f32.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let got = self.shape(name)?;
+        self.tensor_at(&self.path(name), shape)
+    }
+
+    /// [`Weights::tensor`] of the tensor whose full name is `name`.
+    fn tensor_at(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let got = self.shape_at(name)?;
         if squeezed(&got) != squeezed(shape) {
             bail!("tensor {name} has shape {got:?}, expected {shape:?}");
         }
@@ -72,7 +105,8 @@ impl<'a> Weights<'a> {
 
     /// A per-channel vector of `n` values, whatever singleton dimensions it is stored with.
     pub fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
-        let got = self.shape(name)?;
+        let name = &self.path(name);
+        let got = self.shape_at(name)?;
         if got.iter().product::<usize>() != n {
             bail!("tensor {name} has shape {got:?}, expected {n} values");
         }
@@ -81,13 +115,14 @@ impl<'a> Weights<'a> {
 
     /// A tensor of any shape, flattened (for values whose layout varies between releases).
     pub fn vector_any(&self, name: &str) -> Result<Vec<f32>> {
-        self.ckpt.read_f32(name)
+        self.ckpt.read_f32(&self.path(name))
     }
 
     /// A projection stored (out, in), kept in the compute dtype: converted from the file in
     /// runs of 32 rows straight into the packed format, never whole in f32.
     pub fn linear(&self, name: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
-        let got = self.shape(name)?;
+        let name = &self.path(name);
+        let got = self.shape_at(name)?;
         if squeezed(&got) != squeezed(&[out_dim, in_dim]) {
             bail!(
                 "tensor {name} has shape {got:?}, expected {:?}",
@@ -107,7 +142,8 @@ impl<'a> Weights<'a> {
     /// A table of `rows` rows read one at a time (the embedding), kept in the compute dtype,
     /// converted from the file in runs without an f32 copy of the whole.
     pub fn table(&self, name: &str, rows: usize, cols: usize) -> Result<RowTable> {
-        let got = self.shape(name)?;
+        let name = &self.path(name);
+        let got = self.shape_at(name)?;
         if squeezed(&got) != squeezed(&[rows, cols]) {
             bail!(
                 "tensor {name} has shape {got:?}, expected {:?}",
@@ -126,14 +162,16 @@ impl<'a> Weights<'a> {
 
     /// A LoRA matrix stored (in, out) and used as `x @ W`; kept in f32 (they are small).
     pub fn lora(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
-        let v = self.tensor(name, &[in_dim, out_dim])?;
+        let name = &self.path(name);
+        let v = self.tensor_at(name, &[in_dim, out_dim])?;
         Linear::from_in_out(v, in_dim, out_dim, ComputeDType::F32)
             .with_context(|| format!("tensor {name}"))
     }
 
     /// The size of dimension `dim` of a tensor that must have rank `rank`.
     pub fn dim(&self, name: &str, rank: usize, dim: usize) -> Result<usize> {
-        let s = self.shape(name)?;
+        let name = &self.path(name);
+        let s = self.shape_at(name)?;
         if s.len() != rank {
             bail!("tensor {name} has shape {s:?}, expected {rank} dimensions");
         }

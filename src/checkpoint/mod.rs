@@ -8,18 +8,21 @@
 //! offset, length and shape is checked (with overflow-checked arithmetic) against the file's
 //! size before it is used, so a damaged or malicious file gives an error naming the problem —
 //! never a panic, a huge allocation or a hang.
-//! - safetensors: 8-byte header length, JSON header, data. Each tensor's byte range must lie in
-//!   the data area, match its shape and dtype exactly, and not overlap another tensor's.
-//! - `.pth`: the zip central directory ([`zip`]: stored entries only, as `torch.save` writes
-//!   them) and `data.pkl` run by a small bounded pickle machine ([`pickle`]) that knows the
-//!   handful of opcodes and callables of a state dict and executes nothing. Each tensor's view
-//!   (offset, shape, strides) must lie inside its storage entry.
+//! - safetensors (`safetensors.rs`): 8-byte header length, JSON header, data. Each tensor's
+//!   byte range must lie in the data area, match its shape and dtype exactly, and not overlap
+//!   another tensor's.
+//! - `.pth` (`pth.rs`): the zip central directory (`zip.rs`: stored entries only, as
+//!   `torch.save` writes them) and `data.pkl` run by a small bounded pickle machine
+//!   (`pickle.rs`) that knows the handful of opcodes and callables of a state dict and executes
+//!   nothing. Each tensor's view (offset, shape, strides) must lie inside its storage entry.
 //!
 //! Memory: the file is memory-mapped and tensors are converted straight from the map; after
 //! each tensor is converted, its pages are released (`MADV_DONTNEED`), so a load never holds the
 //! file and the converted weights at once.
 
 mod pickle;
+mod pth;
+mod safetensors;
 mod zip;
 
 use anyhow::{bail, Context, Result};
@@ -76,9 +79,6 @@ pub enum Format {
     Safetensors,
     Pth,
 }
-
-/// Largest safetensors header accepted (the format's own limit).
-const MAX_SAFETENSORS_HEADER: usize = 100 << 20;
 
 /// The bytes of the checkpoint: the mapped file, or a buffer (for tests and fuzzing).
 enum Data {
@@ -174,14 +174,14 @@ impl Checkpoint {
             );
         }
         let parsed = if b.starts_with(b"PK\x03\x04") || b.starts_with(b"PK\x05\x06") {
-            parse_pth(b).map(|(t, s)| (Format::Pth, t, s))
+            pth::parse(b).map(|(t, s)| (Format::Pth, t, s))
         } else if b[0] == 0x80 && (2..=5).contains(&b[1]) {
             bail!(
                 "{} is a legacy (pre-zip) torch.save pickle; re-save it with torch 1.6 or later, or convert it to safetensors",
                 path.display()
             );
         } else {
-            parse_safetensors(b).map(|t| (Format::Safetensors, t, Vec::new()))
+            safetensors::parse(b).map(|t| (Format::Safetensors, t, Vec::new()))
         };
         let named_pth = path
             .extension()
@@ -266,7 +266,7 @@ impl Checkpoint {
     /// the small tensors (norms, mixes, decays). Two checkpoints of the same shape but
     /// different training have different fingerprints.
     pub fn fingerprint(&self) -> Result<u64> {
-        use crate::state_file::{fnv1a, FNV_OFFSET};
+        use crate::fnv::{fnv1a, FNV_OFFSET};
         let mut h = FNV_OFFSET;
         for (name, m) in &self.tensors {
             h = fnv1a(name.as_bytes(), h);
@@ -429,257 +429,6 @@ fn checked_numel(name: &str, shape: &[usize]) -> Result<usize> {
     Ok(shape.iter().product())
 }
 
-/// Element type of a safetensors dtype name: ours, the size in bits, and the name.
-fn safetensors_dtype(name: &str, s: &str) -> Result<(StoredDType, usize)> {
-    Ok(match s {
-        "F32" => (StoredDType::F32, 32),
-        "F16" => (StoredDType::F16, 16),
-        "BF16" => (StoredDType::BF16, 16),
-        "F64" => (StoredDType::F64, 64),
-        "I64" | "U64" | "C64" => (StoredDType::Other, 64),
-        "I32" | "U32" => (StoredDType::Other, 32),
-        "I16" | "U16" => (StoredDType::Other, 16),
-        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => (StoredDType::Other, 8),
-        "F6_E2M3" | "F6_E3M2" => (StoredDType::Other, 6),
-        "F4" => (StoredDType::Other, 4),
-        _ => bail!("tensor {name}: unknown dtype {s:?}"),
-    })
-}
-
-fn parse_safetensors(b: &[u8]) -> Result<Entries> {
-    let mut len8 = [0u8; 8];
-    len8.copy_from_slice(&b[..8]);
-    let n = u64::from_le_bytes(len8);
-    let rest = (b.len() - 8) as u64;
-    if n > rest {
-        bail!(
-            "not a safetensors file, or truncated: its header length says {n} bytes but only {rest} follow"
-        );
-    }
-    let n = n as usize;
-    if n > MAX_SAFETENSORS_HEADER {
-        bail!("safetensors header of {n} bytes is implausibly large");
-    }
-    let header = &b[8..8 + n];
-    let data = &b[8 + n..];
-    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
-        .map_err(|e| anyhow::anyhow!("the safetensors header is not a JSON object ({e})"))?;
-    let mut out = Vec::with_capacity(json.len());
-    let mut ranges = Vec::with_capacity(json.len());
-    for (name, v) in &json {
-        if name == "__metadata__" {
-            continue;
-        }
-        let field = |k: &str| {
-            v.get(k)
-                .ok_or_else(|| anyhow::anyhow!("tensor {name}: the header has no {k}"))
-        };
-        let dtype = field("dtype")?
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("tensor {name}: dtype is not a string"))?;
-        let (dtype, bits) = safetensors_dtype(name, dtype)?;
-        let shape = field("shape")?
-            .as_array()
-            .ok_or_else(|| anyhow::anyhow!("tensor {name}: shape is not a list"))?
-            .iter()
-            .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-            .collect::<Option<Vec<usize>>>()
-            .ok_or_else(|| anyhow::anyhow!("tensor {name}: shape is not a list of sizes"))?;
-        let offsets = field("data_offsets")?
-            .as_array()
-            .filter(|a| a.len() == 2)
-            .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
-            .ok_or_else(|| anyhow::anyhow!("tensor {name}: data_offsets is not [start, end]"))?;
-        let (start, end) = offsets;
-        if start > end || end > data.len() as u64 {
-            bail!(
-                "tensor {name}: data_offsets [{start}, {end}] lie outside the data area ({} bytes): the file is truncated or its header is wrong",
-                data.len()
-            );
-        }
-        let numel = checked_numel(name, &shape)?;
-        let bytes = numel
-            .checked_mul(bits)
-            .map(|b| b.div_ceil(8))
-            .ok_or_else(|| anyhow::anyhow!("tensor {name}: shape {shape:?} is too large"))?;
-        let (start, end) = (start as usize, end as usize);
-        if end - start != bytes {
-            bail!(
-                "tensor {name}: shape {shape:?} of {} needs {bytes} bytes but its data_offsets [{start}, {end}] hold {}",
-                dtype_label(dtype, bits),
-                end - start
-            );
-        }
-        ranges.push((start, end, name.as_str()));
-        out.push((
-            name.clone(),
-            TensorMeta { shape, dtype },
-            Place {
-                base: 8 + n + start,
-                elem_size: if bits % 8 == 0 { bits / 8 } else { 0 },
-                type_name: v["dtype"].as_str().unwrap_or("?").to_owned(),
-                view: None,
-                storage: None,
-            },
-        ));
-    }
-    // Sorted by start, a non-empty range overlaps an earlier one iff it starts before the
-    // furthest end seen so far.
-    ranges.sort();
-    let mut furthest: Option<(usize, &str)> = None;
-    for &(s, e, name) in ranges.iter().filter(|(s, e, _)| s < e) {
-        if let Some((end, other)) = furthest {
-            if s < end {
-                bail!("tensors {other} and {name} overlap in the file (data ends at {end}, next starts at {s})");
-            }
-        }
-        if furthest.is_none_or(|(end, _)| e > end) {
-            furthest = Some((e, name));
-        }
-    }
-    Ok(out)
-}
-
-fn dtype_label(dtype: StoredDType, bits: usize) -> String {
-    match dtype {
-        StoredDType::Other => format!("a {bits}-bit type"),
-        d => d.name().to_owned(),
-    }
-}
-
-/// The tensors of a `.pth` archive, and the storage entries they read.
-fn parse_pth(b: &[u8]) -> Result<(Entries, Vec<(String, zip::Entry)>)> {
-    let archive = zip::parse(b)?;
-    let Some(pkl_name) = archive
-        .names
-        .iter()
-        .find(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
-        .cloned()
-    else {
-        bail!("the zip archive has no data.pkl (not a torch.save checkpoint)");
-    };
-    let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
-    let order_name = format!("{prefix}byteorder");
-    if let Ok(order) = archive.data(b, &order_name) {
-        if let Some(e) = archive.entries.get(&order_name) {
-            e.verify(b, &order_name)?;
-        }
-        if order != b"little" {
-            bail!(
-                "the checkpoint's byte order is {:?}; only little-endian checkpoints are supported",
-                String::from_utf8_lossy(order)
-            );
-        }
-    }
-    let pkl = archive.data(b, &pkl_name)?;
-    if let Some(e) = archive.entries.get(&pkl_name) {
-        e.verify(b, &pkl_name)?;
-    }
-    let mut out = Vec::new();
-    let mut storages: Vec<(String, zip::Entry)> = Vec::new();
-    let mut storage_index: std::collections::HashMap<String, usize> = Default::default();
-    for (name, t) in pickle::state_dict(pkl)? {
-        let s = &t.storage;
-        let entry = format!("{prefix}data/{}", s.key);
-        let Some(zip_entry) = archive.entries.get(&entry).cloned() else {
-            bail!(
-                "tensor {name}: its storage {entry} is missing from the archive (truncated or damaged)"
-            );
-        };
-        let bytes = archive
-            .data(b, &entry)
-            .with_context(|| format!("tensor {name}"))?;
-        let need = (s.numel as u128) * (s.elem_size as u128);
-        if (bytes.len() as u128) < need {
-            bail!(
-                "tensor {name}: storage {entry} holds {} bytes but the pickle says {} elements of {} bytes",
-                bytes.len(),
-                s.numel,
-                s.elem_size
-            );
-        }
-        // From here every count fits in usize: the storage lies inside the file.
-        let storage_numel = s.numel as usize;
-        let to_usize = |v: u64| usize::try_from(v).ok();
-        let shape = t
-            .shape
-            .iter()
-            .map(|&d| to_usize(d))
-            .collect::<Option<Vec<usize>>>()
-            .ok_or_else(|| anyhow::anyhow!("tensor {name}: shape {:?} is too large", t.shape))?;
-        let numel = checked_numel(&name, &shape)?;
-        let offset = to_usize(t.offset).unwrap_or(usize::MAX);
-        // The last element the view touches: offset + Σ (size − 1) × stride.
-        let mut last = Some(offset);
-        if numel > 0 {
-            for (&d, &st) in shape.iter().zip(&t.stride) {
-                last = last.and_then(|l| {
-                    to_usize(st)
-                        .and_then(|st| st.checked_mul(d - 1))
-                        .and_then(|x| l.checked_add(x))
-                });
-            }
-        }
-        let inside = match last {
-            Some(l) => numel == 0 || l < storage_numel,
-            None => false,
-        };
-        if !inside || (numel == 0 && offset > storage_numel) {
-            bail!(
-                "tensor {name}: shape {:?} with strides {:?} at offset {} reaches past its storage of {} elements",
-                t.shape,
-                t.stride,
-                t.offset,
-                s.numel
-            );
-        }
-        if numel > storage_numel {
-            bail!(
-                "tensor {name}: {numel} elements view a storage of only {storage_numel} (expanded tensors are not supported)"
-            );
-        }
-        // Strides of size-1 dimensions never move; zero them so no index arithmetic can
-        // overflow on them. Every other stride × (size − 1) was checked above.
-        let strides: Vec<usize> = shape
-            .iter()
-            .zip(&t.stride)
-            .map(|(&d, &st)| if d <= 1 { 0 } else { st as usize })
-            .collect();
-        let contiguous = is_row_major(&shape, &strides);
-        out.push((
-            name,
-            TensorMeta {
-                shape,
-                dtype: s.dtype,
-            },
-            Place {
-                base: zip_entry.start + if contiguous { offset * s.elem_size } else { 0 },
-                elem_size: s.elem_size,
-                type_name: format!("torch.{}Storage", s.type_name),
-                view: (!contiguous).then_some((offset, strides)),
-                storage: Some(*storage_index.entry(entry.clone()).or_insert_with(|| {
-                    storages.push((entry.clone(), zip_entry.clone()));
-                    storages.len() - 1
-                })),
-            },
-        ));
-    }
-    Ok((out, storages))
-}
-
-/// Whether `stride` is the row-major layout of `shape` (dimensions of size 1 may have any
-/// stride, as torch allows).
-fn is_row_major(shape: &[usize], stride: &[usize]) -> bool {
-    let mut expect = 1usize;
-    for (&d, &s) in shape.iter().zip(stride).rev() {
-        if d != 1 && s != expect {
-            return false;
-        }
-        expect = expect.saturating_mul(d);
-    }
-    true
-}
-
 /// Converts little-endian stored values to f32.
 fn bytes_to_f32(bytes: &[u8], dtype: StoredDType) -> Vec<f32> {
     match dtype {
@@ -738,6 +487,7 @@ fn release_pages(mmap: &memmap2::Mmap, start: usize, end: usize) {
 
 #[cfg(test)]
 mod tests {
+    use super::pth::is_row_major;
     use super::*;
 
     /// A safetensors file from (name, dtype, shape, data_offsets) entries and a data area.

@@ -1,0 +1,278 @@
+//! Every WKV recurrence, the heart of each RWKV version: the part that carries the recurrent
+//! state from token to token, stepped per token while the projections around it run as
+//! batched matrix products. One function per state form, with the layout of the state it
+//! keeps ([`super::LayerState::wkv`]):
+//!
+//! - [`wkv4`] (v4): per channel, a numerically safe weighted average: `[aa | bb | pp]`, 3 × C;
+//! - [`wkv5`] (v5, v6): per head, a matrix state `H × N(key) × N(value)` with a decay;
+//! - [`wkv7`] (v7): per head, the generalised delta rule, state `H × N(value) × N(key)`, on the
+//!   SIMD kernel [`crate::kernels::wkv7_token`].
+//!
+//! [`per_head`] runs the matrix-state recurrences with the heads in parallel.
+
+use super::Config;
+use crate::kernels::wkv7_token;
+use crate::ops::{par_chunks_mut, Mat};
+
+/// Floats in one layer's v4 state: `[aa | bb | pp]`, each `n_att` wide.
+pub fn wkv4_state_len(cfg: &Config) -> usize {
+    3 * cfg.n_att
+}
+
+/// One layer's v4 state before any token: `aa = bb = 0` and `pp` (the running maximum
+/// exponent) very negative — a state of zeros would be wrong.
+pub fn wkv4_initial_state(cfg: &Config) -> Vec<f32> {
+    let c = cfg.n_att;
+    let mut v = vec![0.0; 3 * c];
+    v[2 * c..].fill(-1e30);
+    v
+}
+
+/// Floats in one layer's matrix state (v5–v7): `n_head` blocks of `head_size²`.
+pub fn matrix_state_len(cfg: &Config) -> usize {
+    cfg.n_head * cfg.head_size * cfg.head_size
+}
+
+/// One layer's matrix state (v5–v7) before any token: zeros.
+pub fn matrix_initial_state(cfg: &Config) -> Vec<f32> {
+    vec![0.0; matrix_state_len(cfg)]
+}
+
+/// The RWKV-4 recurrence over `r` (receptance, after its sigmoid), `k`, `v` (T × C), with
+/// `decay` = `−exp(time_decay)` and `bonus` = `time_first` per channel; returns `r ⊙ wkv`.
+/// `state` is `[aa | bb | pp]`: numerator, denominator and the running maximum exponent that
+/// keeps every `exp` ≤ 1:
+///
+/// ```text
+/// wkv_t = (Σ_{i<t} e^{(t−1−i)w + k_i} v_i + e^{u + k_t} v_t) / (same without v)
+/// ```
+pub fn wkv4(r: &Mat, k: &Mat, v: &Mat, decay: &[f32], bonus: &[f32], state: &mut [f32]) -> Mat {
+    let c = r.cols;
+    let (aa, rest) = state.split_at_mut(c);
+    let (bb, pp) = rest.split_at_mut(c);
+    let mut out = Mat::zeros(r.rows, c);
+    for t in 0..r.rows {
+        let (kt, vt, rt) = (k.row(t), v.row(t), r.row(t));
+        let ot = out.row_mut(t);
+        for j in 0..c {
+            let (kj, vj) = (kt[j], vt[j]);
+            // Output: include the current token with the bonus u.
+            let ww = bonus[j] + kj;
+            let p = pp[j].max(ww);
+            let (e1, e2) = ((pp[j] - p).exp(), (ww - p).exp());
+            ot[j] = rt[j] * (e1 * aa[j] + e2 * vj) / (e1 * bb[j] + e2);
+            // State: decay the past, add the current token.
+            let ww = decay[j] + pp[j];
+            let p = ww.max(kj);
+            let (e1, e2) = ((ww - p).exp(), (kj - p).exp());
+            aa[j] = e1 * aa[j] + e2 * vj;
+            bb[j] = e1 * bb[j] + e2;
+            pp[j] = p;
+        }
+    }
+    out
+}
+
+/// The v5/v6 WKV recurrence over `r, k, v` (T × H·N) with per-key-channel decay `w`
+/// (one row per token, or a single row shared by all tokens) and bonus `u` (H·N).
+/// The state per head is `S[i][j]`, `i` the key channel and `j` the value channel:
+///
+/// ```text
+/// out_j = Σ_i r_i · (u_i·k_i·v_j + S_ij)        S_ij ← k_i·v_j + w_i·S_ij
+/// ```
+pub fn wkv5(
+    r: &Mat,
+    k: &Mat,
+    v: &Mat,
+    w: &Mat,
+    u: &[f32],
+    n_head: usize,
+    state: &mut [f32],
+) -> Mat {
+    let n = r.cols / n_head;
+    per_head(state, n_head, n, r.rows, |h, s, out_h| {
+        let hs = h * n..(h + 1) * n;
+        let u = &u[hs.clone()];
+        for t in 0..r.rows {
+            let (rt, kt, vt) = (
+                &r.row(t)[hs.clone()],
+                &k.row(t)[hs.clone()],
+                &v.row(t)[hs.clone()],
+            );
+            let wt = &w.row(if w.rows == 1 { 0 } else { t })[hs.clone()];
+            let o = &mut out_h[t * n..(t + 1) * n];
+            for (i, row) in s.chunks_exact_mut(n).enumerate() {
+                let (ri, ki, wi, ui) = (rt[i], kt[i], wt[i], u[i]);
+                for ((x, o), vj) in row.iter_mut().zip(o.iter_mut()).zip(vt) {
+                    let kv = ki * vj;
+                    *o += ri * (ui * kv + *x);
+                    *x = kv + wi * *x;
+                }
+            }
+        }
+    })
+}
+
+thread_local! {
+    /// Per-thread transposed copy of one head's RWKV-7 state.
+    static WKV_T: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The RWKV-7 recurrence ("generalised delta rule") over a chunk, heads in parallel.
+///
+/// `state` holds `n_head` blocks of `n × n` in the official layout (row i = value channel,
+/// column j = key channel); `r, w, k, v, kk, a` are `t × (n_head·n)`: receptance, decay,
+/// key, value, the normalised removal key κ̂ and the in-context learning rate. Per head and
+/// token, with `sa = S·κ̂`:
+///
+/// ```text
+/// S ← S·diag(w) − sa·(κ̂ ⊙ a)ᵀ + v·kᵀ        out = S·r
+/// ```
+///
+/// Each head's state is transposed into a per-thread buffer for the chunk, so that the
+/// kernel ([`crate::kernels::wkv7_token`]) runs on whole 16-lane vectors with no horizontal
+/// sums, and transposed back at the end.
+#[allow(clippy::too_many_arguments)]
+pub fn wkv7(
+    state: &mut [f32],
+    n_head: usize,
+    n: usize,
+    r: &Mat,
+    w: &Mat,
+    k: &Mat,
+    v: &Mat,
+    kk: &Mat,
+    a: &Mat,
+) -> Mat {
+    let t_count = r.rows;
+    per_head(state, n_head, n, t_count, |h, st, out_h| {
+        WKV_T.with(|buf| {
+            let mut s_t = buf.borrow_mut();
+            s_t.resize(n * n, 0.0);
+            for i in 0..n {
+                for j in 0..n {
+                    s_t[j * n + i] = st[i * n + j];
+                }
+            }
+            let hs = h * n..(h + 1) * n;
+            for t in 0..t_count {
+                wkv7_token(
+                    &mut s_t,
+                    n,
+                    &r.row(t)[hs.clone()],
+                    &w.row(t)[hs.clone()],
+                    &k.row(t)[hs.clone()],
+                    &v.row(t)[hs.clone()],
+                    &kk.row(t)[hs.clone()],
+                    &a.row(t)[hs.clone()],
+                    &mut out_h[t * n..(t + 1) * n],
+                );
+            }
+            for i in 0..n {
+                for j in 0..n {
+                    st[i * n + j] = s_t[j * n + i];
+                }
+            }
+        })
+    })
+}
+
+/// A raw pointer to the start of the state whose per-head blocks several threads write.
+struct StatePtr(*mut f32);
+// SAFETY: only used by `per_head`, whose tasks write disjoint per-head blocks of a state that
+// is borrowed mutably for the whole call.
+unsafe impl Send for StatePtr {}
+// SAFETY: as above.
+unsafe impl Sync for StatePtr {}
+
+/// Runs a per-head recurrence with the heads in parallel.
+///
+/// `state` holds `n_head` blocks of `n × n`; `f(h, state_h, out_h)` steps head `h` through all
+/// `t_count` tokens, writing its outputs to `out_h` (`t_count × n`). Returns the outputs
+/// assembled as a `t_count × (n_head · n)` matrix.
+pub fn per_head<F>(state: &mut [f32], n_head: usize, n: usize, t_count: usize, f: F) -> Mat
+where
+    F: Fn(usize, &mut [f32], &mut [f32]) + Sync,
+{
+    let mut per_head = vec![0.0f32; n_head * t_count * n];
+    let st = StatePtr(state.as_mut_ptr());
+    let st = &st;
+    assert!(state.len() >= n_head * n * n);
+    par_chunks_mut(&mut per_head, t_count * n, false, |h, out_h| {
+        // SAFETY: head h's state block `h·n² .. (h+1)·n²` lies within `state` (asserted
+        // above); each head index is run exactly once, so the blocks are disjoint, and `state`
+        // stays mutably borrowed until `par_chunks_mut` returns.
+        let s = unsafe { std::slice::from_raw_parts_mut(st.0.add(h * n * n), n * n) };
+        f(h, s, out_h)
+    });
+    let mut out = Mat::zeros(t_count, n_head * n);
+    for h in 0..n_head {
+        for t in 0..t_count {
+            out.row_mut(t)[h * n..(h + 1) * n]
+                .copy_from_slice(&per_head[(h * t_count + t) * n..(h * t_count + t + 1) * n]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn wkv7_matches_the_row_by_row_recurrence() {
+        for (n_head, n, t_count) in [(2, 16, 5), (3, 64, 7), (1, 8, 3)] {
+            let c = n_head * n;
+            let m = |seed| Mat::from_vec(t_count, c, pseudo(t_count * c, seed));
+            let (r, k, v, kk) = (m(1), m(2), m(3), m(4));
+            let w = m(5).map(|x| 0.6 + 0.7 * x.abs());
+            let a = m(6).map(|x| 0.5 + x);
+            let init = pseudo(n_head * n * n, 7);
+            let mut s1 = init.clone();
+            let out = wkv7(&mut s1, n_head, n, &r, &w, &k, &v, &kk, &a);
+            // The official formulation, one state row (value channel) at a time.
+            let mut s2 = init;
+            let mut expect = Mat::zeros(t_count, c);
+            for h in 0..n_head {
+                let st = &mut s2[h * n * n..(h + 1) * n * n];
+                let hs = h * n..(h + 1) * n;
+                for t in 0..t_count {
+                    let (rh, wh, kh) = (
+                        &r.row(t)[hs.clone()],
+                        &w.row(t)[hs.clone()],
+                        &k.row(t)[hs.clone()],
+                    );
+                    let (vh, kkh, ah) = (
+                        &v.row(t)[hs.clone()],
+                        &kk.row(t)[hs.clone()],
+                        &a.row(t)[hs.clone()],
+                    );
+                    for i in 0..n {
+                        let row = &mut st[i * n..(i + 1) * n];
+                        let sa: f32 = -(0..n).map(|j| row[j] * kkh[j]).sum::<f32>();
+                        for j in 0..n {
+                            row[j] = row[j] * wh[j] + sa * kkh[j] * ah[j] + vh[i] * kh[j];
+                        }
+                        expect.row_mut(t)[h * n + i] = (0..n).map(|j| row[j] * rh[j]).sum();
+                    }
+                }
+            }
+            for (x, y) in out.data.iter().zip(&expect.data) {
+                assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+            for (x, y) in s1.iter().zip(&s2) {
+                assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "state {x} vs {y}");
+            }
+        }
+    }
+}
