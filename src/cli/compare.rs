@@ -14,12 +14,12 @@
 //! of the time budget. Ctrl-C stops the running worker and reports the points measured so far
 //! (table or JSON), then exits 130.
 
-use crate::baselines::{self, Kind, Shape, Transformer};
-use crate::models::{self, LoadOptions};
-use crate::ops::ComputeDType;
-use crate::stats::{current_rss_bytes, human_bytes, human_count, peak_rss_bytes};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use rwkv_cli::baselines::{self, Kind, Shape, Transformer};
+use rwkv_cli::models::{self, LoadOptions};
+use rwkv_cli::ops::ComputeDType;
+use rwkv_cli::stats::{current_rss_bytes, human_bytes, human_count, peak_rss_bytes};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,7 +29,7 @@ use super::interrupted;
 
 /// A context length: a count as `bench --context` takes it (512, 1k, 1.5M).
 fn parse_context(s: &str) -> Result<usize> {
-    let n = crate::stats::parse_count(s)?;
+    let n = rwkv_cli::stats::parse_count(s)?;
     usize::try_from(n).map_err(|_| anyhow::anyhow!("invalid count \"{s}\": too large"))
 }
 
@@ -462,7 +462,7 @@ fn run_worker(args: &CompareArgs, who: &str) -> Result<()> {
     }
     let (mut runner, vocab) = match who {
         "rwkv" => {
-            let path = super::resolve_model(args.model.as_deref())?;
+            let path = super::model_args::resolve_model(args.model.as_deref())?;
             let model = models::load(&path, LoadOptions { dtype: args.dtype })?;
             let state = model.new_state();
             let vocab = model.config().vocab_size;
@@ -675,26 +675,26 @@ pub fn run(args: CompareArgs) -> Result<()> {
     }
     let start = Instant::now();
     if args.chunk == 0 {
-        crate::usage_bail!("--chunk must be at least 1");
+        rwkv_cli::usage_bail!("--chunk must be at least 1");
     }
     if args.decode_tokens == 0 {
-        crate::usage_bail!("--decode-tokens must be at least 1");
+        rwkv_cli::usage_bail!("--decode-tokens must be at least 1");
     }
     let memory_budget = match parse_bytes(&args.memory_budget) {
         Ok(b) => b,
-        Err(e) => crate::usage_bail!("--memory-budget: {e}"),
+        Err(e) => rwkv_cli::usage_bail!("--memory-budget: {e}"),
     };
     let time_budget = match parse_duration(&args.time_budget) {
         Ok(Some(t)) if t <= 0.0 => {
-            crate::usage_bail!("--time-budget must be more than zero (or \"none\" for no limit)")
+            rwkv_cli::usage_bail!("--time-budget must be more than zero (or \"none\" for no limit)")
         }
         Ok(t) => t,
-        Err(e) => crate::usage_bail!("--time-budget: {e}"),
+        Err(e) => rwkv_cli::usage_bail!("--time-budget: {e}"),
     };
     if let Some(p) = &args.plot {
         let svg = p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg"));
         if !svg {
-            crate::usage_bail!(
+            rwkv_cli::usage_bail!(
                 "--plot writes SVG: name the file *.svg (convert with e.g. rsvg-convert for PNG)"
             );
         }
@@ -705,14 +705,14 @@ pub fn run(args: CompareArgs) -> Result<()> {
         args.contexts.clone()
     };
     if contexts.contains(&0) {
-        crate::usage_bail!("--contexts: every context must be at least 1 token");
+        rwkv_cli::usage_bail!("--contexts: every context must be at least 1 token");
     }
     contexts.sort_unstable();
     contexts.dedup();
     // Not a usage error: the path is well formed, the file system says no. Before any work.
     if let Some(p) = &args.plot {
         // Before any point is measured: a run is minutes long.
-        crate::output_file::check("--plot", &p.to_string_lossy())?;
+        rwkv_cli::output_file::check("--plot", &p.to_string_lossy())?;
     }
     let mut kinds: Vec<Kind> = Vec::new();
     for k in &args.baseline {
@@ -721,7 +721,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         }
     }
 
-    let model_path = super::resolve_model(args.model.as_deref())?;
+    let model_path = super::model_args::resolve_model(args.model.as_deref())?;
     let cfg = models::load(&model_path, LoadOptions { dtype: args.dtype })?
         .config()
         .clone();
@@ -975,7 +975,7 @@ impl Report<'_> {
                 })
             })
             .collect();
-        let mut model = super::model_json(self.model_path, cfg, self.args.dtype);
+        let mut model = super::model_args::model_json(self.model_path, cfg, self.args.dtype);
         model["ffn"] = cfg.n_ffn.into();
         model["heads"] = cfg.n_head.into();
         model["head_size"] = cfg.head_size.into();
