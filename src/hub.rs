@@ -345,7 +345,7 @@ impl DownloadProgress for () {
     fn finish(&self) {}
 }
 
-/// Whether `HF_HUB_DISABLE_PROGRESS_BARS` asks for no progress bars (as huggingface_hub reads it).
+/// Whether `HF_HUB_DISABLE_PROGRESS_BARS` turns progress bars off (read as huggingface_hub does).
 pub fn progress_bars_disabled() -> bool {
     env_true("HF_HUB_DISABLE_PROGRESS_BARS")
 }
