@@ -26,7 +26,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Repo, RepoType};
 use std::fmt;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -299,18 +298,19 @@ pub fn identify(spec: &str) -> Result<Source> {
     bail!(msg)
 }
 
-/// Resolves a `--model` value to a file, downloading it into the cache when needed.
-pub fn resolve(spec: &str) -> Result<Resolved> {
+/// Resolves a `--model` value to a file, downloading it into the cache when needed (telling
+/// `progress` how the download goes).
+pub fn resolve(spec: &str, progress: &dyn DownloadProgress) -> Result<Resolved> {
     let source = identify(spec)?;
     let path = match &source {
         Source::Local => PathBuf::from(spec),
-        Source::Hub { file, .. } => fetch(file)?,
+        Source::Hub { file, .. } => fetch(file, progress)?,
     };
     Ok(Resolved { path, source })
 }
 
 /// The cached file, or a download into the cache (never in offline mode).
-pub fn fetch(f: &HubFile) -> Result<PathBuf> {
+pub fn fetch(f: &HubFile, progress: &dyn DownloadProgress) -> Result<PathBuf> {
     let cache = cache_dir();
     if let Some(p) = f.cached(&cache) {
         return Ok(p);
@@ -321,64 +321,50 @@ pub fn fetch(f: &HubFile) -> Result<PathBuf> {
             cache.display()
         );
     }
-    download(f, &cache)
+    download(f, &cache, progress)
 }
 
-/// A progress bar on stderr (bytes, rate, ETA), drawn only when stderr is a terminal.
-struct Bar(Option<indicatif::ProgressBar>);
-
-impl Bar {
-    fn new(name: &str) -> Self {
-        if !std::io::stderr().is_terminal() || env_true("HF_HUB_DISABLE_PROGRESS_BARS") {
-            return Bar(None);
-        }
-        // Hidden until hf-hub announces the size, so no "0 B/0 B" flashes first.
-        let bar = indicatif::ProgressBar::hidden();
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        let chars: Vec<char> = name.chars().collect();
-        let short: String = if chars.len() > 24 {
-            format!("..{}", chars[chars.len() - 22..].iter().collect::<String>())
-        } else {
-            name.to_string()
-        };
-        bar.set_message(short);
-        Bar(Some(bar))
-    }
-
-    /// Removes the bar from the terminal (the "downloading" line above it stays).
-    fn clear(&self) {
-        if let Some(b) = &self.0 {
-            b.finish_and_clear();
-        }
-    }
+/// What a download tells its user. The library draws nothing itself: the CLI implements this
+/// with a progress bar and notices on stderr; `()` stays silent.
+pub trait DownloadProgress {
+    /// One line of news: a download starts, resumes or restarts.
+    fn notice(&self, line: &str);
+    /// The transfer of `file` (its path in the repo) begins: `total` bytes in all.
+    fn start(&self, file: &str, total: u64);
+    /// `bytes` more have arrived.
+    fn advance(&self, bytes: u64);
+    /// The transfer has ended, well or not: whatever was drawn goes away.
+    fn finish(&self);
 }
 
-/// What hf-hub drives (it takes the progress by value; the bar is a shared handle).
-struct BarHandle(Option<indicatif::ProgressBar>);
+/// No progress shown, no notice printed.
+impl DownloadProgress for () {
+    fn notice(&self, _line: &str) {}
+    fn start(&self, _file: &str, _total: u64) {}
+    fn advance(&self, _bytes: u64) {}
+    fn finish(&self) {}
+}
 
-impl hf_hub::api::Progress for BarHandle {
+/// Whether `HF_HUB_DISABLE_PROGRESS_BARS` turns progress bars off (read as huggingface_hub does).
+pub fn progress_bars_disabled() -> bool {
+    env_true("HF_HUB_DISABLE_PROGRESS_BARS")
+}
+
+/// What hf-hub drives: it takes the progress by value, so this lends it ours.
+struct ProgressHandle<'a> {
+    progress: &'a dyn DownloadProgress,
+    file: &'a str,
+}
+
+impl hf_hub::api::Progress for ProgressHandle<'_> {
     fn init(&mut self, size: usize, _filename: &str) {
-        if let Some(b) = &self.0 {
-            if b.is_hidden() {
-                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            }
-            b.set_length(size as u64);
-            b.set_position(0);
-        }
+        self.progress.start(self.file, size as u64);
     }
     fn update(&mut self, size: usize) {
-        if let Some(b) = &self.0 {
-            b.inc(size as u64);
-        }
+        self.progress.advance(size as u64);
     }
     fn finish(&mut self) {
-        if let Some(b) = &self.0 {
-            b.finish_and_clear();
-        }
+        self.progress.finish();
     }
 }
 
@@ -515,7 +501,7 @@ fn check_download(
 }
 
 /// Downloads `f` into the cache with hf-hub and checks the result.
-fn download(f: &HubFile, cache: &Path) -> Result<PathBuf> {
+fn download(f: &HubFile, cache: &Path, progress: &dyn DownloadProgress) -> Result<PathBuf> {
     let endpoint = endpoint();
     let api = ApiBuilder::from_env()
         .with_endpoint(endpoint.clone())
@@ -562,18 +548,23 @@ fn download(f: &HubFile, cache: &Path) -> Result<PathBuf> {
         } else {
             human_bytes(size)
         };
-        crate::errln!(
+        progress.notice(&format!(
             "downloading {f} ({how}) from {endpoint} into {}",
             cache.display()
-        );
-        let bar = Bar::new(&f.file);
-        let result = repo.download_with_progress(&f.file, BarHandle(bar.0.clone()));
-        bar.clear();
+        ));
+        let handle = ProgressHandle {
+            progress,
+            file: &f.file,
+        };
+        let result = repo.download_with_progress(&f.file, handle);
+        progress.finish();
         let path = result.map_err(|e| explain(e, f, &endpoint, cache, Some(&part), Some(size)))?;
         match check_download(f, &path, &blob, &part, size)? {
             Check::Good => return Ok(path),
             Check::Restart if attempt == 0 => {
-                crate::errln!("{f}: the server sent more than announced; downloading it again");
+                progress.notice(&format!(
+                    "{f}: the server sent more than announced; downloading it again"
+                ));
             }
             Check::Restart => {}
         }

@@ -1,9 +1,11 @@
-//! `rwkv-cli`: parses the command line and dispatches to [`rwkv_cli::commands`].
+//! `rwkv-cli`: parses the command line once and dispatches to a subcommand in [`cli`]. The
+//! engine is the `rwkv_cli` library; everything about the command line lives here.
 //!
 //! Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error (from clap).
 
+mod cli;
+
 use clap::{Parser, Subcommand};
-use rwkv_cli::commands;
 
 #[derive(Parser)]
 #[command(
@@ -26,34 +28,34 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate text from a prompt; text on stdout, stats on stderr.
-    Generate(commands::generate::GenerateArgs),
+    Generate(cli::generate::GenerateArgs),
     /// Long-context throughput and memory: push N tokens, report each segment.
-    Bench(commands::bench::BenchArgs),
+    Bench(cli::bench::BenchArgs),
     /// RWKV against softmax and linear attention of the same shape: time and memory vs context.
-    Compare(commands::compare::CompareArgs),
+    Compare(cli::compare::CompareArgs),
     /// Bits per byte and perplexity of a model over a text.
-    Eval(commands::eval::EvalArgs),
+    Eval(cli::eval::EvalArgs),
     /// Print a model's version, shapes, parameter count and state size.
-    Info(commands::info::InfoArgs),
+    Info(cli::info::InfoArgs),
     /// List the built-in model catalogue (aliases for --model) and what is already cached.
-    Models(commands::models::ModelsArgs),
+    Models(cli::models::ModelsArgs),
 }
 
 fn main() {
-    let cli = Cli::parse();
-    rwkv_cli::hub::set_offline(cli.offline);
-    if let Err(e) = commands::init_threads(cli.threads) {
-        commands::exit_with_error(&e);
+    let args = Cli::parse();
+    rwkv_cli::hub::set_offline(args.offline);
+    if let Err(e) = cli::init_threads(args.threads) {
+        cli::exit_with_error(&e);
     }
-    let result = match cli.command {
-        Command::Generate(args) => commands::generate::run(args),
-        Command::Info(args) => commands::info::run(args),
-        Command::Bench(args) => commands::bench::run(args),
-        Command::Eval(args) => commands::eval::run(args),
-        Command::Compare(args) => commands::compare::run(args),
-        Command::Models(args) => commands::models::run(args),
+    let result = match args.command {
+        Command::Generate(a) => cli::generate::run(a),
+        Command::Info(a) => cli::info::run(a),
+        Command::Bench(a) => cli::bench::run(a),
+        Command::Eval(a) => cli::eval::run(a),
+        Command::Compare(a) => cli::compare::run(a),
+        Command::Models(a) => cli::models::run(a),
     };
     if let Err(e) = result {
-        commands::exit_with_error(&e);
+        cli::exit_with_error(&e);
     }
 }

@@ -14,7 +14,7 @@
 //!
 //! The measured maxima are printed (`cargo test --release --test precision -- --nocapture`).
 
-use rwkv_cli::commands::eval::score_tokens;
+use rwkv_cli::eval::score_tokens;
 use rwkv_cli::models::{self, LoadOptions, Model};
 use rwkv_cli::ops::ComputeDType;
 use rwkv_cli::tokenizer::{self, TokenizerKind};

@@ -2,11 +2,11 @@
 //! model needs is checked (name, shape, type, `.pth` CRC) but none is converted, so a
 //! multi-gigabyte checkpoint is described in about the time it takes to read it once.
 
-use crate::checkpoint::Checkpoint;
-use crate::models;
-use crate::stats::{human_bytes, human_count};
 use anyhow::Result;
 use clap::Args;
+use rwkv_cli::checkpoint::Checkpoint;
+use rwkv_cli::models;
+use rwkv_cli::stats::{human_bytes, human_count};
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
@@ -21,18 +21,18 @@ pub struct InfoArgs {
 pub fn run(args: InfoArgs) -> Result<()> {
     let (path, source, cached_at) = match &args.model {
         Some(m) => {
-            let resolved = crate::hub::resolve(m)?;
+            let resolved = rwkv_cli::hub::resolve(m, &super::DownloadBar::default())?;
             let cached_at = resolved.cached_at().map(|p| p.display().to_string());
             (resolved.path.clone(), resolved.describe(), cached_at)
         }
         None => {
-            let p = crate::default_model::path()?;
+            let p = rwkv_cli::default_model::path()?;
             let at = Some(p.display().to_string());
             (
                 p,
                 format!(
                     "{} (models/default.safetensors)",
-                    crate::default_model::NAME
+                    rwkv_cli::default_model::NAME
                 ),
                 at,
             )
@@ -86,5 +86,5 @@ pub fn run(args: InfoArgs) -> Result<()> {
         human_bytes(c.state_bytes() as u64),
         c.state_bytes()
     );
-    crate::commands::print_out(&out)
+    crate::cli::print_out(&out)
 }

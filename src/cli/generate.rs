@@ -6,29 +6,26 @@
 //! never grows.
 //!
 //! Output files (`--state-out`, `--logits-out`) are checked before anything expensive runs, and
-//! written by [`crate::output_file`] (atomically for regular files, through symbolic links, in
+//! written by [`rwkv_cli::output_file`] (atomically for regular files, through symbolic links, in
 //! place for FIFOs and devices). After Ctrl-C neither is written: the state would cover only
 //! part of the input.
 
-use crate::models::{self, LoadOptions, Model};
-use crate::ops::ComputeDType;
-use crate::output_file;
-use crate::sampler::{Sampler, SamplerConfig};
-use crate::state_file;
-use crate::stats::{human_bytes, human_count, peak_rss_bytes};
-use crate::tokenizer::{self, TokenizerKind};
+use super::model_args::{Loaded, ModelArgs};
 use anyhow::{Context, Result};
 use clap::Args;
+use rwkv_cli::models;
+use rwkv_cli::output_file;
+use rwkv_cli::sampler::{Sampler, SamplerConfig};
+use rwkv_cli::state_file;
+use rwkv_cli::stats::{human_bytes, human_count, peak_rss_bytes};
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
 #[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
-    /// Checkpoint: a file (.pth or .safetensors), a catalogue alias (see `rwkv-cli models`) or
-    /// owner/repo:file.pth[@revision] on the Hugging Face Hub. Default: the embedded model.
-    #[arg(long, short)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// The prompt; `-` reads it from stdin (as does a piped stdin when --prompt is absent).
     /// A prompt read from stdin must not be empty; `--prompt ""` generates unconditionally.
     #[arg(long, short)]
@@ -62,15 +59,6 @@ pub struct GenerateArgs {
     /// mix with the text). Not written after Ctrl-C during the prompt.
     #[arg(long, value_name = "FILE")]
     pub logits_out: Option<String>,
-    /// Compute dtype of the weight matrices: f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: ComputeDType,
-    /// Quantize the weight matrices at load time: q8_0 or q4_0 (instead of --dtype).
-    #[arg(long, conflicts_with = "dtype")]
-    pub quant: Option<ComputeDType>,
-    /// Tokenizer (default: chosen from the vocabulary size): world, 20b, bytes.
-    #[arg(long)]
-    pub tokenizer: Option<TokenizerKind>,
     /// Tokens per chunk of the prompt's sequence path.
     #[arg(long, default_value_t = models::DEFAULT_CHUNK)]
     pub chunk: usize,
@@ -99,7 +87,7 @@ fn read_prompt(prompt: Option<&std::ffi::OsStr>) -> Result<Vec<u8>> {
             .read_to_end(&mut buf)
             .context("cannot read the prompt from stdin")?;
         if buf.is_empty() {
-            crate::usage_bail!(
+            rwkv_cli::usage_bail!(
                 "the prompt read from stdin is empty (use --prompt \"\" to generate without a prompt)"
             );
         }
@@ -111,7 +99,7 @@ fn read_prompt(prompt: Option<&std::ffi::OsStr>) -> Result<Vec<u8>> {
         Some(b"-") => from_stdin(),
         Some(p) => Ok(p.to_vec()),
         None if !std::io::stdin().is_terminal() => from_stdin(),
-        None => crate::usage_bail!("no prompt: pass --prompt TEXT, or pipe the prompt on stdin"),
+        None => rwkv_cli::usage_bail!("no prompt: pass --prompt TEXT, or pipe the prompt on stdin"),
     }
 }
 
@@ -202,17 +190,17 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         ..SamplerConfig::default()
     };
     if let Err(e) = sampler_cfg.validate() {
-        crate::usage_bail!("{e}");
+        rwkv_cli::usage_bail!("{e}");
     }
     if args.chunk == 0 {
-        crate::usage_bail!("--chunk must be at least 1");
+        rwkv_cli::usage_bail!("--chunk must be at least 1");
     }
     if args.stop.iter().any(|s| s.is_empty()) {
-        crate::usage_bail!("--stop needs a non-empty string");
+        rwkv_cli::usage_bail!("--stop needs a non-empty string");
     }
     let logits_to_stdout = args.logits_out.as_deref() == Some("-");
     if logits_to_stdout && args.max_tokens != 0 {
-        crate::usage_bail!(
+        rwkv_cli::usage_bail!(
             "--logits-out - writes the logits to stdout, which needs --max-tokens 0 (they would mix with the generated text)"
         );
     }
@@ -223,21 +211,19 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(p) = args.logits_out.as_deref().filter(|_| !logits_to_stdout) {
         output_file::check("--logits-out", p)?;
     }
-    let dtype = crate::ops::effective_dtype(args.dtype, args.quant)
-        .map_err(|e| crate::commands::UsageError(format!("{e:#}")))?;
+    // The flags' own errors before the prompt is read.
+    args.model.format()?;
     let prompt =
         if args.state_in.is_some() && args.prompt.is_none() && std::io::stdin().is_terminal() {
             Vec::new() // resuming a saved state needs no prompt
         } else {
             read_prompt(args.prompt.as_deref())?
         };
-    let path = super::resolve_model(args.model.as_deref())?;
-    let ckpt = crate::checkpoint::Checkpoint::open(&path)?;
-    let model = models::load_checkpoint(&ckpt, LoadOptions { dtype })?;
-    let cfg = model.config().clone();
-    let tok = tokenizer::for_model(args.tokenizer, cfg.vocab_size)?;
+    let (loaded, tok) = args.model.load()?;
+    let model = loaded.model.as_ref();
+    let cfg = &loaded.config;
     let fingerprint = if args.state_in.is_some() || args.state_out.is_some() {
-        ckpt.fingerprint()?
+        loaded.checkpoint.fingerprint()?
     } else {
         0
     };
@@ -245,7 +231,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     // Where we start: a saved state, or a fresh one.
     let (mut state, mut logits, resumed_tokens) = match &args.state_in {
         Some(p) => {
-            let saved = state_file::load(Path::new(p), &cfg, fingerprint)?;
+            let saved = state_file::load(Path::new(p), cfg, fingerprint)?;
             (saved.state, Some(saved.logits), saved.tokens)
         }
         None => (model.new_state(), None, 0),
@@ -334,7 +320,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 logits,
                 tokens: seen,
             };
-            state_file::save(Path::new(p), &cfg, fingerprint, &saved).context("--state-out")?;
+            state_file::save(Path::new(p), cfg, fingerprint, &saved).context("--state-out")?;
         }
     }
     drop(out);
@@ -360,7 +346,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         interrupted,
     };
     if !args.quiet {
-        print_stats(model.as_ref(), &ckpt, dtype, &stats, args.stats_json);
+        print_stats(&loaded, &stats, args.stats_json);
     }
     if interrupted {
         // Like a shell: 128 + SIGINT.
@@ -377,14 +363,8 @@ fn per_sec(n: usize, secs: f64) -> f64 {
     }
 }
 
-fn print_stats(
-    model: &dyn Model,
-    ckpt: &crate::checkpoint::Checkpoint,
-    dtype: ComputeDType,
-    s: &RunStats,
-    json: bool,
-) {
-    let c = model.config();
+fn print_stats(loaded: &Loaded, s: &RunStats, json: bool) {
+    let (c, dtype) = (&loaded.config, loaded.format);
     let context = s.context_tokens();
     let kv = c.kv_cache_bytes(context as usize, models::KV_BYTES_PER_ELEMENT);
     let rss = peak_rss_bytes();
@@ -392,7 +372,7 @@ fn print_stats(
     let gen_tps = per_sec(s.generated_tokens, s.gen_secs);
     if json {
         let v = serde_json::json!({
-            "model": super::model_json(&ckpt.path, c, dtype),
+            "model": loaded.json(),
             "state_bytes": c.state_bytes(),
             "resumed_tokens": s.resumed_tokens,
             "context_tokens": context,

@@ -2,11 +2,11 @@
 //!
 //! A cache lookup only: it never touches the network.
 
-use crate::catalog;
-use crate::hub::{self, HubFile};
-use crate::stats::{human_bytes, human_count};
 use anyhow::Result;
 use clap::Args;
+use rwkv_cli::catalog;
+use rwkv_cli::hub::{self, HubFile};
+use rwkv_cli::stats::{human_bytes, human_count};
 
 #[derive(Args, Debug)]
 pub struct ModelsArgs {
@@ -65,5 +65,5 @@ pub fn run(args: ModelsArgs) -> Result<()> {
         if hub::offline() { " (offline)" } else { "" }
     );
     out += "run one: rwkv-cli generate --model ALIAS --prompt \"...\"\n";
-    crate::commands::print_out(&out)
+    crate::cli::print_out(&out)
 }

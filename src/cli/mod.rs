@@ -1,15 +1,18 @@
-//! The subcommands, one file each, and what they share: model resolution, thread setup and
-//! error reporting.
+//! The command line (binary only; the library knows nothing of it): the subcommands, one file
+//! each, and what they share: printing, error reporting and exit codes, Ctrl-C, thread setup and
+//! progress bars. The model-loading flags and the loading itself are in [`model_args`].
 
 pub mod bench;
 pub mod compare;
 pub mod eval;
 pub mod generate;
 pub mod info;
+pub mod model_args;
 pub mod models;
 
 use anyhow::Result;
-use std::path::PathBuf;
+use rwkv_cli::error::UsageError;
+use std::io::IsTerminal;
 
 /// Set by Ctrl-C once [`catch_interrupt`] has installed the handler.
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -31,19 +34,19 @@ pub fn note_interrupt() {
     INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// Sets the size of the thread pool used by the matrix kernels (ours and candle's).
+/// Sets the size of the thread pool used by the matrix kernels.
 pub fn init_threads(threads: Option<usize>) -> Result<()> {
     let n = match threads {
-        Some(0) => crate::usage_bail!("--threads must be at least 1"),
+        Some(0) => rwkv_cli::usage_bail!("--threads must be at least 1"),
         Some(n) if n > 1024 => {
-            crate::usage_bail!("--threads {n} is more than this tool supports (1024)")
+            rwkv_cli::usage_bail!("--threads {n} is more than this tool supports (1024)")
         }
         Some(n) => n,
         None => std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
     };
-    // candle's gemm reads the same variable as rayon; set it before any pool starts.
+    // Any rayon pool started without this builder reads the variable; set it before any starts.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
@@ -53,7 +56,6 @@ pub fn init_threads(threads: Option<usize>) -> Result<()> {
 
 /// A progress bar over `len` tokens on stderr when it is a terminal; hidden otherwise.
 pub fn token_progress_bar(len: usize) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
     if !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
@@ -67,52 +69,58 @@ pub fn token_progress_bar(len: usize) -> indicatif::ProgressBar {
     b
 }
 
-/// The `"model"` object of every command's JSON (`generate --stats-json`, `eval`, `bench` and
-/// `compare --json`): which file ran, what it is, and the precision it ran in.
-pub fn model_json(
-    path: &std::path::Path,
-    cfg: &crate::models::Config,
-    dtype: crate::ops::ComputeDType,
-) -> serde_json::Value {
-    serde_json::json!({
-        "path": path.display().to_string(),
-        "version": cfg.version.name(),
-        "params": cfg.n_params,
-        "layers": cfg.n_layer,
-        "width": cfg.n_embd,
-        "vocab": cfg.vocab_size,
-        "dtype": dtype.name(),
-    })
-}
+/// The download of a Hub model as the user sees it: each notice as a line on stderr, and a
+/// progress bar (bytes, rate, ETA) drawn only when stderr is a terminal.
+#[derive(Default)]
+pub struct DownloadBar(std::sync::Mutex<Option<indicatif::ProgressBar>>);
 
-/// Resolves `--model` to a checkpoint file.
-pub fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
-    match model {
-        // A local file, a catalogue alias, or owner/repo:file[@revision] (see crate::hub).
-        Some(m) => Ok(crate::hub::resolve(m)?.path),
-        // No --model: the small RWKV-7 embedded in the binary.
-        None => crate::default_model::path(),
+impl DownloadBar {
+    fn bar(&self) -> std::sync::MutexGuard<'_, Option<indicatif::ProgressBar>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// An error in how the command was called (exit status 2, like clap's own usage errors).
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl rwkv_cli::hub::DownloadProgress for DownloadBar {
+    fn notice(&self, line: &str) {
+        crate::errln!("{line}");
     }
-}
 
-impl std::error::Error for UsageError {}
+    fn start(&self, file: &str, total: u64) {
+        if !std::io::stderr().is_terminal() || rwkv_cli::hub::progress_bars_disabled() {
+            return;
+        }
+        // Drawn from the moment the size is known, so no "0 B/0 B" flashes first.
+        let bar = indicatif::ProgressBar::hidden();
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        let chars: Vec<char> = file.chars().collect();
+        let short: String = if chars.len() > 24 {
+            format!("..{}", chars[chars.len() - 22..].iter().collect::<String>())
+        } else {
+            file.to_string()
+        };
+        bar.set_message(short);
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_length(total);
+        bar.set_position(0);
+        *self.bar() = Some(bar);
+    }
 
-/// Returns early with a [`UsageError`].
-#[macro_export]
-macro_rules! usage_bail {
-    ($($arg:tt)*) => {
-        return Err(anyhow::Error::new($crate::commands::UsageError(format!($($arg)*))))
-    };
+    fn advance(&self, bytes: u64) {
+        if let Some(b) = &*self.bar() {
+            b.inc(bytes);
+        }
+    }
+
+    /// Removes the bar from the terminal (the "downloading" line above it stays).
+    fn finish(&self) {
+        if let Some(b) = self.bar().take() {
+            b.finish_and_clear();
+        }
+    }
 }
 
 /// The reader of stdout went away (a closed pipe, as in `rwkv-cli info | head -1`): not a
@@ -145,7 +153,7 @@ pub fn print_out(text: &str) -> Result<()> {
 #[macro_export]
 macro_rules! outln {
     ($($arg:tt)*) => {
-        $crate::commands::print_out(&format!("{}\n", format_args!($($arg)*)))
+        $crate::cli::print_out(&format!("{}\n", format_args!($($arg)*)))
     };
 }
 
@@ -166,7 +174,7 @@ pub fn exit_with_error(e: &anyhow::Error) -> ! {
         std::process::exit(0);
     }
     let msg = format!("{e:#}").replace('\n', " ");
-    crate::errln!("error: {msg}");
+    errln!("error: {msg}");
     let usage = e.chain().any(|c| c.downcast_ref::<UsageError>().is_some());
     std::process::exit(if usage { 2 } else { 1 })
 }

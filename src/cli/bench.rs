@@ -14,21 +14,21 @@
 //! larger than the caches — the fraction of the physical limit is printed, not guessed.
 //! `--decode` runs only that part.
 
-use crate::checkpoint::Checkpoint;
-use crate::models::{self, LoadOptions, Model};
-use crate::ops::ComputeDType;
-use crate::stats::{current_rss_bytes, human_bytes, human_count, parse_count, peak_rss_bytes};
-use crate::tokenizer::{self, TokenizerKind};
+use super::model_args::{model_json, Loaded, ModelArgs};
 use anyhow::{Context, Result};
 use clap::Args;
+use rwkv_cli::checkpoint::Checkpoint;
+use rwkv_cli::error::UsageError;
+use rwkv_cli::eval::Score;
+use rwkv_cli::models::{self, Model};
+use rwkv_cli::ops::ComputeDType;
+use rwkv_cli::stats::{current_rss_bytes, human_bytes, human_count, parse_count, peak_rss_bytes};
 use std::time::Instant;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Checkpoint: a file (.pth or .safetensors), a catalogue alias (see `rwkv-cli models`) or
-    /// owner/repo:file.pth[@revision] on the Hugging Face Hub. Default: the embedded model.
-    #[arg(long, short)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Tokens to push through the model: 100000, 100k, 1M.
     #[arg(long, default_value = "100k")]
     pub context: String,
@@ -47,20 +47,11 @@ pub struct BenchArgs {
     /// Tokens decoded (one at a time) at depth 0 and at depth N (at least 1).
     #[arg(long, default_value_t = 16)]
     pub decode_tokens: usize,
-    /// Compute dtype of the weight matrices: f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: ComputeDType,
-    /// Quantize the weight matrices at load time: q8_0 or q4_0 (instead of --dtype).
-    #[arg(long, conflicts_with = "dtype")]
-    pub quant: Option<ComputeDType>,
     /// Measure decode only: ms/token over --decode-tokens steps, the weight traffic it makes,
     /// and the machine's memory bandwidth (no long-context run, so none of --context, --text,
     /// --segments, --chunk, --tokenizer).
     #[arg(long, conflicts_with_all = ["context", "text", "segments", "chunk", "tokenizer"])]
     pub decode: bool,
-    /// Tokenizer (default: chosen from the vocabulary size): world, 20b, bytes.
-    #[arg(long)]
-    pub tokenizer: Option<TokenizerKind>,
 }
 
 /// Size of the buffer the memory-bandwidth probe reads: eight times a 32 MiB L3. At four
@@ -105,7 +96,7 @@ pub fn decode_weight_bytes(ckpt: &Checkpoint, dtype: ComputeDType) -> u64 {
         .map(|(name, meta)| {
             let dims: Vec<usize> = meta.shape.iter().copied().filter(|&d| d != 1).collect();
             if name.ends_with(".weight") && dims.len() == 2 {
-                (crate::quant::n_panels(dims[0]) * dtype.format().panel_bytes(dims[1])) as u64
+                (rwkv_cli::quant::n_panels(dims[0]) * dtype.format().panel_bytes(dims[1])) as u64
             } else {
                 4 * meta.numel() as u64
             }
@@ -184,44 +175,46 @@ fn decode_ms(model: &dyn Model, state: &mut models::State, first: u32, k: usize)
         let t = Instant::now();
         let logits = model.step(tok, state)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
-        tok = crate::sampler::argmax(&logits);
+        tok = rwkv_cli::sampler::argmax(&logits);
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let n = parse_count(&args.context)
-        .map_err(|e| crate::commands::UsageError(format!("--context: {e}")))? as usize;
+    let n = parse_count(&args.context).map_err(|e| UsageError(format!("--context: {e}")))? as usize;
     if n == 0 {
-        crate::usage_bail!("--context must be at least 1");
+        rwkv_cli::usage_bail!("--context must be at least 1");
     }
     if args.chunk == 0 || args.segments == 0 {
-        crate::usage_bail!("--chunk and --segments must be at least 1");
+        rwkv_cli::usage_bail!("--chunk and --segments must be at least 1");
     }
     if args.decode_tokens == 0 {
-        crate::usage_bail!("--decode-tokens must be at least 1");
+        rwkv_cli::usage_bail!("--decode-tokens must be at least 1");
     }
-    let dtype = crate::ops::effective_dtype(args.dtype, args.quant)
-        .map_err(|e| crate::commands::UsageError(format!("{e:#}")))?;
-    let path = super::resolve_model(args.model.as_deref())?;
+    args.model.format()?;
+    let path = args.model.resolve()?;
     // Before the model is loaded, so that the probe's buffers never add to the peak RSS.
-    let bandwidth = crate::kernels::measure_bandwidth(BANDWIDTH_PROBE_BYTES, 10);
+    let bandwidth = rwkv_cli::kernels::measure_bandwidth(BANDWIDTH_PROBE_BYTES, 10);
     // Its buffers are freed: the peak RSS reported is the model's, not the probe's.
-    crate::stats::reset_peak_rss();
+    rwkv_cli::stats::reset_peak_rss();
     let load_start = Instant::now();
-    let ckpt = Checkpoint::open(&path)?;
-    let weight_bytes = decode_weight_bytes(&ckpt, dtype);
-    let model = models::load_checkpoint(&ckpt, LoadOptions { dtype })?;
-    drop(ckpt);
+    let Loaded {
+        path,
+        checkpoint,
+        model,
+        config: cfg,
+        format: dtype,
+    } = args.model.load_from(path)?;
+    let weight_bytes = decode_weight_bytes(&checkpoint, dtype);
+    drop(checkpoint);
     let load_secs = load_start.elapsed().as_secs_f64();
-    let cfg = model.config().clone();
     let cache_bytes = last_level_cache_bytes();
     // The bandwidth is probed again after the decode steps (the peak RSS is read first): a
     // shared machine's bandwidth moves with its neighbours' work, and the best of a probe before
     // and one after is the fairer ceiling for the steps between them.
     let decode = |ms: f64| {
-        let again = crate::kernels::measure_bandwidth(BANDWIDTH_PROBE_BYTES, 10);
+        let again = rwkv_cli::kernels::measure_bandwidth(BANDWIDTH_PROBE_BYTES, 10);
         DecodeReport {
             ms_per_token: ms,
             weight_bytes,
@@ -244,7 +237,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             crate::outln!(
                 "{}",
                 serde_json::json!({
-                    "model": super::model_json(&path, &cfg, dtype),
+                    "model": model_json(&path, &cfg, dtype),
                     "decode_tokens": args.decode_tokens,
                     "decode": d.to_json(),
                     "peak_rss_bytes": peak_rss,
@@ -265,14 +258,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let tok = tokenizer::for_model(args.tokenizer, cfg.vocab_size)?;
+    let tok = args.model.tokenizer(&cfg)?;
     let text = match &args.text {
         Some(p) => std::fs::read(p).with_context(|| format!("cannot read --text {p}"))?,
         None => builtin_text(64 * 1024).into_bytes(),
     };
     let text_tokens = tok.encode(&text)?;
     if text_tokens.is_empty() {
-        crate::usage_bail!("--text is empty");
+        rwkv_cli::usage_bail!("--text is empty");
     }
 
     let bar = super::token_progress_bar(n);
@@ -286,7 +279,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     // With --text, score every prediction: bits for token t+1 given tokens ..=t.
     let scoring = args.text.is_some();
-    let mut score = super::eval::Score::default();
+    let mut score = Score::default();
 
     let mut state = model.new_state();
     let mut segments = Vec::new();
@@ -323,13 +316,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let prefill_secs = run_start.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let next = crate::sampler::argmax(&last_logits);
+    let next = rwkv_cli::sampler::argmax(&last_logits);
     let decode_depth_n = decode_ms(model.as_ref(), &mut state, next, args.decode_tokens)?;
     let total_secs = load_start.elapsed().as_secs_f64();
 
     // f32, the precision of the RWKV state, whatever the weights' format: like for like (the
     // figure generate prints).
-    let bytes_per_el = crate::models::KV_BYTES_PER_ELEMENT;
+    let bytes_per_el = rwkv_cli::models::KV_BYTES_PER_ELEMENT;
     let peak_rss = peak_rss_bytes();
     let report = Report {
         path,
@@ -478,7 +471,7 @@ impl Report {
 
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "model": super::model_json(&self.path, &self.cfg, self.dtype),
+            "model": model_json(&self.path, &self.cfg, self.dtype),
             "context_tokens": self.context,
             "chunk": self.chunk,
             "segments": self.segments.iter().map(|s| serde_json::json!({

@@ -1,0 +1,150 @@
+//! The flags that choose and load a model, shared by every command that runs one (`generate`,
+//! `eval`, `bench`), and the one sequence that turns them into a running model:
+//! resolve `--model` → open the checkpoint → the weights' format (`--dtype`/`--quant`) → load
+//! → pick the tokenizer.
+
+use anyhow::Result;
+use clap::Args;
+use rwkv_cli::checkpoint::Checkpoint;
+use rwkv_cli::error::UsageError;
+use rwkv_cli::models::{self, Config, LoadOptions, Model};
+use rwkv_cli::ops::ComputeDType;
+use rwkv_cli::tokenizer::{self, Tokenizer, TokenizerKind};
+use std::path::{Path, PathBuf};
+
+/// The model-loading flags (flattened into a command's own).
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Checkpoint: a file (.pth or .safetensors), a catalogue alias (see `rwkv-cli models`) or
+    /// owner/repo:file.pth[@revision] on the Hugging Face Hub. Default: the embedded model.
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// Compute dtype of the weight matrices: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: ComputeDType,
+    /// Quantize the weight matrices at load time: q8_0 or q4_0 (instead of --dtype).
+    #[arg(long, conflicts_with = "dtype")]
+    pub quant: Option<ComputeDType>,
+    /// Tokenizer (default: chosen from the vocabulary size): world, 20b, bytes.
+    #[arg(long)]
+    pub tokenizer: Option<TokenizerKind>,
+}
+
+/// The weight format of a command line's `--dtype` and `--quant`: the quantized format when
+/// one is given (it must be one), else the dtype.
+pub fn effective_dtype(dtype: ComputeDType, quant: Option<ComputeDType>) -> Result<ComputeDType> {
+    match quant {
+        None => Ok(dtype),
+        Some(q) if q.is_quantized() => Ok(q),
+        Some(q) => anyhow::bail!(
+            "--quant {} is not a quantized format (expected q8_0 or q4_0; use --dtype for f32, f16, bf16)",
+            q.name()
+        ),
+    }
+}
+
+/// Resolves `--model` to a checkpoint file.
+pub fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
+    match model {
+        // A local file, a catalogue alias, or owner/repo:file[@revision] (see rwkv_cli::hub),
+        // downloaded with a progress bar when it is not in the cache.
+        Some(m) => Ok(rwkv_cli::hub::resolve(m, &super::DownloadBar::default())?.path),
+        // No --model: the small RWKV-7 embedded in the binary.
+        None => rwkv_cli::default_model::path(),
+    }
+}
+
+/// A model loaded from the flags, without its tokenizer.
+pub struct Loaded {
+    /// The checkpoint file `--model` named.
+    pub path: PathBuf,
+    /// The checkpoint, still open (its fingerprint, its tensors' sizes); drop it to unmap the
+    /// file once the model holds its own copy of the weights.
+    pub checkpoint: Checkpoint,
+    pub model: Box<dyn Model>,
+    pub config: Config,
+    /// The weights' format the model runs in.
+    pub format: ComputeDType,
+}
+
+impl Loaded {
+    /// The `"model"` object of the command's JSON.
+    pub fn json(&self) -> serde_json::Value {
+        model_json(&self.path, &self.config, self.format)
+    }
+}
+
+impl ModelArgs {
+    /// The weights' format: `--quant` when given (it must be a quantized one), else `--dtype`.
+    /// A usage error otherwise.
+    pub fn format(&self) -> Result<ComputeDType> {
+        effective_dtype(self.dtype, self.quant).map_err(|e| UsageError(format!("{e:#}")).into())
+    }
+
+    /// The checkpoint file `--model` names (downloaded into the cache if needed).
+    pub fn resolve(&self) -> Result<PathBuf> {
+        resolve_model(self.model.as_deref())
+    }
+
+    /// Opens the checkpoint at `path` and loads the model in the flags' format.
+    pub fn load_from(&self, path: PathBuf) -> Result<Loaded> {
+        let format = self.format()?;
+        let checkpoint = Checkpoint::open(&path)?;
+        let model = models::load_checkpoint(&checkpoint, LoadOptions { dtype: format })?;
+        let config = model.config().clone();
+        Ok(Loaded {
+            path,
+            checkpoint,
+            model,
+            config,
+            format,
+        })
+    }
+
+    /// The tokenizer for a model of this configuration: `--tokenizer`, or the one its
+    /// vocabulary size implies.
+    pub fn tokenizer(&self, config: &Config) -> Result<Box<dyn Tokenizer>> {
+        tokenizer::for_model(self.tokenizer, config.vocab_size)
+    }
+
+    /// The whole sequence: the format is checked, `--model` resolved, the checkpoint opened
+    /// and loaded, the tokenizer chosen.
+    pub fn load(&self) -> Result<(Loaded, Box<dyn Tokenizer>)> {
+        self.format()?;
+        let loaded = self.load_from(self.resolve()?)?;
+        let tok = self.tokenizer(&loaded.config)?;
+        Ok((loaded, tok))
+    }
+}
+
+/// The `"model"` object of every command's JSON (`generate --stats-json`, `eval`, `bench` and
+/// `compare --json`): which file ran, what it is, and the precision it ran in.
+pub fn model_json(path: &Path, cfg: &Config, dtype: ComputeDType) -> serde_json::Value {
+    serde_json::json!({
+        "path": path.display().to_string(),
+        "version": cfg.version.name(),
+        "params": cfg.n_params,
+        "layers": cfg.n_layer,
+        "width": cfg.n_embd,
+        "vocab": cfg.vocab_size,
+        "dtype": dtype.name(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quant_must_name_a_quantized_format() {
+        use ComputeDType::*;
+        assert_eq!(effective_dtype(F16, None).unwrap(), F16);
+        assert_eq!(effective_dtype(F32, Some(Q8_0)).unwrap(), Q8_0);
+        assert_eq!(effective_dtype(F32, Some(Q4_0)).unwrap(), Q4_0);
+        let e = effective_dtype(F32, Some(BF16)).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--quant bf16 is not a quantized format"),
+            "{e}"
+        );
+    }
+}
