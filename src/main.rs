@@ -27,6 +27,9 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt; text on stdout, stats on stderr.
     Generate(commands::generate::GenerateArgs),
+    /// Chat with a model (G1 format): a line editor on a terminal, one message per line when
+    /// piped; every turn reads only its own tokens.
+    Chat(commands::chat::ChatArgs),
     /// Long-context throughput and memory: push N tokens, report each segment.
     Bench(commands::bench::BenchArgs),
     /// RWKV against softmax and linear attention of the same shape: time and memory vs context.
@@ -47,6 +50,7 @@ fn main() {
     }
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),
+        Command::Chat(args) => commands::chat::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Eval(args) => commands::eval::run(args),

@@ -2,6 +2,7 @@
 //! error reporting.
 
 pub mod bench;
+pub mod chat;
 pub mod compare;
 pub mod eval;
 pub mod generate;
