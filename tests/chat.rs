@@ -604,6 +604,13 @@ fn interactive_chat_streams_undoes_retries_saves_and_loads() {
         "{unknown:?}"
     );
     assert!(send(&mut s, "/help").contains("/retry"));
+    let sys = send(&mut s, "/system You are Jane Bennet.");
+    assert!(
+        sys.contains("new conversation with this system prompt"),
+        "{sys:?}"
+    );
+    let sys = send(&mut s, "/system");
+    assert!(sys.contains("(system: You are Jane Bennet.)"), "{sys:?}");
 
     // Multi-line messages: a trailing backslash continues the line, and so does Alt-Enter.
     for (first, second) in [("First line \\\r", "second line\r"), ("one\x1b\r", "two\r")] {
@@ -616,8 +623,8 @@ fn interactive_chat_streams_undoes_retries_saves_and_loads() {
     }
     let stats = send(&mut s, "/stats");
     assert!(
-        stats.contains("turns      3 ("),
-        "two more turns, not four: {stats:?}"
+        stats.contains("turns      2 ("),
+        "two turns, not four: {stats:?}"
     );
 
     s.send("\x04").unwrap(); // Ctrl-D

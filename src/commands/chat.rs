@@ -261,7 +261,7 @@ impl Session {
         } else if terminal && !self.args.quiet {
             let kv = cfg.kv_cache_bytes(s.context_tokens as usize, models::KV_BYTES_PER_ELEMENT);
             self.style.note(&format!(
-                "[context {} tokens · state {} (a transformer's f32 KV cache: {}) · read {} tok at {:.0} tok/s · reply {} tok at {:.1} tok/s · first token after {:.2} s]",
+                "[context {} tokens · state {} (a transformer's f32 KV cache: {}) · read {} tok at {:.0} tok/s · reply {} tok at {:.1} tok/s · first token after {:.1} ms]",
                 s.context_tokens,
                 human_bytes(cfg.state_bytes() as u64),
                 human_bytes(kv),
@@ -269,7 +269,7 @@ impl Session {
                 s.prefill_tokens_per_second(),
                 s.reply_tokens,
                 s.decode_tokens_per_second(),
-                s.first_token_secs,
+                s.first_token_secs * 1000.0,
             ));
         }
     }
@@ -299,12 +299,12 @@ impl Session {
         if let Some(t) = self.conv.last_turn() {
             let st = &t.stats;
             s += &format!(
-                "last turn  read {} tokens at {:.0} tok/s, reply {} tokens at {:.1} tok/s, first token after {:.3} s\n",
+                "last turn  read {} tokens at {:.0} tok/s, reply {} tokens at {:.1} tok/s, first token after {:.1} ms\n",
                 st.prompt_tokens,
                 st.prefill_tokens_per_second(),
                 st.reply_tokens,
                 st.decode_tokens_per_second(),
-                st.first_token_secs
+                st.first_token_secs * 1000.0
             );
         }
         s += &format!(
