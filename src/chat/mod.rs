@@ -276,8 +276,10 @@ impl Conversation {
         self.unreported = (0, 0.0);
         match self.system.clone() {
             Some(s) => {
-                let ok = self.read(&[&system_part(&s)], Some(cancel))?.is_some();
+                let ok = self.read(&[&system_part(&s)], cancel)?.is_some();
                 if !ok {
+                    self.now = self.base.clone();
+                    self.unreported = (0, 0.0);
                     self.system = None;
                 }
                 Ok(ok)
@@ -294,17 +296,15 @@ impl Conversation {
     }
 
     /// Feeds `parts` (each tokenized on its own) through the sequence path, chunk by chunk.
-    /// Returns the tokens read, or `None` when `cancel` was set before it finished (the state
-    /// is then back where it was).
-    fn read(&mut self, parts: &[&[u8]], cancel: Option<&AtomicBool>) -> Result<Option<usize>> {
+    /// Returns the tokens read, or `None` when `cancel` was set before it finished: the state
+    /// has then read part of them, and the caller puts back the one it had.
+    fn read(&mut self, parts: &[&[u8]], cancel: &AtomicBool) -> Result<Option<usize>> {
         let t0 = Instant::now();
-        let saved = cancel.map(|_| self.now.clone());
         let mut n = 0;
         for part in parts {
             let tokens = self.tok.encode(part)?;
             for c in tokens.chunks(self.opts.chunk.max(1)) {
-                if cancel.is_some_and(|f| f.load(Ordering::SeqCst)) {
-                    self.now = saved.expect("saved when cancellable");
+                if cancel.load(Ordering::SeqCst) {
                     return Ok(None);
                 }
                 self.now.logits = Some(self.model.forward_seq(c, &mut self.now.state, false)?);
@@ -370,10 +370,7 @@ impl Conversation {
         let t0 = Instant::now();
         let think = self.opts.think;
         if self
-            .read(
-                &[&user_part(&message), think.assistant_prefix()],
-                Some(cancel),
-            )?
+            .read(&[&user_part(&message), think.assistant_prefix()], cancel)?
             .is_none()
         {
             return Ok(None);
@@ -383,7 +380,6 @@ impl Conversation {
 
         let t1 = Instant::now();
         let mut first_token_secs = 0.0;
-        let mut logits = self.now.logits.clone().expect("the prefix was read");
         let eot = self.tok.eot_token();
         let mut view = ReplyView::new(think);
         // Like the official demo, penalties count this reply's tokens only.
@@ -400,10 +396,12 @@ impl Conversation {
                 break StopReason::MaxTokens;
             }
             // The end-of-text token never ends a turn: `\n\n` does (as in the official demo).
+            // (These logits are replaced by the next token's before anyone else sees them.)
+            let logits = self.now.logits.as_mut().expect("the prefix was read");
             if let Some(l) = eot.and_then(|e| logits.get_mut(e as usize)) {
                 *l = f32::NEG_INFINITY;
             }
-            let token = sampler.sample(&logits);
+            let token = sampler.sample(logits);
             if generated == 0 {
                 first_token_secs = t0.elapsed().as_secs_f64();
             }
@@ -426,8 +424,7 @@ impl Conversation {
                 break StopReason::EndOfTurn;
             }
             sampler.accept(token);
-            logits = self.model.step(token, &mut self.now.state)?;
-            self.now.logits = Some(logits.clone());
+            self.now.logits = Some(self.model.step(token, &mut self.now.state)?);
             self.now.context_tokens += 1;
             let ready = text.len() - usize::from(text.ends_with(b"\n"));
             if ready > shown {

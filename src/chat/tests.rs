@@ -425,3 +425,20 @@ fn think_on_streams_the_reasoning_apart() {
     want.extend(reply);
     assert_eq!(history(c.state()), want);
 }
+
+#[test]
+fn a_cancelled_system_prompt_leaves_a_fresh_conversation() {
+    let mut c = conv(&[b('a'), NN], 100);
+    say(&mut c, "one");
+    let yes = AtomicBool::new(true);
+    assert!(!c.set_system(Some(b"Be brief."), &yes).unwrap());
+    assert_eq!(c.system(), None);
+    assert_eq!(c.context_tokens(), 0);
+    assert!(history(c.state()).is_empty());
+    say(&mut c, "two");
+    assert_eq!(
+        c.last_turn().unwrap().stats.prompt_tokens,
+        prompt_tokens("two").len(),
+        "nothing of the cancelled prompt is counted"
+    );
+}

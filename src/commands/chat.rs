@@ -5,7 +5,7 @@
 //! editor when stdin is a terminal, the line-per-message mode otherwise, the `/` commands and
 //! the statistics.
 
-use crate::chat::{ChatOptions, Conversation, Piece, Think, Turn};
+use crate::chat::{ChatOptions, Conversation, Piece, StopReason, Think, TurnStats};
 use crate::models::{self, LoadOptions, Model};
 use crate::ops::ComputeDType;
 use crate::output_file;
@@ -243,8 +243,7 @@ impl Session {
     }
 
     /// The stats of a turn: a JSON line (--stats-json) or, on a terminal, a dim line.
-    fn turn_stats(&self, t: &Turn, terminal: bool) {
-        let s = &t.stats;
+    fn turn_stats(&self, s: &TurnStats, terminal: bool) {
         let cfg = self.cfg();
         if self.args.stats_json {
             let v = serde_json::json!({
@@ -439,12 +438,11 @@ fn piped(s: &mut Session) -> Result<bool> {
                 out_bytes(b)
             }
         })?;
-        let Some(t) = turn else {
+        let Some(stats) = turn.map(|t| t.stats.clone()) else {
             return Ok(true); // Ctrl-C while the message was read
         };
         out_bytes(b"\n\n")?;
-        let t = t.clone();
-        s.turn_stats(&t, false);
+        s.turn_stats(&stats, false);
         if STOP.load(Ordering::SeqCst) {
             return Ok(true);
         }
@@ -630,17 +628,17 @@ fn say(s: &mut Session, message: Option<&str>) -> Result<()> {
     if dim && style.out {
         out_bytes(RESET.as_bytes())?;
     }
-    let Some(t) = turn.cloned() else {
+    let Some(stats) = turn.map(|t| t.stats.clone()) else {
         style.note("(stopped before the reply: the message was not sent)");
         return Ok(());
     };
-    if t.stats.stop == Some(crate::chat::StopReason::Cancelled) {
+    if stats.stop == Some(StopReason::Cancelled) {
         out_bytes(b"\n")?;
         style.note("[stopped: the turn ends here; /undo takes it back, /retry samples it anew]");
     } else {
         out_bytes(b"\n")?;
     }
-    s.turn_stats(&t, true);
+    s.turn_stats(&stats, true);
     Ok(())
 }
 
