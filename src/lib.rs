@@ -5,6 +5,7 @@
 //! - [`checkpoint`]: reading weights from safetensors (memory-mapped) and PyTorch `.pth` archives.
 //! - [`models`]: version detection and one module per RWKV version behind the [`models::Model`] trait.
 //! - [`tokenizer`]: World (trie, greedy longest match), 20B (HF `tokenizers`) and byte tokenizers.
+//! - [`chat`]: conversations in the G1 chat format on one fixed-size state.
 //! - [`sampler`]: temperature, top-k, top-p, penalties, seeded.
 //! - [`stats`]: peak and current resident memory.
 //! - [`eval`]: scoring a model on a text (bits per byte, perplexity).
@@ -15,6 +16,7 @@
 
 pub mod baselines;
 pub mod catalog;
+pub mod chat;
 pub mod checkpoint;
 pub mod default_model;
 pub mod error;

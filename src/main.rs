@@ -29,6 +29,9 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt; text on stdout, stats on stderr.
     Generate(cli::generate::GenerateArgs),
+    /// Chat with a model (G1 format): a line editor on a terminal, one message per line when
+    /// piped; every turn reads only its own tokens.
+    Chat(cli::chat::ChatArgs),
     /// Long-context throughput and memory: push N tokens, report each segment.
     Bench(cli::bench::BenchArgs),
     /// RWKV against softmax and linear attention of the same shape: time and memory vs context.
@@ -49,6 +52,7 @@ fn main() {
     }
     let result = match args.command {
         Command::Generate(a) => cli::generate::run(a),
+        Command::Chat(a) => cli::chat::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Eval(a) => cli::eval::run(a),

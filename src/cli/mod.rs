@@ -3,6 +3,7 @@
 //! progress bars. The model-loading flags and the loading itself are in [`model_args`].
 
 pub mod bench;
+pub mod chat;
 pub mod compare;
 pub mod eval;
 pub mod generate;
@@ -18,15 +19,34 @@ use std::io::IsTerminal;
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Makes Ctrl-C set a flag instead of killing the process, for the commands that stop cleanly
-/// on it (`generate` stops at the next token, `compare` reports the points it has): they poll
-/// [`interrupted`] and exit 130 themselves.
+/// on it (`generate` stops at the next token, `compare` reports the points it has, `chat` ends
+/// the reply being written): they poll [`interrupted`] and exit 130 themselves.
 pub fn catch_interrupt() {
-    let _ = ctrlc::set_handler(note_interrupt);
+    catch_interrupt_then(|| {});
+}
+
+/// [`catch_interrupt`], and `then` runs in the handler after the flag is set (chat's piped
+/// mode exits there when no turn is running).
+pub fn catch_interrupt_then(then: impl Fn() + Send + 'static) {
+    let _ = ctrlc::set_handler(move || {
+        note_interrupt();
+        then();
+    });
 }
 
 /// Whether Ctrl-C has been pressed (or [`note_interrupt`] called).
 pub fn interrupted() -> bool {
     INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The flag itself, for library code that polls a cancellation flag (a chat reply).
+pub fn interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
+    &INTERRUPTED
+}
+
+/// Forgets a Ctrl-C that has been dealt with (chat: the reply stopped, the session goes on).
+pub fn clear_interrupt() {
+    INTERRUPTED.store(false, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// Records an interrupt seen another way (a child process that died of SIGINT, say).

@@ -1,0 +1,671 @@
+//! `rwkv-cli chat` end to end: piped mode against `generate` over the same conversation text
+//! (the embedded byte-level model, and a World-vocabulary model built from the v7 fixture),
+//! the per-turn statistics, and the interactive mode through a pseudo-terminal (a streamed
+//! reply, /undo, /retry, /save and /load, Ctrl-C during a reply, Ctrl-D).
+//!
+//! Every process a test starts is killed when the test lets go of it, and every wait is
+//! bounded.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{fixture, scratch, stderr};
+
+use rwkv_cli::chat::user_part;
+use rwkv_cli::tokenizer::{self, TokenizerKind};
+
+const LIMIT: Duration = Duration::from_secs(120);
+const TWO_NEWLINES: &str = "\n\n";
+
+fn bin() -> Command {
+    let mut c = common::bin();
+    c.env("HF_HUB_OFFLINE", "1")
+        .env("RWKV_CLI_HISTORY", "")
+        .env("NO_COLOR", "1");
+    c
+}
+
+/// A child process that is killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `cmd` with `stdin` written to it (then closed); kills it and fails after `LIMIT`.
+fn run_input(cmd: &mut Command, stdin: &[u8]) -> Output {
+    let mut child = Killed(
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut input = child.0.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let mut out = child.0.stdout.take().unwrap();
+    let mut err = child.0.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < LIMIT, "rwkv-cli ran past {LIMIT:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    writer.join().unwrap();
+    Output {
+        status,
+        stdout: reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+fn ok(o: Output) -> Output {
+    assert!(o.status.success(), "failed: {}", stderr(&o));
+    o
+}
+
+fn chat(args: &[&str], messages: &[&str]) -> Output {
+    let input: String = messages.iter().map(|m| format!("{m}\n")).collect();
+    ok(run_input(bin().arg("chat").args(args), input.as_bytes()))
+}
+
+/// Splits piped chat output into replies (each is followed by one blank line).
+fn replies(o: &Output) -> Vec<Vec<u8>> {
+    let out = &o.stdout;
+    assert!(
+        out.ends_with(b"\n\n"),
+        "output ends with a blank line: {out:?}"
+    );
+    let mut v = Vec::new();
+    let mut rest = &out[..out.len() - 2];
+    loop {
+        match rest.windows(2).position(|w| w == b"\n\n") {
+            Some(i) => {
+                v.push(rest[..i].to_vec());
+                rest = &rest[i + 2..];
+            }
+            None => {
+                v.push(rest.to_vec());
+                break;
+            }
+        }
+    }
+    v
+}
+
+/// The sampling flags both commands get: greedy, the chat demo's penalties.
+const SAMPLING: [&str; 6] = [
+    "--temperature",
+    "0",
+    "--presence-penalty",
+    "0.5",
+    "--frequency-penalty",
+    "0.5",
+];
+
+/// A reply as shown: the fake think's `>` and the leading whitespace left out.
+fn shown(raw: &[u8], skip: bool) -> Vec<u8> {
+    let mut r = raw;
+    if skip && r.first() == Some(&b'>') {
+        r = &r[1..];
+    }
+    let start = r
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(r.len());
+    r[start..].to_vec()
+}
+
+/// The replies `generate` gives, turn by turn, over the whole conversation text so far.
+fn generate_replies(
+    model: &[&str],
+    system: Option<&str>,
+    prefix: &str,
+    messages: &[&str],
+    max: usize,
+) -> Vec<Vec<u8>> {
+    let mut text: Vec<u8> = system
+        .map(|s| format!("System: {s}\n\n").into_bytes())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for m in messages {
+        text.extend(user_part(m.as_bytes()));
+        text.extend(prefix.as_bytes());
+        use std::os::unix::ffi::OsStrExt;
+        let o = ok(run_input(
+            bin()
+                .arg("generate")
+                .args(model)
+                .args(SAMPLING)
+                .args(["-q", "-n", &max.to_string(), "--stop", TWO_NEWLINES])
+                .arg("--prompt")
+                .arg(std::ffi::OsStr::from_bytes(&text)),
+            b"",
+        ));
+        let mut raw = o.stdout;
+        // Cut by the token limit after a newline: that newline begins the end of the turn.
+        if raw.ends_with(b"\n") {
+            raw.pop();
+        }
+        text.extend(&raw);
+        text.extend(b"\n\n");
+        out.push(shown(&raw, prefix.ends_with("</think")));
+    }
+    out
+}
+
+const MESSAGES: [&str; 4] = [
+    "Good morning, Miss Bennet. How do you do?",
+    "  What do you think of Mr. Darcy?\r",
+    "And of Bath?",
+    "Shall we walk to Meryton tomorrow?",
+];
+
+#[test]
+fn piped_replies_equal_generate_over_the_whole_conversation() {
+    let max = 80;
+    let n = max.to_string();
+    for (system, think, prefix) in [
+        (None, "off", "Assistant:"),
+        (Some("You are Elizabeth Bennet."), "off", "Assistant:"),
+        (None, "skip", "Assistant: <think>\n</think"),
+    ] {
+        let mut args = vec!["--think", think, "--max-tokens", &n];
+        args.extend(SAMPLING);
+        if let Some(s) = system {
+            args.extend(["--system", s]);
+        }
+        let got = replies(&chat(&args, &MESSAGES));
+        let want = generate_replies(&[], system, prefix, &MESSAGES, max);
+        assert_eq!(got.len(), MESSAGES.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                String::from_utf8_lossy(g),
+                String::from_utf8_lossy(w),
+                "turn {} (system {system:?}, think {think})",
+                i + 1
+            );
+        }
+        assert!(got.iter().any(|r| r.len() > 10), "real replies: {got:?}");
+    }
+}
+
+/// The v7 fixture with a World-sized vocabulary (65536): its embedding and head rows beyond the
+/// 256 it has are new random rows, so the World tokenizer is chosen and any id can come out.
+fn world_model() -> PathBuf {
+    let path = scratch("world").join("v7_world.safetensors");
+    if path.exists() {
+        return path;
+    }
+    let bytes = std::fs::read(fixture("v7.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut rng = rwkv_cli::sampler::SplitMix64::new(7);
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in st.tensors() {
+        let (shape, data) = if name == "emb.weight" || name == "head.weight" {
+            let c = t.shape()[1];
+            let old: Vec<f32> = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            let rows = 65536;
+            let data: Vec<u8> = (0..rows * c)
+                .map(|i| old[i % old.len()] + 0.5 * rng.next_signed())
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            (vec![rows, c], data)
+        } else {
+            (t.shape().to_vec(), t.data().to_vec())
+        };
+        owned.push((name, shape, data));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let out = safetensors::serialize(views, None).unwrap();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, out).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+#[test]
+fn world_tokenizer_parts_are_tokenized_on_their_own() {
+    let model = p(&world_model());
+    let max = 6;
+    let messages = [
+        "Hello there, how are you?",
+        "Qu'est-ce que c'est ? 日本語のテキスト",
+        "Tell me more.",
+    ];
+    let dir = scratch("world-chain");
+    let chat_state = dir.join("chat.state");
+    let mut args = vec![
+        "-m".to_string(),
+        model.clone(),
+        "--max-tokens".into(),
+        max.to_string(),
+        "--state-out".into(),
+        p(&chat_state),
+    ];
+    args.extend(SAMPLING.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let got = replies(&chat(&args, &messages));
+
+    // The reference: each part read by its own `generate` run, chained through state files.
+    let gen = |state_in: Option<&Path>, prompt: &[u8], n: usize, state_out: &Path| {
+        use std::os::unix::ffi::OsStrExt;
+        let mut c = bin();
+        c.args(["generate", "-m", &model, "-q", "-n", &n.to_string()])
+            .args(SAMPLING)
+            .arg("--prompt")
+            .arg(std::ffi::OsStr::from_bytes(prompt))
+            .args(["--state-out", &p(state_out)]);
+        if let Some(s) = state_in {
+            c.args(["--state-in", &p(s)]);
+        }
+        ok(run_input(&mut c, b"")).stdout
+    };
+    let mut state: Option<PathBuf> = None;
+    for (i, m) in messages.iter().enumerate() {
+        let (a, b, c) = (
+            dir.join(format!("{i}a")),
+            dir.join(format!("{i}b")),
+            dir.join(format!("{i}c")),
+        );
+        let user = user_part(m.as_bytes());
+        gen(state.as_deref(), &user, 0, &a);
+        let mut raw = gen(Some(&a), b"Assistant:", max, &b);
+        assert!(
+            !raw.windows(2).any(|w| w == b"\n\n"),
+            "the reference assumes replies cut by the token limit: {raw:?}"
+        );
+        let end: &[u8] = if raw.ends_with(b"\n") {
+            raw.pop();
+            b"\n"
+        } else {
+            b"\n\n"
+        };
+        gen(Some(&b), end, 0, &c);
+        assert_eq!(
+            String::from_utf8_lossy(&got[i]),
+            String::from_utf8_lossy(&shown(&raw, false)),
+            "turn {}",
+            i + 1
+        );
+        state = Some(c);
+    }
+    // Same state, same logits, same token count: the files are byte for byte the same.
+    assert!(
+        std::fs::read(&chat_state).unwrap() == std::fs::read(state.unwrap()).unwrap(),
+        "chat's --state-out equals the chained generate runs' state"
+    );
+}
+
+fn stats_lines(o: &Output) -> Vec<serde_json::Value> {
+    stderr(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+#[test]
+fn turn_twenty_reads_only_its_own_tokens() {
+    let messages: Vec<String> = (1..=20)
+        .map(|i| format!("This is message number {i}, about the weather at Longbourn."))
+        .collect();
+    let m: Vec<&str> = messages.iter().map(|s| s.as_str()).collect();
+    let o = chat(&["--stats-json", "--max-tokens", "24", "--seed", "3"], &m);
+    let stats = stats_lines(&o);
+    assert_eq!(stats.len(), 20);
+    let keys: Vec<&str> = stats[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    let mut want_keys = vec![
+        "turn",
+        "prompt_tokens",
+        "reply_tokens",
+        "context_tokens",
+        "state_bytes",
+        "prefill_tokens_per_second",
+        "decode_tokens_per_second",
+        "peak_rss_bytes",
+    ];
+    want_keys.sort();
+    assert_eq!(keys, want_keys);
+    let tok = tokenizer::load(TokenizerKind::Bytes).unwrap();
+    let own = |msg: &str| {
+        tok.encode(&user_part(msg.as_bytes())).unwrap().len()
+            + tok.encode(b"Assistant:").unwrap().len()
+    };
+    let u = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap();
+    let mut context = 0;
+    for (i, s) in stats.iter().enumerate() {
+        assert_eq!(u(s, "turn"), i as u64 + 1);
+        assert_eq!(u(s, "prompt_tokens"), own(m[i]) as u64, "turn {}", i + 1);
+        assert!(u(s, "reply_tokens") >= 1);
+        assert_eq!(
+            u(s, "context_tokens"),
+            context + u(s, "prompt_tokens") + u(s, "reply_tokens")
+        );
+        assert!(u(s, "context_tokens") > context);
+        context = u(s, "context_tokens");
+        assert!(s["prefill_tokens_per_second"].as_f64().unwrap() > 0.0);
+        assert!(s["decode_tokens_per_second"].as_f64().unwrap() > 0.0);
+        assert_eq!(
+            u(s, "state_bytes"),
+            stats[0]["state_bytes"].as_u64().unwrap()
+        );
+    }
+    // Turn 20 reads about as much as turn 1, while the context grew twentyfold.
+    assert!(u(&stats[19], "prompt_tokens") < 2 * u(&stats[0], "prompt_tokens"));
+    assert!(u(&stats[19], "context_tokens") > 15 * u(&stats[0], "context_tokens"));
+}
+
+#[test]
+fn thinking_is_left_out_of_piped_output_unless_asked() {
+    let args = ["--think", "on", "--max-tokens", "30", "--temperature", "0"];
+    let hidden = chat(&args, &["Why is the sky blue?"]);
+    let mut with = args.to_vec();
+    with.push("--show-thinking");
+    let shown = chat(&with, &["Why is the sky blue?"]);
+    assert!(shown.stdout.starts_with(b"<think"), "{:?}", shown.stdout);
+    assert!(!hidden.stdout.starts_with(b"<think"));
+    // The embedded model never closes its reasoning in 30 tokens: nothing else is shown.
+    assert_eq!(hidden.stdout, b"\n\n");
+}
+
+#[test]
+fn empty_lines_are_skipped_and_usage_errors_exit_2() {
+    let o = chat(&["--max-tokens", "5", "-q"], &["", "  ", "Hello", ""]);
+    assert_eq!(replies(&o).len(), 1);
+    assert!(o.stderr.is_empty(), "--quiet: {}", stderr(&o));
+    for (args, msg) in [
+        (vec!["--max-tokens", "0"], "--max-tokens must be at least 1"),
+        (vec!["--think", "maybe"], "unknown think mode"),
+        (vec!["--top-p", "0"], "--top-p"),
+    ] {
+        let o = run_input(bin().arg("chat").args(&args), b"hi\n");
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(msg), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn piped_ctrl_c_ends_the_reply_and_the_run() {
+    let mut child = Killed(
+        bin()
+            .args([
+                "chat",
+                "-m",
+                &fixture("v7.safetensors"),
+                "--max-tokens",
+                "100000000",
+            ])
+            .args(["--state-out", &p(&scratch("sigint").join("never.state"))])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    stdin.write_all(b"hi\n").unwrap();
+    let mut out = child.0.stdout.take().unwrap();
+    let mut first = [0u8; 64];
+    out.read_exact(&mut first).unwrap(); // the reply is streaming
+    let pid = child.0.id().to_string();
+    let k = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(k.success());
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < LIMIT, "still running after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    drop(stdin);
+    let rest = reader.join().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        rest.ends_with(b"\n\n"),
+        "the reply is closed by a blank line"
+    );
+    assert!(!scratch("sigint").join("never.state").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interactive mode, through a pseudo-terminal.
+
+use expectrl::session::OsSession;
+use expectrl::{Expect, Session};
+
+/// A chat in a pseudo-terminal (killed when dropped: expectrl's process ends it then).
+fn pty(args: &[&str], history: &Path) -> OsSession {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rwkv-cli"));
+    c.env("RWKV_CLI_CACHE", scratch("cache"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RWKV_CLI_HISTORY", history)
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1")
+        .arg("chat")
+        .args(args);
+    let mut s = Session::spawn(c).unwrap();
+    s.set_expect_timeout(Some(Duration::from_secs(60)));
+    s
+}
+
+/// Terminal text without escape sequences and carriage returns.
+fn plain(bytes: &[u8]) -> String {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            0x1b if bytes.get(i + 1) == Some(&b'[') => {
+                i += 2;
+                while i < bytes.len() && !(0x40..=0x7e).contains(&bytes[i]) {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'\r' => i += 1,
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How the line editor draws the prompt: at the start of a cleared line.
+const PROMPT: &str = "\x1b[K> ";
+
+/// Sends a line and returns what the terminal showed until the next prompt.
+fn send(s: &mut OsSession, line: &str) -> String {
+    s.send_line(line).unwrap();
+    let caps = s.expect(PROMPT).unwrap();
+    plain(caps.before())
+}
+
+/// Waits (bounded) for the process to exit; returns its exit code.
+fn exit_code(s: &OsSession) -> i32 {
+    use expectrl::process::unix::WaitStatus;
+    let start = Instant::now();
+    loop {
+        match s.get_process().status().unwrap() {
+            WaitStatus::Exited(_, code) => return code,
+            WaitStatus::StillAlive => {}
+            other => panic!("ended by {other:?}"),
+        }
+        assert!(start.elapsed() < LIMIT, "did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn interactive_chat_streams_undoes_retries_saves_and_loads() {
+    let max = ["--max-tokens", "60"];
+    let mut args = max.to_vec();
+    args.extend(SAMPLING);
+    let m = [
+        "Good morning, Miss Bennet.",
+        "What news from London?",
+        "Who is coming to dinner?",
+    ];
+    // What piped mode answers: the same conversation must come out on the terminal.
+    let piped: Vec<String> = replies(&chat(&args, &m))
+        .iter()
+        .map(|r| String::from_utf8(r.clone()).unwrap())
+        .collect();
+    let dir = scratch("pty");
+    let history = dir.join("history");
+    let saved = dir.join("after-two.state");
+    let mut s = pty(&args, &history);
+    s.expect(PROMPT).unwrap();
+
+    let first = send(&mut s, m[0]);
+    assert!(first.contains(&piped[0]), "{first:?} shows {:?}", piped[0]);
+    assert!(first.contains("[context "), "a stats line: {first:?}");
+    let undone = send(&mut s, "/undo");
+    assert!(undone.contains("took back turn 1"), "{undone:?}");
+    assert!(
+        send(&mut s, m[0]).contains(&piped[0]),
+        "the same reply after /undo"
+    );
+    let retried = send(&mut s, "/retry");
+    assert!(
+        retried.contains(&piped[0]),
+        "greedy: /retry gives it again: {retried:?}"
+    );
+    assert!(
+        send(&mut s, m[1]).contains(&piped[1]),
+        "turn 2 continues the right state"
+    );
+
+    let said = send(&mut s, &format!("/save {}", p(&saved)));
+    assert!(said.contains("saved the state"), "{said:?}");
+    let third = send(&mut s, m[2]);
+    assert!(third.contains(&piped[2]));
+    let loaded = send(&mut s, &format!("/load {}", p(&saved)));
+    assert!(loaded.contains("loaded the state"), "{loaded:?}");
+    assert!(
+        send(&mut s, m[2]).contains(&piped[2]),
+        "the same reply after /load"
+    );
+
+    let stats = send(&mut s, "/stats");
+    assert!(stats.contains("KV cache"), "{stats:?}");
+    let unknown = send(&mut s, "/frobnicate");
+    assert!(
+        unknown.contains("unknown command /frobnicate"),
+        "{unknown:?}"
+    );
+    assert!(send(&mut s, "/help").contains("/retry"));
+    let sys = send(&mut s, "/system You are Jane Bennet.");
+    assert!(
+        sys.contains("new conversation with this system prompt"),
+        "{sys:?}"
+    );
+    let sys = send(&mut s, "/system");
+    assert!(sys.contains("(system: You are Jane Bennet.)"), "{sys:?}");
+
+    // Multi-line messages: a trailing backslash continues the line, and so does Alt-Enter.
+    for (first, second) in [("First line \\\r", "second line\r"), ("one\x1b\r", "two\r")] {
+        s.send(first).unwrap();
+        s.send(second).unwrap();
+        let c = s.expect("[context").unwrap();
+        let shown = plain(c.before());
+        assert!(shown.contains(second.trim_end()), "{shown:?}");
+        s.expect(PROMPT).unwrap();
+    }
+    let stats = send(&mut s, "/stats");
+    assert!(
+        stats.contains("turns      2 ("),
+        "two turns, not four: {stats:?}"
+    );
+
+    s.send("\x04").unwrap(); // Ctrl-D
+    assert_eq!(exit_code(&s), 0);
+
+    // The saved state is generate's: it continues the conversation there too.
+    let mut args = max.to_vec();
+    args.extend(SAMPLING);
+    let saved = p(&saved);
+    args.extend(["--state-in", &saved]);
+    let continued = chat(&args, &[m[2]]);
+    assert_eq!(
+        String::from_utf8(replies(&continued)[0].clone()).unwrap(),
+        piped[2]
+    );
+    let h = std::fs::read_to_string(&history).unwrap();
+    assert!(h.contains(m[0]) && h.contains("/undo"), "history: {h:?}");
+}
+
+#[test]
+fn ctrl_c_stops_a_reply_not_the_program() {
+    let dir = scratch("pty-ctrl-c");
+    let model = fixture("v7.safetensors");
+    let mut s = pty(
+        &["-m", &model, "--max-tokens", "100000000"],
+        &dir.join("history"),
+    );
+    s.expect(PROMPT).unwrap();
+    // Ctrl-C on an empty line does not quit.
+    s.send("\x03").unwrap();
+    s.expect("Ctrl-D or /quit to leave").unwrap();
+    for msg in ["hello", "hello again"] {
+        s.send_line(msg).unwrap();
+        s.expect(msg).unwrap();
+        std::thread::sleep(Duration::from_millis(300)); // the reply is streaming
+        s.send("\x03").unwrap();
+        s.expect("[stopped").unwrap();
+        s.expect(PROMPT).unwrap();
+    }
+    let undone = send(&mut s, "/undo");
+    assert!(undone.contains("took back turn 2"), "{undone:?}");
+    s.send("\x04").unwrap();
+    assert_eq!(exit_code(&s), 0);
+}
