@@ -15,8 +15,8 @@
 //! `--decode` runs only that part.
 
 use crate::checkpoint::Checkpoint;
+use crate::format::Format;
 use crate::models::{self, LoadOptions, Model};
-use crate::ops::ComputeDType;
 use crate::stats::{current_rss_bytes, human_bytes, human_count, parse_count, peak_rss_bytes};
 use crate::tokenizer::{self, TokenizerKind};
 use anyhow::{Context, Result};
@@ -49,10 +49,10 @@ pub struct BenchArgs {
     pub decode_tokens: usize,
     /// Compute dtype of the weight matrices: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
-    pub dtype: ComputeDType,
+    pub dtype: Format,
     /// Quantize the weight matrices at load time: q8_0 or q4_0 (instead of --dtype).
     #[arg(long, conflicts_with = "dtype")]
-    pub quant: Option<ComputeDType>,
+    pub quant: Option<Format>,
     /// Measure decode only: ms/token over --decode-tokens steps, the weight traffic it makes,
     /// and the machine's memory bandwidth (no long-context run, so none of --context, --text,
     /// --segments, --chunk, --tokenizer).
@@ -98,14 +98,14 @@ pub fn last_level_cache_bytes() -> u64 {
 /// Bytes of weights one decode step reads: every tensor but the embedding (of which a step
 /// reads one row), the weight matrices in the packed layout of `dtype`, the rest (LoRAs,
 /// mixes, norms) in f32 as the models keep them.
-pub fn decode_weight_bytes(ckpt: &Checkpoint, dtype: ComputeDType) -> u64 {
+pub fn decode_weight_bytes(ckpt: &Checkpoint, dtype: Format) -> u64 {
     ckpt.tensors()
         .iter()
         .filter(|(name, _)| name.as_str() != "emb.weight")
         .map(|(name, meta)| {
             let dims: Vec<usize> = meta.shape.iter().copied().filter(|&d| d != 1).collect();
             if name.ends_with(".weight") && dims.len() == 2 {
-                (crate::quant::n_panels(dims[0]) * dtype.format().panel_bytes(dims[1])) as u64
+                dtype.matrix_bytes(dims[0], dims[1]) as u64
             } else {
                 4 * meta.numel() as u64
             }
@@ -202,7 +202,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.decode_tokens == 0 {
         crate::usage_bail!("--decode-tokens must be at least 1");
     }
-    let dtype = crate::ops::effective_dtype(args.dtype, args.quant)
+    let dtype = super::effective_dtype(args.dtype, args.quant)
         .map_err(|e| crate::commands::UsageError(format!("{e:#}")))?;
     let path = super::resolve_model(args.model.as_deref())?;
     // Before the model is loaded, so that the probe's buffers never add to the peak RSS.
@@ -363,7 +363,7 @@ pub struct Report {
     /// The checkpoint that ran, its configuration and the weights' format.
     pub path: std::path::PathBuf,
     pub cfg: models::Config,
-    pub dtype: ComputeDType,
+    pub dtype: Format,
     pub context: usize,
     pub chunk: usize,
     pub segments: Vec<Segment>,

@@ -15,8 +15,8 @@
 //! (table or JSON), then exits 130.
 
 use crate::baselines::{self, Kind, Shape, Transformer};
+use crate::format::Format;
 use crate::models::{self, LoadOptions};
-use crate::ops::ComputeDType;
 use crate::stats::{current_rss_bytes, human_bytes, human_count, peak_rss_bytes};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -70,7 +70,7 @@ pub struct CompareArgs {
     pub plot: Option<PathBuf>,
     /// Compute dtype of the weight matrices (RWKV and baselines): f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
-    pub dtype: ComputeDType,
+    pub dtype: Format,
     /// Tokens per chunk of the prefill, for every model.
     #[arg(long, default_value_t = models::DEFAULT_CHUNK)]
     pub chunk: usize,

@@ -6,8 +6,8 @@
 //! all the tokens before it. Bits per byte divides the total bits by the bytes of the scored
 //! tokens, so models with different tokenizers can be compared; perplexity is per token.
 
+use crate::format::Format;
 use crate::models::{self, LoadOptions, Model};
-use crate::ops::ComputeDType;
 use crate::tokenizer::{self, Tokenizer, TokenizerKind};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -30,10 +30,10 @@ pub struct EvalArgs {
     pub chunk: usize,
     /// Compute dtype of the weight matrices: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
-    pub dtype: ComputeDType,
+    pub dtype: Format,
     /// Quantize the weight matrices at load time: q8_0 or q4_0 (instead of --dtype).
     #[arg(long, conflicts_with = "dtype")]
-    pub quant: Option<ComputeDType>,
+    pub quant: Option<Format>,
     /// Tokenizer (default: chosen from the vocabulary size): world, 20b, bytes.
     #[arg(long)]
     pub tokenizer: Option<TokenizerKind>,
@@ -106,7 +106,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.chunk == 0 {
         crate::usage_bail!("--chunk must be at least 1");
     }
-    let dtype = crate::ops::effective_dtype(args.dtype, args.quant)
+    let dtype = super::effective_dtype(args.dtype, args.quant)
         .map_err(|e| crate::commands::UsageError(format!("{e:#}")))?;
     let text = read_text(&args.text)?;
     let path = super::resolve_model(args.model.as_deref())?;

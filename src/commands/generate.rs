@@ -10,8 +10,8 @@
 //! place for FIFOs and devices). After Ctrl-C neither is written: the state would cover only
 //! part of the input.
 
+use crate::format::Format;
 use crate::models::{self, LoadOptions, Model};
-use crate::ops::ComputeDType;
 use crate::output_file;
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::state_file;
@@ -64,10 +64,10 @@ pub struct GenerateArgs {
     pub logits_out: Option<String>,
     /// Compute dtype of the weight matrices: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
-    pub dtype: ComputeDType,
+    pub dtype: Format,
     /// Quantize the weight matrices at load time: q8_0 or q4_0 (instead of --dtype).
     #[arg(long, conflicts_with = "dtype")]
-    pub quant: Option<ComputeDType>,
+    pub quant: Option<Format>,
     /// Tokenizer (default: chosen from the vocabulary size): world, 20b, bytes.
     #[arg(long)]
     pub tokenizer: Option<TokenizerKind>,
@@ -223,7 +223,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(p) = args.logits_out.as_deref().filter(|_| !logits_to_stdout) {
         output_file::check("--logits-out", p)?;
     }
-    let dtype = crate::ops::effective_dtype(args.dtype, args.quant)
+    let dtype = super::effective_dtype(args.dtype, args.quant)
         .map_err(|e| crate::commands::UsageError(format!("{e:#}")))?;
     let prompt =
         if args.state_in.is_some() && args.prompt.is_none() && std::io::stdin().is_terminal() {
@@ -380,7 +380,7 @@ fn per_sec(n: usize, secs: f64) -> f64 {
 fn print_stats(
     model: &dyn Model,
     ckpt: &crate::checkpoint::Checkpoint,
-    dtype: ComputeDType,
+    dtype: Format,
     s: &RunStats,
     json: bool,
 ) {

@@ -72,7 +72,7 @@ pub fn token_progress_bar(len: usize) -> indicatif::ProgressBar {
 pub fn model_json(
     path: &std::path::Path,
     cfg: &crate::models::Config,
-    dtype: crate::ops::ComputeDType,
+    dtype: crate::format::Format,
 ) -> serde_json::Value {
     serde_json::json!({
         "path": path.display().to_string(),
@@ -169,4 +169,21 @@ pub fn exit_with_error(e: &anyhow::Error) -> ! {
     crate::errln!("error: {msg}");
     let usage = e.chain().any(|c| c.downcast_ref::<UsageError>().is_some());
     std::process::exit(if usage { 2 } else { 1 })
+}
+
+/// The weight format of a command line's `--dtype` and `--quant`: the quantized format when
+/// one is given (it must be one), else the dtype. (Moved verbatim from the library's `ops`;
+/// the CLI's `ModelArgs` owns it after the restructuring.)
+pub fn effective_dtype(
+    dtype: crate::format::Format,
+    quant: Option<crate::format::Format>,
+) -> Result<crate::format::Format> {
+    match quant {
+        None => Ok(dtype),
+        Some(q) if q.is_quantized() => Ok(q),
+        Some(q) => anyhow::bail!(
+            "--quant {} is not a quantized format (expected q8_0 or q4_0; use --dtype for f32, f16, bf16)",
+            q.name()
+        ),
+    }
 }

@@ -12,11 +12,12 @@ pub mod v5;
 pub mod v6;
 pub mod v7;
 mod weights;
+pub mod wkv;
 
 pub use weights::Weights;
 
 use crate::checkpoint::Checkpoint;
-use crate::ops::ComputeDType;
+use crate::format::Format;
 use anyhow::{bail, Result};
 use std::path::Path;
 
@@ -191,14 +192,12 @@ pub fn prefill(
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
     /// The dtype of the weight matrices during compute.
-    pub dtype: ComputeDType,
+    pub dtype: Format,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self {
-            dtype: ComputeDType::F32,
-        }
+        Self { dtype: Format::F32 }
     }
 }
 

@@ -78,7 +78,7 @@ pub fn wkv5(
     state: &mut [f32],
 ) -> Mat {
     let n = r.cols / n_head;
-    crate::ops::per_head(state, n_head, n, r.rows, |h, s, out_h| {
+    super::wkv::per_head(state, n_head, n, r.rows, |h, s, out_h| {
         let hs = h * n..(h + 1) * n;
         let u = &u[hs.clone()];
         for t in 0..r.rows {

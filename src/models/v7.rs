@@ -200,7 +200,7 @@ impl RwkvV7 {
         }
 
         // The recurrence: heads in parallel, each stepping through the tokens.
-        let mut out = crate::ops::wkv7(&mut s.wkv, h_count, n, &r, &w, &k, &v, &kk, &a);
+        let mut out = super::wkv::wkv7(&mut s.wkv, h_count, n, &r, &w, &k, &v, &kk, &a);
 
         group_norm(&mut out, h_count, &l.ln_x_w, &l.ln_x_b, 64e-5);
         // Bonus: + (Σ_head r ⊙ k ⊙ r_k) · v.

@@ -2,12 +2,13 @@
 //! tensor's shape and names the tensor at fault when it is wrong.
 
 use crate::checkpoint::{Checkpoint, StoredDType};
-use crate::ops::{ComputeDType, Linear, RowTable};
+use crate::format::Format;
+use crate::ops::{Linear, RowTable};
 use anyhow::{bail, Context, Result};
 
 pub struct Weights<'a> {
     pub ckpt: &'a Checkpoint,
-    pub dtype: ComputeDType,
+    pub dtype: Format,
     /// Check names, shapes, types and (`.pth`) CRCs only: matrices and the embedding are not
     /// converted, and come back as shape-only stand-ins that cannot run (see [`Weights::shapes_only`]).
     check_only: bool,
@@ -19,7 +20,7 @@ fn squeezed(shape: &[usize]) -> Vec<usize> {
 }
 
 impl<'a> Weights<'a> {
-    pub fn new(ckpt: &'a Checkpoint, dtype: ComputeDType) -> Self {
+    pub fn new(ckpt: &'a Checkpoint, dtype: Format) -> Self {
         Self {
             ckpt,
             dtype,
@@ -35,7 +36,7 @@ impl<'a> Weights<'a> {
     pub fn shapes_only(ckpt: &'a Checkpoint) -> Self {
         Self {
             ckpt,
-            dtype: ComputeDType::F32,
+            dtype: Format::F32,
             check_only: true,
         }
     }
@@ -127,7 +128,7 @@ impl<'a> Weights<'a> {
     /// A LoRA matrix stored (in, out) and used as `x @ W`; kept in f32 (they are small).
     pub fn lora(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
         let v = self.tensor(name, &[in_dim, out_dim])?;
-        Linear::from_in_out(v, in_dim, out_dim, ComputeDType::F32)
+        Linear::from_in_out(v, in_dim, out_dim, Format::F32)
             .with_context(|| format!("tensor {name}"))
     }
 
