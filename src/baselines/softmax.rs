@@ -247,16 +247,16 @@ pub fn causal_attention_naive(
 /// One head, one block of queries; picks the copy for the instruction set the kernels use
 /// ([`crate::kernels::isa`], detected once).
 fn tile(q: &[f32], qpos0: usize, kt: &[f32], v: &[f32], d: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
     match crate::kernels::isa() {
         // SAFETY: the CPU supports the features this copy was compiled for (the AVX-512 level
         // is detected with AVX2 and FMA).
-        #[cfg(target_arch = "x86_64")]
-        crate::kernels::Isa::Avx512 => unsafe { tile_avx512(q, qpos0, kt, v, d, out) },
+        crate::kernels::Isa::Avx512 => return unsafe { tile_avx512(q, qpos0, kt, v, d, out) },
         // SAFETY: as above, for AVX2 and FMA.
-        #[cfg(target_arch = "x86_64")]
-        crate::kernels::Isa::Avx2 => unsafe { tile_avx2_fma(q, qpos0, kt, v, d, out) },
-        _ => tile_generic::<false>(q, qpos0, kt, v, d, out),
+        crate::kernels::Isa::Avx2 => return unsafe { tile_avx2_fma(q, qpos0, kt, v, d, out) },
+        crate::kernels::Isa::Portable => {}
     }
+    tile_generic::<false>(q, qpos0, kt, v, d, out)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -47,13 +47,6 @@ pub fn bf16_lane_position(j: usize) -> usize {
     }
 }
 
-/// Output-column masks for a panel whose first `n` (≤ 32) outputs are real.
-#[inline]
-pub(super) fn panel_masks(n: usize) -> (u16, u16) {
-    let m = |c: usize| ((1u32 << c.min(16)) - 1) as u16;
-    (m(n), m(n.saturating_sub(16)))
-}
-
 /// The block layout of a block-quantized format, as the integer kernels read it: one block is
 /// 32 outputs × [`QK`] inputs of unsigned (offset binary) weights, then 32 bf16 scales.
 pub trait QuantBlock {

@@ -5,7 +5,7 @@
 //! `#[target_feature]`, so it must only run where `super::Isa` detection found them — which
 //! is what the table guarantees.
 
-use super::layout::{panel_masks, NR, Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, QK};
+use super::layout::{NR, Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, QK};
 use super::{Isa, Kernels, QRows};
 use half::f16;
 use std::arch::x86_64::*;
@@ -45,10 +45,18 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool) {
     }
 }
 
+/// Output-column masks for a panel whose first `n` (≤ 32) outputs are real.
+#[inline]
+fn panel_masks(n: usize) -> (u16, u16) {
+    let m = |c: usize| ((1u32 << c.min(16)) - 1) as u16;
+    (m(n), m(n.saturating_sub(16)))
+}
+
 // Every kernel here reads only within the bounds its safe caller asserted (panels of
 // k × 32 weights, k inputs) and writes only the outputs it was given; those reading two
 // slices `a[i]`, `b[i]` read i < a.len() only (the callers pass slices of equal length),
 // with unaligned loads.
+
 /// Horizontal sum of 8 lanes.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn hsum256(v: __m256) -> f32 {
