@@ -6,7 +6,8 @@
 use rwkv_cli::baselines::{
     linear, random_values, softmax, token_stream, Cache, Kind, Shape, Transformer,
 };
-use rwkv_cli::ops::{ComputeDType, Mat};
+use rwkv_cli::format::Format;
+use rwkv_cli::ops::Mat;
 use std::process::Command;
 
 mod common;
@@ -77,7 +78,7 @@ fn recompute_all(m: &Transformer, tokens: &[u32]) -> Vec<f32> {
 
 #[test]
 fn kv_cache_decode_equals_full_recomputation() {
-    let m = Transformer::random(Kind::Softmax, tiny_shape(), ComputeDType::F32, 3).unwrap();
+    let m = Transformer::random(Kind::Softmax, tiny_shape(), Format::F32, 3).unwrap();
     let v = m.shape.vocab_size;
     let tokens = token_stream(150, v, 9);
     let full = recompute_all(&m, &tokens);
@@ -154,7 +155,7 @@ fn linear_attention_recurrent_and_chunked_forms_agree() {
 
 #[test]
 fn linear_attention_model_decode_equals_recomputation() {
-    let m = Transformer::random(Kind::Linear, tiny_shape(), ComputeDType::F32, 4).unwrap();
+    let m = Transformer::random(Kind::Linear, tiny_shape(), Format::F32, 4).unwrap();
     let v = m.shape.vocab_size;
     let tokens = token_stream(120, v, 5);
     let full = recompute_all(&m, &tokens);

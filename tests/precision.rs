@@ -15,8 +15,8 @@
 //! The measured maxima are printed (`cargo test --release --test precision -- --nocapture`).
 
 use rwkv_cli::eval::score_tokens;
+use rwkv_cli::format::Format;
 use rwkv_cli::models::{self, LoadOptions, Model};
-use rwkv_cli::ops::ComputeDType;
 use rwkv_cli::tokenizer::{self, TokenizerKind};
 
 mod common;
@@ -25,7 +25,7 @@ use common::{fixture_path, max_abs_diff, repo_path, MODELS};
 /// Allowed differences from f32, per format (the fixtures' logits have a standard deviation of
 /// about 2.5 across the vocabulary; the measured values are about half of what is allowed).
 struct Tolerance {
-    dtype: ComputeDType,
+    dtype: Format,
     /// Median over positions of the largest absolute logit difference.
     median_abs: f32,
     /// Largest absolute logit difference at any position.
@@ -40,7 +40,7 @@ struct Tolerance {
 
 const TOLERANCES: [Tolerance; 4] = [
     Tolerance {
-        dtype: ComputeDType::F16,
+        dtype: Format::F16,
         median_abs: 1e-2,
         max_abs: 0.15,
         top1_changes: 0.0,
@@ -48,7 +48,7 @@ const TOLERANCES: [Tolerance; 4] = [
         same_next_token: true,
     },
     Tolerance {
-        dtype: ComputeDType::BF16,
+        dtype: Format::BF16,
         median_abs: 0.1,
         max_abs: 0.6,
         top1_changes: 0.03,
@@ -56,7 +56,7 @@ const TOLERANCES: [Tolerance; 4] = [
         same_next_token: true,
     },
     Tolerance {
-        dtype: ComputeDType::Q8_0,
+        dtype: Format::Q8_0,
         median_abs: 0.3,
         max_abs: 2.5,
         top1_changes: 0.08,
@@ -67,7 +67,7 @@ const TOLERANCES: [Tolerance; 4] = [
     // every output sums only 32 products) the logits move by a large fraction of their spread.
     // The trained model below shows what it costs on a real text.
     Tolerance {
-        dtype: ComputeDType::Q4_0,
+        dtype: Format::Q4_0,
         median_abs: 2.5,
         max_abs: 8.0,
         top1_changes: 0.45,
@@ -76,7 +76,7 @@ const TOLERANCES: [Tolerance; 4] = [
     },
 ];
 
-fn load(name: &str, dtype: ComputeDType) -> Box<dyn Model> {
+fn load(name: &str, dtype: Format) -> Box<dyn Model> {
     models::load(
         &fixture_path(&format!("{name}.safetensors")),
         LoadOptions { dtype },
@@ -129,7 +129,7 @@ fn bits_per_byte(m: &dyn Model) -> f64 {
 fn every_precision_stays_close_to_f32_on_every_fixture() {
     let tokens = prompt();
     for name in MODELS {
-        let reference = load(name, ComputeDType::F32);
+        let reference = load(name, Format::F32);
         let (ref_seq, ref_steps) = logits(reference.as_ref(), &tokens);
         let ref_bpb = bits_per_byte(reference.as_ref());
         for tol in &TOLERANCES {
@@ -226,12 +226,12 @@ fn a_trained_model_loses_little_at_every_precision() {
             .unwrap()
             .bits_per_byte()
     };
-    let reference = bpb(ComputeDType::F32);
+    let reference = bpb(Format::F32);
     for (dtype, margin) in [
-        (ComputeDType::F16, 1e-3),
-        (ComputeDType::BF16, 2e-3),
-        (ComputeDType::Q8_0, 2e-3),
-        (ComputeDType::Q4_0, 2e-2),
+        (Format::F16, 1e-3),
+        (Format::BF16, 2e-3),
+        (Format::Q8_0, 2e-3),
+        (Format::Q4_0, 2e-2),
     ] {
         let b = bpb(dtype);
         println!(

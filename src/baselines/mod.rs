@@ -16,8 +16,9 @@
 pub mod linear;
 pub mod softmax;
 
+use crate::format::Format;
 use crate::models::Config;
-use crate::ops::{layer_norm, ComputeDType, Linear, Mat};
+use crate::ops::{layer_norm, Linear, Mat};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
@@ -228,7 +229,7 @@ pub struct Transformer {
 impl Transformer {
     /// Random weights (GPT-2-like scale: std 0.02, output projections scaled by depth),
     /// matrices kept in `dtype` like the RWKV model's.
-    pub fn random(kind: Kind, shape: Shape, dtype: ComputeDType, seed: u64) -> Result<Self> {
+    pub fn random(kind: Kind, shape: Shape, dtype: Format, seed: u64) -> Result<Self> {
         shape.check()?;
         let (c, f, v) = (shape.n_embd, shape.n_ffn, shape.vocab_size);
         let mut next_seed = {
@@ -431,7 +432,7 @@ mod tests {
 
     #[test]
     fn forward_checks_its_inputs() {
-        let m = Transformer::random(Kind::Softmax, tiny(), ComputeDType::F32, 1).unwrap();
+        let m = Transformer::random(Kind::Softmax, tiny(), Format::F32, 1).unwrap();
         let mut cache = m.new_cache(4);
         assert!(m.forward(&[], &mut cache, false).is_err());
         assert!(m.forward(&[50], &mut cache, false).is_err());
@@ -440,7 +441,7 @@ mod tests {
         assert_eq!(logits.len(), 50);
         assert!(logits.iter().all(|v| v.is_finite()));
         assert!(m.step(1, &mut cache).is_err(), "capacity is 4");
-        let lin = Transformer::random(Kind::Linear, tiny(), ComputeDType::F32, 1).unwrap();
+        let lin = Transformer::random(Kind::Linear, tiny(), Format::F32, 1).unwrap();
         let mut wrong = lin.new_cache(0);
         assert!(m.forward(&[1], &mut wrong, false).is_err());
     }

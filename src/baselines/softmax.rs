@@ -6,9 +6,10 @@
 //! exponentials and the running weighted sum of values, rescaling them when the maximum grows.
 //! No `N × N` score matrix is ever materialised (one `64`-wide row of scores at a time), the
 //! work is split across threads by head and query block, and the inner loops are written over
-//! fixed-width arrays so that they vectorise (on x86-64 they are compiled a second time with
-//! AVX2 and FMA, picked at run time). Prefill and decode use the same kernel; decode is one
-//! query per head, reading each cached key and value once.
+//! fixed-width arrays so that they vectorise (on x86-64 they are compiled a second and third
+//! time, with AVX2 and FMA and with AVX-512, picked by the kernels' one detection of the
+//! instruction set). Prefill and decode use the same kernel; decode is one query per head,
+//! reading each cached key and value once.
 //!
 //! Keys are cached transposed in blocks of [`KEY_BLOCK`] positions (`[head][block][channel]
 //! [position in block]`), so that a query's scores against a block are a sum of vectors;
@@ -243,21 +244,17 @@ pub fn causal_attention_naive(
     out
 }
 
-/// One head, one block of queries; picks the widest instruction set available.
+/// One head, one block of queries; picks the copy for the instruction set the kernels use
+/// ([`crate::kernels::isa`], detected once).
 fn tile(q: &[f32], qpos0: usize, kt: &[f32], v: &[f32], d: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports the features this copy was compiled for.
-            unsafe { tile_avx512(q, qpos0, kt, v, d, out) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports the features this copy was compiled for.
-            unsafe { tile_avx2_fma(q, qpos0, kt, v, d, out) };
-            return;
-        }
+    match crate::kernels::isa() {
+        // SAFETY: the CPU supports the features this copy was compiled for (the AVX-512 level
+        // is detected with AVX2 and FMA).
+        crate::kernels::Isa::Avx512 => return unsafe { tile_avx512(q, qpos0, kt, v, d, out) },
+        // SAFETY: as above, for AVX2 and FMA.
+        crate::kernels::Isa::Avx2 => return unsafe { tile_avx2_fma(q, qpos0, kt, v, d, out) },
+        crate::kernels::Isa::Portable => {}
     }
     tile_generic::<false>(q, qpos0, kt, v, d, out)
 }

@@ -20,8 +20,8 @@ use clap::Args;
 use rwkv_cli::checkpoint::Checkpoint;
 use rwkv_cli::error::UsageError;
 use rwkv_cli::eval::Score;
+use rwkv_cli::format::Format;
 use rwkv_cli::models::{self, Model};
-use rwkv_cli::ops::ComputeDType;
 use rwkv_cli::stats::{current_rss_bytes, human_bytes, human_count, parse_count, peak_rss_bytes};
 use std::time::Instant;
 
@@ -89,14 +89,14 @@ pub fn last_level_cache_bytes() -> u64 {
 /// Bytes of weights one decode step reads: every tensor but the embedding (of which a step
 /// reads one row), the weight matrices in the packed layout of `dtype`, the rest (LoRAs,
 /// mixes, norms) in f32 as the models keep them.
-pub fn decode_weight_bytes(ckpt: &Checkpoint, dtype: ComputeDType) -> u64 {
+pub fn decode_weight_bytes(ckpt: &Checkpoint, dtype: Format) -> u64 {
     ckpt.tensors()
         .iter()
         .filter(|(name, _)| name.as_str() != "emb.weight")
         .map(|(name, meta)| {
             let dims: Vec<usize> = meta.shape.iter().copied().filter(|&d| d != 1).collect();
             if name.ends_with(".weight") && dims.len() == 2 {
-                (rwkv_cli::quant::n_panels(dims[0]) * dtype.format().panel_bytes(dims[1])) as u64
+                dtype.matrix_bytes(dims[0], dims[1]) as u64
             } else {
                 4 * meta.numel() as u64
             }
@@ -356,7 +356,7 @@ pub struct Report {
     /// The checkpoint that ran, its configuration and the weights' format.
     pub path: std::path::PathBuf,
     pub cfg: models::Config,
-    pub dtype: ComputeDType,
+    pub dtype: Format,
     pub context: usize,
     pub chunk: usize,
     pub segments: Vec<Segment>,

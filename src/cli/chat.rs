@@ -9,8 +9,8 @@ use super::model_args::ModelArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use rwkv_cli::chat::{ChatOptions, Conversation, Piece, StopReason, Think, TurnStats};
+use rwkv_cli::format::Format;
 use rwkv_cli::models::{self, Model};
-use rwkv_cli::ops::ComputeDType;
 use rwkv_cli::output_file;
 use rwkv_cli::sampler::{Sampler, SamplerConfig};
 use rwkv_cli::state_file;
@@ -190,7 +190,7 @@ struct Session {
     args: ChatArgs,
     ckpt: rwkv_cli::checkpoint::Checkpoint,
     model_name: String,
-    dtype: ComputeDType,
+    dtype: Format,
     fingerprint: Option<u64>,
     style: Style,
 }

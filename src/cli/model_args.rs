@@ -7,8 +7,8 @@ use anyhow::Result;
 use clap::Args;
 use rwkv_cli::checkpoint::Checkpoint;
 use rwkv_cli::error::UsageError;
+use rwkv_cli::format::Format;
 use rwkv_cli::models::{self, Config, LoadOptions, Model};
-use rwkv_cli::ops::ComputeDType;
 use rwkv_cli::tokenizer::{self, Tokenizer, TokenizerKind};
 use std::path::{Path, PathBuf};
 
@@ -21,10 +21,10 @@ pub struct ModelArgs {
     pub model: Option<String>,
     /// Compute dtype of the weight matrices: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
-    pub dtype: ComputeDType,
+    pub dtype: Format,
     /// Quantize the weight matrices at load time: q8_0 or q4_0 (instead of --dtype).
     #[arg(long, conflicts_with = "dtype")]
-    pub quant: Option<ComputeDType>,
+    pub quant: Option<Format>,
     /// Tokenizer (default: chosen from the vocabulary size): world, 20b, bytes.
     #[arg(long)]
     pub tokenizer: Option<TokenizerKind>,
@@ -32,7 +32,7 @@ pub struct ModelArgs {
 
 /// The weight format of a command line's `--dtype` and `--quant`: the quantized format when
 /// one is given (it must be one), else the dtype.
-pub fn effective_dtype(dtype: ComputeDType, quant: Option<ComputeDType>) -> Result<ComputeDType> {
+pub fn effective_dtype(dtype: Format, quant: Option<Format>) -> Result<Format> {
     match quant {
         None => Ok(dtype),
         Some(q) if q.is_quantized() => Ok(q),
@@ -64,7 +64,7 @@ pub struct Loaded {
     pub model: Box<dyn Model>,
     pub config: Config,
     /// The weights' format the model runs in.
-    pub format: ComputeDType,
+    pub format: Format,
 }
 
 impl Loaded {
@@ -77,7 +77,7 @@ impl Loaded {
 impl ModelArgs {
     /// The weights' format: `--quant` when given (it must be a quantized one), else `--dtype`.
     /// A usage error otherwise.
-    pub fn format(&self) -> Result<ComputeDType> {
+    pub fn format(&self) -> Result<Format> {
         effective_dtype(self.dtype, self.quant).map_err(|e| UsageError(format!("{e:#}")).into())
     }
 
@@ -119,7 +119,7 @@ impl ModelArgs {
 
 /// The `"model"` object of every command's JSON (`generate --stats-json`, `eval`, `bench` and
 /// `compare --json`): which file ran, what it is, and the precision it ran in.
-pub fn model_json(path: &Path, cfg: &Config, dtype: ComputeDType) -> serde_json::Value {
+pub fn model_json(path: &Path, cfg: &Config, dtype: Format) -> serde_json::Value {
     serde_json::json!({
         "path": path.display().to_string(),
         "version": cfg.version.name(),
@@ -137,7 +137,7 @@ mod tests {
 
     #[test]
     fn quant_must_name_a_quantized_format() {
-        use ComputeDType::*;
+        use Format::*;
         assert_eq!(effective_dtype(F16, None).unwrap(), F16);
         assert_eq!(effective_dtype(F32, Some(Q8_0)).unwrap(), Q8_0);
         assert_eq!(effective_dtype(F32, Some(Q4_0)).unwrap(), Q4_0);

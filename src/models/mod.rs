@@ -28,7 +28,7 @@ pub use registry::{detect_version, inspect, load, load_checkpoint, VERSIONS};
 pub use weights::Weights;
 
 use crate::checkpoint::Checkpoint;
-use crate::ops::ComputeDType;
+use crate::format::Format;
 use anyhow::{bail, Result};
 
 /// The RWKV architecture generations this crate runs.
@@ -218,14 +218,12 @@ pub fn prefill(
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
     /// The dtype of the weight matrices during compute.
-    pub dtype: ComputeDType,
+    pub dtype: Format,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self {
-            dtype: ComputeDType::F32,
-        }
+        Self { dtype: Format::F32 }
     }
 }
 

@@ -85,7 +85,7 @@ impl RwkvV6 {
             let up_all = att.tensor("time_maa_w2", &[5, d, c])?;
             let maa_up = up_all
                 .chunks_exact(d * c)
-                .map(|m| Linear::from_in_out(m.to_vec(), d, c, crate::ops::ComputeDType::F32))
+                .map(|m| Linear::from_in_out(m.to_vec(), d, c, crate::format::Format::F32))
                 .collect::<Result<Vec<_>>>()?;
             let d2 = att.dim("time_decay_w1", 2, 1)?;
             let v = |n: &str| att.vector(n, c);

@@ -5,12 +5,13 @@
 //! `key.weight` as `blocks.3.att.key.weight`, and every message names the full tensor name.
 
 use crate::checkpoint::{Checkpoint, StoredDType};
-use crate::ops::{ComputeDType, Linear, RowTable};
+use crate::format::Format;
+use crate::ops::{Linear, RowTable};
 use anyhow::{bail, Context, Result};
 
 pub struct Weights<'a> {
     pub ckpt: &'a Checkpoint,
-    pub dtype: ComputeDType,
+    pub dtype: Format,
     /// Check names, shapes, types and (`.pth`) CRCs only: matrices and the embedding are not
     /// converted, and come back as shape-only stand-ins that cannot run (see [`Weights::shapes_only`]).
     check_only: bool,
@@ -24,7 +25,7 @@ fn squeezed(shape: &[usize]) -> Vec<usize> {
 }
 
 impl<'a> Weights<'a> {
-    pub fn new(ckpt: &'a Checkpoint, dtype: ComputeDType) -> Self {
+    pub fn new(ckpt: &'a Checkpoint, dtype: Format) -> Self {
         Self {
             ckpt,
             dtype,
@@ -41,7 +42,7 @@ impl<'a> Weights<'a> {
     pub fn shapes_only(ckpt: &'a Checkpoint) -> Self {
         Self {
             ckpt,
-            dtype: ComputeDType::F32,
+            dtype: Format::F32,
             check_only: true,
             prefix: String::new(),
         }
@@ -164,7 +165,7 @@ impl<'a> Weights<'a> {
     pub fn lora(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
         let name = &self.path(name);
         let v = self.tensor_at(name, &[in_dim, out_dim])?;
-        Linear::from_in_out(v, in_dim, out_dim, ComputeDType::F32)
+        Linear::from_in_out(v, in_dim, out_dim, Format::F32)
             .with_context(|| format!("tensor {name}"))
     }
 

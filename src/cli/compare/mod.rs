@@ -28,8 +28,8 @@ mod worker;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rwkv_cli::baselines::{Kind, Shape};
+use rwkv_cli::format::Format;
 use rwkv_cli::models::{self, LoadOptions};
-use rwkv_cli::ops::ComputeDType;
 use rwkv_cli::stats::{human_bytes, human_count};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -81,7 +81,7 @@ pub struct CompareArgs {
     pub plot: Option<PathBuf>,
     /// Compute dtype of the weight matrices (RWKV and baselines): f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
-    pub dtype: ComputeDType,
+    pub dtype: Format,
     /// Tokens per chunk of the prefill, for every model.
     #[arg(long, default_value_t = models::DEFAULT_CHUNK)]
     pub chunk: usize,

@@ -1,0 +1,630 @@
+//! The SIMD kernels: an f32 dot product (for the baselines); matrix–vector products over
+//! packed weight panels (the decode path, where every weight is read once per token and memory
+//! bandwidth sets the speed); register-tiled matrix–matrix products (the prefill path, bound by
+//! arithmetic); int8 products for the quantized formats; the RWKV-7 recurrence ([`wkv`]); a
+//! memory-bandwidth probe ([`bandwidth`]); the aligned, huge-page buffers weights live in
+//! ([`buf`]). The panel layout they all read is in [`layout`].
+//!
+//! Each kernel has a portable version (`portable.rs`) and, per instruction set, faster ones in
+//! a file of their own: `x86_64.rs` (AVX-512, with VNNI for the integer products; AVX2 + FMA;
+//! F16C) and `aarch64.rs` (a place for NEON, empty for now). The instruction set is detected
+//! **once**, and the kernels for it are put in one table of function pointers (`Kernels`);
+//! every entry point below asserts its bounds and calls through that table, once per panel or
+//! per call, never per element. `RWKV_NO_AVX512`, `RWKV_NO_VNNI` and `RWKV_NO_SIMD` force the
+//! lower levels, for testing. 16-bit and quantized weights are widened in registers, so they
+//! stay small in memory.
+//!
+//! To add an instruction set: a file beside `x86_64.rs` with its kernels and an `install`
+//! that puts them in the table, a line in `Kernels::detect`, and a variant of [`Isa`].
+
+pub mod bandwidth;
+pub mod buf;
+pub mod layout;
+mod portable;
+pub mod wkv;
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+pub use bandwidth::{measure_bandwidth, sum_f32, Bandwidth};
+pub use buf::AlignedBuf;
+pub use layout::{
+    bf16_lane_position, Q4_0Block, Q8_0Block, QuantBlock, NR, Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, QK,
+};
+pub use portable::round_small;
+pub use wkv::wkv7_token;
+
+/// Which instruction set the kernels use on this machine (detected once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+/// The instruction set the kernels use (detected once, with the table).
+pub fn isa() -> Isa {
+    kernels().isa
+}
+
+/// Whether the int8 dot-product instructions (AVX-512 VNNI) are used (detected once;
+/// `RWKV_NO_VNNI` turns them off, as `RWKV_NO_AVX512` turns off AVX-512).
+pub fn has_vnni() -> bool {
+    kernels().vnni
+}
+
+type DotFn = unsafe fn(&[f32], &[f32]) -> f32;
+type SumFn = unsafe fn(&[f32]) -> f32;
+type GemvFn<T> = unsafe fn(&[T], usize, &[f32], &mut [f32]);
+type WidenFn = unsafe fn(&[u16], &mut [f32]);
+type GemmF32Fn = unsafe fn(usize, *const f32, usize, usize, *const f32, *mut f32, usize, usize);
+type QuantizeFn = unsafe fn(&[f32], &mut [i8]) -> (f32, i32);
+/// `x.rows` rows of quantized activations against one quantized panel of `blocks` blocks.
+///
+/// # Safety
+/// `x` readable for its rows of `blocks · 32` values, `blocks` scales and sums; `panel` for
+/// `blocks` blocks of the tile's format; `y` as in [`gemm_panel_f32`]; `x.rows` at most the
+/// table's `q_tile_rows`.
+type QTileFn = unsafe fn(&QRows, *const u8, usize, *mut f32, usize, usize);
+type Wkv7Fn =
+    unsafe fn(&mut [f32], usize, &[f32], &[f32], &[f32], &[f32], &[f32], &[f32], &mut [f32]);
+
+/// The kernels of this machine, one function per operation, chosen once.
+///
+/// Every entry is an `unsafe fn` for two reasons: the SIMD ones may only run on a CPU that has
+/// their target features — which holds by construction, since `Kernels::detect` installs
+/// only those the CPU reported — and the raw-pointer ones read and write where their callers
+/// say. The safe entry points of this module check the bounds and then call through the table.
+struct Kernels {
+    isa: Isa,
+    vnni: bool,
+    dot_f32: DotFn,
+    sum_f32: SumFn,
+    gemv_f32: GemvFn<f32>,
+    gemv_bf16: GemvFn<u16>,
+    gemv_f16: GemvFn<u16>,
+    f16_to_f32: WidenFn,
+    gemm_f32: GemmF32Fn,
+    /// Rows per micro-tile of `gemm_f32` (at most this many per call).
+    gemm_f32_rows: usize,
+    quantize_block_q8: QuantizeFn,
+    q8_0_tile: QTileFn,
+    q4_0_tile: QTileFn,
+    /// Rows per call of the quantized tiles.
+    q_tile_rows: usize,
+    /// A WKV-7 kernel for head sizes that are a multiple of 16, up to 128 (`None`: the
+    /// portable code runs for every head size).
+    wkv7_token_x16: Option<Wkv7Fn>,
+}
+
+impl Kernels {
+    /// Detects the instruction set and builds its table (once: see [`kernels`]).
+    fn detect() -> Self {
+        let (isa, vnni) = if std::env::var_os("RWKV_NO_SIMD").is_some() {
+            (Isa::Portable, false)
+        } else {
+            detect_level()
+        };
+        Self::build(isa, vnni)
+    }
+
+    /// The table of a level: the portable kernels, then those of `isa` (and VNNI) over them.
+    /// Calling through it is sound only on a CPU that has that level.
+    fn build(isa: Isa, vnni: bool) -> Self {
+        #[allow(unused_mut)]
+        let mut k = Kernels {
+            isa,
+            vnni,
+            ..portable::KERNELS
+        };
+        #[cfg(target_arch = "x86_64")]
+        x86_64::install(&mut k, isa, vnni);
+        #[cfg(target_arch = "aarch64")]
+        aarch64::install(&mut k, isa);
+        k
+    }
+}
+
+/// The best level this CPU runs, and whether it has VNNI (`RWKV_NO_AVX512` and `RWKV_NO_VNNI`
+/// lower it).
+#[cfg(target_arch = "x86_64")]
+fn detect_level() -> (Isa, bool) {
+    // The AVX-512 level also runs AVX2, FMA and F16C code (every AVX-512 CPU has them).
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    let isa = if std::env::var_os("RWKV_NO_AVX512").is_none()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && avx2
+    {
+        Isa::Avx512
+    } else if avx2 {
+        Isa::Avx2
+    } else {
+        Isa::Portable
+    };
+    let vnni = isa == Isa::Avx512
+        && std::env::var_os("RWKV_NO_VNNI").is_none()
+        && is_x86_feature_detected!("avx512vnni");
+    (isa, vnni)
+}
+
+/// The best level this CPU runs: portable code only, on this architecture (for now).
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_level() -> (Isa, bool) {
+    (Isa::Portable, false)
+}
+
+/// The table of this machine's kernels (built on first use).
+fn kernels() -> &'static Kernels {
+    static KERNELS: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
+    KERNELS.get_or_init(Kernels::detect)
+}
+
+/// `Σ a[i]·b[i]` over f32.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    // SAFETY: the table holds only kernels the CPU supports (see `Kernels`), and both slices
+    // have length `n`, which is all the kernel reads.
+    unsafe { (kernels().dot_f32)(a, b) }
+}
+
+/// `y[j] = Σ_i W[j][i]·x[i]` for the f32 panels in `panels` (`k` inputs each), writing the
+/// first `y.len()` outputs (at most 32 per panel).
+pub fn gemv_f32(panels: &[f32], k: usize, x: &[f32], y: &mut [f32]) {
+    let n_panels = y.len().div_ceil(NR);
+    assert!(panels.len() >= n_panels * k * NR && x.len() >= k);
+    // SAFETY: the table holds only kernels the CPU supports; the assert above bounds every
+    // read (n_panels panels of k × 32 weights, k inputs), and writes go to y[..y.len()] only.
+    unsafe { (kernels().gemv_f32)(panels, k, x, y) }
+}
+
+/// As [`gemv_f32`] for bf16 panels (interleaved rows, see [`layout`]).
+pub fn gemv_bf16(panels: &[u16], k: usize, x: &[f32], y: &mut [f32]) {
+    let n_panels = y.len().div_ceil(NR);
+    assert!(panels.len() >= n_panels * k * NR && x.len() >= k);
+    // SAFETY: as in `gemv_f32`.
+    unsafe { (kernels().gemv_bf16)(panels, k, x, y) }
+}
+
+/// As [`gemv_f32`] for f16 panels.
+pub fn gemv_f16(panels: &[u16], k: usize, x: &[f32], y: &mut [f32]) {
+    let n_panels = y.len().div_ceil(NR);
+    assert!(panels.len() >= n_panels * k * NR && x.len() >= k);
+    // SAFETY: as in `gemv_f32`.
+    unsafe { (kernels().gemv_f16)(panels, k, x, y) }
+}
+
+/// Widens one bf16 panel (`k` rows of 32, interleaved) to f32 in output order.
+pub fn bf16_panel_to_f32(src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len());
+    for (s, d) in src.chunks_exact(NR).zip(dst.chunks_exact_mut(NR)) {
+        for i in 0..16 {
+            d[i] = f32::from_bits((s[2 * i] as u32) << 16);
+            d[16 + i] = f32::from_bits((s[2 * i + 1] as u32) << 16);
+        }
+    }
+}
+
+/// Widens one f16 panel to f32.
+pub fn f16_panel_to_f32(src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len());
+    // SAFETY: the table holds only kernels the CPU supports; reads and writes stay within the
+    // two equal-length slices.
+    unsafe { (kernels().f16_to_f32)(src, dst) }
+}
+
+/// Rows of activations quantized to 8 bits per block of [`QK`] values, for the Q8_0 and Q4_0
+/// kernels: `x ≈ q · d` per block, q in −127..=127, and `sum = Σ q` per block (the weights
+/// are stored offset binary; `offset · sum` removes the offset from an integer dot product).
+#[derive(Default)]
+pub struct QuantizedRows {
+    pub rows: usize,
+    /// Blocks per row (the row length padded to a multiple of QK, over QK).
+    pub blocks: usize,
+    pub q: Vec<i8>,
+    pub d: Vec<f32>,
+    pub sum: Vec<i32>,
+}
+
+impl QuantizedRows {
+    /// Quantizes `rows` rows of `x` (each `k` long; padded with zeros to whole blocks).
+    pub fn quantize(&mut self, x: &[f32], rows: usize, k: usize) {
+        let blocks = k.div_ceil(QK);
+        self.rows = rows;
+        self.blocks = blocks;
+        self.q.clear();
+        self.q.resize(rows * blocks * QK, 0);
+        self.d.clear();
+        self.d.resize(rows * blocks, 0.0);
+        self.sum.clear();
+        self.sum.resize(rows * blocks, 0);
+        let quantize_block = kernels().quantize_block_q8;
+        let mut pad = [0.0f32; QK];
+        for r in 0..rows {
+            let xr = &x[r * k..(r + 1) * k];
+            for b in 0..blocks {
+                let src = if (b + 1) * QK <= k {
+                    &xr[b * QK..(b + 1) * QK]
+                } else {
+                    pad.fill(0.0);
+                    pad[..k - b * QK].copy_from_slice(&xr[b * QK..]);
+                    &pad[..]
+                };
+                let at = r * blocks + b;
+                let q = &mut self.q[at * QK..(at + 1) * QK];
+                // SAFETY: the table holds only kernels the CPU supports; `src` and `q` are
+                // QK = 32 values long, all the kernel reads and writes.
+                let (d, s) = unsafe { quantize_block(src, q) };
+                self.d[at] = d;
+                self.sum[at] = s;
+            }
+        }
+    }
+}
+
+/// Quantizes 32 activations: returns the scale and Σ q. `q = round_ties_even(x · 127 / amax)`.
+pub fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    assert!(x.len() == QK && q.len() == QK);
+    // SAFETY: the table holds only kernels the CPU supports; x and q hold 32 elements each.
+    unsafe { (kernels().quantize_block_q8)(x, q) }
+}
+
+/// `y[j] = Σ_i W[j][i]·x[i]` over Q8_0 panels (`blocks` blocks each) with the activations
+/// quantized in `xq` (row `row`), writing the first `y.len()` outputs.
+pub fn gemv_q8_0(panels: &[u8], blocks: usize, xq: &QuantizedRows, row: usize, y: &mut [f32]) {
+    gemv_q(
+        Q8_BLOCK_BYTES,
+        kernels().q8_0_tile,
+        panels,
+        blocks,
+        xq,
+        row,
+        y,
+    )
+}
+
+/// As [`gemv_q8_0`] over Q4_0 panels.
+pub fn gemv_q4_0(panels: &[u8], blocks: usize, xq: &QuantizedRows, row: usize, y: &mut [f32]) {
+    gemv_q(
+        Q4_BLOCK_BYTES,
+        kernels().q4_0_tile,
+        panels,
+        blocks,
+        xq,
+        row,
+        y,
+    )
+}
+
+/// The quantized matrix–vector product with `tile`, a table kernel over blocks of
+/// `block_bytes`.
+fn gemv_q(
+    block_bytes: usize,
+    tile: QTileFn,
+    panels: &[u8],
+    blocks: usize,
+    xq: &QuantizedRows,
+    row: usize,
+    y: &mut [f32],
+) {
+    let n_panels = y.len().div_ceil(NR);
+    let pb = blocks * block_bytes;
+    assert!(panels.len() >= n_panels * pb);
+    assert!(xq.blocks == blocks && row < xq.rows);
+    let (q, d, sum) = (
+        &xq.q[row * blocks * QK..(row + 1) * blocks * QK],
+        &xq.d[row * blocks..(row + 1) * blocks],
+        &xq.sum[row * blocks..(row + 1) * blocks],
+    );
+    for (p, yp) in y.chunks_mut(NR).enumerate() {
+        let panel = &panels[p * pb..(p + 1) * pb];
+        let rows = QRows {
+            q: q.as_ptr(),
+            ldq: 0,
+            d: d.as_ptr(),
+            sum: sum.as_ptr(),
+            ldb: 0,
+            rows: 1,
+        };
+        // SAFETY: `tile` is a table kernel (supported by the CPU) over blocks of
+        // `block_bytes`; `panel` holds `blocks` such blocks, q/d/sum hold one row of `blocks`
+        // blocks, and the destination is the 1..=32 outputs of `yp`, written at no other index.
+        unsafe { tile(&rows, panel.as_ptr(), blocks, yp.as_mut_ptr(), 0, yp.len()) };
+    }
+}
+
+/// One panel of a matrix product: `y[r·ldy + j] = Σ_i x[r·ldx + i] · panel[i·32 + j]` for
+/// `r < rows` and `j < n_valid` (≤ 32).
+///
+/// # Safety
+/// `x` must be readable for `rows` rows of `k` values at stride `ldx`; `panel` for `k · 32`
+/// values; `y` writable at `r·ldy + j` for those `r` and `j`, and no other thread may access
+/// those elements during the call.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_panel_f32(
+    x: *const f32,
+    ldx: usize,
+    rows: usize,
+    k: usize,
+    panel: *const f32,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    let kn = kernels();
+    let mr = kn.gemm_f32_rows;
+    let mut r = 0;
+    while r < rows {
+        let m = (rows - r).min(mr);
+        let (xr, yr) = (x.add(r * ldx), y.add(r * ldy));
+        // SAFETY: the table holds only kernels the CPU supports, and `m` is at most its tile
+        // rows; the caller's contract covers rows r..r+m.
+        (kn.gemm_f32)(m, xr, ldx, k, panel, yr, ldy, n_valid);
+        r += m;
+    }
+}
+
+/// One Q8_0 panel of a matrix product over all rows of `xq`: `y[r·ldy + j]` for
+/// `r < xq.rows` and `j < n_valid`.
+///
+/// # Safety
+/// `panel` must hold `xq.blocks` Q8_0 blocks; `y` as in [`gemm_panel_f32`].
+pub unsafe fn gemm_panel_q8_0(
+    xq: &QuantizedRows,
+    panel: *const u8,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    gemm_panel_q(kernels().q8_0_tile, xq, panel, y, ldy, n_valid)
+}
+
+/// As [`gemm_panel_q8_0`] for a Q4_0 panel.
+///
+/// # Safety
+/// `panel` must hold `xq.blocks` Q4_0 blocks; `y` as in [`gemm_panel_f32`].
+pub unsafe fn gemm_panel_q4_0(
+    xq: &QuantizedRows,
+    panel: *const u8,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    gemm_panel_q(kernels().q4_0_tile, xq, panel, y, ldy, n_valid)
+}
+
+/// # Safety
+/// `tile` is a table kernel whose blocks `panel` holds `xq.blocks` of; `y` as in
+/// [`gemm_panel_f32`].
+unsafe fn gemm_panel_q(
+    tile: QTileFn,
+    xq: &QuantizedRows,
+    panel: *const u8,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    let mr = kernels().q_tile_rows;
+    let nb = xq.blocks;
+    let mut r = 0;
+    while r < xq.rows {
+        let m = (xq.rows - r).min(mr);
+        let rows = QRows {
+            q: xq.q.as_ptr().add(r * nb * QK),
+            ldq: nb * QK,
+            d: xq.d.as_ptr().add(r * nb),
+            sum: xq.sum.as_ptr().add(r * nb),
+            ldb: nb,
+            rows: m,
+        };
+        // SAFETY: the caller's contract, for rows r..r+m (at most the tile rows) of `xq`.
+        tile(&rows, panel, nb, y.add(r * ldy), ldy, n_valid);
+        r += m;
+    }
+}
+
+/// Up to six rows of quantized activations, as raw pointers for the tile kernels: row `r`'s
+/// values at `q + r·ldq`, its block scales and sums at `d + r·ldb`, `sum + r·ldb`.
+struct QRows {
+    q: *const i8,
+    ldq: usize,
+    d: *const f32,
+    sum: *const i32,
+    ldb: usize,
+    rows: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize) -> (Vec<f32>, Vec<f32>) {
+        let a = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let b = (0..n)
+            .map(|i| ((i * 53 % 89) as f32 - 44.0) / 30.0)
+            .collect();
+        (a, b)
+    }
+
+    #[test]
+    fn every_kernel_matches_the_plain_sum_at_every_length() {
+        for n in [0, 1, 7, 15, 16, 17, 31, 32, 33, 64, 100, 768, 3072] {
+            let (a, b) = data(n);
+            let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let tol = 1e-4 * (1.0 + exact.abs());
+            assert!((dot_f32(&a, &b) as f64 - exact).abs() < tol, "f32 n={n}");
+            // The portable fallback agrees too.
+            assert!((portable::dot_f32(&a, &b) as f64 - exact).abs() < tol);
+        }
+    }
+
+    #[test]
+    fn activation_quantization_matches_the_portable_code() {
+        for seed in 0..20u32 {
+            let x: Vec<f32> = (0..QK)
+                .map(|i| {
+                    (((i as u32 * 2654435761u32) ^ seed.wrapping_mul(40503)) % 1000) as f32 / 37.0
+                        - 13.0
+                })
+                .collect();
+            let (mut q1, mut q2) = ([0i8; QK], [0i8; QK]);
+            let a = quantize_block_q8(&x, &mut q1);
+            let b = portable::quantize_block_q8(&x, &mut q2);
+            assert_eq!(a, b);
+            assert_eq!(q1, q2);
+        }
+        let mut q = [1i8; QK];
+        assert_eq!(quantize_block_q8(&[0.0; QK], &mut q), (0.0, 0));
+        assert!(q.iter().all(|&v| v == 0));
+    }
+
+    #[test]
+    fn small_rounding_matches_round_ties_even() {
+        for i in -100_000..100_000 {
+            let v = i as f32 * 0.00731 + 0.5 * (i % 3) as f32;
+            assert_eq!(round_small(v), v.round_ties_even(), "{v}");
+        }
+        for v in [
+            0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 127.49, -0.0, 3e6, -3e6,
+        ] {
+            assert_eq!(round_small(v), v.round_ties_even(), "{v}");
+        }
+        assert!(round_small(f32::NAN).is_nan());
+    }
+
+    /// The levels below the detected one that this CPU also runs (the detected one first).
+    fn levels() -> Vec<(Isa, bool)> {
+        let (top, vnni) = detect_level();
+        let mut v = Vec::new();
+        if top == Isa::Avx512 {
+            if vnni {
+                v.push((Isa::Avx512, true));
+            }
+            v.push((Isa::Avx512, false));
+        }
+        if top != Isa::Portable {
+            v.push((Isa::Avx2, false));
+        }
+        v
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "{what}: {x} vs {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
+        let p = Kernels::build(Isa::Portable, false);
+        let (k, n_out) = (70, 45);
+        let (w, x) = data(2 * k * NR);
+        let x = &x[..3 * k];
+        let bf: Vec<u16> = w
+            .iter()
+            .map(|v| half::bf16::from_f32(*v).to_bits())
+            .collect();
+        let hf: Vec<u16> = w
+            .iter()
+            .map(|v| half::f16::from_f32(*v).to_bits())
+            .collect();
+        // Quantized panels: any weight byte is valid; the scales are 1/64 as bf16.
+        let blocks = k.div_ceil(QK);
+        let mut qp: Vec<u8> = (0..blocks * Q8_BLOCK_BYTES)
+            .map(|i| (i * 89 % 251) as u8)
+            .collect();
+        for blk in qp.chunks_exact_mut(Q8_BLOCK_BYTES) {
+            for s in blk[QK * NR..].chunks_exact_mut(2) {
+                s.copy_from_slice(&half::bf16::from_f32(1.0 / 64.0).to_bits().to_le_bytes());
+            }
+        }
+        let mut q4 = qp[..blocks * Q4_BLOCK_BYTES].to_vec();
+        for blk in q4.chunks_exact_mut(Q4_BLOCK_BYTES) {
+            for s in blk[QK * NR / 2..].chunks_exact_mut(2) {
+                s.copy_from_slice(&half::bf16::from_f32(1.0 / 64.0).to_bits().to_le_bytes());
+            }
+        }
+        let mut xq = QuantizedRows::default();
+        xq.quantize(x, 3, k);
+        for (isa, vnni) in levels() {
+            let t = Kernels::build(isa, vnni);
+            let at = format!("{isa:?} vnni={vnni}");
+            // SAFETY: `levels` lists only levels this CPU runs; every call below stays within
+            // the buffers (2 panels of k inputs; 3 rows of k activations; outputs n_out wide).
+            unsafe {
+                let (a, b) = ((t.dot_f32)(&w, &w), (p.dot_f32)(&w, &w));
+                close(&[a], &[b], &format!("dot {at}"));
+                close(&[(t.sum_f32)(&w)], &[(p.sum_f32)(&w)], &format!("sum {at}"));
+                for (name, tf, pf) in [
+                    ("bf16", t.gemv_bf16, p.gemv_bf16),
+                    ("f16", t.gemv_f16, p.gemv_f16),
+                ] {
+                    let src = if name == "bf16" { &bf } else { &hf };
+                    let (mut y1, mut y2) = (vec![0.0; n_out], vec![0.0; n_out]);
+                    tf(src, k, x, &mut y1);
+                    pf(src, k, x, &mut y2);
+                    close(&y1, &y2, &format!("gemv {name} {at}"));
+                }
+                let (mut y1, mut y2) = (vec![0.0; n_out], vec![0.0; n_out]);
+                (t.gemv_f32)(&w, k, x, &mut y1);
+                (p.gemv_f32)(&w, k, x, &mut y2);
+                close(&y1, &y2, &format!("gemv f32 {at}"));
+                let (mut h1, mut h2) = (vec![0.0; hf.len()], vec![0.0; hf.len()]);
+                (t.f16_to_f32)(&hf, &mut h1);
+                (p.f16_to_f32)(&hf, &mut h2);
+                assert_eq!(h1, h2, "f16 widening {at}");
+                let rows = t.gemm_f32_rows.min(3);
+                let (mut y1, mut y2) = (vec![0.0; rows * NR], vec![0.0; rows * NR]);
+                (t.gemm_f32)(rows, x.as_ptr(), k, k, w.as_ptr(), y1.as_mut_ptr(), NR, 30);
+                (p.gemm_f32)(rows, x.as_ptr(), k, k, w.as_ptr(), y2.as_mut_ptr(), NR, 30);
+                close(&y1, &y2, &format!("gemm f32 {at}"));
+                let (mut q1, mut q2) = ([0i8; QK], [0i8; QK]);
+                let a = (t.quantize_block_q8)(&x[..QK], &mut q1);
+                assert_eq!((a, q1), ((p.quantize_block_q8)(&x[..QK], &mut q2), q2));
+                let rows = QRows {
+                    q: xq.q.as_ptr(),
+                    ldq: blocks * QK,
+                    d: xq.d.as_ptr(),
+                    sum: xq.sum.as_ptr(),
+                    ldb: blocks,
+                    rows: 3,
+                };
+                for (name, tf, pf, panel) in [
+                    ("q8_0", t.q8_0_tile, p.q8_0_tile, &qp),
+                    ("q4_0", t.q4_0_tile, p.q4_0_tile, &q4),
+                ] {
+                    let (mut y1, mut y2) = (vec![0.0; 3 * NR], vec![0.0; 3 * NR]);
+                    tf(&rows, panel.as_ptr(), blocks, y1.as_mut_ptr(), NR, 29);
+                    pf(&rows, panel.as_ptr(), blocks, y2.as_mut_ptr(), NR, 29);
+                    close(&y1, &y2, &format!("{name} tile {at}"));
+                }
+                if let Some(f) = t.wkv7_token_x16 {
+                    let n = 64;
+                    let (s0, v) = data(n * n);
+                    let (mut s1, mut s2) = (s0.clone(), s0);
+                    let (mut o1, mut o2) = (vec![0.0; n], vec![0.0; n]);
+                    let vs: Vec<&[f32]> = (0..6).map(|i| &v[i * n..(i + 1) * n]).collect();
+                    f(
+                        &mut s1, n, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], &mut o1,
+                    );
+                    wkv::wkv7_token_portable(
+                        &mut s2, n, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], &mut o2,
+                    );
+                    close(&o1, &o2, &format!("wkv7 out {at}"));
+                    close(&s1, &s2, &format!("wkv7 state {at}"));
+                }
+            }
+        }
+    }
+}

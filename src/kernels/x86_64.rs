@@ -1,0 +1,750 @@
+//! The x86-64 kernels: AVX-512 (with VNNI for the integer products), AVX2 + FMA, F16C.
+//!
+//! [`install`] puts the ones the CPU runs into the dispatch table (see `super::Kernels`);
+//! nothing else calls them. Each is compiled for its target features with
+//! `#[target_feature]`, so it must only run where `super::Isa` detection found them — which
+//! is what the table guarantees.
+
+use super::layout::{NR, Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, QK};
+use super::{Isa, Kernels, QRows};
+use half::f16;
+use std::arch::x86_64::*;
+
+/// Replaces the portable entries of `k` with the kernels of `isa` (and the VNNI integer
+/// kernels when `vnni`).
+pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool) {
+    match isa {
+        Isa::Avx512 => {
+            k.dot_f32 = dot_f32_avx512;
+            k.sum_f32 = sum_f32_avx512;
+            k.gemv_f32 = gemv_f32_avx512;
+            k.gemv_bf16 = gemv_bf16_avx512;
+            k.gemv_f16 = gemv_f16_avx512;
+            // F16C is part of both x86 levels (the detection checks it).
+            k.f16_to_f32 = f16_to_f32_f16c;
+            k.gemm_f32 = gemm_f32_avx512;
+            k.gemm_f32_rows = 12;
+            k.quantize_block_q8 = quantize_block_q8_avx512;
+            k.wkv7_token_x16 = Some(wkv7_token_avx512);
+        }
+        Isa::Avx2 => {
+            k.dot_f32 = dot_f32_avx2;
+            k.gemv_f32 = gemv_f32_avx2;
+            k.gemv_bf16 = gemv_bf16_avx2;
+            k.gemv_f16 = gemv_f16_avx2;
+            k.f16_to_f32 = f16_to_f32_f16c;
+            k.gemm_f32 = gemm_f32_avx2;
+            k.gemm_f32_rows = 3;
+        }
+        Isa::Portable => {}
+    }
+    if vnni {
+        k.q8_0_tile = q8_tile_vnni;
+        k.q4_0_tile = q4_tile_vnni;
+        k.q_tile_rows = 6;
+    }
+}
+
+/// Output-column masks for a panel whose first `n` (≤ 32) outputs are real.
+#[inline]
+fn panel_masks(n: usize) -> (u16, u16) {
+    let m = |c: usize| ((1u32 << c.min(16)) - 1) as u16;
+    (m(n), m(n.saturating_sub(16)))
+}
+
+// Every kernel here reads only within the bounds its safe caller asserted (panels of
+// k × 32 weights, k inputs) and writes only the outputs it was given; those reading two
+// slices `a[i]`, `b[i]` read i < a.len() only (the callers pass slices of equal length),
+// with unaligned loads.
+
+/// Horizontal sum of 8 lanes.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum256(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm512_setzero_ps();
+    let mut acc1 = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + 32 <= n {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+        acc1 = _mm512_fmadd_ps(
+            _mm512_loadu_ps(pa.add(i + 16)),
+            _mm512_loadu_ps(pb.add(i + 16)),
+            acc1,
+        );
+        i += 32;
+    }
+    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    while i < n {
+        s += *pa.add(i) * *pb.add(i);
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+        acc1 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(i + 8)),
+            _mm256_loadu_ps(pb.add(i + 8)),
+            acc1,
+        );
+        i += 16;
+    }
+    let mut s = hsum256(_mm256_add_ps(acc0, acc1));
+    while i < n {
+        s += *pa.add(i) * *pb.add(i);
+        i += 1;
+    }
+    s
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn wkv7_token_512<const M: usize>(
+    st: *mut f32,
+    r: *const f32,
+    w: *const f32,
+    k: *const f32,
+    v: *const f32,
+    kk: *const f32,
+    a: *const f32,
+    o: *mut f32,
+) {
+    let n = 16 * M;
+    let mut sa = [_mm512_setzero_ps(); M];
+    for j in 0..n {
+        let c = _mm512_set1_ps(*kk.add(j));
+        let row = st.add(j * n);
+        for (m, s) in sa.iter_mut().enumerate() {
+            *s = _mm512_fmadd_ps(_mm512_loadu_ps(row.add(16 * m)), c, *s);
+        }
+    }
+    let mut vv = [_mm512_setzero_ps(); M];
+    for (m, x) in vv.iter_mut().enumerate() {
+        *x = _mm512_loadu_ps(v.add(16 * m));
+    }
+    let mut acc = [_mm512_setzero_ps(); M];
+    for j in 0..n {
+        let wj = _mm512_set1_ps(*w.add(j));
+        let bj = _mm512_set1_ps(-*kk.add(j) * *a.add(j));
+        let kj = _mm512_set1_ps(*k.add(j));
+        let rj = _mm512_set1_ps(*r.add(j));
+        let row = st.add(j * n);
+        for m in 0..M {
+            let p = row.add(16 * m);
+            let x = _mm512_fmadd_ps(
+                _mm512_loadu_ps(p),
+                wj,
+                _mm512_fmadd_ps(sa[m], bj, _mm512_mul_ps(vv[m], kj)),
+            );
+            _mm512_storeu_ps(p, x);
+            acc[m] = _mm512_fmadd_ps(x, rj, acc[m]);
+        }
+    }
+    for (m, x) in acc.iter().enumerate() {
+        _mm512_storeu_ps(o.add(16 * m), *x);
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn wkv7_token_avx512(
+    st: &mut [f32],
+    n: usize,
+    r: &[f32],
+    w: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kk: &[f32],
+    a: &[f32],
+    o: &mut [f32],
+) {
+    let (s, r, w, k, v, kk, a, o) = (
+        st.as_mut_ptr(),
+        r.as_ptr(),
+        w.as_ptr(),
+        k.as_ptr(),
+        v.as_ptr(),
+        kk.as_ptr(),
+        a.as_ptr(),
+        o.as_mut_ptr(),
+    );
+    macro_rules! go {
+        ($($m:literal)*) => {
+            match n / 16 {
+                $($m => wkv7_token_512::<$m>(s, r, w, k, v, kk, a, o),)*
+                _ => unreachable!("head size"),
+            }
+        };
+    }
+    go!(1 2 3 4 5 6 7 8)
+}
+
+#[target_feature(enable = "avx512f")]
+pub unsafe fn sum_f32_avx512(v: &[f32]) -> f32 {
+    let (n, p) = (v.len(), v.as_ptr());
+    let mut a = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 64 <= n {
+        for (u, acc) in a.iter_mut().enumerate() {
+            *acc = _mm512_add_ps(*acc, _mm512_loadu_ps(p.add(i + 16 * u)));
+        }
+        i += 64;
+    }
+    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
+        _mm512_add_ps(a[0], a[1]),
+        _mm512_add_ps(a[2], a[3]),
+    ));
+    while i < n {
+        s += *p.add(i);
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn store_panel_512(y: *mut f32, n: usize, lo: __m512, hi: __m512) {
+    let (m0, m1) = panel_masks(n);
+    _mm512_mask_storeu_ps(y, m0, lo);
+    _mm512_mask_storeu_ps(y.add(16), m1, hi);
+}
+
+#[target_feature(enable = "avx512f")]
+pub unsafe fn gemv_f32_avx512(w: &[f32], k: usize, x: &[f32], y: &mut [f32]) {
+    let (w, x) = (w.as_ptr(), x.as_ptr());
+    let n_out = y.len();
+    for p in 0..n_out.div_ceil(NR) {
+        let wp = w.add(p * k * NR);
+        let mut a = [_mm512_setzero_ps(); 8];
+        let mut i = 0;
+        while i + 4 <= k {
+            for u in 0..4 {
+                let xb = _mm512_set1_ps(*x.add(i + u));
+                let row = wp.add((i + u) * NR);
+                a[2 * u] = _mm512_fmadd_ps(_mm512_loadu_ps(row), xb, a[2 * u]);
+                a[2 * u + 1] = _mm512_fmadd_ps(_mm512_loadu_ps(row.add(16)), xb, a[2 * u + 1]);
+            }
+            i += 4;
+        }
+        while i < k {
+            let xb = _mm512_set1_ps(*x.add(i));
+            let row = wp.add(i * NR);
+            a[0] = _mm512_fmadd_ps(_mm512_loadu_ps(row), xb, a[0]);
+            a[1] = _mm512_fmadd_ps(_mm512_loadu_ps(row.add(16)), xb, a[1]);
+            i += 1;
+        }
+        let lo = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[4], a[6]));
+        let hi = _mm512_add_ps(_mm512_add_ps(a[1], a[3]), _mm512_add_ps(a[5], a[7]));
+        store_panel_512(y.as_mut_ptr().add(p * NR), n_out - p * NR, lo, hi);
+    }
+}
+
+/// The two halves of a bf16 panel row (64 bytes at `row`), widened: outputs 0..16, 16..32.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn bf16_row_512(row: *const u16) -> (__m512, __m512) {
+    let v = _mm512_loadu_si512(row as *const _);
+    let lo = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    let hi = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(-65536)));
+    (lo, hi)
+}
+
+#[target_feature(enable = "avx512f")]
+pub unsafe fn gemv_bf16_avx512(w: &[u16], k: usize, x: &[f32], y: &mut [f32]) {
+    let (w, x) = (w.as_ptr(), x.as_ptr());
+    let n_out = y.len();
+    for p in 0..n_out.div_ceil(NR) {
+        let wp = w.add(p * k * NR);
+        let mut a = [_mm512_setzero_ps(); 8];
+        let mut i = 0;
+        while i + 4 <= k {
+            for u in 0..4 {
+                let xb = _mm512_set1_ps(*x.add(i + u));
+                let (lo, hi) = bf16_row_512(wp.add((i + u) * NR));
+                a[2 * u] = _mm512_fmadd_ps(lo, xb, a[2 * u]);
+                a[2 * u + 1] = _mm512_fmadd_ps(hi, xb, a[2 * u + 1]);
+            }
+            i += 4;
+        }
+        while i < k {
+            let xb = _mm512_set1_ps(*x.add(i));
+            let (lo, hi) = bf16_row_512(wp.add(i * NR));
+            a[0] = _mm512_fmadd_ps(lo, xb, a[0]);
+            a[1] = _mm512_fmadd_ps(hi, xb, a[1]);
+            i += 1;
+        }
+        let lo = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[4], a[6]));
+        let hi = _mm512_add_ps(_mm512_add_ps(a[1], a[3]), _mm512_add_ps(a[5], a[7]));
+        store_panel_512(y.as_mut_ptr().add(p * NR), n_out - p * NR, lo, hi);
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+pub unsafe fn gemv_f16_avx512(w: &[u16], k: usize, x: &[f32], y: &mut [f32]) {
+    let (w, x) = (w.as_ptr(), x.as_ptr());
+    let n_out = y.len();
+    for p in 0..n_out.div_ceil(NR) {
+        let wp = w.add(p * k * NR);
+        let mut a = [_mm512_setzero_ps(); 8];
+        let mut i = 0;
+        let row = |i: usize| {
+            let r = wp.add(i * NR);
+            (
+                _mm512_cvtph_ps(_mm256_loadu_si256(r as *const __m256i)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(r.add(16) as *const __m256i)),
+            )
+        };
+        while i + 4 <= k {
+            for u in 0..4 {
+                let xb = _mm512_set1_ps(*x.add(i + u));
+                let (lo, hi) = row(i + u);
+                a[2 * u] = _mm512_fmadd_ps(lo, xb, a[2 * u]);
+                a[2 * u + 1] = _mm512_fmadd_ps(hi, xb, a[2 * u + 1]);
+            }
+            i += 4;
+        }
+        while i < k {
+            let xb = _mm512_set1_ps(*x.add(i));
+            let (lo, hi) = row(i);
+            a[0] = _mm512_fmadd_ps(lo, xb, a[0]);
+            a[1] = _mm512_fmadd_ps(hi, xb, a[1]);
+            i += 1;
+        }
+        let lo = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[4], a[6]));
+        let hi = _mm512_add_ps(_mm512_add_ps(a[1], a[3]), _mm512_add_ps(a[5], a[7]));
+        store_panel_512(y.as_mut_ptr().add(p * NR), n_out - p * NR, lo, hi);
+    }
+}
+
+/// Stores four 8-lane accumulators (outputs 0..8, 8..16, 16..24, 24..32) of which the first
+/// `n` outputs are real.
+#[target_feature(enable = "avx2")]
+unsafe fn store_panel_256(y: *mut f32, n: usize, acc: [__m256; 4]) {
+    if n >= NR {
+        for (q, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(y.add(8 * q), *a);
+        }
+    } else {
+        let mut tmp = [0.0f32; NR];
+        for (q, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(8 * q), *a);
+        }
+        std::ptr::copy_nonoverlapping(tmp.as_ptr(), y, n);
+    }
+}
+
+/// Generic AVX2 panel product: `row(i)` gives input i's 32 weights as four 8-lane vectors
+/// in output order.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_avx2_with(
+    k: usize,
+    x: *const f32,
+    y: *mut f32,
+    n: usize,
+    row: impl Fn(usize) -> [__m256; 4],
+) {
+    let mut a = [_mm256_setzero_ps(); 8];
+    let mut i = 0;
+    while i + 2 <= k {
+        for u in 0..2 {
+            let xb = _mm256_set1_ps(*x.add(i + u));
+            let w = row(i + u);
+            for q in 0..4 {
+                a[4 * u + q] = _mm256_fmadd_ps(w[q], xb, a[4 * u + q]);
+            }
+        }
+        i += 2;
+    }
+    if i < k {
+        let xb = _mm256_set1_ps(*x.add(i));
+        let w = row(i);
+        for q in 0..4 {
+            a[q] = _mm256_fmadd_ps(w[q], xb, a[q]);
+        }
+    }
+    let acc = [
+        _mm256_add_ps(a[0], a[4]),
+        _mm256_add_ps(a[1], a[5]),
+        _mm256_add_ps(a[2], a[6]),
+        _mm256_add_ps(a[3], a[7]),
+    ];
+    store_panel_256(y, n, acc);
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gemv_f32_avx2(w: &[f32], k: usize, x: &[f32], y: &mut [f32]) {
+    let (w, x) = (w.as_ptr(), x.as_ptr());
+    let n_out = y.len();
+    for p in 0..n_out.div_ceil(NR) {
+        let wp = w.add(p * k * NR);
+        gemv_avx2_with(k, x, y.as_mut_ptr().add(p * NR), n_out - p * NR, |i| {
+            let r = wp.add(i * NR);
+            [
+                _mm256_loadu_ps(r),
+                _mm256_loadu_ps(r.add(8)),
+                _mm256_loadu_ps(r.add(16)),
+                _mm256_loadu_ps(r.add(24)),
+            ]
+        });
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gemv_bf16_avx2(w: &[u16], k: usize, x: &[f32], y: &mut [f32]) {
+    let (w, x) = (w.as_ptr(), x.as_ptr());
+    let n_out = y.len();
+    let mask = _mm256_set1_epi32(-65536);
+    for p in 0..n_out.div_ceil(NR) {
+        let wp = w.add(p * k * NR);
+        gemv_avx2_with(k, x, y.as_mut_ptr().add(p * NR), n_out - p * NR, |i| {
+            let r = wp.add(i * NR);
+            // Lanes 0..8 of the first 32 bytes hold outputs 0..8 (low) and 16..24 (high);
+            // of the second, outputs 8..16 and 24..32.
+            let v0 = _mm256_loadu_si256(r as *const __m256i);
+            let v1 = _mm256_loadu_si256(r.add(16) as *const __m256i);
+            [
+                _mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)),
+                _mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)),
+                _mm256_castsi256_ps(_mm256_and_si256(v0, mask)),
+                _mm256_castsi256_ps(_mm256_and_si256(v1, mask)),
+            ]
+        });
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_f16_avx2(w: &[u16], k: usize, x: &[f32], y: &mut [f32]) {
+    let (w, x) = (w.as_ptr(), x.as_ptr());
+    let n_out = y.len();
+    for p in 0..n_out.div_ceil(NR) {
+        let wp = w.add(p * k * NR);
+        gemv_avx2_with(k, x, y.as_mut_ptr().add(p * NR), n_out - p * NR, |i| {
+            let r = wp.add(i * NR);
+            let h = |o: usize| _mm256_cvtph_ps(_mm_loadu_si128(r.add(o) as *const __m128i));
+            [h(0), h(8), h(16), h(24)]
+        });
+    }
+}
+
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn f16_to_f32_f16c(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(i) as *const __m128i));
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), v);
+        i += 8;
+    }
+    while i < n {
+        dst[i] = f16::from_bits(src[i]).to_f32();
+        i += 1;
+    }
+}
+
+/// The f32 micro-kernel: `R` rows × 32 outputs, accumulated in 2R registers.
+#[inline]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_f32_512<const R: usize>(
+    x: *const f32,
+    ldx: usize,
+    k: usize,
+    w: *const f32,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    let mut a0 = [_mm512_setzero_ps(); R];
+    let mut a1 = [_mm512_setzero_ps(); R];
+    for i in 0..k {
+        let w0 = _mm512_loadu_ps(w.add(i * NR));
+        let w1 = _mm512_loadu_ps(w.add(i * NR + 16));
+        for r in 0..R {
+            let b = _mm512_set1_ps(*x.add(r * ldx + i));
+            a0[r] = _mm512_fmadd_ps(w0, b, a0[r]);
+            a1[r] = _mm512_fmadd_ps(w1, b, a1[r]);
+        }
+    }
+    let (m0, m1) = panel_masks(n_valid);
+    for r in 0..R {
+        _mm512_mask_storeu_ps(y.add(r * ldy), m0, a0[r]);
+        _mm512_mask_storeu_ps(y.add(r * ldy + 16), m1, a1[r]);
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_f32_avx512(
+    rows: usize,
+    x: *const f32,
+    ldx: usize,
+    k: usize,
+    w: *const f32,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    macro_rules! go {
+        ($($r:literal)*) => {
+            match rows {
+                $($r => tile_f32_512::<$r>(x, ldx, k, w, y, ldy, n_valid),)*
+                _ => unreachable!("tile rows"),
+            }
+        };
+    }
+    go!(1 2 3 4 5 6 7 8 9 10 11 12)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn tile_f32_256<const R: usize>(
+    x: *const f32,
+    ldx: usize,
+    k: usize,
+    w: *const f32,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    let mut a = [[_mm256_setzero_ps(); 4]; R];
+    for i in 0..k {
+        let mut b = [_mm256_setzero_ps(); R];
+        for r in 0..R {
+            b[r] = _mm256_set1_ps(*x.add(r * ldx + i));
+        }
+        for q in 0..4 {
+            let wq = _mm256_loadu_ps(w.add(i * NR + 8 * q));
+            for r in 0..R {
+                a[r][q] = _mm256_fmadd_ps(wq, b[r], a[r][q]);
+            }
+        }
+    }
+    for r in 0..R {
+        store_panel_256(y.add(r * ldy), n_valid, a[r]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_f32_avx2(
+    rows: usize,
+    x: *const f32,
+    ldx: usize,
+    k: usize,
+    w: *const f32,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    match rows {
+        1 => tile_f32_256::<1>(x, ldx, k, w, y, ldy, n_valid),
+        2 => tile_f32_256::<2>(x, ldx, k, w, y, ldy, n_valid),
+        3 => tile_f32_256::<3>(x, ldx, k, w, y, ldy, n_valid),
+        _ => unreachable!("tile rows"),
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn quantize_block_q8_avx512(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let v0 = _mm512_loadu_ps(x.as_ptr());
+    let v1 = _mm512_loadu_ps(x.as_ptr().add(16));
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    let s = _mm512_set1_ps(id);
+    // Round to nearest, ties to even (the default rounding mode), as the portable code.
+    let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, s));
+    let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, s));
+    _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtsepi32_epi8(q0));
+    _mm_storeu_si128(
+        q.as_mut_ptr().add(16) as *mut __m128i,
+        _mm512_cvtsepi32_epi8(q1),
+    );
+    let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    (amax / 127.0, sum)
+}
+
+/// The block epilogue shared by the quantized micro-kernels: each row's integer sums,
+/// corrected for the weights' storage offset, converted and scaled by weight scale ×
+/// activation scale into the f32 accumulators.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q_block_epilogue<const R: usize>(
+    x: &QRows,
+    b: usize,
+    shift: u32,
+    scales: *const u8,
+    i0: &[__m512i; R],
+    i1: &[__m512i; R],
+    a0: &mut [__m512; R],
+    a1: &mut [__m512; R],
+) {
+    let sv = _mm512_loadu_si512(scales as *const _);
+    let d0 = _mm512_castsi512_ps(_mm512_slli_epi32(sv, 16));
+    let d1 = _mm512_castsi512_ps(_mm512_and_si512(sv, _mm512_set1_epi32(-65536)));
+    for r in 0..R {
+        let c = _mm512_set1_epi32(*x.sum.add(r * x.ldb + b) << shift);
+        let s = _mm512_set1_ps(*x.d.add(r * x.ldb + b));
+        let f0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(i0[r], c));
+        let f1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(i1[r], c));
+        a0[r] = _mm512_fmadd_ps(f0, _mm512_mul_ps(d0, s), a0[r]);
+        a1[r] = _mm512_fmadd_ps(f1, _mm512_mul_ps(d1, s), a1[r]);
+    }
+}
+
+/// Four activations of row `r` at input `k` of block `b`, as one broadcast 32-bit lane.
+#[inline(always)]
+unsafe fn x4(x: &QRows, r: usize, b: usize, k: usize) -> __m512i {
+    _mm512_set1_epi32(std::ptr::read_unaligned(
+        x.q.add(r * x.ldq + b * QK + k) as *const i32
+    ))
+}
+
+/// Stores the `R` rows of 32 outputs, of which the first `n_valid` are real.
+#[inline(always)]
+unsafe fn store_rows<const R: usize>(
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+    a0: &[__m512; R],
+    a1: &[__m512; R],
+) {
+    let (m0, m1) = panel_masks(n_valid);
+    for r in 0..R {
+        _mm512_mask_storeu_ps(y.add(r * ldy), m0, a0[r]);
+        _mm512_mask_storeu_ps(y.add(r * ldy + 16), m1, a1[r]);
+    }
+}
+
+/// The Q8_0 micro-kernel with VNNI: `R` rows × 32 outputs. Per block, `vpdpbusd` sums
+/// four u8 × i8 products per lane into int32, for 16 outputs per instruction.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_q8_vnni<const R: usize>(
+    x: &QRows,
+    panel: *const u8,
+    blocks: usize,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    let mut a0 = [_mm512_setzero_ps(); R];
+    let mut a1 = [_mm512_setzero_ps(); R];
+    for b in 0..blocks {
+        let blk = panel.add(b * Q8_BLOCK_BYTES);
+        let mut i0 = [_mm512_setzero_si512(); R];
+        let mut i1 = [_mm512_setzero_si512(); R];
+        for g in 0..QK / 4 {
+            let w0 = _mm512_loadu_si512(blk.add(g * 4 * NR) as *const _);
+            let w1 = _mm512_loadu_si512(blk.add(g * 4 * NR + 64) as *const _);
+            for r in 0..R {
+                let xv = x4(x, r, b, 4 * g);
+                i0[r] = _mm512_dpbusd_epi32(i0[r], w0, xv);
+                i1[r] = _mm512_dpbusd_epi32(i1[r], w1, xv);
+            }
+        }
+        q_block_epilogue(x, b, 7, blk.add(QK * NR), &i0, &i1, &mut a0, &mut a1);
+    }
+    store_rows(y, ldy, n_valid, &a0, &a1);
+}
+
+/// The Q4_0 micro-kernel with VNNI: as Q8_0, each 64-byte load giving two operands (low
+/// nibbles: inputs 4g..4g+4; high nibbles: inputs 16+4g..16+4g+4) for 16 outputs.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_q4_vnni<const R: usize>(
+    x: &QRows,
+    panel: *const u8,
+    blocks: usize,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    let nib = _mm512_set1_epi8(0x0F);
+    let mut a0 = [_mm512_setzero_ps(); R];
+    let mut a1 = [_mm512_setzero_ps(); R];
+    for b in 0..blocks {
+        let blk = panel.add(b * Q4_BLOCK_BYTES);
+        let mut i0 = [_mm512_setzero_si512(); R];
+        let mut i1 = [_mm512_setzero_si512(); R];
+        for g in 0..QK / 8 {
+            let v0 = _mm512_loadu_si512(blk.add(g * 4 * NR) as *const _);
+            let v1 = _mm512_loadu_si512(blk.add(g * 4 * NR + 64) as *const _);
+            let (l0, h0) = (
+                _mm512_and_si512(v0, nib),
+                _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib),
+            );
+            let (l1, h1) = (
+                _mm512_and_si512(v1, nib),
+                _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib),
+            );
+            for r in 0..R {
+                let (xl, xh) = (x4(x, r, b, 4 * g), x4(x, r, b, 16 + 4 * g));
+                i0[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(i0[r], l0, xl), h0, xh);
+                i1[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(i1[r], l1, xl), h1, xh);
+            }
+        }
+        q_block_epilogue(x, b, 3, blk.add(QK * NR / 2), &i0, &i1, &mut a0, &mut a1);
+    }
+    store_rows(y, ldy, n_valid, &a0, &a1);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn q8_tile_vnni(
+    x: &QRows,
+    panel: *const u8,
+    blocks: usize,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    macro_rules! go {
+        ($($r:literal)*) => {
+            match x.rows {
+                $($r => tile_q8_vnni::<$r>(x, panel, blocks, y, ldy, n_valid),)*
+                _ => unreachable!("tile rows"),
+            }
+        };
+    }
+    go!(1 2 3 4 5 6)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn q4_tile_vnni(
+    x: &QRows,
+    panel: *const u8,
+    blocks: usize,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    macro_rules! go {
+        ($($r:literal)*) => {
+            match x.rows {
+                $($r => tile_q4_vnni::<$r>(x, panel, blocks, y, ldy, n_valid),)*
+                _ => unreachable!("tile rows"),
+            }
+        };
+    }
+    go!(1 2 3 4 5 6)
+}

@@ -1,0 +1,547 @@
+//! [`Linear`], a weight matrix packed in a [`Format`], and [`RowTable`], an embedding. Both
+//! consult the format's row of the traits table ([`crate::format`]) for how to pack, unpack
+//! and multiply; neither matches on a format.
+
+use super::pool::{self, for_panels, par_chunks_mut};
+use super::Mat;
+use crate::format::{self, Format, Kernel};
+use crate::kernels::{gemm_panel_f32, AlignedBuf, QuantizedRows, NR};
+use anyhow::{bail, Result};
+
+/// A weight matrix `W` of shape (out, in), applied as `y = x · Wᵀ`.
+///
+/// The weights are packed once, at construction, into panels of 32 output rows in the chosen
+/// format (see [`crate::kernels::layout`]); every product reads them in that form. One or two
+/// token rows go through the matrix–vector kernels (the decode path, bound by memory
+/// bandwidth); more rows through a register-tiled matrix–matrix kernel that keeps a panel in
+/// cache while it runs over all rows (16-bit panels are widened to f32 once per panel and
+/// call, in a per-thread buffer; Q8_0 and Q4_0 multiply in 8-bit integers). Both are
+/// multi-threaded over panels.
+pub struct Linear {
+    pub out_dim: usize,
+    pub in_dim: usize,
+    format: Format,
+    w: AlignedBuf,
+}
+
+/// Rows of a batch at or below this count use the matrix–vector kernel.
+const GEMV_MAX_ROWS: usize = 2;
+
+/// Products that read fewer weight bytes than this run on the calling thread: handing work
+/// to the pool costs more than it saves.
+const SERIAL_BYTES: usize = 96 * 1024;
+
+/// Products with fewer multiply–adds than this run on the calling thread.
+const SERIAL_MACS: usize = 1 << 18;
+
+/// A raw pointer to an output matrix that several threads write, each its own columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+impl OutPtr {
+    /// The pointer `offset` elements on (a method, so that closures capture the whole
+    /// `OutPtr`, which is `Sync`, rather than its raw-pointer field).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+// SAFETY: the pointer is only dereferenced inside `Linear::forward`, where each thread
+// writes a disjoint set of columns of the output while the owning `Mat` is borrowed mutably
+// by that call and outlives every thread's work.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+thread_local! {
+    /// Per-thread f32 copy of one 16-bit panel, for the matrix–matrix kernel.
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread copy of a matrix–matrix product's input at a padded row stride.
+    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread quantized activations, for the Q8_0 and Q4_0 kernels.
+    static QROWS: std::cell::RefCell<QuantizedRows> = std::cell::RefCell::new(QuantizedRows::default());
+}
+
+/// This thread's activation-quantization buffer, taken out of its slot so that a nested
+/// product on the same thread (work stealing) finds the slot empty rather than borrowed.
+fn take_qrows() -> QuantizedRows {
+    QROWS.with(|q| std::mem::take(&mut *q.borrow_mut()))
+}
+
+fn put_qrows(xq: QuantizedRows) {
+    QROWS.with(|q| *q.borrow_mut() = xq);
+}
+
+/// This thread's buffer for inputs copied to a padded row stride (taken out, as above).
+fn take_padded() -> Vec<f32> {
+    PADDED.with(|q| std::mem::take(&mut *q.borrow_mut()))
+}
+
+fn put_padded(v: Vec<f32>) {
+    PADDED.with(|q| *q.borrow_mut() = v);
+}
+
+impl Linear {
+    /// A stand-in with the shape of an `out_dim × in_dim` matrix and no weights, for
+    /// inspecting a checkpoint without converting it (`Weights::shapes_only`). Any product
+    /// with it fails the kernels' bounds assertions: it must never run.
+    pub fn unloaded(out_dim: usize, in_dim: usize) -> Self {
+        Self {
+            out_dim,
+            in_dim,
+            format: Format::F32,
+            w: AlignedBuf::zeroed(0),
+        }
+    }
+
+    /// Builds from f32 values laid out (out, in), converting to `format`.
+    pub fn new(values: Vec<f32>, out_dim: usize, in_dim: usize, format: Format) -> Result<Self> {
+        Self::check(values.len(), out_dim, in_dim)?;
+        Ok(Self {
+            out_dim,
+            in_dim,
+            format,
+            w: format::pack_owned(values, out_dim, in_dim, format),
+        })
+    }
+
+    fn check(len: usize, out_dim: usize, in_dim: usize) -> Result<()> {
+        if len != out_dim * in_dim {
+            bail!("weight has {len} values, expected {out_dim}×{in_dim}");
+        }
+        if out_dim == 0 || in_dim == 0 {
+            bail!("weight has an empty dimension ({out_dim}×{in_dim})");
+        }
+        Ok(())
+    }
+
+    /// As [`Linear::new`], from borrowed values.
+    pub fn from_f32(values: &[f32], out_dim: usize, in_dim: usize, format: Format) -> Result<Self> {
+        Self::check(values.len(), out_dim, in_dim)?;
+        Ok(Self {
+            out_dim,
+            in_dim,
+            format,
+            w: format::pack(values, out_dim, in_dim, format),
+        })
+    }
+
+    /// Builds from values (out, in) delivered in pieces by `read` (see
+    /// [`format::pack_streamed`]), converting each panel as soon as its rows are in: for
+    /// loading large matrices without an f32 copy of the whole.
+    pub fn from_streamed(
+        out_dim: usize,
+        in_dim: usize,
+        format: Format,
+        read: impl FnOnce(&mut dyn FnMut(usize, &[f32]) -> Result<()>) -> Result<()>,
+    ) -> Result<Self> {
+        Self::check(out_dim * in_dim, out_dim, in_dim)?;
+        Ok(Self {
+            out_dim,
+            in_dim,
+            format,
+            w: format::pack_streamed(out_dim, in_dim, format, read)?,
+        })
+    }
+
+    /// Builds from values laid out (in, out) — the convention of RWKV's LoRA matrices,
+    /// which are used as `x @ W` — by transposing once at load.
+    pub fn from_in_out(
+        values: Vec<f32>,
+        in_dim: usize,
+        out_dim: usize,
+        format: Format,
+    ) -> Result<Self> {
+        if values.len() != out_dim * in_dim {
+            bail!(
+                "weight has {} values, expected {in_dim}×{out_dim}",
+                values.len()
+            );
+        }
+        let mut t = vec![0.0f32; values.len()];
+        for i in 0..in_dim {
+            for o in 0..out_dim {
+                t[o * in_dim + i] = values[i * out_dim + o];
+            }
+        }
+        Self::new(t, out_dim, in_dim, format)
+    }
+
+    pub fn n_params(&self) -> usize {
+        self.out_dim * self.in_dim
+    }
+
+    /// The format the weights are kept in.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Bytes of weights one product reads (the packed matrix, scales and padding included).
+    pub fn weight_bytes(&self) -> usize {
+        self.w.len()
+    }
+
+    /// The weights as f32 (out × in), as the kernels see them (after rounding or
+    /// quantization): for tests and error measurements.
+    pub fn to_f32(&self) -> Vec<f32> {
+        format::unpack(&self.w, self.out_dim, self.in_dim, self.format)
+    }
+
+    /// `x · Wᵀ` for every row of `x`.
+    pub fn forward(&self, x: &Mat) -> Result<Mat> {
+        if x.cols != self.in_dim {
+            bail!(
+                "linear: input has {} columns, expected {}",
+                x.cols,
+                self.in_dim
+            );
+        }
+        let mut out = Mat::zeros(x.rows, self.out_dim);
+        if x.rows <= GEMV_MAX_ROWS {
+            for t in 0..x.rows {
+                self.gemv(x.row(t), out.row_mut(t));
+            }
+            return Ok(out);
+        }
+        self.gemm(x, &mut out);
+        Ok(out)
+    }
+
+    /// The matrix–matrix product into `out` (x.rows × out_dim), parallel over panels.
+    fn gemm(&self, x: &Mat, out: &mut Mat) {
+        let (rows, k, n_out) = (x.rows, self.in_dim, self.out_dim);
+        let n_panels = n_out.div_ceil(NR);
+        let y = OutPtr(out.data.as_mut_ptr());
+        let serial = rows * k * n_out < SERIAL_MACS;
+        let traits = self.format.traits();
+        let in_place = match traits.kernel {
+            Kernel::Int8 { gemm_panel, .. } => {
+                let pb = self.format.panel_bytes(k);
+                let mut xq = take_qrows();
+                xq.quantize(&x.data, rows, k);
+                {
+                    let xq = &xq;
+                    let run = |p: usize| {
+                        let panel = &self.w.bytes()[p * pb..(p + 1) * pb];
+                        // SAFETY: `panel` holds the blocks of panel p in this format, as
+                        // `gemm_panel` reads them; `xq` holds `rows` rows of as many blocks; the
+                        // output has `rows` rows of `n_out` columns, of which this call writes
+                        // columns p·32 .. p·32 + n_valid only — no other panel's.
+                        unsafe {
+                            gemm_panel(
+                                xq,
+                                panel.as_ptr(),
+                                y.at(p * NR),
+                                n_out,
+                                (n_out - p * NR).min(NR),
+                            )
+                        }
+                    };
+                    for_panels(n_panels, serial, run);
+                }
+                put_qrows(xq);
+                return;
+            }
+            Kernel::Float { in_place, .. } => in_place,
+        };
+        // Rows whose stride is a multiple of 4 KiB all fall in the same L1 set, and the
+        // kernel reads 12 of them at once: give such inputs a padded stride.
+        let mut padded = Vec::new();
+        let (xs, ldx) = if (k * 4) % 4096 == 0 {
+            padded = take_padded();
+            let ld = k + 16;
+            padded.clear();
+            padded.resize(rows * ld, 0.0);
+            for (d, s) in padded.chunks_exact_mut(ld).zip(x.data.chunks_exact(k)) {
+                d[..k].copy_from_slice(s);
+            }
+            (&padded[..], ld)
+        } else {
+            (&x.data[..], k)
+        };
+        let len = k * NR;
+        let run = |p: usize| {
+            PANEL.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                // Panel p as f32: borrowed for f32 weights, widened into `buf` for the others.
+                let panel = if in_place {
+                    &self.w.f32s()[p * len..(p + 1) * len]
+                } else {
+                    buf.resize(len, 0.0);
+                    (traits.unpack_panel)(&self.w, p, k, &mut buf);
+                    &buf[..]
+                };
+                // SAFETY: `xs` has `rows` rows of `k` values at stride `ldx`; `panel` has
+                // k × 32 values; the output has `rows` rows of `n_out` columns, of which this
+                // call writes columns p·32 .. p·32 + n_valid only — no other panel's.
+                unsafe {
+                    gemm_panel_f32(
+                        xs.as_ptr(),
+                        ldx,
+                        rows,
+                        k,
+                        panel.as_ptr(),
+                        y.at(p * NR),
+                        n_out,
+                        (n_out - p * NR).min(NR),
+                    )
+                }
+            })
+        };
+        for_panels(n_panels, serial, run);
+        if !padded.is_empty() {
+            put_padded(padded);
+        }
+    }
+
+    /// One vector: `out[o] = Σ_i W[o,i] · x[i]`, panels of W split across threads.
+    pub fn gemv(&self, x: &[f32], out: &mut [f32]) {
+        assert!(x.len() >= self.in_dim && out.len() >= self.out_dim);
+        let out = &mut out[..self.out_dim];
+        let k = self.in_dim;
+        let serial = self.w.len() < SERIAL_BYTES;
+        // Panels per task: about four tasks per thread, for balance when a core is busy.
+        let n_panels = self.out_dim.div_ceil(NR);
+        let per = n_panels.div_ceil(4 * pool::threads()).max(1);
+        let chunk = per * NR;
+        let w = &self.w;
+        match self.format.traits().kernel {
+            Kernel::Float { gemv, .. } => {
+                par_chunks_mut(out, chunk, serial, |c, o| gemv(w, c * per, k, x, o));
+            }
+            Kernel::Int8 { gemv, .. } => {
+                let mut xq = take_qrows();
+                xq.quantize(&x[..k], 1, k);
+                par_chunks_mut(out, chunk, serial, |c, o| gemv(w, c * per, &xq, o));
+                put_qrows(xq);
+            }
+        }
+    }
+}
+
+/// A table of rows read one at a time (an embedding), kept in a weight format's row encoding
+/// (its [`format::RowCodec`]): f32, 16-bit, or Q8_0 (blocks of 32 with a bf16 scale, as the
+/// matrices; also for Q4_0 models, whose embedding would lose too much at 4 bits). A lookup
+/// widens one row to f32.
+pub struct RowTable {
+    pub rows: usize,
+    pub cols: usize,
+    codec: &'static format::RowCodec,
+    /// The encoded rows, `codec.row_bytes(cols)` bytes each.
+    data: Vec<u8>,
+}
+
+impl RowTable {
+    /// A stand-in with the shape of a `rows × cols` table and no values, as
+    /// [`Linear::unloaded`]; a lookup in it panics.
+    pub fn unloaded(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            codec: &Format::F32.traits().rows,
+            data: Vec::new(),
+        }
+    }
+
+    /// Builds from values (rows × cols, row-major) delivered in runs by `read`, as
+    /// [`Linear::from_streamed`]: converted as they come, never held whole in f32.
+    pub fn from_streamed(
+        rows: usize,
+        cols: usize,
+        format: Format,
+        read: impl FnOnce(&mut dyn FnMut(usize, &[f32]) -> Result<()>) -> Result<()>,
+    ) -> Result<Self> {
+        let total = rows * cols;
+        let codec = &format.traits().rows;
+        let mut data = Vec::with_capacity(rows * codec.row_bytes(cols));
+        let mut row = Vec::with_capacity(cols);
+        let mut next = 0usize;
+        read(&mut |start: usize, mut values: &[f32]| -> Result<()> {
+            if start != next || start + values.len() > total {
+                bail!("table delivered out of order at {start} of {total}");
+            }
+            next += values.len();
+            while !values.is_empty() {
+                let take = values.len().min(cols - row.len());
+                row.extend_from_slice(&values[..take]);
+                values = &values[take..];
+                if row.len() == cols {
+                    (codec.encode)(&row, &mut data);
+                    row.clear();
+                }
+            }
+            Ok(())
+        })?;
+        if next != total {
+            bail!("table delivered {next} of {total} values");
+        }
+        Ok(Self {
+            rows,
+            cols,
+            codec,
+            data,
+        })
+    }
+
+    /// Row `r` widened to f32 into `out` (`cols` long).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let rb = self.codec.row_bytes(self.cols);
+        (self.codec.decode)(&self.data[r * rb..(r + 1) * rb], &mut out[..self.cols]);
+    }
+
+    /// Bytes the table holds.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(x: &Mat, w: &[f32], out_dim: usize) -> Vec<f32> {
+        let mut y = vec![0.0; x.rows * out_dim];
+        for t in 0..x.rows {
+            for o in 0..out_dim {
+                y[t * out_dim + o] = (0..x.cols).map(|i| x.row(t)[i] * w[o * x.cols + i]).sum();
+            }
+        }
+        y
+    }
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gemv_and_gemm_match_naive_product() {
+        let (inp, out) = (70, 45);
+        let w = pseudo(inp * out, 1);
+        let lin = Linear::new(w.clone(), out, inp, Format::F32).unwrap();
+        for rows in [1, 2, 3, 9] {
+            let x = Mat::from_vec(rows, inp, pseudo(rows * inp, rows as u32 + 7));
+            let y = lin.forward(&x).unwrap();
+            let r = naive(&x, &w, out);
+            for (a, b) in y.data.iter().zip(&r) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b} at rows={rows}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_format_matches_the_naive_product_of_its_own_weights() {
+        let formats = [
+            Format::F32,
+            Format::BF16,
+            Format::F16,
+            Format::Q8_0,
+            Format::Q4_0,
+        ];
+        for (inp, out) in [(70, 45), (32, 32), (768, 33), (5, 100), (100, 1), (64, 96)] {
+            let w = pseudo(inp * out, (inp * 31 + out) as u32);
+            for dt in formats {
+                let lin = Linear::new(w.clone(), out, inp, dt).unwrap();
+                let wq = lin.to_f32();
+                assert_eq!(wq.len(), w.len());
+                for rows in [1, 2, 3, 7, 12, 13, 30] {
+                    let x = Mat::from_vec(rows, inp, pseudo(rows * inp, rows as u32 + 7));
+                    let y = lin.forward(&x).unwrap();
+                    let r = naive(&x, &wq, out);
+                    for t in 0..rows {
+                        for o in 0..out {
+                            let (a, b) = (y.data[t * out + o], r[t * out + o]);
+                            // Q8_0 also rounds the activations to 8 bits per block of 32.
+                            let mag: f32 = (0..inp)
+                                .map(|i| (x.row(t)[i] * wq[o * inp + i]).abs())
+                                .sum();
+                            // Each activation moves by at most half a step: max|x| / 254.
+                            let xmax = x.row(t).iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                            let wsum: f32 = (0..inp).map(|i| wq[o * inp + i].abs()).sum();
+                            let tol = if dt.is_quantized() {
+                                wsum * xmax / 254.0 + 1e-5
+                            } else {
+                                1e-5 * (1.0 + mag)
+                            };
+                            assert!(
+                                (a - b).abs() <= tol,
+                                "{dt:?} {out}x{inp} rows={rows} t={t} o={o}: {a} vs {b}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_tables_give_back_their_rows_in_every_format() {
+        let (rows, cols) = (9, 70);
+        let w = pseudo(rows * cols, 12);
+        for (dt, tol) in [
+            (Format::F32, 0.0),
+            (Format::BF16, 1.0 / 256.0),
+            (Format::F16, 1.0 / 2048.0),
+            (Format::Q8_0, 1.0 / 127.0),
+            (Format::Q4_0, 1.0 / 127.0),
+        ] {
+            let t = RowTable::from_streamed(rows, cols, dt, |sink| {
+                for (i, c) in w.chunks(13).enumerate() {
+                    sink(i * 13, c)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+            let mut out = vec![0.0; cols];
+            for r in 0..rows {
+                t.row_into(r, &mut out);
+                for (a, b) in out.iter().zip(&w[r * cols..]) {
+                    // 0.5 is the largest magnitude of the values.
+                    assert!((a - b).abs() <= tol * 0.5 + 1e-7, "{dt:?}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weight_bytes_reflect_the_format() {
+        let w = pseudo(64 * 64, 5);
+        let b = |dt| Linear::new(w.clone(), 64, 64, dt).unwrap().weight_bytes();
+        assert_eq!(b(Format::F32), 64 * 64 * 4);
+        assert_eq!(b(Format::BF16), 64 * 64 * 2);
+        assert_eq!(b(Format::F16), 64 * 64 * 2);
+        assert_eq!(b(Format::Q8_0), 64 * 64 * 17 / 16);
+        assert_eq!(b(Format::Q4_0), 64 * 64 * 9 / 16);
+    }
+
+    #[test]
+    fn half_precision_weights_are_close_to_f32() {
+        let (inp, out) = (64, 33);
+        let w = pseudo(inp * out, 3);
+        let x = Mat::from_vec(3, inp, pseudo(3 * inp, 4));
+        let r = naive(&x, &w, out);
+        for dt in [Format::F16, Format::BF16] {
+            let lin = Linear::new(w.clone(), out, inp, dt).unwrap();
+            for rows in [1, 3] {
+                let xr = Mat::from_vec(rows, inp, x.data[..rows * inp].to_vec());
+                let y = lin.forward(&xr).unwrap();
+                for (a, b) in y.data.iter().zip(&r) {
+                    assert!((a - b).abs() < 2e-2, "{dt:?}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lora_transpose_is_applied_as_x_times_w() {
+        // W stored (in=2, out=3) used as x @ W.
+        let w = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let lin = Linear::from_in_out(w, 2, 3, Format::F32).unwrap();
+        let y = lin.forward(&Mat::from_vec(1, 2, vec![1.0, 10.0])).unwrap();
+        assert_eq!(y.data, vec![41.0, 52.0, 63.0]);
+    }
+}
