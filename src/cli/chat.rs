@@ -15,7 +15,7 @@ use rwkv_cli::output_file;
 use rwkv_cli::sampler::{Sampler, SamplerConfig};
 use rwkv_cli::state_file;
 use rwkv_cli::stats::{human_bytes, human_count, peak_rss_bytes};
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -154,17 +154,6 @@ impl Style {
         } else {
             crate::errln!("{text}");
         }
-    }
-}
-
-/// Writes bytes to stdout and flushes; a closed pipe becomes [`super::ReaderGone`].
-// TODO(integrator): shared with generate (its `emit`, on bytes, with ReaderGone).
-fn out_bytes(bytes: &[u8]) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|()| out.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(super::ReaderGone.into()),
-        Err(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
     }
 }
 
@@ -410,25 +399,25 @@ fn piped(s: &mut Session) -> Result<bool> {
         let turn = conv.turn(&line, sampler, super::interrupt_flag(), &mut |p| match p {
             Piece::Thinking(b) if show_thinking => {
                 if !in_thinking && !thought && think == Think::On {
-                    out_bytes(b"<think")?;
+                    super::print_bytes(b"<think")?;
                 }
                 in_thinking = true;
                 thought = true;
-                out_bytes(b)
+                super::print_bytes(b)
             }
             Piece::Thinking(_) => Ok(()),
             Piece::Answer(b) => {
                 if in_thinking {
                     in_thinking = false;
-                    out_bytes(b"\n")?;
+                    super::print_bytes(b"\n")?;
                 }
-                out_bytes(b)
+                super::print_bytes(b)
             }
         })?;
         let Some(stats) = turn.map(|t| t.stats.clone()) else {
             return Ok(true); // Ctrl-C while the message was read
         };
-        out_bytes(b"\n\n")?;
+        super::print_bytes(b"\n\n")?;
         s.turn_stats(&stats, false);
         if super::interrupted() {
             return Ok(true);
@@ -582,25 +571,25 @@ fn say(s: &mut Session, message: Option<&str>) -> Result<()> {
                 if !dim {
                     dim = true;
                     if style.out {
-                        out_bytes(DIM.as_bytes())?;
+                        super::print_bytes(DIM.as_bytes())?;
                     }
                     if !started && think == Think::On {
-                        out_bytes(b"<think")?;
+                        super::print_bytes(b"<think")?;
                     }
                 }
                 started = true;
-                out_bytes(&terminal_safe(b))
+                super::print_bytes(&terminal_safe(b))
             }
             Piece::Answer(b) => {
                 if dim {
                     dim = false;
                     if style.out {
-                        out_bytes(RESET.as_bytes())?;
+                        super::print_bytes(RESET.as_bytes())?;
                     }
-                    out_bytes(b"\n")?;
+                    super::print_bytes(b"\n")?;
                 }
                 started = true;
-                out_bytes(&terminal_safe(b))
+                super::print_bytes(&terminal_safe(b))
             }
         }
     };
@@ -613,17 +602,17 @@ fn say(s: &mut Session, message: Option<&str>) -> Result<()> {
         None => conv.retry(sampler, super::interrupt_flag(), &mut show)?,
     };
     if dim && style.out {
-        out_bytes(RESET.as_bytes())?;
+        super::print_bytes(RESET.as_bytes())?;
     }
     let Some(stats) = turn.map(|t| t.stats.clone()) else {
         style.note("(stopped before the reply: the message was not sent)");
         return Ok(());
     };
     if stats.stop == Some(StopReason::Cancelled) {
-        out_bytes(b"\n")?;
+        super::print_bytes(b"\n")?;
         style.note("[stopped: the turn ends here; /undo takes it back, /retry samples it anew]");
     } else {
-        out_bytes(b"\n")?;
+        super::print_bytes(b"\n")?;
     }
     s.turn_stats(&stats, true);
     Ok(())
@@ -652,7 +641,7 @@ fn command(s: &mut Session, line: &str) -> Result<bool> {
                 .nth(1)
                 .and_then(|c| c.split("History:").next())
                 .unwrap_or("");
-            out_bytes(help.as_bytes())?;
+            super::print_bytes(help.as_bytes())?;
         }
         "reset" => {
             if s.conv.reset(super::interrupt_flag())? {
@@ -700,7 +689,7 @@ fn command(s: &mut Session, line: &str) -> Result<bool> {
                 }
             }
         },
-        "stats" => out_bytes(s.summary().as_bytes())?,
+        "stats" => super::print_bytes(s.summary().as_bytes())?,
         _ => style.note(&format!(
             "(unknown command /{name}: /help lists them; //{name} sends it as a message)"
         )),

@@ -160,9 +160,14 @@ impl std::error::Error for ReaderGone {}
 /// failure (a full disk, say) is an error that names stdout. Commands print through this (or
 /// [`outln!`](crate::outln)) rather than `println!`, which panics on either.
 pub fn print_out(text: &str) -> Result<()> {
+    print_bytes(text.as_bytes())
+}
+
+/// [`print_out`] for raw bytes (model output, which may not be UTF-8 at a token's end).
+pub fn print_bytes(bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+    match out.write_all(bytes).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(ReaderGone.into()),
         Err(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
