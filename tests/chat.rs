@@ -659,7 +659,9 @@ fn ctrl_c_stops_a_reply_not_the_program() {
     for msg in ["hello", "hello again"] {
         s.send_line(msg).unwrap();
         s.expect(msg).unwrap();
-        std::thread::sleep(Duration::from_millis(300)); // the reply is streaming
+        // Wait until the reply is streaming (its first byte after the echoed line), so that
+        // Ctrl-C reaches the reply, not the line editor or the reading of the message.
+        s.expect(expectrl::Regex("\r\n[^\r\n]")).unwrap();
         s.send("\x03").unwrap();
         s.expect("[stopped").unwrap();
         s.expect(PROMPT).unwrap();
