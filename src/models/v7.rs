@@ -390,3 +390,42 @@ impl Model for RwkvV7 {
         self.head.logits(&x, all_logits)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors checkpoint of 1-element f32 tensors with these names.
+    fn names(names: &[&str]) -> Checkpoint {
+        let entries: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    r#""{n}":{{"dtype":"F32","shape":[1],"data_offsets":[{},{}]}}"#,
+                    4 * i,
+                    4 * i + 4
+                )
+            })
+            .collect();
+        let header = format!("{{{}}}", entries.join(","));
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend(std::iter::repeat_n(0u8, 4 * names.len()));
+        Checkpoint::from_bytes(bytes, "m.pth").unwrap()
+    }
+
+    #[test]
+    fn deep_embed_is_told_from_its_tensors_and_dea_is_refused() {
+        let v7 = ["emb.weight", "blocks.0.att.r_k"];
+        assert_eq!(detect(&names(&v7)).unwrap(), Some(Version::V7));
+        let de = [&v7[..], &["blocks.0.ffn.s_emb.weight"]].concat();
+        assert_eq!(detect(&names(&de)).unwrap(), Some(Version::V7DeepEmbed));
+        let dea = [&de[..], &["blocks.0.qkv.qq.weight"]].concat();
+        assert_eq!(
+            detect(&names(&dea)).unwrap_err().to_string(),
+            "m.pth is an RWKV-7 DEA checkpoint (rwkv7b: DeepEmbed with DeepEmbedAttention, blocks.N.qkv.*), which is not supported: its attention keeps a cache that grows with the context, and the official rwkv package does not run it"
+        );
+        assert_eq!(detect(&names(&["emb.weight"])).unwrap(), None);
+    }
+}
