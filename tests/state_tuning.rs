@@ -311,6 +311,16 @@ fn bad_state_files_give_one_clear_line() {
         ),
         (
             "v7.safetensors",
+            {
+                // What `--state-out` writes (src/state_file.rs) starts with this magic.
+                let p = scratch_file("saved.state");
+                std::fs::write(&p, b"RWKVSTATE\0\x01\0\0\0{}").unwrap();
+                p
+            },
+            "FILE is a state saved by rwkv-cli (--state-out), not a state-tuning file: resume it with --state-in",
+        ),
+        (
+            "v7.safetensors",
             scratch_file("does_not_exist.pth"),
             "cannot open state file FILE: No such file or directory (os error 2)",
         ),

@@ -31,7 +31,8 @@
 //! web-rwkv (`src/runtime/v5.rs`, `v6.rs`, `v7.rs`: `read_state`) reads the same tensor name
 //! and shape for each version into its own internal layout.
 //!
-//! What is checked, each failure one line naming the file: the tensors are the file's only ones
+//! What is checked, each failure one line naming the file: it is not a state rwkv-cli saved
+//! itself (`--state-out`, [`crate::state_file`]); the tensors are the file's only ones
 //! (unless it is a full model checkpoint), one per layer for layers 0, 1, … with none missing,
 //! all of shape `[heads, head size, head size]` and a float type; then, against the model:
 //! the version takes a state, the layer count and the shape match, a full checkpoint is of the
@@ -160,8 +161,18 @@ pub fn inspect(ckpt: &Checkpoint) -> Result<Option<StateInfo>> {
 /// Reads the initial state in the file `path` (a state-tuning file, `.pth` or safetensors, or
 /// a model checkpoint carrying `time_state` tensors) for a model of configuration `cfg`.
 pub fn load(path: &Path, cfg: &Config) -> Result<State> {
-    std::fs::metadata(path)
+    let mut file = std::fs::File::open(path)
         .with_context(|| format!("cannot open state file {}", path.display()))?;
+    // The states rwkv-cli saves itself (`crate::state_file`, magic "RWKVSTATE\0") are another
+    // thing: a whole recurrent state after some text, for the same model only.
+    let mut magic = [0u8; 10];
+    if std::io::Read::read_exact(&mut file, &mut magic).is_ok() && &magic == b"RWKVSTATE\0" {
+        bail!(
+            "{} is a state saved by rwkv-cli (--state-out), not a state-tuning file: resume it with --state-in",
+            path.display()
+        );
+    }
+    drop(file);
     from_checkpoint(&Checkpoint::open(path)?, cfg)
 }
 
