@@ -18,7 +18,7 @@
 //! published files):
 //!
 //! ```text
-//! k ← relu(W_k·lerp(x, x_prev))² ⊙ (s2ᵀ·(E ᵀ·(s1ᵀ·x)) + s0)        out = W_v·k
+//! k ← relu(W_k·lerp(x, x_prev))² ⊙ (s2ᵀ·(Eᵀ·(s1ᵀ·x)) + s0)        out = W_v·k
 //! ```
 //!
 //! as `RWKV_x070_CMix_one` / `_seq` in the `rwkv` package (0.8.32, `RWKV_DE_VERSION=1`) and
