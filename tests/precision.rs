@@ -246,3 +246,41 @@ fn a_trained_model_loses_little_at_every_precision() {
         );
     }
 }
+
+/// RWKV-7 DeepEmbed at every precision: its per-token tables and `s_emb_x` take the model's
+/// format as the embedding and the matrices do. The fixture's vocabulary has 32 tokens (too
+/// few for the byte prompt and bits per byte above), so its own reference tokens are used;
+/// the logits stay within the same bounds as every other fixture's, on both paths.
+#[test]
+fn deep_embed_stays_close_to_f32_at_every_precision() {
+    let r = common::reference("v7_de");
+    let tokens: Vec<u32> = r.tokens.iter().chain(&r.tokens2).copied().collect();
+    let reference = load("v7_de", ComputeDType::F32);
+    let (ref_seq, ref_steps) = logits(reference.as_ref(), &tokens);
+    for tol in &TOLERANCES {
+        let m = load("v7_de", tol.dtype);
+        let (seq, steps) = logits(m.as_ref(), &tokens);
+        let mut diffs: Vec<f32> = steps
+            .iter()
+            .chain([&seq])
+            .zip(ref_steps.iter().chain([&ref_seq]))
+            .map(|(a, b)| max_abs_diff(a, b))
+            .collect();
+        diffs.sort_by(f32::total_cmp);
+        let (median, worst) = (diffs[diffs.len() / 2], diffs[diffs.len() - 1]);
+        let paths = max_abs_diff(&seq, steps.last().unwrap());
+        println!(
+            "v7_de    {:5}: |Δlogit| median {median:.1e} (allowed {}), max {worst:.1e} (allowed {}); paths differ by {paths:.1e}",
+            tol.dtype.name(),
+            tol.median_abs,
+            tol.max_abs
+        );
+        let what = format!("v7_de {}", tol.dtype.name());
+        assert!(median <= tol.median_abs, "{what}: median |Δlogit| {median}");
+        assert!(worst <= tol.max_abs, "{what}: max |Δlogit| {worst}");
+        assert!(paths <= tol.max_abs, "{what}: paths differ by {paths}");
+        if tol.same_next_token {
+            assert_eq!(argmax(&seq), argmax(&ref_seq), "{what}: next token changed");
+        }
+    }
+}

@@ -18,8 +18,10 @@ fn load(file: &str) -> Box<dyn Model> {
         .unwrap_or_else(|e| panic!("loading {file}: {e:#}"))
 }
 
-fn check_against_reference(name: &str, model: &dyn Model, r: &Reference) {
+/// Panics past the tolerance; returns the largest difference seen.
+fn check_against_reference(name: &str, model: &dyn Model, r: &Reference) -> f32 {
     let vocab = model.config().vocab_size;
+    let mut worst = 0.0f32;
 
     // Sequence path, last position.
     let mut state = model.new_state();
@@ -29,6 +31,7 @@ fn check_against_reference(name: &str, model: &dyn Model, r: &Reference) {
         d < TOLERANCE,
         "{name}: sequence path, last logits differ by {d}"
     );
+    worst = worst.max(d);
 
     // Continuing from the state after the prompt.
     let cont = model.forward_seq(&r.tokens2, &mut state, false).unwrap();
@@ -37,6 +40,7 @@ fn check_against_reference(name: &str, model: &dyn Model, r: &Reference) {
         d < TOLERANCE,
         "{name}: continuation from a state differs by {d}"
     );
+    worst = worst.max(d);
 
     // Sequence path, every position.
     let all = model
@@ -47,6 +51,7 @@ fn check_against_reference(name: &str, model: &dyn Model, r: &Reference) {
         d < TOLERANCE,
         "{name}: sequence path, all positions differ by {d}"
     );
+    worst = worst.max(d);
 
     // Recurrent path, one token at a time.
     let mut state = model.new_state();
@@ -57,7 +62,9 @@ fn check_against_reference(name: &str, model: &dyn Model, r: &Reference) {
             d < TOLERANCE,
             "{name}: recurrent path at token {t} differs by {d}"
         );
+        worst = worst.max(d);
     }
+    worst
 }
 
 #[test]
@@ -74,6 +81,62 @@ fn every_version_matches_the_official_logits_from_pth() {
         let r = reference(name);
         check_against_reference(name, load(&format!("{name}.pth")).as_ref(), &r);
     }
+}
+
+/// RWKV-7 DeepEmbed (BlinkDL's `rwkv7a` files): a small random model with every DeepEmbed
+/// tensor (`scripts/make_state_fixtures.py`), against the official package run with
+/// `RWKV_DE_VERSION=1`, from both files, through both paths.
+#[test]
+fn deep_embed_matches_the_official_logits() {
+    let r = reference("v7_de");
+    let mut outputs = Vec::new();
+    for ext in ["safetensors", "pth"] {
+        let file = format!("v7_de.{ext}");
+        let m = load(&file);
+        let c = m.config();
+        assert_eq!(c.version, models::Version::V7DeepEmbed, "{file}");
+        assert_eq!(c.version.to_string(), "v7 DeepEmbed");
+        assert_eq!(
+            (c.n_layer, c.n_embd, c.n_ffn, c.vocab_size),
+            (2, 32, 96, 32)
+        );
+        let ckpt = rwkv_cli::checkpoint::Checkpoint::open(&fixture_path(&file)).unwrap();
+        assert_eq!(&models::inspect(&ckpt).unwrap(), c, "{file}");
+        let d = check_against_reference(&file, m.as_ref(), &r);
+        println!("{file}: max |Δlogit| vs the official package {d:.1e}");
+        outputs.push(m.forward_seq(&r.tokens, &mut m.new_state(), true).unwrap());
+    }
+    assert_eq!(outputs[0], outputs[1]);
+}
+
+/// A DeepEmbed checkpoint missing a tensor, or with a table of the wrong width, is refused
+/// with a message naming the tensor.
+#[test]
+fn deep_embed_tensors_are_checked() {
+    use common::safetensors::st_edit;
+    let refusal = |bytes: Vec<u8>| {
+        let p = common::scratch_file("bad_de.safetensors");
+        std::fs::write(&p, bytes).unwrap();
+        let e = models::load(&p, LoadOptions::default())
+            .err()
+            .expect("refused");
+        format!("{e:#}")
+    };
+    assert_eq!(
+        refusal(st_edit(
+            "v7_de.safetensors",
+            "blocks.1.ffn.s_emb_x.weight",
+            |_| false
+        )),
+        "tensor blocks.1.ffn.s_emb_x.weight is missing"
+    );
+    assert_eq!(
+        refusal(st_edit("v7_de.safetensors", "blocks.0.ffn.s_emb.weight", |t| {
+            t.shape = vec![64, 512];
+            true
+        })),
+        "tensor blocks.0.ffn.s_emb.weight has shape [64, 512], expected (32, 1024): one 32 × 32 matrix per token, 32 being the width of blocks.0.ffn.s1"
+    );
 }
 
 #[test]
@@ -125,7 +188,7 @@ fn versions_and_shapes_are_detected_from_the_tensors() {
 /// the same size throughout.
 #[test]
 fn sequence_and_recurrent_paths_agree_on_a_long_prompt() {
-    for name in ["v4", "v5_2", "v6", "v7"] {
+    for name in ["v4", "v5_2", "v6", "v7", "v7_de"] {
         let model = load(&format!("{name}.safetensors"));
         let vocab = model.config().vocab_size as u32;
         let tokens: Vec<u32> = (0..300u32).map(|i| (i * 7919 + 13) % vocab).collect();

@@ -5,7 +5,9 @@
 //!   one row, see [`VersionInfo`]), detection and loading;
 //! - [`wkv`]: every WKV recurrence (v4; v5/v6; v7's driver of the SIMD kernel);
 //! - `ffn.rs`: the channel-mix block of v4–v6; `embedding.rs`: [`Embedding`] and [`Head`];
-//! - `weights.rs`: [`Weights`], shape-checked tensor access with scoped names.
+//! - `weights.rs`: [`Weights`], shape-checked tensor access with scoped names;
+//! - [`init_state`]: state-tuned initial states (RWKV-PEFT "state tuning" files), read into a
+//!   [`State`] in each version's layout.
 //!
 //! Every version runs a prompt through the *sequence* path ([`Model::forward_seq`]: the
 //! projections, LoRAs and FFN as batched matmuls over all tokens, with only the WKV
@@ -15,6 +17,7 @@
 
 mod embedding;
 mod ffn;
+pub mod init_state;
 mod registry;
 pub mod v4;
 pub mod v5;
@@ -45,6 +48,10 @@ pub enum Version {
     V6,
     /// v7 ("Goose", x070): generalised delta rule with in-context learning rate.
     V7,
+    /// v7 with DeepEmbed (BlinkDL's `rwkv7a-*` files; the official package runs them with
+    /// `RWKV_DE_VERSION=1`): each layer's FFN is scaled per token by a small matrix looked up
+    /// in a per-layer embedding table (`blocks.N.ffn.s_emb.weight`, `s_emb_x`, `s0`–`s2`).
+    V7DeepEmbed,
 }
 
 impl Version {
@@ -56,6 +63,7 @@ impl Version {
             Version::V5_2 => "v5.2",
             Version::V6 => "v6",
             Version::V7 => "v7",
+            Version::V7DeepEmbed => "v7 DeepEmbed",
         }
     }
 
@@ -92,6 +100,22 @@ pub struct VersionInfo {
     pub wkv_len: fn(&Config) -> usize,
     /// One layer's WKV state before any token.
     pub wkv_init: fn(&Config) -> Vec<f32>,
+    /// How a state-tuned `time_state` tensor becomes this version's WKV state
+    /// ([`init_state`]).
+    pub time_state: TimeStateLayout,
+}
+
+/// How a version takes a state-tuned initial state: a `blocks.N.att.time_state` tensor of
+/// shape `[heads, head size, head size]`, stored (value channel, key channel) per head by
+/// every trainer and loader (see [`init_state`] for the sources).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeStateLayout {
+    /// No matrix state to tune (v4).
+    Unsupported,
+    /// The WKV state is `H × N(value) × N(key)` as the file's: used as stored (v7).
+    AsStored,
+    /// The WKV state is `H × N(key) × N(value)`: each head's matrix is transposed (v5, v6).
+    Transposed,
 }
 
 /// Shapes of a model, all inferred from its tensors.

@@ -68,13 +68,13 @@ mod tests {
     #[test]
     fn every_version_has_exactly_one_row() {
         use Version::*;
-        for v in [V4, V5_0, V5_1, V5_2, V6, V7] {
+        for v in [V4, V5_0, V5_1, V5_2, V6, V7, V7DeepEmbed] {
             let rows = VERSIONS.iter().filter(|i| i.versions.contains(&v)).count();
             assert_eq!(rows, 1, "{v}");
             assert!(v
                 .info()
                 .identified_by
-                .starts_with(v.name().split('.').next().unwrap()));
+                .starts_with(v.name().split(['.', ' ']).next().unwrap()));
         }
     }
 

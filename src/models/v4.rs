@@ -11,7 +11,10 @@
 
 use super::ffn::{current_to_prev_mix, ReceptanceFfn};
 use super::wkv::{self, wkv4};
-use super::{Config, Embedding, Head, LayerState, Model, State, Version, VersionInfo, Weights};
+use super::{
+    Config, Embedding, Head, LayerState, Model, State, TimeStateLayout, Version, VersionInfo,
+    Weights,
+};
 use crate::ops::{layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
 use anyhow::Result;
 
@@ -27,6 +30,7 @@ pub const INFO: VersionInfo = VersionInfo {
     load: |w, _| Ok(Box::new(RwkvV4::load(w)?)),
     wkv_len: wkv::wkv4_state_len,
     wkv_init: wkv::wkv4_initial_state,
+    time_state: TimeStateLayout::Unsupported,
 };
 
 struct Layer {

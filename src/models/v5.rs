@@ -12,7 +12,10 @@
 
 use super::ffn::{current_to_prev_mix, ReceptanceFfn};
 use super::wkv::{self, wkv5};
-use super::{Config, Embedding, Head, LayerState, Model, State, Version, VersionInfo, Weights};
+use super::{
+    Config, Embedding, Head, LayerState, Model, State, TimeStateLayout, Version, VersionInfo,
+    Weights,
+};
 use crate::checkpoint::Checkpoint;
 use crate::ops::{group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat};
 use anyhow::{bail, Result};
@@ -25,6 +28,8 @@ pub const INFO: VersionInfo = VersionInfo {
     load: |w, version| Ok(Box::new(RwkvV5::load(w, version)?)),
     wkv_len: wkv::matrix_state_len,
     wkv_init: wkv::matrix_initial_state,
+    // The official package transposes a `time_state` into v5/v6's key × value state.
+    time_state: TimeStateLayout::Transposed,
 };
 
 /// v5 has `ln_x`; v5.0 no gate; v5.2 a per-channel decay (v5.1 a per-head one).

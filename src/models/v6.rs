@@ -7,7 +7,10 @@
 
 use super::ffn::ReceptanceFfn;
 use super::wkv::{self, wkv5};
-use super::{Config, Embedding, Head, LayerState, Model, State, Version, VersionInfo, Weights};
+use super::{
+    Config, Embedding, Head, LayerState, Model, State, TimeStateLayout, Version, VersionInfo,
+    Weights,
+};
 use crate::ops::{add_row, group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat};
 use anyhow::{bail, Result};
 
@@ -23,6 +26,8 @@ pub const INFO: VersionInfo = VersionInfo {
     load: |w, _| Ok(Box::new(RwkvV6::load(w)?)),
     wkv_len: wkv::matrix_state_len,
     wkv_init: wkv::matrix_initial_state,
+    // The official package transposes a `time_state` into v5/v6's key × value state.
+    time_state: TimeStateLayout::Transposed,
 };
 
 struct Layer {

@@ -10,25 +10,136 @@
 //! `a = σ(a0 + LoRA_a(x))`, normalised removal key `κ̂ = normalize(k ⊙ k_k)`, the key
 //! `k ⊙ (1 + (a − 1) ⊙ k_a)`, and (layers ≥ 1) the value mixed with layer 0's value
 //! ("value residual"). Equations as in BlinkDL's RWKV-LM `RWKV-v7` and the `rwkv` package.
+//!
+//! **DeepEmbed** ([`Version::V7DeepEmbed`], BlinkDL's `rwkv7a-*` checkpoints): the channel mix
+//! of every layer is scaled per token by a matrix looked up in an embedding table of its own.
+//! With `x` the block's normalised input, `x₀` the token's normalised embedding (the model's
+//! input) and `E = s_emb[token] + s_emb_x·x₀` viewed as an r × r matrix (r = 32 in the
+//! published files):
+//!
+//! ```text
+//! k ← relu(W_k·lerp(x, x_prev))² ⊙ (s2ᵀ·(Eᵀ·(s1ᵀ·x)) + s0)        out = W_v·k
+//! ```
+//!
+//! as `RWKV_x070_CMix_one` / `_seq` in the `rwkv` package (0.8.32, `RWKV_DE_VERSION=1`) and
+//! RWKV-LM's `RWKV-v7/rwkv_v7a_demo.py`. The official code folds `s_emb_x` into the table at
+//! load (`s_emb += ln0(emb) @ s_emb_xᵀ`, a vocab × C × r² product per layer); here it is
+//! applied per token instead (an r² × C product per layer and token, about 7% of a 0.1B
+//! model's work), which keeps loading as fast as for any other model.
+//!
+//! **DEA** (`rwkv7b-*`: DeepEmbed plus "DeepEmbedAttention", tensors `blocks.N.qkv.*`) is
+//! refused with a clear message: its only reference is a demo (RWKV-LM's `rwkv_v7b_demo.py`,
+//! sequence mode only, state layout written for 12 layers), the official package does not run
+//! it, and its attention keeps a key/value cache that grows with the context, which the
+//! fixed-size [`State`] of this crate cannot hold.
 
 use super::wkv::{self, wkv7};
-use super::{Config, Embedding, Head, LayerState, Model, State, Version, VersionInfo, Weights};
-use crate::ops::{add_row, group_norm, layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
-use anyhow::Result;
+use super::{
+    Config, Embedding, Head, LayerState, Model, State, TimeStateLayout, Version, VersionInfo,
+    Weights,
+};
+use crate::checkpoint::Checkpoint;
+use crate::ops::{
+    add_row, group_norm, layer_norm, lerp, sigmoid, token_shift, Linear, Mat, RowTable,
+};
+use anyhow::{bail, Result};
 
 /// v7's row in the registry ([`super::VERSIONS`]).
 pub const INFO: VersionInfo = VersionInfo {
-    versions: &[Version::V7],
+    versions: &[Version::V7, Version::V7DeepEmbed],
     identified_by: "v7 (blocks.0.att.r_k)",
-    detect: |ckpt| {
-        let has = |n: &str| ckpt.contains(n);
-        let v7 = has("blocks.0.att.r_k") || has("blocks.0.att.w0") || has("blocks.0.att.x_r");
-        Ok(v7.then_some(Version::V7))
-    },
-    load: |w, _| Ok(Box::new(RwkvV7::load(w)?)),
+    detect,
+    load: |w, version| Ok(Box::new(RwkvV7::load(w, version)?)),
     wkv_len: wkv::matrix_state_len,
     wkv_init: wkv::matrix_initial_state,
+    // RWKV-PEFT trains, and RWKV-Runner loads, v7 states in the package's value × key layout.
+    time_state: TimeStateLayout::AsStored,
 };
+
+/// v7 has `r_k` (or `w0`, `x_r`); DeepEmbed adds `ffn.s_emb`; DEA (`qkv.*`) is refused.
+fn detect(ckpt: &Checkpoint) -> Result<Option<Version>> {
+    let has = |n: &str| ckpt.contains(n);
+    if !(has("blocks.0.att.r_k") || has("blocks.0.att.w0") || has("blocks.0.att.x_r")) {
+        return Ok(None);
+    }
+    if has("blocks.0.qkv.qq.weight") || has("blocks.0.qkv.k_emb.weight") {
+        bail!(
+            "{} is an RWKV-7 DEA checkpoint (rwkv7b: DeepEmbed with DeepEmbedAttention, blocks.N.qkv.*), which is not supported: its attention keeps a cache that grows with the context, and the official rwkv package does not run it",
+            ckpt.path.display()
+        );
+    }
+    Ok(Some(if has("blocks.0.ffn.s_emb.weight") {
+        Version::V7DeepEmbed
+    } else {
+        Version::V7
+    }))
+}
+
+/// One layer's DeepEmbed weights (see the module documentation).
+struct DeepEmbed {
+    /// `s_emb.weight`: per token, an r × r matrix (vocab × r²), in the compute dtype.
+    table: RowTable,
+    /// `s_emb_x.weight` (r², C): the part of each token's matrix made from its normalised
+    /// embedding, in the compute dtype.
+    from_emb: Linear,
+    /// `s1` (C, r) and `s2` (r, F), used as `x @ W` and kept in f32 as the LoRAs.
+    s1: Linear,
+    s2: Linear,
+    /// `s0` (F): the scale's offset.
+    s0: Vec<f32>,
+    /// r: the side of each token's matrix.
+    rank: usize,
+}
+
+impl DeepEmbed {
+    /// The weights of the scope `blocks.N.ffn`.
+    fn load(ffn: &Weights, vocab: usize, c: usize, n_ffn: usize) -> Result<Self> {
+        let rank = ffn.dim("s1", 2, 1)?;
+        let s_emb = ffn.shape("s_emb.weight")?;
+        if s_emb.len() != 2 || s_emb[1] != rank * rank {
+            bail!(
+                "tensor {} has shape {s_emb:?}, expected ({vocab}, {}): one {rank} × {rank} matrix per token, {rank} being the width of {}",
+                ffn.path("s_emb.weight"),
+                rank * rank,
+                ffn.path("s1")
+            );
+        }
+        Ok(Self {
+            table: ffn.table("s_emb.weight", vocab, rank * rank)?,
+            from_emb: ffn.linear("s_emb_x.weight", rank * rank, c)?,
+            s1: ffn.lora("s1", c, rank)?,
+            s2: ffn.lora("s2", rank, n_ffn)?,
+            s0: ffn.vector("s0", n_ffn)?,
+            rank,
+        })
+    }
+
+    /// The per-token scale of the FFN's hidden activations: `s2ᵀ·(Eᵀ·(s1ᵀ·x)) + s0` for every
+    /// row of `xx` (the block's normalised input), `x0` holding the tokens' normalised
+    /// embeddings. Returns tokens × F.
+    fn scale(&self, xx: &Mat, tokens: &[u32], x0: &Mat) -> Result<Mat> {
+        let r = self.rank;
+        let mut e = self.from_emb.forward(x0)?;
+        let a = self.s1.forward(xx)?;
+        let mut b = Mat::zeros(xx.rows, r);
+        let mut row = vec![0.0f32; r * r];
+        for (t, &tok) in tokens.iter().enumerate() {
+            self.table.row_into(tok as usize, &mut row);
+            let et = e.row_mut(t);
+            for (x, y) in et.iter_mut().zip(&row) {
+                *x += y;
+            }
+            // (1 × r) · (r × r), the matrix stored row-major.
+            let (at, bt) = (a.row(t), b.row_mut(t));
+            for (ai, ei) in at.iter().zip(et.chunks_exact(r)) {
+                for (o, m) in bt.iter_mut().zip(ei) {
+                    *o += ai * m;
+                }
+            }
+        }
+        Ok(add_row(self.s2.forward(&b)?, &self.s0))
+    }
+}
 
 struct Lora {
     down: Linear,
@@ -80,6 +191,8 @@ struct Layer {
     ffn_x_k: Vec<f32>,
     ffn_key: Linear,
     ffn_value: Linear,
+    /// DeepEmbed's weights (only in [`Version::V7DeepEmbed`] models).
+    deep_embed: Option<DeepEmbed>,
 }
 
 pub struct RwkvV7 {
@@ -90,7 +203,8 @@ pub struct RwkvV7 {
 }
 
 impl RwkvV7 {
-    pub fn load(w: &Weights) -> Result<Self> {
+    /// Loads a v7 model; `version` is [`Version::V7`] or [`Version::V7DeepEmbed`].
+    pub fn load(w: &Weights, version: Version) -> Result<Self> {
         let vocab = w.dim("emb.weight", 2, 0)?;
         let c = w.dim("emb.weight", 2, 1)?;
         let n_layer = super::count_layers(w.ckpt)?;
@@ -140,10 +254,14 @@ impl RwkvV7 {
                 ffn_x_k: ffn.vector("x_k", c)?,
                 ffn_key: ffn.linear("key.weight", n_ffn, c)?,
                 ffn_value: ffn.linear("value.weight", c, n_ffn)?,
+                deep_embed: match version {
+                    Version::V7DeepEmbed => Some(DeepEmbed::load(&ffn, vocab, c, n_ffn)?),
+                    _ => None,
+                },
             });
         }
         let cfg = Config {
-            version: Version::V7,
+            version,
             n_layer,
             n_embd: c,
             n_att: c,
@@ -230,13 +348,24 @@ impl RwkvV7 {
         l.output.forward(&out.hadamard(&g))
     }
 
-    /// The channel-mix block (squared-ReLU FFN, no receptance in v7).
-    fn channel_mix(&self, l: &Layer, xx: &Mat, s: &mut LayerState) -> Result<Mat> {
+    /// The channel-mix block (squared-ReLU FFN, no receptance in v7). DeepEmbed models scale
+    /// its hidden activations per token, from `tokens` and their normalised embeddings `x0`.
+    fn channel_mix(
+        &self,
+        l: &Layer,
+        xx: &Mat,
+        s: &mut LayerState,
+        tokens: &[u32],
+        x0: Option<&Mat>,
+    ) -> Result<Mat> {
         let prev = token_shift(xx, &mut s.ffn_shift);
-        let k = l.ffn_key.forward(&lerp(xx, &prev, &l.ffn_x_k))?.map(|z| {
+        let mut k = l.ffn_key.forward(&lerp(xx, &prev, &l.ffn_x_k))?.map(|z| {
             let r = z.max(0.0);
             r * r
         });
+        if let (Some(de), Some(x0)) = (&l.deep_embed, x0) {
+            k = k.hadamard(&de.scale(xx, tokens, x0)?);
+        }
         l.ffn_value.forward(&k)
     }
 }
@@ -249,13 +378,54 @@ impl Model for RwkvV7 {
     fn forward_seq(&self, tokens: &[u32], state: &mut State, all_logits: bool) -> Result<Vec<f32>> {
         super::check_call(&self.cfg, tokens, state)?;
         let mut x = self.emb.lookup(tokens)?;
+        // DeepEmbed reads the tokens' normalised embeddings again in every layer.
+        let x0 = (self.cfg.version == Version::V7DeepEmbed).then(|| x.clone());
         let mut v_first = None;
         for (l, s) in self.layers.iter().zip(state.layers.iter_mut()) {
             let xx = layer_norm(&x, &l.ln1_w, &l.ln1_b);
             x.add_assign(&self.time_mix(l, &xx, s, &mut v_first)?);
             let xx = layer_norm(&x, &l.ln2_w, &l.ln2_b);
-            x.add_assign(&self.channel_mix(l, &xx, s)?);
+            x.add_assign(&self.channel_mix(l, &xx, s, tokens, x0.as_ref())?);
         }
         self.head.logits(&x, all_logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors checkpoint of 1-element f32 tensors with these names.
+    fn names(names: &[&str]) -> Checkpoint {
+        let entries: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    r#""{n}":{{"dtype":"F32","shape":[1],"data_offsets":[{},{}]}}"#,
+                    4 * i,
+                    4 * i + 4
+                )
+            })
+            .collect();
+        let header = format!("{{{}}}", entries.join(","));
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend(std::iter::repeat_n(0u8, 4 * names.len()));
+        Checkpoint::from_bytes(bytes, "m.pth").unwrap()
+    }
+
+    #[test]
+    fn deep_embed_is_told_from_its_tensors_and_dea_is_refused() {
+        let v7 = ["emb.weight", "blocks.0.att.r_k"];
+        assert_eq!(detect(&names(&v7)).unwrap(), Some(Version::V7));
+        let de = [&v7[..], &["blocks.0.ffn.s_emb.weight"]].concat();
+        assert_eq!(detect(&names(&de)).unwrap(), Some(Version::V7DeepEmbed));
+        let dea = [&de[..], &["blocks.0.qkv.qq.weight"]].concat();
+        assert_eq!(
+            detect(&names(&dea)).unwrap_err().to_string(),
+            "m.pth is an RWKV-7 DEA checkpoint (rwkv7b: DeepEmbed with DeepEmbedAttention, blocks.N.qkv.*), which is not supported: its attention keeps a cache that grows with the context, and the official rwkv package does not run it"
+        );
+        assert_eq!(detect(&names(&["emb.weight"])).unwrap(), None);
     }
 }
