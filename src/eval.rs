@@ -6,7 +6,7 @@
 //! tokens before it. Bits per byte divides the total bits by the bytes of the scored tokens,
 //! so models with different tokenizers can be compared; perplexity is per token.
 
-use crate::models::Model;
+use crate::models::{Model, State};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 
@@ -40,10 +40,21 @@ pub fn score_tokens(
     tok: &dyn Tokenizer,
     tokens: &[u32],
     chunk: usize,
+    progress: impl FnMut(usize),
+) -> Result<Score> {
+    score_tokens_from(model, tok, tokens, chunk, model.new_state(), progress)
+}
+
+/// [`score_tokens`] from a given start state (a state-tuned initial state, say).
+pub fn score_tokens_from(
+    model: &dyn Model,
+    tok: &dyn Tokenizer,
+    tokens: &[u32],
+    chunk: usize,
+    mut state: State,
     mut progress: impl FnMut(usize),
 ) -> Result<Score> {
     let vocab = model.config().vocab_size;
-    let mut state = model.new_state();
     let mut score = Score::default();
     for (c, piece) in tokens.chunks(chunk.max(1)).enumerate() {
         let start = c * chunk.max(1);

@@ -255,7 +255,7 @@ fn a_trained_model_loses_little_at_every_precision() {
 fn deep_embed_stays_close_to_f32_at_every_precision() {
     let r = common::reference("v7_de");
     let tokens: Vec<u32> = r.tokens.iter().chain(&r.tokens2).copied().collect();
-    let reference = load("v7_de", ComputeDType::F32);
+    let reference = load("v7_de", Format::F32);
     let (ref_seq, ref_steps) = logits(reference.as_ref(), &tokens);
     for tol in &TOLERANCES {
         let m = load("v7_de", tol.dtype);

@@ -334,3 +334,102 @@ fn bad_state_files_give_one_clear_line() {
         );
     }
 }
+
+/// `--init-state` end to end from the CLI: `generate` started from each version's state file
+/// writes the official package's logits (`--logits-out`, prompt from stdin as bytes: the
+/// fixtures' vocabulary is the byte tokenizer's); `eval` and `chat` take the flag too and start
+/// elsewhere than without it; it cannot be combined with `--state-in`; a bad state file is one
+/// line and exit 1.
+#[test]
+fn the_cli_starts_generate_eval_and_chat_from_an_init_state() {
+    use common::{bin, read_f32, run, run_with_stdin, stderr};
+    for name in STATES {
+        let r = reference(&format!("{name}.state"));
+        let prompt: Vec<u8> = r.tokens.iter().map(|&t| t as u8).collect();
+        let out = scratch_file(&format!("{name}-init.f32"));
+        let model = fixture_path(&format!("{name}.safetensors"));
+        let state = fixture_path(&format!("{name}.state.pth"));
+        let o = run_with_stdin(
+            bin()
+                .args([
+                    "generate",
+                    "--tokenizer",
+                    "bytes",
+                    "--prompt",
+                    "-",
+                    "-n",
+                    "0",
+                    "-q",
+                ])
+                .arg("-m")
+                .arg(&model)
+                .arg("--init-state")
+                .arg(&state)
+                .arg("--logits-out")
+                .arg(&out),
+            &prompt,
+        );
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let d = max_abs_diff(&read_f32(&out), &r.logits_last);
+        assert!(
+            d < TOLERANCE,
+            "{name}: generate --init-state differs by {d}"
+        );
+    }
+
+    let model = fixture_path("v7.safetensors");
+    let state = fixture_path("v7.state.safetensors");
+    let text = scratch_file("init-state-eval.txt");
+    std::fs::write(
+        &text,
+        b"It is a truth universally acknowledged, that a single man",
+    )
+    .unwrap();
+    let eval = |init: bool| -> String {
+        let mut cmd = bin();
+        cmd.arg("eval")
+            .arg("-m")
+            .arg(&model)
+            .arg("--text")
+            .arg(&text);
+        if init {
+            cmd.arg("--init-state").arg(&state);
+        }
+        let o = run_with_stdin(&mut cmd, b"");
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert_ne!(eval(true), eval(false), "eval ignored --init-state");
+
+    let chat = |init: bool| -> Vec<u8> {
+        let mut cmd = bin();
+        cmd.args(["chat", "-q", "--temperature", "0", "-n", "40", "-m"])
+            .arg(&model);
+        if init {
+            cmd.arg("--init-state").arg(&state);
+        }
+        let o = run_with_stdin(&mut cmd, b"Hello\n");
+        assert!(o.status.success(), "{}", stderr(&o));
+        o.stdout
+    };
+    assert_ne!(chat(true), chat(false), "chat ignored --init-state");
+
+    let m = model.to_str().unwrap();
+    let s = state.to_str().unwrap();
+    let o = run(&[
+        "generate",
+        "-m",
+        m,
+        "--init-state",
+        s,
+        "--state-in",
+        s,
+        "-p",
+        "x",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // A model file without a time_state is not a state: one line, exit 1.
+    let o = run(&["generate", "-m", m, "--init-state", m, "-p", "x", "-n", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", stderr(&o));
+}

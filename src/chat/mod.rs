@@ -190,6 +190,17 @@ impl Conversation {
         }
     }
 
+    /// Starts from `state` (a state-tuned initial state) instead of a fresh one: it becomes the
+    /// start that [`reset`](Self::reset) goes back to. Call it before the first turn.
+    pub fn start_from(&mut self, state: State) {
+        self.base = Snapshot {
+            state,
+            logits: None,
+            context_tokens: 0,
+        };
+        self.now = self.base.clone();
+    }
+
     pub fn options(&self) -> &ChatOptions {
         &self.opts
     }

@@ -5,7 +5,7 @@
 //! editor when stdin is a terminal, the line-per-message mode otherwise, the `/` commands and
 //! the statistics.
 
-use super::model_args::ModelArgs;
+use super::model_args::{InitStateArgs, ModelArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use rwkv_cli::chat::{ChatOptions, Conversation, Piece, StopReason, Think, TurnStats};
@@ -101,8 +101,10 @@ pub struct ChatArgs {
     pub undo_depth: usize,
     /// Start from a state saved by --state-out, /save or `generate --state-out` (it must end
     /// at the end of a turn, `\n\n`, to continue as a conversation).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "init_state")]
     pub state_in: Option<String>,
+    #[command(flatten)]
+    pub init: InitStateArgs,
     /// Save the conversation's state at the end (the file of `generate --state-in`).
     #[arg(long, value_name = "FILE")]
     pub state_out: Option<String>,
@@ -322,7 +324,14 @@ pub fn run(args: ChatArgs) -> Result<()> {
         chunk: args.chunk,
         undo_depth: args.undo_depth,
     };
-    let conv = Conversation::new(model, Arc::from(tok), opts);
+    let start = match &args.init.init_state {
+        Some(_) => Some(args.init.start(model.as_ref())?),
+        None => None,
+    };
+    let mut conv = Conversation::new(model, Arc::from(tok), opts);
+    if let Some(state) = start {
+        conv.start_from(state);
+    }
     let interactive = std::io::stdin().is_terminal();
     let mut s = Session {
         conv,

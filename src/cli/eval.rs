@@ -4,10 +4,10 @@
 //! The text is tokenized, then scored by [`rwkv_cli::eval::score_tokens`]: every token after
 //! the first, given all the tokens before it, through the sequence path in chunks.
 
-use super::model_args::{Loaded, ModelArgs};
+use super::model_args::{InitStateArgs, Loaded, ModelArgs};
 use anyhow::{Context, Result};
 use clap::Args;
-use rwkv_cli::eval::score_tokens;
+use rwkv_cli::eval::score_tokens_from;
 use rwkv_cli::models;
 use std::io::Read;
 
@@ -15,6 +15,8 @@ use std::io::Read;
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub init: InitStateArgs,
     /// The text to score: a file, or `-` to read it from stdin.
     #[arg(long)]
     pub text: std::ffi::OsString,
@@ -66,9 +68,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let bar = super::token_progress_bar(tokens.len());
     let t = std::time::Instant::now();
-    let score = score_tokens(model.as_ref(), tok.as_ref(), &tokens, args.chunk, |n| {
-        bar.set_position(n as u64)
-    })?;
+    let start = args.init.start(model.as_ref())?;
+    let score = score_tokens_from(
+        model.as_ref(),
+        tok.as_ref(),
+        &tokens,
+        args.chunk,
+        start,
+        |n| bar.set_position(n as u64),
+    )?;
     bar.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     if args.json {

@@ -10,7 +10,7 @@
 //! place for FIFOs and devices). After Ctrl-C neither is written: the state would cover only
 //! part of the input.
 
-use super::model_args::{Loaded, ModelArgs};
+use super::model_args::{InitStateArgs, Loaded, ModelArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use rwkv_cli::models;
@@ -63,8 +63,10 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = models::DEFAULT_CHUNK)]
     pub chunk: usize,
     /// Resume from a state saved by --state-out (the prompt, if any, continues it).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "init_state")]
     pub state_in: Option<String>,
+    #[command(flatten)]
+    pub init: InitStateArgs,
     /// Save the state after the run (prompt and generated tokens) to this file (not written
     /// after Ctrl-C).
     #[arg(long, value_name = "FILE")]
@@ -234,7 +236,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             let saved = state_file::load(Path::new(p), cfg, fingerprint)?;
             (saved.state, Some(saved.logits), saved.tokens)
         }
-        None => (model.new_state(), None, 0),
+        None => (args.init.start(model)?, None, 0),
     };
     let mut seen = resumed_tokens;
     let mut tokens = tok.encode(&prompt)?;

@@ -8,7 +8,7 @@ use clap::Args;
 use rwkv_cli::checkpoint::Checkpoint;
 use rwkv_cli::error::UsageError;
 use rwkv_cli::format::Format;
-use rwkv_cli::models::{self, Config, LoadOptions, Model};
+use rwkv_cli::models::{self, Config, LoadOptions, Model, State};
 use rwkv_cli::tokenizer::{self, Tokenizer, TokenizerKind};
 use std::path::{Path, PathBuf};
 
@@ -28,6 +28,27 @@ pub struct ModelArgs {
     /// Tokenizer (default: chosen from the vocabulary size): world, 20b, bytes.
     #[arg(long)]
     pub tokenizer: Option<TokenizerKind>,
+}
+
+/// Where a run starts: `--init-state`, a state-tuned initial state (flattened into the commands
+/// that run text through a model: generate, chat, eval).
+#[derive(Args, Debug, Clone)]
+pub struct InitStateArgs {
+    /// Start from a state-tuned initial state (RWKV-PEFT state tuning): a .pth or .safetensors
+    /// file of blocks.N.att.time_state tensors trained for this model, or a model checkpoint
+    /// carrying them. It replaces the recurrent state before the prompt (RWKV v5, v6, v7).
+    #[arg(long, value_name = "FILE")]
+    pub init_state: Option<PathBuf>,
+}
+
+impl InitStateArgs {
+    /// The state before the first token: the `--init-state` file's, or a fresh one.
+    pub fn start(&self, model: &dyn Model) -> Result<State> {
+        match &self.init_state {
+            Some(p) => models::init_state::load(p, model.config()),
+            None => Ok(model.new_state()),
+        }
+    }
 }
 
 /// The weight format of a command line's `--dtype` and `--quant`: the quantized format when
