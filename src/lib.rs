@@ -32,3 +32,6 @@ pub mod sampler;
 pub mod state_file;
 pub mod stats;
 pub mod tokenizer;
+
+#[cfg(test)]
+mod testing;

@@ -140,16 +140,7 @@ pub(super) fn unpack_blocks<B: QuantBlock>(
 mod tests {
     use super::*;
     use crate::format::quantize_block_q8_0;
-
-    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::testing::pseudo;
 
     #[test]
     fn q8_0_error_is_at_most_half_a_step_per_weight() {

@@ -12,7 +12,7 @@
 
 use super::Config;
 use crate::kernels::wkv7_token;
-use crate::ops::{par_chunks_mut, Mat};
+use crate::ops::{par_chunks2_mut, Mat};
 
 /// Floats in one layer's v4 state: `[aa | bb | pp]`, each `n_att` wide.
 pub fn wkv4_state_len(cfg: &Config) -> usize {
@@ -177,14 +177,6 @@ pub fn wkv7(
     })
 }
 
-/// A raw pointer to the start of the state whose per-head blocks several threads write.
-struct StatePtr(*mut f32);
-// SAFETY: only used by `per_head`, whose tasks write disjoint per-head blocks of a state that
-// is borrowed mutably for the whole call.
-unsafe impl Send for StatePtr {}
-// SAFETY: as above.
-unsafe impl Sync for StatePtr {}
-
 /// Runs a per-head recurrence with the heads in parallel.
 ///
 /// `state` holds `n_head` blocks of `n × n`; `f(h, state_h, out_h)` steps head `h` through all
@@ -195,14 +187,8 @@ where
     F: Fn(usize, &mut [f32], &mut [f32]) + Sync,
 {
     let mut per_head = vec![0.0f32; n_head * t_count * n];
-    let st = StatePtr(state.as_mut_ptr());
-    let st = &st;
     assert!(state.len() >= n_head * n * n);
-    par_chunks_mut(&mut per_head, t_count * n, false, |h, out_h| {
-        // SAFETY: head h's state block `h·n² .. (h+1)·n²` lies within `state` (asserted
-        // above); each head index is run exactly once, so the blocks are disjoint, and `state`
-        // stays mutably borrowed until `par_chunks_mut` returns.
-        let s = unsafe { std::slice::from_raw_parts_mut(st.0.add(h * n * n), n * n) };
+    par_chunks2_mut(&mut per_head, t_count * n, state, n * n, |h, out_h, s| {
         f(h, s, out_h)
     });
     let mut out = Mat::zeros(t_count, n_head * n);
@@ -218,16 +204,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::testing::pseudo;
 
     #[test]
     fn wkv7_matches_the_row_by_row_recurrence() {

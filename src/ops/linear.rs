@@ -397,6 +397,7 @@ impl RowTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::pseudo;
 
     fn naive(x: &Mat, w: &[f32], out_dim: usize) -> Vec<f32> {
         let mut y = vec![0.0; x.rows * out_dim];
@@ -406,16 +407,6 @@ mod tests {
             }
         }
         y
-    }
-
-    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
     }
 
     #[test]

@@ -23,4 +23,4 @@ pub use crate::kernels::dot_f32 as dot;
 pub use linear::{Linear, RowTable};
 pub use mat::Mat;
 pub use norm::{add_row, group_norm, layer_norm, layer_norm_row, lerp, sigmoid, silu, token_shift};
-pub use pool::par_chunks_mut;
+pub use pool::{par_chunks2_mut, par_chunks_mut};

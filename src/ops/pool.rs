@@ -243,8 +243,8 @@ pub(super) fn for_panels(n_panels: usize, serial: bool, f: impl Fn(usize) + Sync
 
 /// A raw pointer to the start of a slice whose chunks several threads write, one each.
 struct ChunkPtr<T>(*mut T);
-// SAFETY: only used by `par_chunks_mut`, whose tasks write disjoint chunks of a slice that is
-// borrowed mutably for the whole call.
+// SAFETY: only used by `par_chunks_mut` and `par_chunks2_mut`, whose tasks write disjoint chunks
+// of a slice that is borrowed mutably for the whole call.
 unsafe impl<T: Send> Send for ChunkPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for ChunkPtr<T> {}
@@ -276,6 +276,35 @@ pub fn par_chunks_mut<T: Send>(
         // borrowed until `run` returns, after every task has finished.
         let c = unsafe { std::slice::from_raw_parts_mut(base.0.add(start), end - start) };
         f(i, c);
+    });
+}
+
+/// [`par_chunks_mut`] over two slices in step: `f(i, a_i, b_i)` for the `i`-th `chunk_a`-long
+/// piece of `a` and the `i`-th `chunk_b`-long piece of `b`, for every piece of `a` (`b` must
+/// have as many whole pieces). Used where each task owns a block of two buffers (a head's
+/// state and its outputs).
+pub fn par_chunks2_mut<A: Send, B: Send>(
+    a: &mut [A],
+    chunk_a: usize,
+    b: &mut [B],
+    chunk_b: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync,
+) {
+    let chunk_a = chunk_a.max(1);
+    let n = a.len().div_ceil(chunk_a);
+    assert!(
+        b.len() >= n * chunk_b,
+        "par_chunks2_mut: the second slice has fewer than {n} pieces"
+    );
+    let b = &mut b[..n * chunk_b];
+    let base = ChunkPtr(b.as_mut_ptr());
+    let base = &base;
+    par_chunks_mut(a, chunk_a, false, |i, a_i| {
+        // SAFETY: piece `i` of `b`, `i·chunk_b .. (i+1)·chunk_b`, lies within `b` (asserted
+        // above, i < n); `par_chunks_mut` runs each index exactly once, so the pieces are
+        // disjoint, and `b` stays mutably borrowed until it returns.
+        let b_i = unsafe { std::slice::from_raw_parts_mut(base.0.add(i * chunk_b), chunk_b) };
+        f(i, a_i, b_i)
     });
 }
 
