@@ -139,10 +139,23 @@ fn tokenize_with_a_model_uses_its_tokenizer_and_detokenize_reverses_it() {
     // The v7 fixture has a 256-entry vocabulary: the byte tokenizer.
     let o = run_offline(&["tokenize", "-m", &fixture("v7.safetensors"), "hi"]);
     assert_eq!(ids_of(&ok(&o)), vec![104, 105]);
-    // The embedded model (no --model) is byte-level too.
+    // The embedded model (no --model) is byte-level too. Neither it nor --tokenizer writes or
+    // reads a model file: the cache folder stays empty (generate would unpack the model there).
+    let cache = scratch("habits-empty-cache");
+    let mut c = common::bin_with_cache(&cache);
+    c.env("HF_HUB_OFFLINE", "1").args(["tokenize", "ok"]);
+    assert_eq!(ids_of(&ok(&run_with_stdin(&mut c, b""))), vec![111, 107]);
+    let mut c = common::bin_with_cache(&cache);
+    c.args(["tokenize", "--tokenizer", "world", "ok"]);
+    assert_eq!(ids_of(&ok(&run_with_stdin(&mut c, b""))).len(), 1);
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
+    let mut c = common::bin_with_cache(&cache);
+    c.args(["generate", "-p", "ok", "-n", "0", "-q"]);
+    ok(&run_with_stdin(&mut c, b""));
     assert_eq!(
-        ids_of(&ok(&run_offline(&["tokenize", "ok"]))),
-        vec![111, 107]
+        std::fs::read_dir(&cache).unwrap().count(),
+        1,
+        "generate unpacks it"
     );
     // Round trips on stdin, for every tokenizer; the World and byte tokenizers keep bytes that
     // are not UTF-8 (the 20B one, through the `tokenizers` crate, works on text).

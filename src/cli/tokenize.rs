@@ -51,19 +51,28 @@ pub struct TokenizerArgs {
 }
 
 impl TokenizerArgs {
-    /// The tokenizer: `--tokenizer` as is, else the one the model's vocabulary size implies
-    /// (from the shape of `emb.weight`; nothing is loaded).
+    /// The tokenizer: `--tokenizer` as is (no model is looked at), else the one the model's
+    /// vocabulary size implies (from the shape of `emb.weight` in the checkpoint's header; no
+    /// weight is converted).
     pub fn load(&self) -> Result<Box<dyn Tokenizer>> {
         if let Some(k) = self.tokenizer {
             return tokenizer::load(k);
         }
-        let path = super::model_args::resolve_model(self.model.as_deref())?;
-        let ckpt = rwkv_cli::checkpoint::Checkpoint::open(&path)?;
+        use rwkv_cli::checkpoint::Checkpoint;
+        use rwkv_cli::default_model;
+        // The embedded model is read where it is (no cache file is written for it).
+        let (ckpt, name) = match self.model.as_deref() {
+            None => (
+                Checkpoint::from_bytes(default_model::WEIGHTS.to_vec(), default_model::NAME)?,
+                default_model::NAME.to_string(),
+            ),
+            Some(m) => {
+                let path = super::model_args::resolve_model(Some(m))?;
+                (Checkpoint::open(&path)?, path.display().to_string())
+            }
+        };
         let Some(emb) = ckpt.meta("emb.weight") else {
-            bail!(
-                "{} is not an RWKV checkpoint: tensor emb.weight is missing",
-                path.display()
-            );
+            bail!("{name} is not an RWKV checkpoint: tensor emb.weight is missing");
         };
         let vocab = emb.shape.first().copied().unwrap_or(0);
         tokenizer::for_model(None, vocab)
