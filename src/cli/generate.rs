@@ -614,6 +614,35 @@ mod tests {
     }
 
     #[test]
+    fn logprobs_line_has_the_chosen_token_and_the_best_alternatives() {
+        let tok = rwkv_cli::tokenizer::load(rwkv_cli::tokenizer::TokenizerKind::Bytes).unwrap();
+        let logits = [1.0f32, 3.0, 3.0, 0.0, f32::NAN, 2.0];
+        let v: serde_json::Value =
+            serde_json::from_str(&logprobs_line(&logits, 5, 3, tok.as_ref())).unwrap();
+        let z: f64 = [1.0f64, 3.0, 3.0, 0.0, 2.0].iter().map(|x| x.exp()).sum();
+        let lp = |x: f64| x - z.ln();
+        assert_eq!(v["id"], 5);
+        assert_eq!(v["bytes"], "\\x05");
+        assert!((v["logprob"].as_f64().unwrap() - lp(2.0)).abs() < 1e-12);
+        // Best first, ties to the lower id; NaN never ranks.
+        let top: Vec<u64> = v["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(top, [1, 2, 5]);
+        assert!((v["top_logprobs"][0]["logprob"].as_f64().unwrap() - lp(3.0)).abs() < 1e-12);
+        // N larger than the vocabulary: every token; N = 0: none.
+        let v: serde_json::Value =
+            serde_json::from_str(&logprobs_line(&logits, 1, 99, tok.as_ref())).unwrap();
+        assert_eq!(v["top_logprobs"].as_array().unwrap().len(), 6);
+        let v: serde_json::Value =
+            serde_json::from_str(&logprobs_line(&logits, 1, 0, tok.as_ref())).unwrap();
+        assert_eq!(v["top_logprobs"].as_array().unwrap().len(), 0);
+    }
+
+    #[test]
     fn partial_match_that_diverges_is_printed() {
         assert_eq!(
             run_filter(&["STOP"], &["ST", "ART"]),
