@@ -785,9 +785,9 @@ fn dimmed(bytes: &[u8]) -> bool {
 
 #[test]
 fn no_progress_bar_or_escape_codes_when_stderr_is_not_a_terminal() {
-    // eval draws a progress bar on a terminal; into a pipe its stderr is plain lines.
-    let text = scratch("habits-eval").join("text.txt");
-    std::fs::write(&text, "word ".repeat(2000)).unwrap();
+    // eval draws a progress bar on a terminal (see the next test, same text); into a pipe its
+    // stderr is plain lines.
+    let text = eval_text();
     for args in [
         vec!["eval", "--text", &s(&text)],
         vec!["bench", "--context", "2k", "--segments", "2"],
@@ -800,7 +800,32 @@ fn no_progress_bar_or_escape_codes_when_stderr_is_not_a_terminal() {
     }
 }
 
+/// A text that takes eval long enough to draw its progress bar on a terminal.
+fn eval_text() -> std::path::PathBuf {
+    let text = scratch("habits-eval").join("text.txt");
+    std::fs::write(&text, "word ".repeat(8_000)).unwrap();
+    text
+}
+
 use expectrl::{Expect, Session};
+
+#[test]
+fn progress_bar_is_drawn_on_a_terminal() {
+    // The other side of the test above: the bar exists, so its absence in a pipe means
+    // something. (--color never changes nothing here: the bar has no colour.)
+    let text = eval_text();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rwkv-cli"));
+    c.env("RWKV_CLI_CACHE", scratch("cache"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TERM", "xterm")
+        .args(["--color", "never", "eval", "--text", &s(&text)]);
+    let mut session = Session::spawn(c).unwrap();
+    session.set_expect_timeout(Some(Duration::from_secs(120)));
+    let caps = session.expect("bits per byte").unwrap();
+    let shown = String::from_utf8_lossy(caps.before()).into_owned();
+    assert!(shown.contains(" tokens "), "{shown:?}");
+    assert!(shown.contains('\r') || shown.contains('\x1b'), "{shown:?}");
+}
 
 /// The start of an interactive chat in a pseudo-terminal (killed when dropped): what it
 /// printed until the line editor's prompt.
