@@ -46,13 +46,24 @@ line; Ctrl-D on an empty line quits. Commands:
   /help          these commands                   /quit        leave (also Ctrl-D)
   //text         send a message that begins with /
 History: $RWKV_CLI_HISTORY if set (empty: none), else $XDG_DATA_HOME/rwkv-cli/chat_history,
-else ~/.local/share/rwkv-cli/chat_history. NO_COLOR turns off the dim text.
+else ~/.local/share/rwkv-cli/chat_history. NO_COLOR or --color never turns off the dim text.
 
 Piped (stdin is not a terminal): each line is one message (empty lines are skipped); each reply
 is written to stdout followed by one blank line. --stats-json writes one JSON object per turn
 on stderr: turn, prompt_tokens (read this turn), reply_tokens (the reply and its \\n\\n),
 context_tokens, state_bytes, prefill_tokens_per_second, decode_tokens_per_second,
-peak_rss_bytes. Ctrl-C stops the reply, then the run (exit status 130, no --state-out).";
+peak_rss_bytes. Ctrl-C stops the reply, then the run (exit status 130, no --state-out).
+
+Examples:
+  rwkv-cli chat                                     the embedded demo model
+  rwkv-cli chat -m rwkv7-g1-1.5b --think on --system 'You are terse.'
+  printf 'Hi!\\nWhat is 2+2?\\n' | rwkv-cli chat -m rwkv7-g1-0.4b --stats-json
+
+Environment: RWKV_CLI_HISTORY, XDG_DATA_HOME, HOME (history); NO_COLOR (dim text);
+RWKV_CLI_CACHE or XDG_CACHE_HOME (the embedded model); HF_HOME, HF_HUB_CACHE, HF_TOKEN,
+HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_DISABLE_PROGRESS_BARS (Hub models); RWKV_NO_AVX512,
+RWKV_NO_VNNI, RWKV_NO_SIMD (force slower kernels).
+Exit status: 0 success, 1 failure (one line on stderr), 2 usage error, 130 interrupted.";
 
 #[derive(Args, Debug, Clone)]
 #[command(after_help = AFTER_HELP)]
@@ -81,6 +92,12 @@ pub struct ChatArgs {
     /// Keep only the k most likely tokens (0 = off).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
+    /// Min-p: drop the tokens less than P times as likely as the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub min_p: f32,
+    /// Add VALUE to token ID's logit (`-inf` bans it); may be repeated.
+    #[arg(long, value_name = "ID=VALUE", value_parser = super::generate::logit_bias_arg)]
+    pub logit_bias: Vec<(u32, f32)>,
     /// Seed of the sampler's random generator.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -130,7 +147,7 @@ fn catch_ctrl_c(exit_when_idle: bool) {
     });
 }
 
-/// Dim text (ANSI) on a terminal, unless NO_COLOR is set.
+/// Dim text (ANSI) where `--color` and NO_COLOR allow it (see `cli::color_for`).
 #[derive(Clone, Copy)]
 struct Style {
     out: bool,
@@ -142,10 +159,9 @@ const RESET: &str = "\x1b[0m";
 
 impl Style {
     fn detect() -> Self {
-        let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         Style {
-            out: color && std::io::stdout().is_terminal(),
-            err: color && std::io::stderr().is_terminal(),
+            out: super::color_stdout(),
+            err: super::color_stderr(),
         }
     }
 
@@ -297,6 +313,8 @@ pub fn run(args: ChatArgs) -> Result<()> {
         temperature: args.temperature,
         top_p: args.top_p,
         top_k: args.top_k,
+        min_p: args.min_p,
+        logit_bias: args.logit_bias.clone(),
         presence_penalty: args.presence_penalty,
         frequency_penalty: args.frequency_penalty,
         penalty_decay: args.penalty_decay,
@@ -315,6 +333,9 @@ pub fn run(args: ChatArgs) -> Result<()> {
         output_file::check("--state-out", p)?;
     }
     let (loaded, tok) = args.load.load()?;
+    if let Err(e) = sampler_cfg.validate_vocab(loaded.config.vocab_size) {
+        rwkv_cli::usage_bail!("{e}");
+    }
     let dtype = loaded.format;
     let ckpt = loaded.checkpoint;
     let model: Arc<dyn Model> = Arc::from(loaded.model);

@@ -22,14 +22,42 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
+const AFTER_HELP: &str = "\
+Examples:
+  rwkv-cli generate -p 'The Eiffel tower is in' -n 50
+  rwkv-cli generate -m rwkv7-g1-0.1b -f question.txt -p 'Answer:' --temperature 0 --logprobs 5
+  git diff | rwkv-cli generate --top-p 0.5 --min-p 0.05 --logit-bias 0=-inf --stats-json
+
+The prompt is --file's bytes followed by --prompt's (so a document and then an instruction);
+either alone is the whole prompt; with neither, a piped stdin is read.
+Sampling: penalties, --logit-bias, then (temperature > 0) --min-p, --top-k, --top-p, a draw.
+--logprobs N writes one JSON object per generated token: {\"id\", \"bytes\" (the token's bytes,
+escaped), \"logprob\" (natural log, of the model's distribution before any sampling setting),
+\"top_logprobs\": the N most likely tokens as [{\"id\", \"bytes\", \"logprob\"}]}.
+
+Environment: RWKV_CLI_CACHE or XDG_CACHE_HOME (where the embedded model is unpacked);
+HF_HOME, HF_HUB_CACHE, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_DISABLE_PROGRESS_BARS (Hub
+models); RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_SIMD (force slower kernels).
+Exit status: 0 success (also when the reader of stdout goes away), 1 failure (one line on
+stderr), 2 usage error, 130 interrupted by Ctrl-C (the stats are still printed).";
+
 #[derive(Args, Debug, Clone)]
+#[command(after_help = AFTER_HELP)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The prompt; `-` reads it from stdin (as does a piped stdin when --prompt is absent).
-    /// A prompt read from stdin must not be empty; `--prompt ""` generates unconditionally.
+    /// The prompt; `-` reads it from stdin (as does a piped stdin when --prompt and --file are
+    /// absent). A prompt read from stdin must not be empty; `--prompt ""` generates
+    /// unconditionally.
     #[arg(long, short)]
     pub prompt: Option<std::ffi::OsString>,
+    /// Read the prompt from this file (`-`: stdin); with --prompt too, the file comes first
+    /// and the prompt follows it.
+    #[arg(long, short = 'f', value_name = "PATH")]
+    pub file: Option<std::ffi::OsString>,
+    /// Print the prompt's token ids on stderr before generating.
+    #[arg(long)]
+    pub verbose_prompt: bool,
     /// Tokens to generate (0: run the prompt only).
     #[arg(long, short = 'n', default_value_t = 200)]
     pub max_tokens: usize,
@@ -42,6 +70,19 @@ pub struct GenerateArgs {
     /// Keep only the k most likely tokens (0 = off).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
+    /// Min-p: drop the tokens less than P times as likely as the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub min_p: f32,
+    /// Add VALUE to token ID's logit (`-inf` bans it); may be repeated.
+    #[arg(long, value_name = "ID=VALUE", value_parser = logit_bias_arg)]
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Write one JSON line per generated token: its log-probability and the N most likely
+    /// alternatives' (see below); on stderr unless --logprobs-out.
+    #[arg(long, value_name = "N")]
+    pub logprobs: Option<usize>,
+    /// Write the --logprobs lines to this file instead of stderr.
+    #[arg(long, value_name = "FILE", requires = "logprobs")]
+    pub logprobs_out: Option<String>,
     /// Seed of the sampler's random generator.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -77,6 +118,99 @@ pub struct GenerateArgs {
     /// Print the stats as one JSON object on stderr instead of a text line.
     #[arg(long)]
     pub stats_json: bool,
+}
+
+/// `--logit-bias ID=VALUE` for clap.
+pub fn logit_bias_arg(s: &str) -> std::result::Result<(u32, f32), String> {
+    rwkv_cli::sampler::parse_logit_bias(s).map_err(|e| format!("{e:#}"))
+}
+
+/// The prompt's bytes: `--file`'s, then `--prompt`'s; without `--file`, [`read_prompt`].
+fn gather_prompt(
+    file: Option<&std::ffi::OsStr>,
+    prompt: Option<&std::ffi::OsStr>,
+) -> Result<Vec<u8>> {
+    let Some(file) = file else {
+        return read_prompt(prompt);
+    };
+    let stdin = |what: &str| -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .with_context(|| format!("cannot read {what} from stdin"))?;
+        Ok(buf)
+    };
+    let mut bytes = if file == "-" {
+        if prompt.is_some_and(|p| p == "-") {
+            rwkv_cli::usage_bail!("--file - and --prompt - cannot both read stdin");
+        }
+        stdin("--file -")?
+    } else {
+        std::fs::read(file).with_context(|| format!("cannot read --file {}", file.display()))?
+    };
+    match prompt {
+        Some(p) if p == "-" => bytes.extend(stdin("--prompt -")?),
+        Some(p) => {
+            use std::os::unix::ffi::OsStrExt;
+            bytes.extend_from_slice(p.as_bytes())
+        }
+        None if bytes.is_empty() => rwkv_cli::usage_bail!(
+            "the prompt file {} is empty (use --prompt \"\" to generate without a prompt)",
+            file.display()
+        ),
+        None => {}
+    }
+    Ok(bytes)
+}
+
+/// One `--logprobs` line: the chosen token's log-probability under softmax(`logits`) and the
+/// `top` most likely tokens' (ties to the lower id), as JSON.
+fn logprobs_line(
+    logits: &[f32],
+    chosen: u32,
+    top: usize,
+    tok: &dyn rwkv_cli::tokenizer::Tokenizer,
+) -> String {
+    let clean = |x: f32| {
+        if x.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            x as f64
+        }
+    };
+    let max = logits
+        .iter()
+        .map(|&x| clean(x))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let lse = max
+        + logits
+            .iter()
+            .map(|&x| (clean(x) - max).exp())
+            .sum::<f64>()
+            .ln();
+    let lp = |id: u32| clean(logits[id as usize]) - lse;
+    let entry = |id: u32| {
+        serde_json::json!({
+            "id": id,
+            "bytes": super::tokenize::escape_bytes(&tok.token_bytes(id)),
+            "logprob": lp(id),
+        })
+    };
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    let by_rank = |a: &u32, b: &u32| {
+        clean(logits[*b as usize])
+            .total_cmp(&clean(logits[*a as usize]))
+            .then(a.cmp(b))
+    };
+    let top = top.min(ids.len());
+    if top > 0 && top < ids.len() {
+        ids.select_nth_unstable_by(top - 1, by_rank);
+    }
+    ids.truncate(top);
+    ids.sort_unstable_by(by_rank);
+    let mut v = entry(chosen);
+    v["top_logprobs"] = ids.into_iter().map(entry).collect();
+    v.to_string()
 }
 
 /// Reads the prompt from `--prompt`, or from stdin for `-` or when stdin is piped. A prompt
@@ -186,6 +320,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         temperature: args.temperature,
         top_p: args.top_p,
         top_k: args.top_k,
+        min_p: args.min_p,
+        logit_bias: args.logit_bias.clone(),
         presence_penalty: args.presence_penalty,
         frequency_penalty: args.frequency_penalty,
         seed: args.seed,
@@ -213,15 +349,29 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(p) = args.logits_out.as_deref().filter(|_| !logits_to_stdout) {
         output_file::check("--logits-out", p)?;
     }
+    if let Some(p) = &args.logprobs_out {
+        if p == "-" {
+            rwkv_cli::usage_bail!(
+                "--logprobs-out - would mix the lines with the generated text (without --logprobs-out they go to stderr)"
+            );
+        }
+        output_file::check("--logprobs-out", p)?;
+    }
     // The flags' own errors before the prompt is read.
     args.model.format()?;
-    let prompt =
-        if args.state_in.is_some() && args.prompt.is_none() && std::io::stdin().is_terminal() {
-            Vec::new() // resuming a saved state needs no prompt
-        } else {
-            read_prompt(args.prompt.as_deref())?
-        };
+    let prompt = if args.state_in.is_some()
+        && args.prompt.is_none()
+        && args.file.is_none()
+        && std::io::stdin().is_terminal()
+    {
+        Vec::new() // resuming a saved state needs no prompt
+    } else {
+        gather_prompt(args.file.as_deref(), args.prompt.as_deref())?
+    };
     let (loaded, tok) = args.model.load()?;
+    if let Err(e) = sampler_cfg.validate_vocab(loaded.config.vocab_size) {
+        rwkv_cli::usage_bail!("{e}");
+    }
     let model = loaded.model.as_ref();
     let cfg = &loaded.config;
     let fingerprint = if args.state_in.is_some() || args.state_out.is_some() {
@@ -245,6 +395,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         // separated by the end-of-text token.
         tokens.push(tok.eot_token().unwrap_or(0));
     }
+    if args.verbose_prompt {
+        let ids: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+        crate::errln!("prompt: {} tokens: {}", tokens.len(), ids.join(" "));
+    }
+    let mut logprob_lines = String::new();
 
     // From here on, Ctrl-C stops the run at the next chunk or token and still reports it.
     // Ctrl-C: generation stops at the next token and still reports its stats.
@@ -296,6 +451,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             if Some(next) == tok.eot_token() {
                 break;
             }
+            if let Some(n) = args.logprobs {
+                let line = logprobs_line(&logits, next, n, tok.as_ref());
+                if args.logprobs_out.is_some() {
+                    logprob_lines.push_str(&line);
+                    logprob_lines.push('\n');
+                } else {
+                    crate::errln!("{line}");
+                }
+            }
             sampler.accept(next);
             generated += 1;
             let (text, stopped) = filter.push(&tok.token_bytes(next));
@@ -326,6 +490,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
     }
     drop(out);
+    if let Some(p) = &args.logprobs_out {
+        // Written after Ctrl-C too: each line stands on its own.
+        output_file::write(Path::new(p), logprob_lines.as_bytes()).context("--logprobs-out")?;
+    }
 
     if interrupted {
         let mut skipped = Vec::new();
@@ -445,6 +613,35 @@ mod tests {
             run_filter(&["User:"], &["a Us", "er: b"]),
             ("a ".into(), true)
         );
+    }
+
+    #[test]
+    fn logprobs_line_has_the_chosen_token_and_the_best_alternatives() {
+        let tok = rwkv_cli::tokenizer::load(rwkv_cli::tokenizer::TokenizerKind::Bytes).unwrap();
+        let logits = [1.0f32, 3.0, 3.0, 0.0, f32::NAN, 2.0];
+        let v: serde_json::Value =
+            serde_json::from_str(&logprobs_line(&logits, 5, 3, tok.as_ref())).unwrap();
+        let z: f64 = [1.0f64, 3.0, 3.0, 0.0, 2.0].iter().map(|x| x.exp()).sum();
+        let lp = |x: f64| x - z.ln();
+        assert_eq!(v["id"], 5);
+        assert_eq!(v["bytes"], "\\x05");
+        assert!((v["logprob"].as_f64().unwrap() - lp(2.0)).abs() < 1e-12);
+        // Best first, ties to the lower id; NaN never ranks.
+        let top: Vec<u64> = v["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(top, [1, 2, 5]);
+        assert!((v["top_logprobs"][0]["logprob"].as_f64().unwrap() - lp(3.0)).abs() < 1e-12);
+        // N larger than the vocabulary: every token; N = 0: none.
+        let v: serde_json::Value =
+            serde_json::from_str(&logprobs_line(&logits, 1, 99, tok.as_ref())).unwrap();
+        assert_eq!(v["top_logprobs"].as_array().unwrap().len(), 6);
+        let v: serde_json::Value =
+            serde_json::from_str(&logprobs_line(&logits, 1, 0, tok.as_ref())).unwrap();
+        assert_eq!(v["top_logprobs"].as_array().unwrap().len(), 0);
     }
 
     #[test]

@@ -5,11 +5,13 @@
 pub mod bench;
 pub mod chat;
 pub mod compare;
+pub mod completions;
 pub mod eval;
 pub mod generate;
 pub mod info;
 pub mod model_args;
 pub mod models;
+pub mod tokenize;
 
 use anyhow::Result;
 use rwkv_cli::error::UsageError;
@@ -52,6 +54,50 @@ pub fn clear_interrupt() {
 /// Records an interrupt seen another way (a child process that died of SIGINT, say).
 pub fn note_interrupt() {
     INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// `--color`: when to colour or dim text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless the NO_COLOR environment variable is set (and not empty).
+    Auto,
+    /// Always, even into a pipe or with NO_COLOR.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// The `--color` of this run (0 auto, 1 always, 2 never).
+static COLOR: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Records `--color` for [`color_for`].
+pub fn set_color(c: ColorChoice) {
+    let v = match c {
+        ColorChoice::Auto => 0,
+        ColorChoice::Always => 1,
+        ColorChoice::Never => 2,
+    };
+    COLOR.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether to colour (or dim) text written to a stream: `--color always`/`never` decide; with
+/// `auto` only a terminal gets colour, and not when NO_COLOR is set to anything but "".
+pub fn color_for(is_terminal: bool) -> bool {
+    match COLOR.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+    }
+}
+
+/// Colour for stderr ([`color_for`] its terminal-ness).
+pub fn color_stderr() -> bool {
+    color_for(std::io::stderr().is_terminal())
+}
+
+/// Colour for stdout ([`color_for`] its terminal-ness).
+pub fn color_stdout() -> bool {
+    color_for(std::io::stdout().is_terminal())
 }
 
 /// Sets the size of the thread pool used by the matrix kernels.

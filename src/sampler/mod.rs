@@ -2,12 +2,14 @@
 //!
 //! Order of operations in [`Sampler::sample`]:
 //! 1. copy the logits into an internal buffer (NaN becomes -inf),
-//! 2. ChatRWKV-style repetition penalties,
+//! 2. ChatRWKV-style repetition penalties, then the logit biases (`--logit-bias`),
 //! 3. temperature 0: greedy argmax (ties to the lowest id), done;
-//! 4. top-k (partial selection, ties at the boundary go to lower ids),
-//! 5. softmax with temperature (max-subtracted, sums in f64),
-//! 6. top-p (nucleus) over the survivors,
-//! 7. a draw from a seeded SplitMix64 generator.
+//! 4. min-p: drop every token whose probability (at this temperature) is below `min_p` times
+//!    the most likely token's, i.e. whose logit is below `max + temperature · ln(min_p)`,
+//! 5. top-k (partial selection, ties at the boundary go to lower ids),
+//! 6. softmax with temperature (max-subtracted, sums in f64),
+//! 7. top-p (nucleus) over the survivors,
+//! 8. a draw from a seeded SplitMix64 generator.
 //!
 //! Nothing here sorts the whole vocabulary: top-k streams over the logits with a
 //! rising threshold and `select_nth_unstable_by`, sorting only the k survivors;
@@ -36,12 +38,19 @@ pub use logits::{argmax, log_softmax_at};
 pub use rng::SplitMix64;
 use select::{bucket, rank, top_k_candidates, HIST_LEN};
 
-/// Sampling settings. `top_p == 1.0` and `top_k == 0` switch those filters off.
+/// Sampling settings. `top_p == 1.0`, `top_k == 0` and `min_p == 0.0` switch those filters
+/// off.
 #[derive(Clone, Debug)]
 pub struct SamplerConfig {
     pub temperature: f32,
     pub top_p: f32,
     pub top_k: usize,
+    /// Min-p: keep only the tokens at least this fraction as likely as the most likely one
+    /// (0 = off, 1 = only the most likely).
+    pub min_p: f32,
+    /// Added to a token's logit before anything else but the penalties (`(id, bias)`; a bias
+    /// of `-inf` bans a token). Later entries for the same id add up.
+    pub logit_bias: Vec<(u32, f32)>,
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
     pub penalty_decay: f32,
@@ -54,6 +63,8 @@ impl Default for SamplerConfig {
             temperature: 1.0,
             top_p: 1.0,
             top_k: 0,
+            min_p: 0.0,
+            logit_bias: Vec::new(),
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             penalty_decay: 0.996,
@@ -76,6 +87,15 @@ impl SamplerConfig {
                 "--top-p must be in (0, 1] (got {}; use 1 to disable)",
                 self.top_p
             );
+        }
+        if !(self.min_p >= 0.0 && self.min_p <= 1.0) {
+            bail!(
+                "--min-p must be in [0, 1] (got {}; 0 disables it)",
+                self.min_p
+            );
+        }
+        if let Some((id, b)) = self.logit_bias.iter().find(|(_, b)| b.is_nan()) {
+            bail!("--logit-bias {id}={b}: the bias must be a number");
         }
         if !self.presence_penalty.is_finite() {
             bail!(
@@ -101,6 +121,33 @@ impl SamplerConfig {
     fn has_penalties(&self) -> bool {
         self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
     }
+
+    /// Checks the `--logit-bias` ids against a vocabulary of `vocab` entries.
+    pub fn validate_vocab(&self, vocab: usize) -> Result<()> {
+        if let Some((id, _)) = self.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
+            bail!("--logit-bias {id}: the vocabulary has only ids 0..{vocab}");
+        }
+        Ok(())
+    }
+}
+
+/// Parses one `--logit-bias` value, `ID=VALUE` (VALUE a number, `-inf` to ban the token).
+pub fn parse_logit_bias(s: &str) -> Result<(u32, f32)> {
+    let Some((id, v)) = s.split_once('=') else {
+        bail!("expected ID=VALUE (e.g. 0=-inf or 11=2.5), got '{s}'");
+    };
+    let id: u32 = id
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("'{}' is not a token id", id.trim()))?;
+    let v: f32 = v
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("'{}' is not a number", v.trim()))?;
+    if v.is_nan() {
+        bail!("the bias must be a number, not NaN");
+    }
+    Ok((id, v))
 }
 
 /// Stateful sampler: owns the RNG, the penalty counts and reusable scratch buffers.
@@ -183,7 +230,8 @@ impl Sampler {
             return 0;
         }
         let penalize = self.cfg.has_penalties() && !self.seen.is_empty();
-        if self.cfg.temperature == 0.0 && !penalize {
+        let bias = !self.cfg.logit_bias.is_empty();
+        if self.cfg.temperature == 0.0 && !penalize && !bias {
             return argmax(logits);
         }
 
@@ -201,10 +249,34 @@ impl Sampler {
                 }
             }
         }
+        for &(t, b) in &self.cfg.logit_bias {
+            if let Some(x) = self.buf.get_mut(t as usize) {
+                *x += b;
+            }
+        }
         if self.cfg.temperature == 0.0 || self.cfg.top_k == 1 {
             return argmax(&self.buf);
         }
+        if self.cfg.min_p > 0.0 {
+            self.apply_min_p();
+        }
         self.sample_buf()
+    }
+
+    /// Sets to -inf every logit of `self.buf` whose probability at this temperature is below
+    /// `min_p` times the largest: `x < max + T·ln(min_p)`. Nothing to do when the maximum is
+    /// not finite (the draw then handles it).
+    fn apply_min_p(&mut self) {
+        let max = max_ignoring_nan(&self.buf);
+        if !max.is_finite() {
+            return;
+        }
+        let cut = max as f64 + self.cfg.temperature as f64 * (self.cfg.min_p as f64).ln();
+        for x in self.buf.iter_mut() {
+            if (*x as f64) < cut {
+                *x = f32::NEG_INFINITY;
+            }
+        }
     }
 
     /// Steps 4..7 on `self.buf` (NaN-free, penalties applied, temperature > 0).

@@ -465,3 +465,119 @@ fn validate_rejects_bad_values() {
         assert!(!e.contains('\n'), "{e}");
     }
 }
+
+#[test]
+fn min_p_drops_tokens_below_the_fraction_of_the_best() {
+    // Probabilities at T = 1: ln-ratios to the best are 0, -0.5, -1.5, -3.
+    let logits = [3.0f32, 2.5, 1.5, 0.0];
+    // min-p 0.3: ln 0.3 = -1.20, so ids 0 and 1 survive.
+    let mut s = Sampler::new(SamplerConfig {
+        min_p: 0.3,
+        seed: 7,
+        ..SamplerConfig::default()
+    });
+    let c = counts(&mut s, &logits, 4000);
+    assert_eq!((c[2], c[3]), (0, 0), "{c:?}");
+    assert!(c[0] > 0 && c[1] > 0, "{c:?}");
+    // Renormalised over the survivors: p1/p0 = e^-0.5 ≈ 0.61.
+    let ratio = c[1] as f64 / c[0] as f64;
+    assert!((ratio - (-0.5f64).exp()).abs() < 0.1, "{ratio}");
+    // At T = 2 the same fraction keeps more: the cut is 2·ln 0.3 = -2.41 below the best.
+    let mut s = Sampler::new(SamplerConfig {
+        min_p: 0.3,
+        temperature: 2.0,
+        seed: 7,
+        ..SamplerConfig::default()
+    });
+    let c = counts(&mut s, &logits, 4000);
+    assert!(c[2] > 0 && c[3] == 0, "{c:?}");
+    // min-p 1 keeps only the best (and its ties).
+    let mut s = Sampler::new(SamplerConfig {
+        min_p: 1.0,
+        ..SamplerConfig::default()
+    });
+    let c = counts(&mut s, &[1.0, 4.0, 4.0, 2.0], 400);
+    assert_eq!((c[0], c[3]), (0, 0), "{c:?}");
+    assert!(c[1] > 0 && c[2] > 0, "{c:?}");
+    // min-p 0 changes nothing: the same draws as without it.
+    let mut a = Sampler::new(cfg(1.0, 0, 1.0, 3));
+    let mut b = Sampler::new(SamplerConfig {
+        min_p: 0.0,
+        ..cfg(1.0, 0, 1.0, 3)
+    });
+    for _ in 0..50 {
+        assert_eq!(a.sample(&logits), b.sample(&logits));
+    }
+}
+
+#[test]
+fn logit_bias_shifts_and_bans_tokens() {
+    let logits = [2.0f32, 1.0, 0.0];
+    // Greedy: +5 on id 2 makes it the best; -inf on id 0 bans it.
+    let mut s = Sampler::new(SamplerConfig {
+        temperature: 0.0,
+        logit_bias: vec![(2, 5.0)],
+        ..SamplerConfig::default()
+    });
+    assert_eq!(s.sample(&logits), 2);
+    let mut s = Sampler::new(SamplerConfig {
+        temperature: 0.0,
+        logit_bias: vec![(0, f32::NEG_INFINITY)],
+        ..SamplerConfig::default()
+    });
+    assert_eq!(s.sample(&logits), 1);
+    // Sampling: a banned token is never drawn; entries for one id add up.
+    let mut s = Sampler::new(SamplerConfig {
+        logit_bias: vec![(0, f32::NEG_INFINITY), (2, 0.5), (2, 0.5)],
+        seed: 1,
+        ..SamplerConfig::default()
+    });
+    let c = counts(&mut s, &logits, 2000);
+    assert_eq!(c[0], 0, "{c:?}");
+    // Ids 1 and 2 now have equal logits (1.0 each): about half each.
+    assert!((c[1] as f64 / 2000.0 - 0.5).abs() < 0.06, "{c:?}");
+    // Ids past the end are ignored by the sampler and refused by validate_vocab.
+    let cfg_far = SamplerConfig {
+        temperature: 0.0,
+        logit_bias: vec![(99, 100.0)],
+        ..SamplerConfig::default()
+    };
+    assert_eq!(Sampler::new(cfg_far.clone()).sample(&logits), 0);
+    let e = cfg_far.validate_vocab(3).unwrap_err().to_string();
+    assert!(e.contains("--logit-bias 99"), "{e}");
+    assert!(cfg_far.validate_vocab(100).is_ok());
+}
+
+#[test]
+fn logit_bias_and_min_p_flags_parse_and_validate() {
+    assert_eq!(parse_logit_bias("11=2.5").unwrap(), (11, 2.5));
+    assert_eq!(
+        parse_logit_bias(" 0 = -inf").unwrap(),
+        (0, f32::NEG_INFINITY)
+    );
+    assert_eq!(parse_logit_bias("3=-1").unwrap(), (3, -1.0));
+    for bad in ["11", "x=1", "-1=2", "1=", "1=abc", "1=NaN"] {
+        assert!(parse_logit_bias(bad).is_err(), "{bad}");
+    }
+    for (min_p, ok) in [
+        (0.0, true),
+        (0.05, true),
+        (1.0, true),
+        (-0.1, false),
+        (1.5, false),
+    ] {
+        let c = SamplerConfig {
+            min_p,
+            ..SamplerConfig::default()
+        };
+        assert_eq!(c.validate().is_ok(), ok, "{min_p}");
+        if !ok {
+            assert!(c.validate().unwrap_err().to_string().contains("--min-p"));
+        }
+    }
+    let nan = SamplerConfig {
+        min_p: f32::NAN,
+        ..SamplerConfig::default()
+    };
+    assert!(nan.validate().is_err());
+}
