@@ -3,7 +3,7 @@
 llama.cpp's converter lays it out, so that rwkv-cli's GGUF reader can be tested on files of the
 real layout without llama.cpp.
 
-    python3 scripts/make_gguf_fixture.py IN.safetensors OUT.gguf --type f32|f16|bf16|q8_0|q4_0
+    python3 scripts/make_gguf_fixture.py IN.safetensors OUT.gguf --type f32|f16|bf16|q8_0|q4_0|q6_k
     python3 scripts/make_gguf_fixture.py --kquants OUT.gguf     # K-quant decoding fixture
 
 Needs `pip install gguf numpy` (gguf = gguf-py, llama.cpp's own GGUF writer and quantizers).
@@ -42,7 +42,10 @@ conversion/rwkv.py). That converter reads Hugging Face "RWKV7ForCausalLM" checkp
 from an F16/F32 GGUF): this script mimics its choices — the LoRAs, 1-D tensors and the fused
 mixes stay as they were (F32), the large matrices and the embedding become Q4_0, and
 `output.weight` takes Q6_K, or Q8_0 where its rows are not a whole number of 256-blocks (the
-fallback llama-quantize uses).
+fallback llama-quantize uses). `--type q6_k` likewise puts every matrix the converter would
+quantize in Q6_K (Q8_0 where rows are not whole 256-blocks). gguf-py cannot encode K-quants:
+Q6_K blocks come from this script's plain encoder (`quantize_q6_k`, simpler than llama.cpp's
+scale search; same layout, checked against gguf-py's decoder).
 
 `--kquants` writes a container of Q4_K, Q5_K and Q6_K tensors of random blocks next to their
 values as gguf-py decodes them (F32 tensors named `NAME.ref`): the reader's K-quant decoders
@@ -154,6 +157,42 @@ def quantize(data, qtype):
         return gguf.quants.quantize(data, T.F16), T.F16
 
 
+def quantize_q6_k(data):
+    """A plain Q6_K encoder (gguf-py only decodes K-quants): per 16 values a scale
+    max|x|/31, the 16 scales of a 256-block as int8 steps of one f16 `d`, values in -32..31.
+    Simpler than llama.cpp's (which searches the scales), same block layout: 128 bytes of low
+    nibbles, 64 of high 2-bit pairs, 16 int8 scales, f16 d; checked against gguf-py's decoder.
+    """
+    rows, cols = data.shape
+    x = np.ascontiguousarray(data, dtype=np.float32).reshape(-1, 16, 16)
+    nb = x.shape[0]
+    scf = np.abs(x).max(-1) / 31
+    d = np.float16(scf.max(-1) / 127).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sci = np.where(d[:, None] > 0, np.round(scf / d[:, None]), 0).clip(0, 127)
+        eff = d[:, None] * sci
+        q = np.where(eff[..., None] > 0, np.round(x / eff[..., None]), 0)
+    q = (q.clip(-32, 31) + 32).astype(np.uint8).reshape(nb, 2, 4, 32)
+    ql = np.empty((nb, 2, 64), dtype=np.uint8)
+    ql[:, :, :32] = (q[:, :, 0] & 15) | ((q[:, :, 2] & 15) << 4)
+    ql[:, :, 32:] = (q[:, :, 1] & 15) | ((q[:, :, 3] & 15) << 4)
+    qh = (q[:, :, 0] >> 4) | ((q[:, :, 1] >> 4) << 2) | ((q[:, :, 2] >> 4) << 4) | ((q[:, :, 3] >> 4) << 6)
+    blocks = np.concatenate(
+        [
+            ql.reshape(nb, 128),
+            qh.reshape(nb, 64).astype(np.uint8),
+            sci.astype(np.int8).view(np.uint8),
+            d.astype(np.float16).view(np.uint8).reshape(nb, 2),
+        ],
+        axis=1,
+    )
+    out = blocks.reshape(rows, cols // 256 * 210)
+    back = gguf.quants.dequantize(out, gguf.GGMLQuantizationType.Q6_K).reshape(rows, cols)
+    err = np.abs(back - data).max() / max(np.abs(data).max(), 1e-30)
+    assert err < 0.05, f"Q6_K round trip error {err}"
+    return out
+
+
 def world_vocab():
     """_set_vocab_rwkv_world's token list, from the vocabulary the crate embeds."""
     import ast
@@ -183,13 +222,14 @@ def write_model(src, out, typ, world=False):
     vocab, C = t["emb.weight"].shape
     H, N = t["blocks.0.att.r_k"].shape
     F = t["blocks.0.ffn.key.weight"].shape[0]
-    want = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}[typ]
+    want = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q6_k": T.Q6_K}[typ]
     ftype = {
         "f32": gguf.LlamaFileType.ALL_F32,
         "f16": gguf.LlamaFileType.MOSTLY_F16,
         "bf16": gguf.LlamaFileType.MOSTLY_BF16,
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
         "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+        "q6_k": gguf.LlamaFileType.MOSTLY_Q6_K,
     }[typ]
     w = gguf.GGUFWriter(out, "rwkv7")
     w.add_name("rwkv-cli fixture")
@@ -222,11 +262,17 @@ def write_model(src, out, typ, world=False):
                 q = T.Q6_K if data.shape[-1] % 256 == 0 else T.Q8_0
             else:
                 q = T.Q4_0
-            if q == T.Q6_K:
-                sys.exit("Q6_K encoding is not in gguf-py: use a width that is not a multiple of 256")
+        elif typ == "q6_k":
+            # Every matrix that llama.cpp's converter would quantize, in Q6_K where its rows are
+            # whole 256-blocks (else Q8_0): for measuring the K-quant path.
+            q = tensor_type(name, data, T.Q6_K)
+            if q == T.Q6_K and data.shape[-1] % 256 != 0:
+                q = T.Q8_0
         else:
             q = tensor_type(name, data, want)
-        if q == T.F32:
+        if q == T.Q6_K:
+            w.add_tensor(name, quantize_q6_k(data), raw_dtype=T.Q6_K)
+        elif q == T.F32:
             w.add_tensor(name, np.ascontiguousarray(data, dtype=np.float32))
         else:
             qd, q = quantize(data, q)
@@ -268,7 +314,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("src", nargs="?")
     ap.add_argument("out")
-    ap.add_argument("--type", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q4_0"])
+    ap.add_argument("--type", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q6_k"])
     ap.add_argument("--kquants", action="store_true")
     ap.add_argument(
         "--world-vocab",

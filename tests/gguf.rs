@@ -122,6 +122,16 @@ fn a_q8_0_gguf_keeps_ggml_s_integers_and_loses_little_on_a_trained_model() {
             assert!(rel <= 2.0f32.powi(-8), "{x} vs {q}·{d}");
         }
     }
+    // Q4_0 likewise: ggml's 4-bit integers come back, the scale rounded to bf16.
+    let c = Checkpoint::open(&fixture_path("v7_q4_0.gguf")).unwrap();
+    let w = c.read_f32("blocks.0.att.key.weight").unwrap();
+    for block in w.chunks(32) {
+        let (d, q) = rwkv_cli::format::quantize_block_q4_0(block);
+        for (x, q) in block.iter().zip(q) {
+            let back = (q as f32 - 8.0) * d.to_f32();
+            assert!((x - back).abs() <= x.abs() * 2.0f32.powi(-8), "{x} vs {back}");
+        }
+    }
     // The embedded default model converted to Q8_0 as llama.cpp's converter does: bits per
     // byte on held-out text within precision.rs's Q8_0 margin of the f32 safetensors, computed
     // in f32 from ggml's values and in our Q8_0 from ggml's integers.

@@ -1,4 +1,5 @@
-//! Reading checkpoint files: safetensors and PyTorch `.pth` zip archives, both memory-mapped.
+//! Reading checkpoint files: safetensors, PyTorch `.pth` zip archives and llama.cpp's GGUF,
+//! all memory-mapped.
 //!
 //! A [`Checkpoint`] lists its tensors (name, shape, stored dtype) without reading their data,
 //! and hands out one tensor at a time converted to `f32` ([`Checkpoint::read_f32`]). Nothing is
@@ -15,6 +16,14 @@
 //!   `torch.save` writes them) and `data.pkl` run by a small bounded pickle machine
 //!   (`pickle.rs`) that knows the handful of opcodes and callables of a state dict and executes
 //!   nothing. Each tensor's view (offset, shape, strides) must lie inside its storage entry.
+//! - GGUF (`gguf.rs`: the container — counts, strings, dimensions, alignment and every tensor's
+//!   byte range checked, ranges not overlapping; `gguf_rwkv7.rs`: llama.cpp's `rwkv7` layout
+//!   mapped back to BlinkDL's names and shapes, the fused token-shift mixes split, the LoRAs
+//!   transposed back, `r_k` reshaped, layer 0's dummy `v0/v1/v2` dropped, the World vocabulary
+//!   checked). Tensors of F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K are decoded to f32
+//!   when read; the model's `--dtype`/`--quant` then applies as for any checkpoint (a Q8_0 or
+//!   Q4_0 tensor read into our Q8_0 or Q4_0 keeps ggml's integers: only its f16 block scale is
+//!   rounded to our bf16).
 //!
 //! Memory: the file is memory-mapped and tensors are converted straight from the map; after
 //! each tensor is converted, its pages are released (`MADV_DONTNEED`), so a load never holds the
