@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Writes an RWKV-7 checkpoint (BlinkDL names, safetensors) as a GGUF file laid out exactly as
-llama.cpp's converter lays it out, so that rwkv-cli's GGUF reader can be tested on files of the
-real layout without llama.cpp.
+"""Writes an RWKV-7 (or RWKV-6) checkpoint (BlinkDL names, safetensors) as a GGUF file laid out
+exactly as llama.cpp's converter lays it out, so that rwkv-cli's GGUF reader can be tested on
+files of the real layout without llama.cpp.
 
     python3 scripts/make_gguf_fixture.py IN.safetensors OUT.gguf --type f32|f16|bf16|q8_0|q4_0|q6_k
     python3 scripts/make_gguf_fixture.py --kquants OUT.gguf     # K-quant decoding fixture
@@ -37,6 +37,14 @@ conversion/rwkv.py). That converter reads Hugging Face "RWKV7ForCausalLM" checkp
    vocabulary size, EOT 261). It only works for a 65536-token vocabulary: for our small
    fixtures (vocab 256) no tokenizer metadata is written (the converter would refuse them),
    unless --world-vocab asks for it (a fixture for the reader's vocabulary check).
+
+RWKV-6 (told by `blocks.0.att.time_maa_x`) follows class `Rwkv6Model` instead: HF names
+`rwkv.blocks.N.attention.X` / `feed_forward.X` (`rwkv.embeddings`, `rwkv.blocks.0.pre_ln`,
+`rwkv.ln_out`); `time_maa_w1` and the decay LoRA transposed, `time_maa_w2` permuted (0, 2, 1),
+the decay and mixes squeezed, the mixes `w k v r g` stacked into `time_mix_lerp_fused`
+(5, 1, 1, C), and each layer's `time_mix_output` and `channel_mix_value` divided by
+2^(layer // rescale_every) (`--rescale-every`, the HF config's value, 6 in BlinkDL's models);
+`time_mix_first` also stays F32.
 
 `--type q4_0` has no converter equivalent (llama.cpp makes Q4_0 with its C++ llama-quantize
 from an F16/F32 GGUF): this script mimics its choices — the LoRAs, 1-D tensors and the fused
@@ -105,6 +113,51 @@ def hf_name(name):
     return name  # head.weight
 
 
+def hf_name6(name):
+    """BlinkDL v6 name -> the HF Rwkv6ForCausalLM name the converter reads."""
+    name = hf_name(name)
+    if name.startswith("model.layers."):
+        return "rwkv.blocks." + name[len("model.layers.") :]
+    return {
+        "model.embeddings.weight": "rwkv.embeddings.weight",
+        "model.pre_ln.weight": "rwkv.blocks.0.pre_ln.weight",
+        "model.pre_ln.bias": "rwkv.blocks.0.pre_ln.bias",
+        "model.ln_out.weight": "rwkv.ln_out.weight",
+        "model.ln_out.bias": "rwkv.ln_out.bias",
+    }.get(name, name)
+
+
+def convert6(tensors, n_layer, rescale_every):
+    """Rwkv6Model.modify_tensors on every tensor: yields (gguf name, array)."""
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.RWKV6, n_layer)
+    lerp = {}
+    for name, data in tensors.items():
+        name = hf_name6(name)
+        parts = name.split(".")
+        bid = int(parts[2]) if parts[:2] == ["rwkv", "blocks"] else None
+        new = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            sys.exit(f"no GGUF name for {name}")
+        if not (new.endswith(".weight") or new.endswith(".bias")):
+            new += ".weight"
+        if any(new.endswith(s) for s in ("time_mix_w1.weight", "time_mix_decay_w1.weight", "time_mix_decay_w2.weight")):
+            data = data.T.copy()
+        if new.endswith("time_mix_w2.weight"):
+            data = np.ascontiguousarray(data.transpose(0, 2, 1))
+        if new.endswith("time_mix_decay.weight") or "lerp" in new:
+            data = np.squeeze(data)
+        if rescale_every > 0 and (new.endswith("time_mix_output.weight") or new.endswith("channel_mix_value.weight")):
+            data = data / np.float32(2 ** int(bid // rescale_every))
+        if bid is not None and "time_mix_lerp" in new and "time_mix_lerp_x" not in new:
+            lerp.setdefault(bid, {})[new] = data
+            keys = [f"blk.{bid}.time_mix_lerp_{i}.weight" for i in "wkvrg"]
+            if all(k in lerp[bid] for k in keys):
+                fused = np.stack([lerp[bid][k][None, :] for k in keys], axis=0)[:, None]
+                yield (f"blk.{bid}.time_mix_lerp_fused.weight", fused)
+            continue
+        yield (new, data)
+
+
 def convert(tensors, n_layer):
     """Rwkv7Model.modify_tensors on every tensor: yields (gguf name, array)."""
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.RWKV7, n_layer)
@@ -143,7 +196,8 @@ def tensor_type(name, data, want):
     T = gguf.GGMLQuantizationType
     if data.ndim <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
         return T.F32
-    if any(name.endswith(s) for s in ("time_mix_w1.weight", "time_mix_w2.weight", "time_mix_lerp_fused.weight")):
+    forced = ("time_mix_first", "time_mix_w1", "time_mix_w2", "time_mix_decay_w1", "time_mix_decay_w2", "time_mix_lerp_fused")
+    if any(name.endswith(f"{s}.weight") for s in forced):
         return T.F32
     return want
 
@@ -215,12 +269,13 @@ def lora_rank(t, bid, x):
     return t[f"blocks.{bid}.att.{x}1"].shape[1]
 
 
-def write_model(src, out, typ, world=False):
+def write_model(src, out, typ, world=False, rescale_every=6):
     T = gguf.GGMLQuantizationType
     t = read_safetensors(src)
     n_layer = 1 + max(int(k.split(".")[1]) for k in t if k.startswith("blocks."))
     vocab, C = t["emb.weight"].shape
-    H, N = t["blocks.0.att.r_k"].shape
+    v6 = "blocks.0.att.time_maa_x" in t
+    H, N = t["blocks.0.att.time_faaaa" if v6 else "blocks.0.att.r_k"].shape
     F = t["blocks.0.ffn.key.weight"].shape[0]
     want = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q6_k": T.Q6_K}[typ]
     ftype = {
@@ -231,21 +286,23 @@ def write_model(src, out, typ, world=False):
         "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
         "q6_k": gguf.LlamaFileType.MOSTLY_Q6_K,
     }[typ]
-    w = gguf.GGUFWriter(out, "rwkv7")
+    w = gguf.GGUFWriter(out, "rwkv6" if v6 else "rwkv7")
     w.add_name("rwkv-cli fixture")
-    # Rwkv7Model.set_gguf_parameters
-    w.add_context_length(1048576)
-    w.add_embedding_length(C)
-    w.add_block_count(n_layer)
-    w.add_layer_norm_eps(1e-5)
-    w.add_wkv_head_size(N)
-    w.add_decay_lora_rank(lora_rank(t, 0, "w"))
-    w.add_iclr_lora_rank(lora_rank(t, 0, "a"))
-    w.add_value_residual_mix_lora_rank(lora_rank(t, 1, "v") if n_layer > 1 else 32)
-    w.add_gate_lora_rank(lora_rank(t, 0, "g"))
-    w.add_feed_forward_length(F)
-    w.add_file_type(ftype)
-    w.add_head_count(0)
+    if v6:
+        # Rwkv6Model.set_gguf_parameters
+        w.add_context_length(1048576)
+        w.add_embedding_length(C)
+        w.add_block_count(n_layer)
+        w.add_layer_norm_eps(1e-5)
+        w.add_rescale_every_n_layers(rescale_every)
+        w.add_wkv_head_size(N)
+        w.add_time_mix_extra_dim(64 if C == 4096 else 32)
+        w.add_time_decay_extra_dim(128 if C == 4096 else 64)
+        w.add_feed_forward_length(F)
+        w.add_file_type(ftype)
+        w.add_head_count(0)
+    else:
+        write_params7(w, t, C, N, F, n_layer, ftype)
     if vocab == 65536 or world:
         tokens, types = world_vocab()
         w.add_tokenizer_model("rwkv")
@@ -253,15 +310,15 @@ def write_model(src, out, typ, world=False):
         w.add_token_types(types)
         w.add_chat_template("rwkv-world")
         w.add_eot_token_id(261)
-    for name, data in convert(t, n_layer):
+    tensors = convert6(t, n_layer, rescale_every) if v6 else convert(t, n_layer)
+    for name, data in tensors:
         if typ == "q4_0":
             # llama-quantize's choices (see the module notes).
-            if data.ndim <= 1 or any(name.endswith(f"time_mix_{x}.weight") for x in LORAS + ["lerp_fused"]):
+            q = tensor_type(name, data, T.Q4_0)
+            if any(name.endswith(f"time_mix_{x}.weight") for x in LORAS):
                 q = T.F32
             elif name == "output.weight":
                 q = T.Q6_K if data.shape[-1] % 256 == 0 else T.Q8_0
-            else:
-                q = T.Q4_0
         elif typ == "q6_k":
             # Every matrix that llama.cpp's converter would quantize, in Q6_K where its rows are
             # whole 256-blocks (else Q8_0): for measuring the K-quant path.
@@ -281,6 +338,22 @@ def write_model(src, out, typ, world=False):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def write_params7(w, t, C, N, F, n_layer, ftype):
+    """Rwkv7Model.set_gguf_parameters."""
+    w.add_context_length(1048576)
+    w.add_embedding_length(C)
+    w.add_block_count(n_layer)
+    w.add_layer_norm_eps(1e-5)
+    w.add_wkv_head_size(N)
+    w.add_decay_lora_rank(lora_rank(t, 0, "w"))
+    w.add_iclr_lora_rank(lora_rank(t, 0, "a"))
+    w.add_value_residual_mix_lora_rank(lora_rank(t, 1, "v") if n_layer > 1 else 32)
+    w.add_gate_lora_rank(lora_rank(t, 0, "g"))
+    w.add_feed_forward_length(F)
+    w.add_file_type(ftype)
+    w.add_head_count(0)
 
 
 def write_kquants(out, seed=0):
@@ -317,6 +390,12 @@ def main():
     ap.add_argument("--type", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q6_k"])
     ap.add_argument("--kquants", action="store_true")
     ap.add_argument(
+        "--rescale-every",
+        type=int,
+        default=6,
+        help="RWKV-6: the HF config's rescale_every (6 in BlinkDL's World models)",
+    )
+    ap.add_argument(
         "--world-vocab",
         action="store_true",
         help="store the World vocabulary whatever the model's vocabulary size (for a test)",
@@ -327,7 +406,7 @@ def main():
     else:
         if not a.src:
             ap.error("needs IN.safetensors")
-        write_model(a.src, a.out, a.type, a.world_vocab)
+        write_model(a.src, a.out, a.type, a.world_vocab, a.rescale_every)
 
 
 if __name__ == "__main__":

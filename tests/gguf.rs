@@ -1,9 +1,10 @@
 //! GGUF files as llama.cpp's converter writes them (fixtures made by
-//! `scripts/make_gguf_fixture.py` from `tests/fixtures/v7.safetensors`).
+//! `scripts/make_gguf_fixture.py` from `tests/fixtures/v7.safetensors` and `v6.safetensors`).
 //!
 //! - F32: the same logits as the safetensors and `.pth` of the same weights (within 1e-4), on
 //!   both execution paths; F16, Q8_0 and Q4_0 files within the precision bounds of
-//!   `tests/precision.rs` for their type.
+//!   `tests/precision.rs` for their type. The same for an rwkv6 file (its rescaled matrices
+//!   multiplied back).
 //! - A Q8_0 file loaded with `--quant q8_0` runs the same 8-bit integers as ggml stored (only
 //!   the block scales are rounded from f16 to our bf16): its logits are as close to the
 //!   safetensors' Q8_0 as the rounding of the scales allows.
@@ -69,6 +70,34 @@ fn an_f32_gguf_gives_the_logits_of_the_same_weights_in_safetensors_and_pth() {
 }
 
 #[test]
+fn an_rwkv6_gguf_gives_the_logits_of_the_same_weights() {
+    // The fixtures were written with rescale_every 1, so layer 1's attention output and FFN
+    // value matrices were divided by 2 in the file and must be multiplied back.
+    let c = Checkpoint::open(&fixture_path("v6_f32.gguf")).unwrap();
+    let st = Checkpoint::open(&fixture_path("v6.safetensors")).unwrap();
+    let names = |c: &Checkpoint| c.tensors().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&c), names(&st));
+    for (n, m) in st.tensors() {
+        assert_eq!(c.meta(n).unwrap().shape, m.shape, "{n}");
+        assert_eq!(c.read_f32(n).unwrap(), st.read_f32(n).unwrap(), "{n}");
+    }
+    let want = logits(load("v6.safetensors", Format::F32).as_ref());
+    let got = logits(load("v6_f32.gguf", Format::F32).as_ref());
+    assert!(max_abs_diff(&got, &want) <= 1e-4);
+    let pth = logits(load("v6.pth", Format::F32).as_ref());
+    assert!(max_abs_diff(&got, &pth) <= 1e-4);
+    // Q8_0, in f32 and in our Q8_0: within precision.rs's Q8_0 bound.
+    for dtype in [Format::F32, Format::Q8_0] {
+        let d = max_abs_diff(&logits(load("v6_q8_0.gguf", dtype).as_ref()), &want);
+        println!(
+            "v6_q8_0.gguf as {}: max |Δlogit| vs f32 {d:.4}",
+            dtype.name()
+        );
+        assert!(d > 0.0 && d <= 2.5, "{d}");
+    }
+}
+
+#[test]
 fn f16_q8_0_and_q4_0_ggufs_stay_within_their_precision_bounds() {
     let f32_logits = logits(load("v7.safetensors", Format::F32).as_ref());
     // (file, compute format, median and largest |Δlogit| over positions allowed: those of
@@ -129,7 +158,10 @@ fn a_q8_0_gguf_keeps_ggml_s_integers_and_loses_little_on_a_trained_model() {
         let (d, q) = rwkv_cli::format::quantize_block_q4_0(block);
         for (x, q) in block.iter().zip(q) {
             let back = (q as f32 - 8.0) * d.to_f32();
-            assert!((x - back).abs() <= x.abs() * 2.0f32.powi(-8), "{x} vs {back}");
+            assert!(
+                (x - back).abs() <= x.abs() * 2.0f32.powi(-8),
+                "{x} vs {back}"
+            );
         }
     }
     // The embedded default model converted to Q8_0 as llama.cpp's converter does: bits per
@@ -303,9 +335,9 @@ fn damaged_gguf_files_are_refused_with_one_line() {
     b[ty..ty + 4].copy_from_slice(&20u32.to_le_bytes());
     let e = refused("iq4.gguf", &b);
     assert!(e.contains("IQ4_NL"), "{e}");
-    // Another architecture: named (rwkv6 says it is not supported yet).
+    // Another architecture: named.
     let mut b = good.clone();
     let arch = b.windows(5).position(|w| w == b"rwkv7").unwrap();
-    b[arch + 4] = b'6';
-    assert!(refused("rwkv6.gguf", &b).contains("rwkv6 is not supported"));
+    b[arch + 4] = b'9';
+    assert!(refused("rwkv9.gguf", &b).contains("GGUF architecture rwkv9 is not one"));
 }

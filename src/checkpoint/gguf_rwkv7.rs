@@ -1,5 +1,5 @@
-//! llama.cpp's RWKV-7 GGUF layout, mapped back to BlinkDL's names and shapes, so that a GGUF
-//! file loads through the same model code as a `.pth` or safetensors checkpoint.
+//! llama.cpp's RWKV-7 (and RWKV-6) GGUF layouts, mapped back to BlinkDL's names and shapes, so
+//! that a GGUF file loads through the same model code as a `.pth` or safetensors checkpoint.
 //!
 //! llama.cpp's converter (`convert_hf_to_gguf.py`, class `Rwkv7Model`) renames every tensor
 //! (`blocks.N.att.key.weight` → `blk.N.time_mix_key.weight`, …), stacks the six token-shift
@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 pub enum Pick {
     /// The GGUF tensor's values in row-major order (perhaps reshaped).
     Whole,
-    /// The transpose of a 2-D GGUF tensor.
+    /// The transpose of a 2-D GGUF tensor, or of each 2-D slab of a 3-D one.
     Transpose,
     /// Row `i` (of `C` values) of the fused token-shift mixes.
     Row(usize),
@@ -33,6 +33,9 @@ pub struct Source {
     /// Index into [`Gguf::tensors`].
     pub tensor: usize,
     pub pick: Pick,
+    /// A factor the values are multiplied by (a power of two: exact), undoing the rwkv6
+    /// converter's division of some matrices; 1 elsewhere.
+    pub scale: f32,
 }
 
 /// The order of the rows of `time_mix_lerp_fused` (the converter's `lerp_list`).
@@ -58,16 +61,200 @@ fn meta_u64(g: &Gguf, key: &str) -> Result<usize> {
         .with_context(|| format!("metadata {key} is {}, not a count", v.short()))
 }
 
-/// Maps a parsed GGUF file of architecture `rwkv7` to BlinkDL tensors.
-pub fn map(g: &Gguf) -> Result<Vec<(String, TensorMeta, Source)>> {
-    match g.architecture() {
-        Some("rwkv7") => {}
-        Some("rwkv6") => bail!(
-            "GGUF architecture rwkv6 is not supported yet (rwkv-cli reads llama.cpp's rwkv7 GGUF files; run RWKV-6 from its .pth)"
-        ),
-        Some(a) => bail!("GGUF architecture {a} is not one rwkv-cli runs (it reads rwkv7)"),
+type Mapped = Vec<(String, TensorMeta, Source)>;
+
+/// Maps a parsed GGUF file of architecture `rwkv7` or `rwkv6` to BlinkDL tensors.
+pub fn map(g: &Gguf) -> Result<Mapped> {
+    let out = match g.architecture() {
+        Some("rwkv7") => map_rwkv7(g)?,
+        Some("rwkv6") => map_rwkv6(g)?,
+        Some(a) => {
+            bail!("GGUF architecture {a} is not one rwkv-cli runs (it reads rwkv7 and rwkv6)")
+        }
         None => bail!("metadata general.architecture is missing"),
+    };
+    check_vocab(g)?;
+    Ok(out)
+}
+
+/// Checks that the picks of GGUF tensor `i` fit it, and adds them to `out`.
+fn finish(
+    out: &mut Mapped,
+    t: &TensorInfo,
+    i: usize,
+    row: usize,
+    scale: f32,
+    picks: Vec<(String, Vec<usize>, Pick)>,
+) -> Result<()> {
+    for (name, shape, pick) in picks {
+        let want: usize = shape.iter().product();
+        let have = match pick {
+            Pick::Row(_) => row,
+            _ => t.numel(),
+        };
+        let slabs_ok = !matches!(pick, Pick::Transpose) || (2..=3).contains(&t.ne.len());
+        if want != have || !slabs_ok {
+            bail!(
+                "GGUF tensor {} has shape {:?}, which does not fit {name} {shape:?}",
+                t.name,
+                t.shape()
+            );
+        }
+        let meta = TensorMeta {
+            shape,
+            dtype: stored_dtype(t),
+        };
+        out.push((
+            name,
+            meta,
+            Source {
+                tensor: i,
+                pick,
+                scale,
+            },
+        ));
     }
+    Ok(())
+}
+
+/// `blk.N.rest` → (N, rest), N checked against the block count.
+fn block_of(n: &str, n_layer: usize) -> Result<Option<(usize, &str)>> {
+    let Some((bid, rest)) = n
+        .strip_prefix("blk.")
+        .and_then(|r| r.split_once('.'))
+        .and_then(|(b, r)| Some((b.parse::<usize>().ok()?, r)))
+    else {
+        return Ok(None);
+    };
+    if bid >= n_layer {
+        bail!("GGUF tensor {n} is past the block count {n_layer}");
+    }
+    Ok(Some((bid, rest)))
+}
+
+/// The tensors outside the blocks, common to rwkv6 and rwkv7; `None` for a block tensor.
+fn outer(n: &str, shape: &[usize], c: usize) -> Option<(String, Vec<usize>, Pick)> {
+    Some(match n {
+        "token_embd.weight" => ("emb.weight".into(), shape.to_vec(), Pick::Whole),
+        "token_embd_norm.weight" | "token_embd_norm.bias" => {
+            (format!("blocks.0.ln0.{}", suffix(n)), vec![c], Pick::Whole)
+        }
+        "output_norm.weight" | "output_norm.bias" => {
+            (format!("ln_out.{}", suffix(n)), vec![c], Pick::Whole)
+        }
+        "output.weight" => ("head.weight".into(), shape.to_vec(), Pick::Whole),
+        _ => return None,
+    })
+}
+
+/// llama.cpp's rwkv6 layout (converter class `Rwkv6Model`): the five mixes `w k v r g`
+/// stacked into `time_mix_lerp_fused` (5, 1, 1, C), `time_maa_x` as `time_mix_lerp_x`,
+/// `time_maa_w1` and the decay LoRA transposed, `time_maa_w2` (5, D, C) stored as (5, C, D),
+/// the vectors squeezed, and each layer's attention output and FFN value matrices divided by
+/// 2^(layer / rescale_every) (`rwkv6.rescale_every_n_layers`), which is multiplied back here.
+fn map_rwkv6(g: &Gguf) -> Result<Mapped> {
+    const LERP6: [&str; 5] = [
+        "time_maa_w",
+        "time_maa_k",
+        "time_maa_v",
+        "time_maa_r",
+        "time_maa_g",
+    ];
+    let c = meta_u64(g, "rwkv6.embedding_length")?;
+    let n_layer = meta_u64(g, "rwkv6.block_count")?;
+    let rescale = match g.get("rwkv6.rescale_every_n_layers") {
+        None => 0,
+        Some(_) => meta_u64(g, "rwkv6.rescale_every_n_layers")?,
+    };
+    if c == 0 {
+        bail!("rwkv6.embedding_length is 0");
+    }
+    let mut out = Vec::new();
+    for (i, t) in g.tensors.iter().enumerate() {
+        let shape = t.shape();
+        let n = t.name.as_str();
+        let mut scale = 1.0;
+        let picks = if let Some(p) = outer(n, &shape, c) {
+            vec![p]
+        } else {
+            let Some((bid, rest)) = block_of(n, n_layer)? else {
+                bail!("GGUF tensor {n} is not part of llama.cpp's rwkv6 layout");
+            };
+            let att = |x: &str| format!("blocks.{bid}.att.{x}");
+            let ffn = |x: &str| format!("blocks.{bid}.ffn.{x}");
+            let whole = |name: String| (name, shape.clone(), Pick::Whole);
+            let vec3 = |name: String| (name, vec![1, 1, c], Pick::Whole);
+            let transposed = |name: String| {
+                let mut s = shape.clone();
+                let k = s.len();
+                if k >= 2 {
+                    s.swap(k - 1, k - 2);
+                }
+                (name, s, Pick::Transpose)
+            };
+            if rescale > 0 && matches!(rest, "time_mix_output.weight" | "channel_mix_value.weight")
+            {
+                let k = i32::try_from(bid / rescale).unwrap_or(i32::MAX);
+                if k > 60 {
+                    bail!("GGUF tensor {n}: rescale exponent {k} is too large");
+                }
+                scale = 2.0f32.powi(k);
+            }
+            match rest {
+                "attn_norm.weight" | "attn_norm.bias" => vec![(
+                    format!("blocks.{bid}.ln1.{}", suffix(rest)),
+                    vec![c],
+                    Pick::Whole,
+                )],
+                "attn_norm_2.weight" | "attn_norm_2.bias" => vec![(
+                    format!("blocks.{bid}.ln2.{}", suffix(rest)),
+                    vec![c],
+                    Pick::Whole,
+                )],
+                "time_mix_lerp_fused.weight" => {
+                    if t.numel() != LERP6.len() * c || t.ne[0] != c {
+                        bail!("GGUF tensor {n} has shape {shape:?}, expected (5, 1, 1, {c})");
+                    }
+                    LERP6
+                        .iter()
+                        .enumerate()
+                        .map(|(r, x)| (att(x), vec![1, 1, c], Pick::Row(r)))
+                        .collect()
+                }
+                "time_mix_lerp_x.weight" => vec![vec3(att("time_maa_x"))],
+                "time_mix_decay.weight" => vec![vec3(att("time_decay"))],
+                "time_mix_first.weight" => vec![whole(att("time_faaaa"))],
+                "time_mix_w1.weight" => vec![transposed(att("time_maa_w1"))],
+                "time_mix_w2.weight" => vec![transposed(att("time_maa_w2"))],
+                "time_mix_decay_w1.weight" => vec![transposed(att("time_decay_w1"))],
+                "time_mix_decay_w2.weight" => vec![transposed(att("time_decay_w2"))],
+                "time_mix_key.weight"
+                | "time_mix_value.weight"
+                | "time_mix_receptance.weight"
+                | "time_mix_gate.weight"
+                | "time_mix_output.weight" => {
+                    vec![whole(att(&rest["time_mix_".len()..]))]
+                }
+                "time_mix_ln.weight" | "time_mix_ln.bias" => vec![(
+                    att(&format!("ln_x.{}", suffix(rest))),
+                    shape.clone(),
+                    Pick::Whole,
+                )],
+                "channel_mix_lerp_k.weight" => vec![vec3(ffn("time_maa_k"))],
+                "channel_mix_lerp_r.weight" => vec![vec3(ffn("time_maa_r"))],
+                "channel_mix_key.weight"
+                | "channel_mix_receptance.weight"
+                | "channel_mix_value.weight" => vec![whole(ffn(&rest["channel_mix_".len()..]))],
+                _ => bail!("GGUF tensor {n} is not part of llama.cpp's rwkv6 layout"),
+            }
+        };
+        finish(&mut out, t, i, c, scale, picks)?;
+    }
+    Ok(out)
+}
+
+/// llama.cpp's rwkv7 layout (see the module notes).
+fn map_rwkv7(g: &Gguf) -> Result<Mapped> {
     let c = meta_u64(g, "rwkv7.embedding_length")?;
     let head_size = meta_u64(g, "rwkv7.wkv.head_size")?;
     if c == 0 || head_size == 0 || c % head_size != 0 {
@@ -82,26 +269,12 @@ pub fn map(g: &Gguf) -> Result<Vec<(String, TensorMeta, Source)>> {
         let vec3 = |name: String| (name, vec![1, 1, c], Pick::Whole);
         let mut picks = Vec::new();
         let n = t.name.as_str();
-        match n {
-            "token_embd.weight" => picks.push(whole("emb.weight".into(), shape.clone())),
-            "token_embd_norm.weight" | "token_embd_norm.bias" => {
-                picks.push(whole(format!("blocks.0.ln0.{}", suffix(n)), vec![c]))
-            }
-            "output_norm.weight" | "output_norm.bias" => {
-                picks.push(whole(format!("ln_out.{}", suffix(n)), vec![c]))
-            }
-            "output.weight" => picks.push(whole("head.weight".into(), shape.clone())),
-            _ => {
-                let Some((bid, rest)) = n
-                    .strip_prefix("blk.")
-                    .and_then(|r| r.split_once('.'))
-                    .and_then(|(b, r)| Some((b.parse::<usize>().ok()?, r)))
-                else {
+        match outer(n, &shape, c) {
+            Some(p) => picks.push(p),
+            None => {
+                let Some((bid, rest)) = block_of(n, n_layer)? else {
                     bail!("GGUF tensor {n} is not part of llama.cpp's rwkv7 layout");
                 };
-                if bid >= n_layer {
-                    bail!("GGUF tensor {n} is past rwkv7.block_count {n_layer}");
-                }
                 let att = |x: &str| format!("blocks.{bid}.att.{x}");
                 match rest {
                     "attn_norm.weight" | "attn_norm.bias" => {
@@ -165,26 +338,8 @@ pub fn map(g: &Gguf) -> Result<Vec<(String, TensorMeta, Source)>> {
                 }
             }
         }
-        for (name, shape, pick) in picks {
-            let want: usize = shape.iter().product();
-            let have = match pick {
-                Pick::Row(_) => c,
-                _ => t.numel(),
-            };
-            if want != have {
-                bail!(
-                    "GGUF tensor {n} has shape {:?}, which does not fit {name} {shape:?}",
-                    t.shape()
-                );
-            }
-            let meta = TensorMeta {
-                shape,
-                dtype: stored_dtype(t),
-            };
-            out.push((name, meta, Source { tensor: i, pick }));
-        }
+        finish(&mut out, t, i, c, 1.0, picks)?;
     }
-    check_vocab(g)?;
     Ok(out)
 }
 
@@ -195,6 +350,14 @@ fn suffix(n: &str) -> &str {
 
 /// Reads one BlinkDL tensor out of the file's bytes `b`.
 pub fn read(g: &Gguf, src: &Source, b: &[u8]) -> Result<Vec<f32>> {
+    let mut v = read_unscaled(g, src, b)?;
+    if src.scale != 1.0 {
+        v.iter_mut().for_each(|x| *x *= src.scale);
+    }
+    Ok(v)
+}
+
+fn read_unscaled(g: &Gguf, src: &Source, b: &[u8]) -> Result<Vec<f32>> {
     let t = g
         .tensors
         .get(src.tensor)
@@ -215,9 +378,17 @@ pub fn read(g: &Gguf, src: &Source, b: &[u8]) -> Result<Vec<f32>> {
                 .with_context(|| format!("tensor {}", t.name))?;
             let (rows, cols) = (t.ne[1], t.ne[0]);
             let mut out = vec![0.0; v.len()];
-            for (i, row) in v.chunks_exact(cols).enumerate() {
-                for (j, x) in row.iter().enumerate() {
-                    out[j * rows + i] = *x;
+            if rows * cols > 0 {
+                // Each slab (one for a 2-D tensor) transposed on its own.
+                for (src, dst) in v
+                    .chunks_exact(rows * cols)
+                    .zip(out.chunks_exact_mut(rows * cols))
+                {
+                    for (i, row) in src.chunks_exact(cols).enumerate() {
+                        for (j, x) in row.iter().enumerate() {
+                            dst[j * rows + i] = *x;
+                        }
+                    }
                 }
             }
             Ok(out)

@@ -17,10 +17,10 @@
 //!   (`pickle.rs`) that knows the handful of opcodes and callables of a state dict and executes
 //!   nothing. Each tensor's view (offset, shape, strides) must lie inside its storage entry.
 //! - GGUF (`gguf.rs`: the container — counts, strings, dimensions, alignment and every tensor's
-//!   byte range checked, ranges not overlapping; `gguf_rwkv7.rs`: llama.cpp's `rwkv7` layout
-//!   mapped back to BlinkDL's names and shapes, the fused token-shift mixes split, the LoRAs
-//!   transposed back, `r_k` reshaped, layer 0's dummy `v0/v1/v2` dropped, the World vocabulary
-//!   checked). Tensors of F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K are decoded to f32
+//!   byte range checked, ranges not overlapping; `gguf_rwkv7.rs`: llama.cpp's `rwkv7` and
+//!   `rwkv6` layouts mapped back to BlinkDL's names and shapes, the fused token-shift mixes
+//!   split, the LoRAs transposed back, `r_k` reshaped, layer 0's dummy `v0/v1/v2` dropped,
+//!   rwkv6's rescaled matrices multiplied back, the World vocabulary checked). Tensors of F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K are decoded to f32
 //!   when read; the model's `--dtype`/`--quant` then applies as for any checkpoint (a Q8_0 or
 //!   Q4_0 tensor read into our Q8_0 or Q4_0 keeps ggml's integers: only its f16 block scale is
 //!   rounded to our bf16).
@@ -92,7 +92,7 @@ impl StoredDType {
 pub enum Format {
     Safetensors,
     Pth,
-    /// llama.cpp's GGUF (architecture rwkv7), mapped back to BlinkDL's names.
+    /// llama.cpp's GGUF (architectures rwkv7 and rwkv6), mapped back to BlinkDL's names.
     Gguf,
 }
 
