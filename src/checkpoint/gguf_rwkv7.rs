@@ -357,6 +357,46 @@ pub fn read(g: &Gguf, src: &Source, b: &[u8]) -> Result<Vec<f32>> {
     Ok(v)
 }
 
+/// Reads one BlinkDL tensor in runs of `chunk` values, each handed to `f` with the index of
+/// its first value: a whole GGUF tensor is decoded run by run (when runs are whole blocks),
+/// never all at once in f32; transposed and row picks are small and read whole.
+pub fn read_chunks(
+    g: &Gguf,
+    src: &Source,
+    b: &[u8],
+    chunk: usize,
+    mut f: impl FnMut(usize, &[f32]) -> Result<()>,
+) -> Result<()> {
+    let t = g
+        .tensors
+        .get(src.tensor)
+        .context("GGUF tensor index out of range")?;
+    let chunk = chunk.max(1);
+    if !matches!(src.pick, Pick::Whole) || !chunk.is_multiple_of(t.ty.block) {
+        let v = read(g, src, b)?;
+        for (i, c) in v.chunks(chunk).enumerate() {
+            f(i * chunk, c)?;
+        }
+        return Ok(());
+    }
+    let bytes = b
+        .get(t.start..t.start + t.len)
+        .context("GGUF tensor data lie outside the file")?;
+    let chunk_bytes = t.ty.bytes_for(chunk).context("chunk size")?;
+    let mut out = vec![0.0; chunk.min(t.numel())];
+    for (i, run) in bytes.chunks(chunk_bytes.max(1)).enumerate() {
+        let n = run.len() / t.ty.bytes * t.ty.block;
+        let o = &mut out[..n];
+        t.ty.decode(run, o)
+            .with_context(|| format!("tensor {}", t.name))?;
+        if src.scale != 1.0 {
+            o.iter_mut().for_each(|x| *x *= src.scale);
+        }
+        f(i * chunk, o)?;
+    }
+    Ok(())
+}
+
 fn read_unscaled(g: &Gguf, src: &Source, b: &[u8]) -> Result<Vec<f32>> {
     let t = g
         .tensors

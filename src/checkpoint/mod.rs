@@ -425,9 +425,13 @@ impl Checkpoint {
     ) -> Result<()> {
         let chunk = chunk.max(1);
         if let Some(g) = &self.gguf {
-            let v = self.read_gguf(g, name)?;
-            for (i, c) in v.chunks(chunk).enumerate() {
-                f(i * chunk, c)?;
+            let Some(src) = g.sources.get(name) else {
+                bail!("tensor {name} is missing from {}", self.path.display());
+            };
+            gguf_rwkv7::read_chunks(&g.file, src, self.data.bytes(), chunk, f)
+                .with_context(|| format!("tensor {name}"))?;
+            if let (Data::Mapped(m), Some(t)) = (&self.data, g.file.tensors.get(src.tensor)) {
+                release_pages(m, t.start, t.start + t.len);
             }
             return Ok(());
         }
