@@ -20,6 +20,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("load_model", load_model),
     ("world_tokenizer", world_tokenizer),
     ("state_file", state_file),
+    ("gguf", gguf),
 ];
 
 /// Reads every tensor and the fingerprint of an opened checkpoint.
@@ -55,6 +56,26 @@ fn exercise(c: &Checkpoint) {
 /// The safetensors reader (and the format detection in front of it).
 pub fn safetensors(data: &[u8]) {
     if let Ok(c) = Checkpoint::from_bytes(data.to_vec(), "fuzz.safetensors") {
+        exercise(&c);
+    }
+}
+
+/// The GGUF reader: the container (every tensor of a readable type decoded), then the file as
+/// a checkpoint (llama.cpp's rwkv7 layout mapped to BlinkDL names) and every tensor read.
+pub fn gguf(data: &[u8]) {
+    use rwkv_cli::checkpoint::gguf;
+    if let Ok(g) = gguf::parse(data) {
+        for t in &g.tensors {
+            let bytes = &data[t.start..t.start + t.len];
+            let mut out = vec![0.0f32; t.numel().min(1 << 20)];
+            if out.len() == t.numel() && t.ty.readable() {
+                t.ty.decode(bytes, &mut out)
+                    .expect("a checked tensor decodes");
+            }
+        }
+        let _ = g.summary();
+    }
+    if let Ok(c) = Checkpoint::from_bytes(data.to_vec(), "fuzz.gguf") {
         exercise(&c);
     }
 }

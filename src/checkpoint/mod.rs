@@ -1,4 +1,5 @@
-//! Reading checkpoint files: safetensors and PyTorch `.pth` zip archives, both memory-mapped.
+//! Reading checkpoint files: safetensors, PyTorch `.pth` zip archives and llama.cpp's GGUF,
+//! all memory-mapped.
 //!
 //! A [`Checkpoint`] lists its tensors (name, shape, stored dtype) without reading their data,
 //! and hands out one tensor at a time converted to `f32` ([`Checkpoint::read_f32`]). Nothing is
@@ -15,11 +16,21 @@
 //!   `torch.save` writes them) and `data.pkl` run by a small bounded pickle machine
 //!   (`pickle.rs`) that knows the handful of opcodes and callables of a state dict and executes
 //!   nothing. Each tensor's view (offset, shape, strides) must lie inside its storage entry.
+//! - GGUF (`gguf.rs`: the container — counts, strings, dimensions, alignment and every tensor's
+//!   byte range checked, ranges not overlapping; `gguf_rwkv7.rs`: llama.cpp's `rwkv7` and
+//!   `rwkv6` layouts mapped back to BlinkDL's names and shapes, the fused token-shift mixes
+//!   split, the LoRAs transposed back, `r_k` reshaped, layer 0's dummy `v0/v1/v2` dropped,
+//!   rwkv6's rescaled matrices multiplied back, the World vocabulary checked). Tensors of F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K are decoded to f32
+//!   when read; the model's `--dtype`/`--quant` then applies as for any checkpoint (a Q8_0 or
+//!   Q4_0 tensor read into our Q8_0 or Q4_0 keeps ggml's integers: only its f16 block scale is
+//!   rounded to our bf16).
 //!
 //! Memory: the file is memory-mapped and tensors are converted straight from the map; after
 //! each tensor is converted, its pages are released (`MADV_DONTNEED`), so a load never holds the
 //! file and the converted weights at once.
 
+pub mod gguf;
+pub mod gguf_rwkv7;
 mod pickle;
 mod pth;
 mod safetensors;
@@ -50,6 +61,8 @@ pub enum StoredDType {
     F16,
     BF16,
     F64,
+    /// A block-quantized GGUF type (Q8_0, Q4_0, Q4_K, …), decoded to f32 when read.
+    Quantized,
     Other,
 }
 
@@ -59,7 +72,7 @@ impl StoredDType {
             StoredDType::F32 => 4,
             StoredDType::F16 | StoredDType::BF16 => 2,
             StoredDType::F64 => 8,
-            StoredDType::Other => 0,
+            StoredDType::Quantized | StoredDType::Other => 0,
         }
     }
     pub fn name(self) -> &'static str {
@@ -68,6 +81,7 @@ impl StoredDType {
             StoredDType::F16 => "f16",
             StoredDType::BF16 => "bf16",
             StoredDType::F64 => "f64",
+            StoredDType::Quantized => "quantized",
             StoredDType::Other => "other",
         }
     }
@@ -78,6 +92,14 @@ impl StoredDType {
 pub enum Format {
     Safetensors,
     Pth,
+    /// llama.cpp's GGUF (architectures rwkv7 and rwkv6), mapped back to BlinkDL's names.
+    Gguf,
+}
+
+/// A GGUF file's container and, for each BlinkDL tensor name, where it comes from.
+struct GgufView {
+    file: gguf::Gguf,
+    sources: BTreeMap<String, gguf_rwkv7::Source>,
 }
 
 /// The bytes of the checkpoint: the mapped file, or a buffer (for tests and fuzzing).
@@ -127,6 +149,7 @@ pub struct Checkpoint {
     tensors: BTreeMap<String, TensorMeta>,
     places: BTreeMap<String, Place>,
     storages: Vec<StorageEntry>,
+    gguf: Option<GgufView>,
     data: Data,
 }
 
@@ -173,6 +196,9 @@ impl Checkpoint {
                 b.len()
             );
         }
+        if gguf::is_gguf(b) {
+            return Self::parse_gguf(path, data);
+        }
         let parsed = if b.starts_with(b"PK\x03\x04") || b.starts_with(b"PK\x05\x06") {
             pth::parse(b).map(|(t, s)| (Format::Pth, t, s))
         } else if b[0] == 0x80 && (2..=5).contains(&b[1]) {
@@ -193,7 +219,9 @@ impl Checkpoint {
                 "{} is not a zip archive as .pth files are, and reading it as safetensors fails",
                 path.display()
             ),
-            Format::Safetensors => format!("cannot read {} as safetensors", path.display()),
+            Format::Safetensors | Format::Gguf => {
+                format!("cannot read {} as safetensors", path.display())
+            }
         })?;
         if entries.is_empty() {
             bail!(
@@ -221,8 +249,71 @@ impl Checkpoint {
                     verified: AtomicBool::new(false),
                 })
                 .collect(),
+            gguf: None,
             data,
         })
+    }
+
+    /// A GGUF file: the container checked, its rwkv7 tensors mapped to BlinkDL names.
+    fn parse_gguf(path: &Path, data: Data) -> Result<Self> {
+        let b = data.bytes();
+        let what = || format!("cannot read GGUF file {}", path.display());
+        let file = gguf::parse(b).with_context(what)?;
+        let mapped = gguf_rwkv7::map(&file).with_context(what)?;
+        if mapped.is_empty() {
+            bail!(
+                "{} holds no tensors (not an RWKV checkpoint)",
+                path.display()
+            );
+        }
+        let mut tensors = BTreeMap::new();
+        let mut places = BTreeMap::new();
+        let mut sources = BTreeMap::new();
+        for (name, meta, src) in mapped {
+            let t = &file.tensors[src.tensor];
+            places.insert(
+                name.clone(),
+                Place {
+                    base: t.start,
+                    elem_size: 0,
+                    type_name: t.ty.name.to_string(),
+                    view: None,
+                    storage: None,
+                },
+            );
+            if tensors.insert(name.clone(), meta).is_some() {
+                bail!("{}: two GGUF tensors map to {name}", path.display());
+            }
+            sources.insert(name, src);
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            format: Format::Gguf,
+            file_size: b.len() as u64,
+            tensors,
+            places,
+            storages: Vec::new(),
+            gguf: Some(GgufView { file, sources }),
+            data,
+        })
+    }
+
+    /// The GGUF container, when the checkpoint is a GGUF file (for `info`).
+    pub fn gguf(&self) -> Option<&gguf::Gguf> {
+        self.gguf.as_ref().map(|g| &g.file)
+    }
+
+    /// Reads a tensor of a GGUF file (decoded, and taken out of its GGUF tensor).
+    fn read_gguf(&self, g: &GgufView, name: &str) -> Result<Vec<f32>> {
+        let Some(src) = g.sources.get(name) else {
+            bail!("tensor {name} is missing from {}", self.path.display());
+        };
+        let out = gguf_rwkv7::read(&g.file, src, self.data.bytes())
+            .with_context(|| format!("tensor {name}"))?;
+        if let (Data::Mapped(m), Some(t)) = (&self.data, g.file.tensors.get(src.tensor)) {
+            release_pages(m, t.start, t.start + t.len);
+        }
+        Ok(out)
     }
 
     /// All tensor names with their metadata, sorted by name.
@@ -283,6 +374,18 @@ impl Checkpoint {
     /// Checks a tensor's data without converting it: for `.pth`, the CRC of the storage
     /// entry it lies in (safetensors carry no checksum; their ranges are checked at open).
     pub fn verify_data(&self, name: &str) -> Result<()> {
+        if let Some(g) = &self.gguf {
+            // No checksum in GGUF; ranges were checked at open. The type must be readable.
+            if let Some(t) = g
+                .sources
+                .get(name)
+                .and_then(|s| g.file.tensors.get(s.tensor))
+            {
+                if !t.ty.readable() {
+                    bail!("tensor {name} ({}): tensor type {} is not supported (rwkv-cli reads F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K)", t.name, t.ty.name);
+                }
+            }
+        }
         let Some(place) = self.places.get(name) else {
             bail!("tensor {name} is missing from {}", self.path.display());
         };
@@ -321,6 +424,17 @@ impl Checkpoint {
         mut f: impl FnMut(usize, &[f32]) -> Result<()>,
     ) -> Result<()> {
         let chunk = chunk.max(1);
+        if let Some(g) = &self.gguf {
+            let Some(src) = g.sources.get(name) else {
+                bail!("tensor {name} is missing from {}", self.path.display());
+            };
+            gguf_rwkv7::read_chunks(&g.file, src, self.data.bytes(), chunk, f)
+                .with_context(|| format!("tensor {name}"))?;
+            if let (Data::Mapped(m), Some(t)) = (&self.data, g.file.tensors.get(src.tensor)) {
+                release_pages(m, t.start, t.start + t.len);
+            }
+            return Ok(());
+        }
         let (Some(meta), Some(place)) = (self.tensors.get(name), self.places.get(name)) else {
             bail!("tensor {name} is missing from {}", self.path.display());
         };
@@ -351,6 +465,9 @@ impl Checkpoint {
 
     /// Reads one tensor, converted to f32, in row-major order.
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        if let Some(g) = &self.gguf {
+            return self.read_gguf(g, name);
+        }
         let (Some(meta), Some(place)) = (self.tensors.get(name), self.places.get(name)) else {
             bail!("tensor {name} is missing from {}", self.path.display());
         };
@@ -448,7 +565,7 @@ fn bytes_to_f32(bytes: &[u8], dtype: StoredDType) -> Vec<f32> {
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
             .collect(),
-        StoredDType::Other => Vec::new(),
+        StoredDType::Quantized | StoredDType::Other => Vec::new(),
     }
 }
 

@@ -59,6 +59,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "stored_dtype": stored,
             "file_bytes": ckpt.file_size,
             "state_bytes": c.state_bytes(),
+            "gguf": ckpt.gguf().map(|g| g.summary_json()),
         });
         return crate::outln!("{v}");
     }
@@ -86,5 +87,8 @@ pub fn run(args: InfoArgs) -> Result<()> {
         human_bytes(c.state_bytes() as u64),
         c.state_bytes()
     );
+    if let Some(g) = ckpt.gguf() {
+        out += &g.summary();
+    }
     crate::cli::print_out(&out)
 }
