@@ -42,6 +42,8 @@ enum Command {
     Info(cli::info::InfoArgs),
     /// List the built-in model catalogue (aliases for --model) and what is already cached.
     Models(cli::models::ModelsArgs),
+    /// An OpenAI-compatible HTTP server: batched decoding, a cache of prefix states.
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() {
@@ -58,6 +60,7 @@ fn main() {
         Command::Eval(a) => cli::eval::run(a),
         Command::Compare(a) => cli::compare::run(a),
         Command::Models(a) => cli::models::run(a),
+        Command::Serve(a) => cli::serve::run(a),
     };
     if let Err(e) = result {
         cli::exit_with_error(&e);

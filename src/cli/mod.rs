@@ -10,6 +10,7 @@ pub mod generate;
 pub mod info;
 pub mod model_args;
 pub mod models;
+pub mod serve;
 
 use anyhow::Result;
 use rwkv_cli::error::UsageError;
