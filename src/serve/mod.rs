@@ -319,6 +319,7 @@ impl Worker {
             self.prefill_step(&mut active);
             self.decode_step(&mut active);
             active.retain(|s| !s.done);
+            self.publish(active.len());
         }
         self.publish(0);
     }
