@@ -145,8 +145,7 @@ impl Server {
             .status()
             .unwrap()
             .success());
-        let s = wait_or_kill(&mut self.child, LIMIT).expect("the server did not exit");
-        s
+        wait_or_kill(&mut self.child, LIMIT).expect("the server did not exit")
     }
 }
 
