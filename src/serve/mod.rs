@@ -40,7 +40,8 @@ pub struct EngineOptions {
     pub max_batch: usize,
     /// Bytes of the prefix-state cache (0: no cache).
     pub cache_bytes: usize,
-    /// Jobs waiting for a slot at most; [`Engine::submit`] refuses more.
+    /// Jobs waiting for a slot at most (beyond those the free slots take at the next step);
+    /// [`Engine::submit`] refuses more.
     pub max_queue: usize,
     /// Prompt tokens read per sequence and step.
     pub prefill_chunk: usize,
@@ -140,6 +141,7 @@ pub struct Engine {
     queued: Arc<AtomicUsize>,
     stats: Arc<Mutex<EngineStats>>,
     max_queue: usize,
+    max_batch: usize,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -149,7 +151,7 @@ impl Engine {
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(Mutex::new(EngineStats::default()));
-        let max_queue = opts.max_queue;
+        let (max_queue, max_batch) = (opts.max_queue, opts.max_batch.max(1));
         let worker = {
             let (queued, stats) = (queued.clone(), stats.clone());
             std::thread::Builder::new()
@@ -172,6 +174,7 @@ impl Engine {
             queued,
             stats,
             max_queue,
+            max_batch,
             worker: Some(worker),
         }
     }
@@ -179,8 +182,10 @@ impl Engine {
     /// Queues a job. Its events go to its sink from the worker thread.
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
         let tx = self.tx.as_ref().ok_or(SubmitError::Stopped)?;
+        // Jobs that will find a free slot at the next step do not count as waiting.
+        let free = self.max_batch.saturating_sub(self.stats().active);
         let before = self.queued.fetch_add(1, Ordering::SeqCst);
-        if before >= self.max_queue {
+        if before >= self.max_queue + free {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::QueueFull);
         }
