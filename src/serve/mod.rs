@@ -91,7 +91,8 @@ pub struct Outcome {
 /// What a job's sink receives, in order: `Text`* then `Done` or `Failed`.
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// The next bytes of the text (raw: may end inside a UTF-8 character).
+    /// The next bytes of the text (raw: may end inside a UTF-8 character). Empty before each
+    /// chunk of the prompt: a probe whether anyone still listens.
     Text(Vec<u8>),
     Done(Outcome),
     Failed(String),
@@ -381,6 +382,11 @@ impl Worker {
         for seq in active.iter_mut().filter(|s| !s.done) {
             let n = seq.job.tokens.len();
             if seq.read >= n {
+                continue;
+            }
+            // Nobody listens any more (a client gone while its long prompt is read).
+            if !(seq.job.sink)(Event::Text(Vec::new())) {
+                seq.done = true;
                 continue;
             }
             let end = (seq.read + chunk).min(n);
