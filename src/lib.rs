@@ -7,6 +7,7 @@
 //! - [`tokenizer`]: World (trie, greedy longest match), 20B (HF `tokenizers`) and byte tokenizers.
 //! - [`chat`]: conversations in the G1 chat format on one fixed-size state.
 //! - [`sampler`]: temperature, top-k, top-p, penalties, seeded.
+//! - [`serve`]: the serving engine (continuous batching, prefix-state cache) behind `serve`.
 //! - [`stats`]: peak and current resident memory.
 //! - [`eval`]: scoring a model on a text (bits per byte, perplexity).
 //! - [`hub`]: resolving a model name to a file, downloading it into the Hugging Face cache.
@@ -29,6 +30,7 @@ pub mod models;
 pub mod ops;
 pub mod output_file;
 pub mod sampler;
+pub mod serve;
 pub mod state_file;
 pub mod stats;
 pub mod tokenizer;

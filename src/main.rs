@@ -135,6 +135,8 @@ enum Command {
     /// List the built-in model catalogue (aliases for --model) and what is already cached.
     #[command(after_help = MODELS_HELP)]
     Models(cli::models::ModelsArgs),
+    /// An OpenAI-compatible HTTP server: batched decoding, a cache of prefix states.
+    Serve(cli::serve::ServeArgs),
     /// Text to token ids (one per line, or JSON), with a model's tokenizer or a named one.
     Tokenize(cli::tokenize::TokenizeArgs),
     /// Token ids (arguments or stdin) back to their bytes, on stdout.
@@ -253,6 +255,7 @@ fn main() {
         Command::Detokenize(a) => cli::tokenize::run_detokenize(a),
         Command::Completions(a) => cli::completions::run_completions(a),
         Command::Man(a) => cli::completions::run_man(a),
+        Command::Serve(a) => cli::serve::run(a),
     };
     if let Err(e) = result {
         cli::exit_with_error(&e);

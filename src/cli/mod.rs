@@ -11,6 +11,7 @@ pub mod generate;
 pub mod info;
 pub mod model_args;
 pub mod models;
+pub mod serve;
 pub mod tokenize;
 
 use anyhow::Result;

@@ -218,6 +218,25 @@ pub trait Model: Send + Sync {
     /// Sequence path: feeds `tokens` (non-empty) at once. Returns the logits after the last
     /// token (`vocab` values), or after every token (`tokens.len() × vocab`) if `all_logits`.
     fn forward_seq(&self, tokens: &[u32], state: &mut State, all_logits: bool) -> Result<Vec<f32>>;
+
+    /// Recurrent path for B independent sequences at once: `tokens[b]` is fed to `states[b]`;
+    /// returns the B next-token logits, one row of `vocab` values per sequence. A version may
+    /// run the projections as one matrix product over the B rows (the weights are read once
+    /// for all of them); this default steps each sequence on its own.
+    fn step_batch(&self, tokens: &[u32], states: &mut [&mut State]) -> Result<Vec<f32>> {
+        if tokens.len() != states.len() {
+            bail!(
+                "step_batch: {} tokens for {} states",
+                tokens.len(),
+                states.len()
+            );
+        }
+        let mut out = Vec::with_capacity(tokens.len() * self.config().vocab_size);
+        for (&t, s) in tokens.iter().zip(states.iter_mut()) {
+            out.extend(self.step(t, s)?);
+        }
+        Ok(out)
+    }
 }
 
 /// The default chunk length of the sequence path: bounds the activations' memory.

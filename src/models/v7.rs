@@ -389,6 +389,172 @@ impl Model for RwkvV7 {
         }
         self.head.logits(&x, all_logits)
     }
+
+    fn step_batch(&self, tokens: &[u32], states: &mut [&mut State]) -> Result<Vec<f32>> {
+        self.step_batch_v7(tokens, states)
+    }
+}
+
+/// Token shift for a batch of independent sequences: row `b` is one token of sequence `b`,
+/// whose previous token's input is `prevs[b]`; each `prevs[b]` becomes its row.
+fn token_shift_rows(xx: &Mat, prevs: &mut [&mut [f32]]) -> Mat {
+    let mut out = Mat::zeros(xx.rows, xx.cols);
+    for (b, prev) in prevs.iter_mut().enumerate() {
+        out.row_mut(b).copy_from_slice(prev);
+        prev.copy_from_slice(xx.row(b));
+    }
+    out
+}
+
+/// Row `t` of `m` as a one-row matrix.
+fn row_mat(m: &Mat, t: usize) -> Mat {
+    Mat::from_vec(1, m.cols, m.row(t).to_vec())
+}
+
+impl RwkvV7 {
+    /// [`RwkvV7::time_mix`] for a batch: row `b` of `xx` is one token of the sequence whose
+    /// layer state is `states[b]`. The projections and LoRAs run once over all rows (one read
+    /// of the weights); the token shift and the WKV recurrence use each row's own state.
+    fn time_mix_batch(
+        &self,
+        l: &Layer,
+        xx: &Mat,
+        states: &mut [&mut LayerState],
+        v_first: &mut Option<Mat>,
+    ) -> Result<Mat> {
+        let (h_count, n) = (self.cfg.n_head, self.cfg.head_size);
+        let prev = {
+            let mut prevs: Vec<&mut [f32]> = states
+                .iter_mut()
+                .map(|s| s.att_shift.as_mut_slice())
+                .collect();
+            token_shift_rows(xx, &mut prevs)
+        };
+        let r = l.receptance.forward(&lerp(xx, &prev, &l.x_r))?;
+        let mut k = l.key.forward(&lerp(xx, &prev, &l.x_k))?;
+        let xv = lerp(xx, &prev, &l.x_v);
+        let mut v = l.value.forward(&xv)?;
+        let w = add_row(l.w_lora.apply(&lerp(xx, &prev, &l.x_w), f32::tanh)?, &l.w0)
+            .map(|z| (-0.606_531_f32 * sigmoid(z)).exp());
+        let a = add_row(l.a_lora.apply(&lerp(xx, &prev, &l.x_a), |z| z)?, &l.a0).map(sigmoid);
+        let g = l.g_lora.apply(&lerp(xx, &prev, &l.x_g), sigmoid)?;
+
+        let b_count = xx.rows;
+        let mut kk = k.clone();
+        for t in 0..b_count {
+            let row = kk.row_mut(t);
+            for (x, m) in row.iter_mut().zip(&l.k_k) {
+                *x *= m;
+            }
+            for h in row.chunks_mut(n) {
+                let norm = h.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                h.iter_mut().for_each(|x| *x /= norm);
+            }
+            let (kr, ar) = (k.row_mut(t), a.row(t));
+            for ((x, av), ka) in kr.iter_mut().zip(ar).zip(&l.k_a) {
+                *x *= 1.0 + (av - 1.0) * ka;
+            }
+        }
+
+        match (&l.v_mix, v_first.as_ref()) {
+            (None, _) => *v_first = Some(v.clone()),
+            (Some((v0, lora)), Some(vf)) => {
+                let gate = add_row(lora.apply(&xv, |z| z)?, v0).map(sigmoid);
+                for ((x, f), gt) in v.data.iter_mut().zip(&vf.data).zip(&gate.data) {
+                    *x += (f - *x) * gt;
+                }
+            }
+            (Some(_), None) => anyhow::bail!("v7: layer 0 must run before the value residual"),
+        }
+
+        // The recurrence: each row on its own sequence's state.
+        let mut out = Mat::zeros(b_count, xx.cols);
+        for (t, s) in states.iter_mut().enumerate() {
+            let o = wkv7(
+                &mut s.wkv,
+                h_count,
+                n,
+                &row_mat(&r, t),
+                &row_mat(&w, t),
+                &row_mat(&k, t),
+                &row_mat(&v, t),
+                &row_mat(&kk, t),
+                &row_mat(&a, t),
+            );
+            out.row_mut(t).copy_from_slice(&o.data);
+        }
+
+        group_norm(&mut out, h_count, &l.ln_x_w, &l.ln_x_b, 64e-5);
+        for t in 0..b_count {
+            let (rt, kt, vt) = (r.row(t), k.row(t), v.row(t));
+            let ot = out.row_mut(t);
+            for h in 0..h_count {
+                let hs = h * n..(h + 1) * n;
+                let bonus: f32 = hs.clone().map(|j| rt[j] * kt[j] * l.r_k[j]).sum();
+                for j in hs {
+                    ot[j] += bonus * vt[j];
+                }
+            }
+        }
+        l.output.forward(&out.hadamard(&g))
+    }
+
+    /// [`RwkvV7::channel_mix`] for a batch (rows as in [`RwkvV7::time_mix_batch`]).
+    fn channel_mix_batch(
+        &self,
+        l: &Layer,
+        xx: &Mat,
+        states: &mut [&mut LayerState],
+        tokens: &[u32],
+        x0: Option<&Mat>,
+    ) -> Result<Mat> {
+        let prev = {
+            let mut prevs: Vec<&mut [f32]> = states
+                .iter_mut()
+                .map(|s| s.ffn_shift.as_mut_slice())
+                .collect();
+            token_shift_rows(xx, &mut prevs)
+        };
+        let mut k = l.ffn_key.forward(&lerp(xx, &prev, &l.ffn_x_k))?.map(|z| {
+            let r = z.max(0.0);
+            r * r
+        });
+        // DeepEmbed's scale is per row (its token and normalised embedding), so the batch's
+        // rows take it as a sequence's would.
+        if let (Some(de), Some(x0)) = (&l.deep_embed, x0) {
+            k = k.hadamard(&de.scale(xx, tokens, x0)?);
+        }
+        l.ffn_value.forward(&k)
+    }
+
+    /// One token for each of B independent sequences: see [`Model::step_batch`].
+    pub fn step_batch_v7(&self, tokens: &[u32], states: &mut [&mut State]) -> Result<Vec<f32>> {
+        if tokens.len() != states.len() {
+            anyhow::bail!(
+                "step_batch: {} tokens for {} states",
+                tokens.len(),
+                states.len()
+            );
+        }
+        if tokens.len() == 1 {
+            return self.step(tokens[0], states[0]);
+        }
+        for (t, s) in tokens.iter().zip(states.iter()) {
+            super::check_call(&self.cfg, std::slice::from_ref(t), s)?;
+        }
+        let mut x = self.emb.lookup(tokens)?;
+        let x0 = (self.cfg.version == Version::V7DeepEmbed).then(|| x.clone());
+        let mut v_first = None;
+        for (i, l) in self.layers.iter().enumerate() {
+            let mut ls: Vec<&mut LayerState> =
+                states.iter_mut().map(|s| &mut s.layers[i]).collect();
+            let xx = layer_norm(&x, &l.ln1_w, &l.ln1_b);
+            x.add_assign(&self.time_mix_batch(l, &xx, &mut ls, &mut v_first)?);
+            let xx = layer_norm(&x, &l.ln2_w, &l.ln2_b);
+            x.add_assign(&self.channel_mix_batch(l, &xx, &mut ls, tokens, x0.as_ref())?);
+        }
+        self.head.logits(&x, true)
+    }
 }
 
 #[cfg(test)]

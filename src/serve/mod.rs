@@ -1,0 +1,537 @@
+//! The serving engine behind `rwkv-cli serve`: one worker thread owns the model and runs
+//! every request with continuous batching and a prefix-state cache. No HTTP here: the command
+//! line wraps it in a server.
+//!
+//! Requests ([`Job`]) arrive through [`Engine::submit`]. Each step of the worker's loop:
+//! 1. takes new jobs into free slots (at most [`EngineOptions::max_batch`] at once); a job
+//!    starts from the state of the longest cached prefix of its tokens ([`PrefixCache`]);
+//! 2. reads one chunk of every prompt still being read (sequence path), so a long prompt
+//!    is read over several steps while the others keep decoding;
+//! 3. feeds the last sampled token of every decoding sequence through one
+//!    [`Model::step_batch`] call: B sequences, one read of the weights.
+//!
+//! After a prompt is read, its state is cached under its tokens, and again when a request
+//! ends (the prompt and the reply tokens fed so far). A [`Job`]'s `sink` receives its text as
+//! it is sampled; when the sink returns `false` (the client has gone) the job is dropped at
+//! that step and its slot freed.
+//!
+//! Sampling matches `rwkv-cli generate` (completions: the end-of-text token stops, stop strings
+//! are not part of the text) and `rwkv-cli chat` (chat: the end-of-text token is never
+//! sampled, `\n\n` ends the reply): with the same tokens and sampler settings, the same text.
+
+pub mod cache;
+
+pub use cache::PrefixCache;
+
+use crate::chat::format::END_OF_TURN;
+use crate::models::{Model, State, DEFAULT_CHUNK};
+use crate::sampler::{Sampler, SamplerConfig};
+use crate::tokenizer::Tokenizer;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// How the engine runs.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Sequences decoded together at most.
+    pub max_batch: usize,
+    /// Bytes of the prefix-state cache (0: no cache).
+    pub cache_bytes: usize,
+    /// Jobs waiting for a slot at most (beyond those the free slots take at the next step);
+    /// [`Engine::submit`] refuses more.
+    pub max_queue: usize,
+    /// Prompt tokens read per sequence and step.
+    pub prefill_chunk: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            max_batch: 8,
+            cache_bytes: 512 << 20,
+            max_queue: 64,
+            prefill_chunk: DEFAULT_CHUNK,
+        }
+    }
+}
+
+/// Why a job's text ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// A stop string, the end-of-text token (completions) or `\n\n` (chat).
+    Stop,
+    /// `max_tokens` were generated.
+    Length,
+}
+
+impl Finish {
+    /// The OpenAI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// What a finished job used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub finish: Finish,
+    pub prompt_tokens: usize,
+    /// Tokens sampled.
+    pub completion_tokens: usize,
+    /// Prompt tokens whose state came from the cache.
+    pub cached_tokens: usize,
+}
+
+/// What a job's sink receives, in order: `Text`* then `Done` or `Failed`.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The next bytes of the text (raw: may end inside a UTF-8 character). Empty before each
+    /// chunk of the prompt: a probe whether anyone still listens.
+    Text(Vec<u8>),
+    Done(Outcome),
+    Failed(String),
+}
+
+/// Receives a job's events; returns `false` when nobody listens any more (the job is then
+/// dropped).
+pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
+
+/// One request.
+pub struct Job {
+    /// The prompt's tokens (not empty).
+    pub tokens: Vec<u32>,
+    pub sampler: SamplerConfig,
+    /// Tokens to sample at most.
+    pub max_tokens: usize,
+    /// Stop strings (not empty ones): the text ends before the first.
+    pub stops: Vec<Vec<u8>>,
+    /// Chat reply: the end-of-text token is never sampled and `\n\n` ends the text.
+    pub chat: bool,
+    pub sink: Sink,
+}
+
+/// Why [`Engine::submit`] refused a job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// [`EngineOptions::max_queue`] jobs already wait.
+    QueueFull,
+    /// The engine has stopped (shut down, or its worker failed).
+    Stopped,
+}
+
+/// Counters for a health check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Jobs waiting for a slot.
+    pub queued: usize,
+    /// Jobs in slots (reading their prompt or decoding).
+    pub active: usize,
+    pub cache_entries: usize,
+    pub cache_bytes: usize,
+}
+
+/// A running engine: a worker thread that owns the model.
+pub struct Engine {
+    tx: Option<mpsc::Sender<Job>>,
+    queued: Arc<AtomicUsize>,
+    stats: Arc<Mutex<EngineStats>>,
+    max_queue: usize,
+    max_batch: usize,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts the worker.
+    pub fn start(model: Arc<dyn Model>, tok: Arc<dyn Tokenizer>, opts: EngineOptions) -> Engine {
+        let (tx, rx) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let stats = Arc::new(Mutex::new(EngineStats::default()));
+        let (max_queue, max_batch) = (opts.max_queue, opts.max_batch.max(1));
+        let worker = {
+            let (queued, stats) = (queued.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name("rwkv-serve".into())
+                .spawn(move || {
+                    Worker {
+                        model,
+                        tok,
+                        cache: PrefixCache::new(opts.cache_bytes),
+                        opts,
+                        queued,
+                        stats,
+                    }
+                    .run(rx)
+                })
+                .expect("cannot start the model's worker thread")
+        };
+        Engine {
+            tx: Some(tx),
+            queued,
+            stats,
+            max_queue,
+            max_batch,
+            worker: Some(worker),
+        }
+    }
+
+    /// Queues a job. Its events go to its sink from the worker thread.
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        let tx = self.tx.as_ref().ok_or(SubmitError::Stopped)?;
+        // Jobs that will find a free slot at the next step do not count as waiting.
+        let free = self.max_batch.saturating_sub(self.stats().active);
+        let before = self.queued.fetch_add(1, Ordering::SeqCst);
+        if before >= self.max_queue + free {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::QueueFull);
+        }
+        tx.send(job).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            SubmitError::Stopped
+        })
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let mut s = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        s.queued = self.queued.load(Ordering::SeqCst);
+        s
+    }
+
+    /// Stops taking jobs, lets the worker finish those it has, and waits for it.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.tx = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Holds back text that may be the start of a stop string.
+struct StopFilter {
+    stops: Vec<Vec<u8>>,
+    pending: Vec<u8>,
+}
+
+impl StopFilter {
+    /// Adds bytes; returns what can be shown now and whether a stop string was reached (the
+    /// text then ends before it).
+    fn push(&mut self, bytes: &[u8]) -> (Vec<u8>, bool) {
+        self.pending.extend_from_slice(bytes);
+        let found = self
+            .stops
+            .iter()
+            .filter_map(|s| crate::chat::format::find(&self.pending, s))
+            .min();
+        if let Some(at) = found {
+            let out = self.pending[..at].to_vec();
+            self.pending.clear();
+            return (out, true);
+        }
+        let keep = self
+            .stops
+            .iter()
+            .map(|s| {
+                (1..s.len().min(self.pending.len() + 1))
+                    .rev()
+                    .find(|&n| self.pending.ends_with(&s[..n]))
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        let out = self.pending.drain(..self.pending.len() - keep).collect();
+        (out, false)
+    }
+}
+
+/// A job in a slot.
+struct Seq {
+    job: Job,
+    state: State,
+    /// Tokens the state has read: the prompt's first `read`, then the fed reply tokens.
+    read: usize,
+    /// The prompt and the reply tokens fed so far (the cache key of the state).
+    fed: Vec<u32>,
+    cached_tokens: usize,
+    sampler: Sampler,
+    filter: StopFilter,
+    /// All sampled bytes (chat: to see whether `\n\n` ends a token exactly).
+    raw: Vec<u8>,
+    generated: usize,
+    /// The sampled token to feed at the next decode step.
+    next: Option<u32>,
+    /// The job ends once `next` is fed (chat: the token that ends with `\n\n`, so that the
+    /// cached state ends at a turn boundary).
+    finish_after_feed: Option<Finish>,
+    done: bool,
+}
+
+struct Worker {
+    model: Arc<dyn Model>,
+    tok: Arc<dyn Tokenizer>,
+    opts: EngineOptions,
+    cache: PrefixCache,
+    queued: Arc<AtomicUsize>,
+    stats: Arc<Mutex<EngineStats>>,
+}
+
+impl Worker {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        let mut waiting: VecDeque<Job> = VecDeque::new();
+        let mut active: Vec<Seq> = Vec::new();
+        let mut open = true;
+        loop {
+            if active.is_empty() && waiting.is_empty() {
+                if !open {
+                    break;
+                }
+                match rx.recv() {
+                    Ok(job) => waiting.push_back(job),
+                    Err(_) => break,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(job) => waiting.push_back(job),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            while active.len() < self.opts.max_batch.max(1) {
+                let Some(job) = waiting.pop_front() else {
+                    break;
+                };
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                active.push(self.admit(job));
+            }
+            self.publish(active.len());
+            self.prefill_step(&mut active);
+            self.decode_step(&mut active);
+            active.retain(|s| !s.done);
+            self.publish(active.len());
+        }
+        self.publish(0);
+    }
+
+    fn publish(&self, active: usize) {
+        if let Ok(mut s) = self.stats.lock() {
+            s.active = active;
+            s.cache_entries = self.cache.len();
+            s.cache_bytes = self.cache.used_bytes();
+        }
+    }
+
+    /// A job in a slot, from the longest cached prefix of its tokens.
+    fn admit(&mut self, job: Job) -> Seq {
+        let hit = self.cache.lookup(&job.tokens);
+        let stops = {
+            let mut s = job.stops.clone();
+            if job.chat {
+                s.push(END_OF_TURN.to_vec());
+            }
+            s
+        };
+        let mut seq = Seq {
+            sampler: Sampler::new(job.sampler.clone()),
+            filter: StopFilter {
+                stops,
+                pending: Vec::new(),
+            },
+            state: self.model.new_state(),
+            read: 0,
+            fed: job.tokens.clone(),
+            cached_tokens: 0,
+            raw: Vec::new(),
+            generated: 0,
+            next: None,
+            finish_after_feed: None,
+            done: false,
+            job,
+        };
+        if let Some(hit) = hit {
+            seq.state = hit.state;
+            seq.read = hit.len;
+            seq.cached_tokens = hit.len;
+            if hit.len == seq.job.tokens.len() {
+                self.after_logits(&mut seq, hit.logits);
+            }
+        }
+        seq
+    }
+
+    /// One chunk of every prompt still being read.
+    fn prefill_step(&mut self, active: &mut [Seq]) {
+        let chunk = self.opts.prefill_chunk.max(1);
+        for seq in active.iter_mut().filter(|s| !s.done) {
+            let n = seq.job.tokens.len();
+            if seq.read >= n {
+                continue;
+            }
+            // Nobody listens any more (a client gone while its long prompt is read).
+            if !(seq.job.sink)(Event::Text(Vec::new())) {
+                seq.done = true;
+                continue;
+            }
+            let end = (seq.read + chunk).min(n);
+            let logits =
+                match self
+                    .model
+                    .forward_seq(&seq.job.tokens[seq.read..end], &mut seq.state, false)
+                {
+                    Ok(l) => l,
+                    Err(e) => {
+                        fail(seq, &e);
+                        continue;
+                    }
+                };
+            seq.read = end;
+            if end == n {
+                self.cache.insert(&seq.job.tokens, &seq.state, &logits);
+                self.after_logits(seq, logits);
+            }
+        }
+    }
+
+    /// Feeds every decoding sequence's sampled token at once, then samples the next.
+    fn decode_step(&mut self, active: &mut [Seq]) {
+        let mut batch: Vec<&mut Seq> = active
+            .iter_mut()
+            .filter(|s| !s.done && s.next.is_some())
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
+        let tokens: Vec<u32> = batch.iter().map(|s| s.next.expect("filtered")).collect();
+        let result = {
+            let mut states: Vec<&mut State> = batch.iter_mut().map(|s| &mut s.state).collect();
+            self.model.step_batch(&tokens, &mut states)
+        };
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                for seq in batch {
+                    fail(seq, &e);
+                }
+                return;
+            }
+        };
+        let vocab = logits.len() / tokens.len();
+        for (i, seq) in batch.into_iter().enumerate() {
+            let t = seq.next.take().expect("filtered");
+            seq.fed.push(t);
+            let row = logits[i * vocab..(i + 1) * vocab].to_vec();
+            if let Some(finish) = seq.finish_after_feed {
+                self.finish(seq, finish, Some(&row));
+            } else {
+                self.after_logits(seq, row);
+            }
+        }
+    }
+
+    /// Samples the next token from `logits` and sends its text; decides whether the job goes
+    /// on (then `next` is set).
+    fn after_logits(&mut self, seq: &mut Seq, mut logits: Vec<f32>) {
+        if seq.generated >= seq.job.max_tokens {
+            return self.finish(seq, Finish::Length, Some(&logits));
+        }
+        let eot = self.tok.eot_token();
+        let masked = match eot.filter(|&e| seq.job.chat && (e as usize) < logits.len()) {
+            Some(e) => Some((
+                e as usize,
+                std::mem::replace(&mut logits[e as usize], f32::NEG_INFINITY),
+            )),
+            None => None,
+        };
+        let token = seq.sampler.sample(&logits);
+        if let Some((e, v)) = masked {
+            logits[e] = v;
+        }
+        if !seq.job.chat && Some(token) == eot {
+            return self.finish(seq, Finish::Stop, Some(&logits));
+        }
+        seq.sampler.accept(token);
+        seq.generated += 1;
+        let bytes = self.tok.token_bytes(token);
+        seq.raw.extend_from_slice(&bytes);
+        let (text, stopped) = seq.filter.push(&bytes);
+        if !text.is_empty() && !(seq.job.sink)(Event::Text(text)) {
+            seq.done = true; // the client has gone
+            return;
+        }
+        if stopped {
+            // A chat reply whose `\n\n` ends with this token: feed it, so that the cached
+            // state ends at the turn boundary a follow-up request starts from.
+            let at_turn_end = seq.job.chat
+                && crate::chat::format::find(&seq.raw, END_OF_TURN)
+                    == Some(seq.raw.len() - END_OF_TURN.len());
+            if at_turn_end && self.opts.cache_bytes > 0 {
+                seq.next = Some(token);
+                seq.finish_after_feed = Some(Finish::Stop);
+                return;
+            }
+            return self.finish(seq, Finish::Stop, Some(&logits));
+        }
+        if seq.generated >= seq.job.max_tokens {
+            return self.finish(seq, Finish::Length, Some(&logits));
+        }
+        seq.next = Some(token);
+    }
+
+    /// Ends the job: caches the state after the prompt and the reply tokens read (when any
+    /// were; `logits` are the next-token logits after them) and sends the rest of the text.
+    fn finish(&mut self, seq: &mut Seq, finish: Finish, logits: Option<&[f32]>) {
+        seq.done = true;
+        if let (true, Some(l)) = (seq.fed.len() > seq.job.tokens.len(), logits) {
+            self.cache.insert(&seq.fed, &seq.state, l);
+        }
+        let rest = std::mem::take(&mut seq.filter.pending);
+        if !rest.is_empty() && !(seq.job.sink)(Event::Text(rest)) {
+            return;
+        }
+        let outcome = Outcome {
+            finish,
+            prompt_tokens: seq.job.tokens.len(),
+            completion_tokens: seq.generated,
+            cached_tokens: seq.cached_tokens,
+        };
+        (seq.job.sink)(Event::Done(outcome));
+    }
+}
+
+fn fail(seq: &mut Seq, e: &anyhow::Error) {
+    seq.done = true;
+    (seq.job.sink)(Event::Failed(format!("{e:#}")));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_filter_holds_back_a_possible_stop() {
+        let mut f = StopFilter {
+            stops: vec![b"\n\n".to_vec()],
+            pending: Vec::new(),
+        };
+        assert_eq!(f.push(b"Hi\n"), (b"Hi".to_vec(), false));
+        assert_eq!(f.push(b"x"), (b"\nx".to_vec(), false));
+        assert_eq!(f.push(b"\n\nmore"), (Vec::new(), true));
+    }
+}
