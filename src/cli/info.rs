@@ -4,7 +4,9 @@
 
 use anyhow::Result;
 use clap::Args;
+use rwkv_cli::catalog;
 use rwkv_cli::checkpoint::Checkpoint;
+use rwkv_cli::hub::{self, HubFile};
 use rwkv_cli::models;
 use rwkv_cli::stats::{human_bytes, human_count};
 
@@ -16,11 +18,69 @@ pub struct InfoArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Download a Hub model that is not in the cache yet, to describe the file itself (without
+    /// it, an uncached model shows the catalogue's facts and its cache status, offline).
+    #[arg(long)]
+    pub download: bool,
+}
+
+/// An uncached Hub model without `--download`: what the catalogue (or the reference) says.
+fn describe_uncached(file: &HubFile, alias: Option<&str>, json: bool) -> Result<()> {
+    let entry = alias.and_then(catalog::find);
+    let source = match alias {
+        Some(a) => format!("{file} (alias {a})"),
+        None => file.to_string(),
+    };
+    if json {
+        let mut v = serde_json::json!({
+            "source": source,
+            "repo": file.repo,
+            "file": file.file,
+            "revision": file.revision,
+            "cached": false,
+            "cached_at": null,
+        });
+        if let Some(e) = entry {
+            v["version"] = e.version.clone().into();
+            v["tokenizer"] = e.tokenizer.clone().into();
+            v["params"] = e.params.into();
+            v["download_bytes"] = e.size.into();
+            v["description"] = e.description.clone().into();
+        }
+        return crate::outln!("{v}");
+    }
+    let mut out = format!(
+        "source        {source}
+cached        no (in {}): `info --download` or any command that runs it downloads it
+",
+        hub::cache_dir().display()
+    );
+    if let Some(e) = entry {
+        out += &format!(
+            "version       RWKV {} (catalogue)
+tokenizer     {}
+parameters    about {}
+             download      {}
+description   {}
+",
+            e.version,
+            e.tokenizer,
+            human_count(e.params),
+            human_bytes(e.size),
+            e.description
+        );
+    }
+    crate::cli::print_out(&out)
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
     let (path, source, cached_at) = match &args.model {
         Some(m) => {
+            if let hub::Source::Hub { file, alias } = hub::identify(m)? {
+                if !args.download && file.cached(&hub::cache_dir()).is_none() {
+                    return describe_uncached(&file, alias.as_deref(), args.json);
+                }
+            }
             let resolved = rwkv_cli::hub::resolve(m, &super::DownloadBar::default())?;
             let cached_at = resolved.cached_at().map(|p| p.display().to_string());
             (resolved.path.clone(), resolved.describe(), cached_at)
