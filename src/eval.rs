@@ -42,6 +42,21 @@ pub fn score_tokens(
     chunk: usize,
     mut progress: impl FnMut(usize),
 ) -> Result<Score> {
+    score_tokens_until(model, tok, tokens, chunk, |n| {
+        progress(n);
+        true
+    })
+}
+
+/// [`score_tokens`], stopping after the chunk for which `progress` (told how many tokens are
+/// done) returns false: the score of the tokens so far (a Ctrl-C).
+pub fn score_tokens_until(
+    model: &dyn Model,
+    tok: &dyn Tokenizer,
+    tokens: &[u32],
+    chunk: usize,
+    mut progress: impl FnMut(usize) -> bool,
+) -> Result<Score> {
     let vocab = model.config().vocab_size;
     let mut state = model.new_state();
     let mut score = Score::default();
@@ -50,10 +65,13 @@ pub fn score_tokens(
         let logits = model.forward_seq(piece, &mut state, true)?;
         for (i, row) in logits.chunks_exact(vocab).enumerate() {
             if let Some(&next) = tokens.get(start + i + 1) {
+                crate::models::check_logits(row)?;
                 score.add(row, next, tok);
             }
         }
-        progress(start + piece.len());
+        if !progress(start + piece.len()) {
+            break;
+        }
     }
     Ok(score)
 }

@@ -255,7 +255,7 @@ fn state_files(dir: &Path) -> Vec<Case> {
             "--state-in empty",
             generate_args(&["--state-in", &empty_state.display().to_string()]),
             1,
-            vec!["bad magic"],
+            vec!["empty"],
         ),
         case(
             "--state-in random bytes",

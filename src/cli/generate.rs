@@ -271,6 +271,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     // written): a Ctrl-C after that changes nothing.
     let mut interrupted = prompt_interrupted;
     if let (false, Some(mut logits)) = (prompt_interrupted, logits) {
+        rwkv_cli::models::check_logits(&logits)?;
         if let Some(p) = &args.logits_out {
             let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
             if logits_to_stdout {
@@ -301,6 +302,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             // The state always sees every generated token when it is saved afterwards.
             if generated < args.max_tokens && !stopped && open || args.state_out.is_some() {
                 logits = model.step(next, &mut state)?;
+                rwkv_cli::models::check_logits(&logits)?;
                 seen += 1;
             }
             if stopped || !open {

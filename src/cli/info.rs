@@ -22,6 +22,30 @@ pub struct InfoArgs {
     /// it, an uncached model shows the catalogue's facts and its cache status, offline).
     #[arg(long)]
     pub download: bool,
+    /// Also read every weight and check that none is NaN or infinite (reads the whole file);
+    /// exit 1 naming the tensors that hold such values.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Tensors holding NaN or infinite values: (name, NaN count, infinity count).
+fn non_finite_tensors(ckpt: &Checkpoint) -> Result<Vec<(String, usize, usize)>> {
+    let mut bad = Vec::new();
+    for (name, meta) in ckpt.tensors() {
+        if meta.dtype == rwkv_cli::checkpoint::StoredDType::Other {
+            continue;
+        }
+        let (mut nan, mut inf) = (0usize, 0usize);
+        ckpt.read_f32_chunks(name, 1 << 16, |_, c| {
+            nan += c.iter().filter(|v| v.is_nan()).count();
+            inf += c.iter().filter(|v| v.is_infinite()).count();
+            Ok(())
+        })?;
+        if nan + inf > 0 {
+            bad.push((name.clone(), nan, inf));
+        }
+    }
+    Ok(bad)
 }
 
 /// An uncached Hub model without `--download`: what the catalogue (or the reference) says.
@@ -100,6 +124,27 @@ pub fn run(args: InfoArgs) -> Result<()> {
     };
     let ckpt = Checkpoint::open(&path)?;
     let c = &models::inspect(&ckpt)?;
+    if args.check {
+        let bad = non_finite_tensors(&ckpt)?;
+        if !bad.is_empty() {
+            let list: Vec<String> = bad
+                .iter()
+                .take(5)
+                .map(|(n, nan, inf)| format!("{n} ({nan} NaN, {inf} infinite)"))
+                .collect();
+            let more = if bad.len() > 5 {
+                format!(" and {} more", bad.len() - 5)
+            } else {
+                String::new()
+            };
+            anyhow::bail!(
+                "{}: {} tensors hold non-finite values: {}{more}",
+                path.display(),
+                bad.len(),
+                list.join(", ")
+            );
+        }
+    }
     let stored = ckpt.stored_dtype().name();
     // v4 has no heads: its recurrence runs channel by channel.
     let headed = c.version != models::Version::V4;
@@ -120,6 +165,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "file_bytes": ckpt.file_size,
             "state_bytes": c.state_bytes(),
         });
+        let mut v = v;
+        if args.check {
+            v["weights_finite"] = true.into();
+        }
         return crate::outln!("{v}");
     }
     let mut out = format!("path          {}\nsource        {source}\n", path.display());
@@ -146,5 +195,17 @@ pub fn run(args: InfoArgs) -> Result<()> {
         human_bytes(c.state_bytes() as u64),
         c.state_bytes()
     );
+    if args.check {
+        out += &format!(
+            "check         every weight is finite ({} tensors read)\n",
+            ckpt.tensors().len()
+        );
+    }
+    if args.check {
+        out += &format!(
+            "check         every weight is finite ({} tensors read)\n",
+            ckpt.tensors().len()
+        );
+    }
     crate::cli::print_out(&out)
 }

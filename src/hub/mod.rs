@@ -296,13 +296,24 @@ pub fn local_file(spec: &str) -> Result<PathBuf> {
     let ft = meta.file_type();
     if !ft.is_file() {
         let what = if ft.is_dir() {
-            "a folder"
+            "a directory"
         } else if is_fifo(&ft) {
             "a named pipe (FIFO)"
         } else {
             "not a regular file"
         };
         bail!("model file {spec} is {what}: give a checkpoint file (.pth or .safetensors)");
+    }
+    // rwkv.cpp's own format (ggml, magic "ggmf"): say so rather than fail as safetensors.
+    let mut magic = [0u8; 4];
+    let head = std::fs::File::open(&p).and_then(|mut f| {
+        use std::io::Read;
+        f.read(&mut magic)
+    });
+    if matches!(head, Ok(4)) && matches!(u32::from_le_bytes(magic), 0x6767_6d66 | 0x6767_6d6c) {
+        bail!(
+            "model file {spec} is in rwkv.cpp's ggml format, which rwkv-cli does not read: use the original PyTorch .pth or a .safetensors checkpoint of the same model"
+        );
     }
     Ok(p)
 }

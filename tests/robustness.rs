@@ -1,0 +1,266 @@
+//! The second robustness round (issue 16): broken numbers, odd files, honest byte counts.
+//! Each test runs the real binary with a bound on its time (a hang fails the test).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+mod common;
+use common::safetensors::st_edit;
+use common::{bin_offline, fixture, scratch, stderr, wait_or_kill};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `c` with `stdin`, killing it (and failing) past [`LIMIT`].
+fn run_bounded(mut c: Command, stdin: &[u8]) -> Output {
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("start rwkv-cli");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = input.write_all(&data);
+    });
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let o = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut v).ok();
+        v
+    });
+    let e = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut err, &mut v).ok();
+        v
+    });
+    let status = wait_or_kill(&mut child, LIMIT).expect("rwkv-cli ran past its time limit");
+    let _ = writer.join();
+    Output {
+        status,
+        stdout: o.join().unwrap(),
+        stderr: e.join().unwrap(),
+    }
+}
+
+fn cli(args: &[&str]) -> Output {
+    let mut c = bin_offline();
+    c.args(args);
+    run_bounded(c, b"")
+}
+
+/// Exit 1, exactly one line on stderr starting with "error: " and holding every needle.
+fn one_line_error(o: &Output, needles: &[&str]) -> String {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "one line: {e}");
+    assert!(e.starts_with("error: "), "{e}");
+    for n in needles {
+        assert!(e.contains(n), "{n:?} not in: {e}");
+    }
+    e
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// The v7 fixture with every value of `tensor` replaced by `value`.
+fn poisoned(tensor: &str, value: f32) -> Vec<u8> {
+    st_edit("v7.safetensors", tensor, |t| {
+        assert_eq!(t.dtype, "F32");
+        t.bytes = t
+            .bytes
+            .chunks(4)
+            .flat_map(|_| value.to_le_bytes())
+            .collect();
+        true
+    })
+}
+
+#[test]
+fn non_finite_weights_fail_with_one_line_in_generate_eval_and_chat() {
+    let dir = scratch("robust-nan");
+    let text = write(
+        &dir,
+        "text.txt",
+        b"Some text to score, long enough for a few tokens.",
+    );
+    for (name, value) in [("nan", f32::NAN), ("inf", f32::INFINITY)] {
+        let model = write(
+            &dir,
+            &format!("{name}.safetensors"),
+            &poisoned("head.weight", value),
+        );
+        let m = model.display().to_string();
+        // Before: NUL bytes and exit 0.
+        let o = cli(&["generate", "-m", &m, "-p", "Hello", "-n", "5", "--quiet"]);
+        one_line_error(&o, &["non-finite logits", "info --check"]);
+        assert!(o.stdout.is_empty(), "{:?}", o.stdout);
+        // Before: "inf bits per byte" and exit 0.
+        let o = cli(&["eval", "-m", &m, "--text", &text.display().to_string()]);
+        one_line_error(&o, &["non-finite logits"]);
+        let mut c = bin_offline();
+        c.args(["chat", "-m", &m]);
+        let o = run_bounded(c, b"Hello\n");
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(e.contains("non-finite logits"), "{e}");
+        assert!(!e.contains("panicked"), "{e}");
+    }
+}
+
+#[test]
+fn info_check_names_the_tensors_that_hold_non_finite_values() {
+    let dir = scratch("robust-check");
+    let model = write(
+        &dir,
+        "nan.safetensors",
+        &poisoned("blocks.0.att.key.weight", f32::NAN),
+    );
+    let m = model.display().to_string();
+    // Without --check, info reads no weight: it still describes the file.
+    let o = cli(&["info", &m]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cli(&["info", "--check", &m]);
+    one_line_error(
+        &o,
+        &[
+            "1 tensors hold non-finite values",
+            "blocks.0.att.key.weight",
+            "NaN",
+        ],
+    );
+    let o = cli(&["info", "--check", &fixture("v7.pth")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("every weight is finite"));
+    let o = cli(&["info", "--check", "--json", &fixture("v7.safetensors")]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["weights_finite"], true);
+}
+
+#[test]
+fn a_state_file_holding_nan_is_refused() {
+    use rwkv_cli::checkpoint::Checkpoint;
+    use rwkv_cli::state_file::{self, SavedState};
+    let dir = scratch("robust-state");
+    let model = fixture("v7.safetensors");
+    let ckpt = Checkpoint::open(Path::new(&model)).unwrap();
+    let cfg = rwkv_cli::models::inspect(&ckpt).unwrap();
+    let fp = ckpt.fingerprint().unwrap();
+    let mut state = rwkv_cli::models::State::new(&cfg);
+    state.layers[0].wkv[0] = f32::NAN;
+    let saved = SavedState {
+        state,
+        logits: vec![0.0; cfg.vocab_size],
+        tokens: 3,
+    };
+    let p = write(&dir, "nan.state", &state_file::encode(&cfg, fp, &saved));
+    let o = cli(&[
+        "generate",
+        "-m",
+        &model,
+        "-p",
+        "x",
+        "--state-in",
+        &p.display().to_string(),
+        "-n",
+        "3",
+    ]);
+    one_line_error(&o, &["nan.state", "NaN"]);
+    // A token count near 2^64 is refused, not wrapped.
+    let saved = SavedState {
+        state: rwkv_cli::models::State::new(&cfg),
+        logits: vec![0.0; cfg.vocab_size],
+        tokens: u64::MAX - 1,
+    };
+    let p = write(&dir, "huge.state", &state_file::encode(&cfg, fp, &saved));
+    let o = cli(&[
+        "generate",
+        "-m",
+        &model,
+        "-p",
+        "x",
+        "--state-in",
+        &p.display().to_string(),
+        "-n",
+        "3",
+    ]);
+    one_line_error(&o, &["implausible"]);
+    // Cut inside its header: "truncated", not "bad magic".
+    let good = state_file::encode(
+        &cfg,
+        fp,
+        &SavedState {
+            state: rwkv_cli::models::State::new(&cfg),
+            logits: vec![0.0; cfg.vocab_size],
+            tokens: 3,
+        },
+    );
+    let p = write(&dir, "short.state", &good[..14]);
+    let o = cli(&[
+        "generate",
+        "-m",
+        &model,
+        "-p",
+        "x",
+        "--state-in",
+        &p.display().to_string(),
+        "-n",
+        "3",
+    ]);
+    one_line_error(&o, &["truncated"]);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_as_the_model_is_refused_without_opening_it() {
+    let dir = scratch("robust-fifo");
+    let fifo = dir.join("model.pth");
+    let _ = std::fs::remove_file(&fifo);
+    let ok = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(ok.success());
+    // Before: opening it waited for a writer forever.
+    let o = cli(&["generate", "-m", &fifo.display().to_string(), "-p", "x"]);
+    one_line_error(&o, &["named pipe", "model.pth"]);
+    let o = cli(&["info", &fifo.display().to_string()]);
+    one_line_error(&o, &["named pipe"]);
+}
+
+#[test]
+fn an_rwkv_cpp_file_is_named_as_such() {
+    let dir = scratch("robust-ggml");
+    // rwkv.cpp's header: magic 'ggmf' (u32, little-endian), version, then the model's shape.
+    let mut bytes = 0x6767_6d66u32.to_le_bytes().to_vec();
+    bytes.extend(101u32.to_le_bytes());
+    bytes.extend([0u8; 64]);
+    let p = write(&dir, "model.bin", &bytes);
+    let o = cli(&["generate", "-m", &p.display().to_string(), "-p", "x"]);
+    one_line_error(&o, &["rwkv.cpp", "model.bin", ".pth", ".safetensors"]);
+}
+
+#[test]
+fn eval_counts_the_files_own_bytes() {
+    let dir = scratch("robust-eval-bytes");
+    // Not UTF-8 at all: every byte still counts once.
+    let text: Vec<u8> = (0..100u32).map(|i| (i * 37 % 251) as u8 | 0x80).collect();
+    let p = write(&dir, "bytes.bin", &text);
+    let o = cli(&[
+        "eval",
+        "-m",
+        &fixture("v7.safetensors"),
+        "--text",
+        &p.display().to_string(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["text_bytes"], 100);
+    // The first token is context, not scored.
+    assert_eq!(v["scored_bytes"], 99);
+    assert!(v["bits_per_byte"].as_f64().unwrap().is_finite());
+}
