@@ -264,3 +264,68 @@ fn eval_counts_the_files_own_bytes() {
     assert_eq!(v["scored_bytes"], 99);
     assert!(v["bits_per_byte"].as_f64().unwrap().is_finite());
 }
+
+#[cfg(unix)]
+#[test]
+fn without_home_the_default_model_goes_to_a_private_per_user_directory() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = scratch("robust-nohome");
+    let uid = std::fs::metadata(&tmp).unwrap().uid();
+    let private = tmp.join(format!("rwkv-cli-{uid}"));
+    let _ = std::fs::remove_dir_all(&private);
+    let bare = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rwkv-cli"));
+        for v in ["HOME", "XDG_CACHE_HOME", "RWKV_CLI_CACHE"] {
+            c.env_remove(v);
+        }
+        c.env("TMPDIR", &tmp)
+            .env("HF_HUB_OFFLINE", "1")
+            .args(["generate", "-p", "Hi", "-n", "2", "--quiet"]);
+        c
+    };
+    let o = run_bounded(bare(), b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = std::fs::metadata(&private).unwrap();
+    assert_eq!(m.mode() & 0o777, 0o700);
+    let files: Vec<_> = std::fs::read_dir(&private).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    // The shared name of before is not used.
+    assert!(!tmp.join("rwkv-cli").exists());
+    // A directory others can write (as another user could have made it) is refused.
+    std::fs::remove_dir_all(&private).unwrap();
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = run_bounded(bare(), b"");
+    one_line_error(&o, &["not a private directory"]);
+    assert_eq!(std::fs::read_dir(&private).unwrap().count(), 0);
+}
+
+#[test]
+fn load_errors_name_the_file_once_and_never_repeat_themselves() {
+    let dir = scratch("robust-name");
+    let missing = write(
+        &dir,
+        "missing.safetensors",
+        &st_edit("v7.safetensors", "blocks.0.att.key.weight", |_| false),
+    );
+    // A .pth whose tensor data were damaged (the CRC catches it).
+    let mut pth = common::read_fixture("v7.pth");
+    let mid = pth.len() / 2;
+    pth[mid] ^= 0x55;
+    let damaged = write(&dir, "damaged.pth", &pth);
+    for p in [missing, damaged] {
+        let m = p.display().to_string();
+        let o = cli(&["generate", "-m", &m, "-p", "x", "-n", "1"]);
+        let e = one_line_error(&o, &[]);
+        assert_eq!(e.matches(&m).count(), 1, "the file named once: {e}");
+        let words: Vec<&str> = e.split(": ").collect();
+        assert!(
+            words.windows(2).all(|w| w[0] != w[1]),
+            "a repeated part: {e}"
+        );
+        assert!(
+            !e.contains("tensor blocks.0.att.key.weight: tensor blocks.0.att.key.weight"),
+            "{e}"
+        );
+    }
+}

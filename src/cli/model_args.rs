@@ -90,7 +90,8 @@ impl ModelArgs {
     pub fn load_from(&self, path: PathBuf) -> Result<Loaded> {
         let format = self.format()?;
         let checkpoint = Checkpoint::open(&path)?;
-        let model = models::load_checkpoint(&checkpoint, LoadOptions { dtype: format })?;
+        let model = models::load_checkpoint(&checkpoint, LoadOptions { dtype: format })
+            .map_err(|e| naming_the_file(e, &path))?;
         let config = model.config().clone();
         Ok(Loaded {
             path,
@@ -117,6 +118,29 @@ impl ModelArgs {
     }
 }
 
+/// A load error as one message that names the file once and says each thing once: a context
+/// that the next message repeats (`tensor X` over `tensor X: ...`) is dropped, and the file
+/// goes in front when no part names it.
+pub fn naming_the_file(e: anyhow::Error, path: &Path) -> anyhow::Error {
+    let parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    let mut kept: Vec<&str> = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        let repeated = parts
+            .get(i + 1)
+            .is_some_and(|next| next == p || next.starts_with(&format!("{p}:")));
+        if !repeated {
+            kept.push(p);
+        }
+    }
+    let msg = kept.join(": ");
+    let file = path.display().to_string();
+    if msg.contains(&file) {
+        anyhow::anyhow!(msg)
+    } else {
+        anyhow::anyhow!("{file}: {msg}")
+    }
+}
+
 /// The `"model"` object of every command's JSON (`generate --stats-json`, `eval`, `bench` and
 /// `compare --json`): which file ran, what it is, and the precision it ran in.
 pub fn model_json(path: &Path, cfg: &Config, dtype: Format) -> serde_json::Value {
@@ -134,6 +158,21 @@ pub fn model_json(path: &Path, cfg: &Config, dtype: Format) -> serde_json::Value
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_errors_name_the_file_once_and_say_each_thing_once() {
+        let e = anyhow::anyhow!("tensor x: its data lie outside the file")
+            .context("tensor x")
+            .context("loading");
+        let m = naming_the_file(e, Path::new("/m/a.pth")).to_string();
+        assert_eq!(
+            m,
+            "/m/a.pth: loading: tensor x: its data lie outside the file"
+        );
+        let e = anyhow::anyhow!("tensor y is missing from /m/a.pth");
+        let m = naming_the_file(e, Path::new("/m/a.pth")).to_string();
+        assert_eq!(m, "tensor y is missing from /m/a.pth");
+    }
 
     #[test]
     fn quant_must_name_a_quantized_format() {
