@@ -45,7 +45,7 @@ enum Command {
 }
 
 fn main() {
-    let args = Cli::parse();
+    let args: Cli = cli::parse_args();
     rwkv_cli::hub::set_offline(args.offline);
     if let Err(e) = cli::init_threads(args.threads) {
         cli::exit_with_error(&e);

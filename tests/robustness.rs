@@ -329,3 +329,143 @@ fn load_errors_name_the_file_once_and_never_repeat_themselves() {
         );
     }
 }
+
+#[test]
+fn more_threads_than_cores_are_capped_with_a_warning() {
+    let o = cli(&[
+        "--threads",
+        "1000",
+        "generate",
+        "-m",
+        &fixture("v7.safetensors"),
+        "-p",
+        "x",
+        "-n",
+        "2",
+        "--quiet",
+    ]);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.starts_with("warning: --threads 1000 is more than the"),
+        "{e}"
+    );
+    assert!(e.contains("; using "), "{e}");
+}
+
+/// Exit 2 and a first line "error: " holding every needle (clap's usage lines may follow).
+fn usage_error(o: &Output, needles: &[&str]) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.starts_with("error: "), "{e}");
+    let first = e.lines().next().unwrap();
+    for n in needles {
+        assert!(first.contains(n), "{n:?} not in: {e}");
+    }
+}
+
+#[test]
+fn negative_numbers_get_the_flags_own_message() {
+    let m = fixture("v7.safetensors");
+    for (flag, value, needle) in [
+        ("--temperature", "-1", "--temperature must be"),
+        ("--top-p", "-0.5", "--top-p must be"),
+        ("-n", "-1", "'--max-tokens"),
+        ("--top-k", "-3", "'--top-k"),
+    ] {
+        let o = cli(&["generate", "-m", &m, "-p", "x", flag, value]);
+        usage_error(&o, &[needle]);
+        assert!(
+            !stderr(&o).contains("unexpected argument"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    // Negative penalties are meaningful: accepted.
+    let o = cli(&[
+        "generate",
+        "-m",
+        &m,
+        "-p",
+        "x",
+        "-n",
+        "2",
+        "--quiet",
+        "--presence-penalty",
+        "-0.5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn two_outputs_on_the_same_file_are_refused() {
+    let dir = scratch("robust-same-out");
+    let m = fixture("v7.safetensors");
+    let f = dir.join("out.bin");
+    let same = dir.join(".").join("out.bin");
+    let o = cli(&[
+        "generate",
+        "-m",
+        &m,
+        "-p",
+        "x",
+        "-n",
+        "1",
+        "--logits-out",
+        &f.display().to_string(),
+        "--state-out",
+        &same.display().to_string(),
+    ]);
+    usage_error(&o, &["--state-out", "--logits-out", "the same file"]);
+    assert!(!f.exists(), "nothing written");
+    // Through a symbolic link, too.
+    #[cfg(unix)]
+    {
+        let link = dir.join("link.bin");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        let o = cli(&[
+            "generate",
+            "-m",
+            &m,
+            "-p",
+            "x",
+            "--logits-out",
+            &link.display().to_string(),
+            "--state-out",
+            &f.display().to_string(),
+        ]);
+        usage_error(&o, &["the same file"]);
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn help_into_a_full_disk_fails() {
+    let full = std::fs::File::create("/dev/full").unwrap();
+    for args in [&["--help"][..], &["generate", "--help"], &["--version"]] {
+        let mut c = bin_offline();
+        c.args(args)
+            .stdout(full.try_clone().unwrap())
+            .stderr(Stdio::piped());
+        let o = c.output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&o).contains("cannot write"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn the_stats_line_in_a_file_is_a_plain_line() {
+    let o = cli(&[
+        "generate",
+        "-m",
+        &fixture("v7.safetensors"),
+        "-p",
+        "x",
+        "-n",
+        "3",
+    ]);
+    assert!(o.status.success());
+    let e = stderr(&o);
+    assert!(e.starts_with("[RWKV v7"), "{e:?}");
+}

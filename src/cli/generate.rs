@@ -31,25 +31,30 @@ pub struct GenerateArgs {
     #[arg(long, short)]
     pub prompt: Option<std::ffi::OsString>,
     /// Tokens to generate (0: run the prompt only).
-    #[arg(long, short = 'n', default_value_t = 200)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        short = 'n',
+        default_value_t = 200
+    )]
     pub max_tokens: usize,
     /// Sampling temperature; 0 picks the most likely token (ties to the lowest id).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub temperature: f32,
     /// Nucleus sampling: keep the most likely tokens up to this total probability (1 = off).
-    #[arg(long, default_value_t = 0.85)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.85)]
     pub top_p: f32,
     /// Keep only the k most likely tokens (0 = off).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub top_k: usize,
     /// Seed of the sampler's random generator.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Subtracted from the logit of every token already generated.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     pub presence_penalty: f32,
     /// Subtracted from a token's logit per (decayed) occurrence.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     pub frequency_penalty: f32,
     /// Stop when the output contains this (non-empty) string, not printed; may be repeated.
     #[arg(long)]
@@ -60,7 +65,7 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "FILE")]
     pub logits_out: Option<String>,
     /// Tokens per chunk of the prompt's sequence path.
-    #[arg(long, default_value_t = models::DEFAULT_CHUNK)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = models::DEFAULT_CHUNK)]
     pub chunk: usize,
     /// Resume from a state saved by --state-out (the prompt, if any, continues it).
     #[arg(long, value_name = "FILE")]
@@ -211,6 +216,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(p) = args.logits_out.as_deref().filter(|_| !logits_to_stdout) {
         output_file::check("--logits-out", p)?;
     }
+    output_file::check_distinct(&[
+        ("--state-out", args.state_out.as_deref()),
+        (
+            "--logits-out",
+            args.logits_out.as_deref().filter(|_| !logits_to_stdout),
+        ),
+    ])?;
     // The flags' own errors before the prompt is read.
     args.model.format()?;
     let prompt =
@@ -396,8 +408,14 @@ fn print_stats(loaded: &Loaded, s: &RunStats, json: bool) {
         } else {
             String::new()
         };
+        // On a terminal the line starts below the generated text; in a file it is a line.
+        let lead = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            "\n"
+        } else {
+            ""
+        };
         crate::errln!(
-            "\n[RWKV {} {} params, {}] state {} (a transformer's f32 KV cache at {} tokens{}: {}) | prompt {} tok at {:.1} tok/s | generated {} tok at {:.1} tok/s | peak RSS {}",
+            "{lead}[RWKV {} {} params, {}] state {} (a transformer's f32 KV cache at {} tokens{}: {}) | prompt {} tok at {:.1} tok/s | generated {} tok at {:.1} tok/s | peak RSS {}",
             c.version,
             human_count(c.n_params),
             dtype.name(),
