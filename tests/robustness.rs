@@ -469,3 +469,117 @@ fn the_stats_line_in_a_file_is_a_plain_line() {
     let e = stderr(&o);
     assert!(e.starts_with("[RWKV v7"), "{e:?}");
 }
+
+/// `bench` streams its rows, and Ctrl-C prints the rows and the figures so far (exit 130).
+#[cfg(unix)]
+#[test]
+fn bench_streams_rows_and_a_ctrl_c_prints_what_it_has() {
+    use std::io::BufRead;
+    let mut c = bin_offline();
+    c.args([
+        "bench",
+        "-m",
+        &fixture("v7.safetensors"),
+        "--context",
+        "4M",
+        "--segments",
+        "400",
+        "--decode-tokens",
+        "2",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    // The header (2 lines) and the first row arrive while the run goes on.
+    for _ in 0..3 {
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        lines.push(l);
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the rows came only at the end: {lines:?}"
+    );
+    // SAFETY: kill sends a signal to the child we started; no memory is involved.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = wait_or_kill(&mut child, LIMIT).expect("bench ignored Ctrl-C");
+    assert_eq!(status.code(), Some(130), "{lines:?} {rest}");
+    assert!(rest.contains("interrupted       after"), "{rest}");
+    assert!(rest.contains("peak RSS"), "{rest}");
+    let rows = lines.len() - 2
+        + rest
+            .lines()
+            .filter(|l| l.trim_start().starts_with(char::is_numeric))
+            .count();
+    assert!(rows < 400, "{rows} rows");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn bench_reports_the_process_peak_and_the_time_waited() {
+    let o = cli(&[
+        "bench",
+        "-m",
+        &fixture("v7.safetensors"),
+        "--context",
+        "2k",
+        "--segments",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let process = v["peak_rss_bytes"].as_u64().unwrap();
+    let model = v["model_peak_rss_bytes"].as_u64().unwrap();
+    // The probe reads a 256 MiB buffer: the process peaked above it, the model far below.
+    assert!(process >= 200 << 20, "{process}");
+    assert!(model < process, "{model} vs {process}");
+    let total = v["total_seconds"].as_f64().unwrap();
+    let parts = v["load_seconds"].as_f64().unwrap()
+        + v["prefill_seconds"].as_f64().unwrap()
+        + v["bandwidth_probe_seconds"].as_f64().unwrap();
+    assert!(total >= parts, "total {total} < its parts {parts}");
+}
+
+/// Ctrl-C during `eval` prints the score of what was read (exit 130).
+#[cfg(unix)]
+#[test]
+fn eval_interrupted_prints_the_score_so_far() {
+    let dir = scratch("robust-eval-int");
+    // Long enough to take seconds on the tiny model.
+    let text: Vec<u8> = (0..6_000_000u32)
+        .map(|i| b"abcdefgh "[(i % 9) as usize])
+        .collect();
+    let p = write(&dir, "long.txt", &text);
+    let mut c = bin_offline();
+    c.args([
+        "eval",
+        "-m",
+        &fixture("v7.safetensors"),
+        "--text",
+        &p.display().to_string(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    // The model loads in milliseconds; the handler is in place well before this.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "eval ended before Ctrl-C"
+    );
+    // SAFETY: kill sends a signal to the child we started; no memory is involved.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let status = wait_or_kill(&mut child, LIMIT).expect("eval ignored Ctrl-C");
+    assert_eq!(status.code(), Some(130), "{out}");
+    assert!(out.starts_with("interrupted after "), "{out}");
+    assert!(out.contains("bits per byte"), "{out}");
+}

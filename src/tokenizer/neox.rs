@@ -4,9 +4,10 @@
 //! NFC normalisation) over each run of valid UTF-8. Every byte string round-trips exactly:
 //! bytes that are not UTF-8 are mapped through the byte-level table to their single-byte
 //! tokens, and a run whose tokens would not decode to the same
-//! bytes (text that NFC changes, or a literal `<|endoftext|>`) is encoded without the
+//! bytes (text that NFC changes) is encoded without the
 //! normaliser, or byte by byte as a last resort. The only exception: the 13 bytes that never
-//! occur in UTF-8 (0xC0, 0xC1, 0xF5..=0xFF) have no token in this vocabulary and become U+FFFD.
+//! occur in UTF-8 (0xC0, 0xC1, 0xF5..=0xFF) have no token in this vocabulary and become U+FFFD;
+//! and a literal `<|endoftext|>` or `<|padding|>` is that special token, as in the reference.
 //!
 //! Decoding does not go through the crate: every id is mapped once to its raw bytes by undoing
 //! the GPT-2 byte-to-unicode mapping of byte-level BPE, so a character split over several
@@ -85,7 +86,7 @@ impl NeoxTokenizer {
             let e = t
                 .encode_fast(s, false)
                 .map_err(|e| anyhow::anyhow!("20B tokenizer: {e}"))?;
-            if self.decode(e.get_ids()) == s.as_bytes() {
+            if self.spelled(e.get_ids()) == s.as_bytes() {
                 ids.extend_from_slice(e.get_ids());
                 return Ok(());
             }
@@ -94,6 +95,23 @@ impl NeoxTokenizer {
             self.push_byte(b, ids);
         }
         Ok(())
+    }
+
+    /// The text `ids` were encoded from: their bytes, special tokens spelled out (a literal
+    /// `<|endoftext|>` in a prompt is that token, as in the reference tokenizer).
+    fn spelled(&self, ids: &[u32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &id in ids {
+            match self.token_slice(id) {
+                [] => {
+                    if let Some(t) = self.inner.tokenizer.id_to_token(id) {
+                        out.extend_from_slice(t.as_bytes());
+                    }
+                }
+                b => out.extend_from_slice(b),
+            }
+        }
+        out
     }
 
     /// One byte's token; U+FFFD's for a byte UTF-8 never uses (the vocabulary lacks those).
@@ -259,7 +277,6 @@ mod tests {
             b"Hello, world!".to_vec(),
             vec![0xe2, b'a', 0xc3, b' ', 0x80, 0x80, b'z', 0xf0, 0x9f],
             "e\u{301} caf\u{e9} \u{4e2d}\u{6587}".as_bytes().to_vec(),
-            b"a<|endoftext|>b".to_vec(),
             (0..=0xbfu8).chain(0xc2..=0xf4).collect(),
         ];
         for c in cases {
@@ -271,6 +288,8 @@ mod tests {
         // The bytes UTF-8 never uses have no token: U+FFFD stands for each.
         let ids = t.encode(&[b'a', 0xff, b'b']).unwrap();
         assert_eq!(t.decode(&ids), "a\u{fffd}b".as_bytes());
+        // A literal special token is the token (it decodes to nothing).
+        assert_eq!(t.encode(b"a<|endoftext|>").unwrap().last(), Some(&0));
         // Valid text still gets the usual merges.
         assert_eq!(t.encode(b"Hello world").unwrap().len(), 2);
     }
