@@ -13,7 +13,8 @@ use rwkv_cli::stats::{human_bytes, human_count};
 #[derive(Args, Debug)]
 pub struct InfoArgs {
     /// Checkpoint: a file (.pth or .safetensors), a catalogue alias (see `rwkv-cli models`) or
-    /// owner/repo:file.pth[@revision] on the Hugging Face Hub. Default: the embedded model.
+    /// owner/repo:file.pth[@revision] on the Hugging Face Hub (also owner/repo/file.pth, hf://owner/repo/file.pth
+    /// or a huggingface.co …/resolve/… or …/blob/… link). Default: the embedded model.
     pub model: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]

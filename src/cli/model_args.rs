@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Checkpoint: a file (.pth or .safetensors), a catalogue alias (see `rwkv-cli models`) or
-    /// owner/repo:file.pth[@revision] on the Hugging Face Hub. Default: the embedded model.
+    /// owner/repo:file.pth[@revision] on the Hugging Face Hub (also owner/repo/file.pth, hf://owner/repo/file.pth
+    /// or a huggingface.co …/resolve/… or …/blob/… link). Default: the embedded model.
     #[arg(long, short)]
     pub model: Option<String>,
     /// Compute dtype of the weight matrices: f32, f16 or bf16.

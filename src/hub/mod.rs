@@ -66,14 +66,18 @@ fn expand_home(p: String) -> PathBuf {
     }
 }
 
-/// `$HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
+/// `$HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`, else (no
+/// `HOME`) `huggingface` in the per-user `rwkv-cli-<uid>` temporary folder.
 pub fn hf_home() -> PathBuf {
     if let Some(h) = env_nonempty("HF_HOME") {
         return expand_home(h);
     }
+    // Without HOME: this user's private folder in the temporary directory, never the
+    // current directory nor a folder shared by all users.
     let cache = env_nonempty("XDG_CACHE_HOME")
         .map(expand_home)
         .or_else(|| env_nonempty("HOME").map(|h| Path::new(&h).join(".cache")))
+        .or_else(|| crate::default_model::private_temp_dir().ok())
         .unwrap_or_else(|| PathBuf::from(".cache"));
     cache.join("huggingface")
 }
