@@ -196,13 +196,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // The time the user waits: from here to the last line.
     let started = Instant::now();
     let path = args.model.resolve()?;
-    // Before the model is loaded, so that the probe's buffers never add to the model's peak.
+    // What a decode step reads, from the checkpoint's index (the weights are not read).
+    let weight_bytes = decode_weight_bytes(
+        &rwkv_cli::checkpoint::Checkpoint::open(&path)?,
+        args.model.format()?,
+    );
+    let cache_bytes = last_level_cache_bytes();
+    // Before the model is loaded, so that the probes' buffers never add to the model's peak
+    // (the allocator reuses what they leave for the weights).
     let probe_start = Instant::now();
     let bandwidth = rwkv_cli::kernels::measure_bandwidth(BANDWIDTH_PROBE_BYTES, 10);
     let mut probe_secs = probe_start.elapsed().as_secs_f64();
-    // The process's own peak so far (the probe's buffers): reported too, labelled.
+    // The process's own peak so far (the probes' buffers): reported too, labelled.
     let probe_peak = peak_rss_bytes();
-    // Its buffers are freed: from here the peak is the model's.
+    // Their buffers are freed: from here the peak is the model's.
     rwkv_cli::stats::reset_peak_rss();
     let load_start = Instant::now();
     let Loaded {
@@ -212,16 +219,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
         config: cfg,
         format: dtype,
     } = args.model.load_from(path)?;
-    let weight_bytes = decode_weight_bytes(&checkpoint, dtype);
     drop(checkpoint);
     let load_secs = load_start.elapsed().as_secs_f64();
-    let cache_bytes = last_level_cache_bytes();
     // The bandwidth is probed again after the decode steps (the peak RSS is read first): a
     // shared machine's bandwidth moves with its neighbours' work, and the best of a probe before
     // and one after is the fairer ceiling for the steps between them.
     let mut decode = |ms: f64| {
         let t = Instant::now();
         let again = rwkv_cli::kernels::measure_bandwidth(BANDWIDTH_PROBE_BYTES, 10);
+        // The bandwidth at the weights' own size, caches included: what a decode step can
+        // really draw on when the weights fit (or half fit) in the caches, measured rather than
+        // inferred from the reported L3. Only below the memory probe's size (larger is memory
+        // anyway). Last, after the peak RSS is read: small buffers stay in the kernels' arena.
+        let working_set = (weight_bytes < BANDWIDTH_PROBE_BYTES as u64).then(|| {
+            rwkv_cli::kernels::measure_bandwidth((weight_bytes as usize).max(1 << 20), 20).read
+        });
         probe_secs += t.elapsed().as_secs_f64();
         DecodeReport {
             ms_per_token: ms,
@@ -230,6 +242,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             copy_bandwidth: bandwidth.copy.max(again.copy),
             threads: bandwidth.threads,
             cache_bytes,
+            working_set_read_bandwidth: working_set,
         }
     };
     if args.decode {
@@ -441,6 +454,9 @@ pub struct DecodeReport {
     pub threads: usize,
     /// The largest cache (L3) of the machine, bytes.
     pub cache_bytes: u64,
+    /// Read bandwidth measured over a buffer of the weights' size (caches included), when the
+    /// weights are smaller than the memory probe.
+    pub working_set_read_bandwidth: Option<f64>,
 }
 
 impl DecodeReport {
@@ -477,6 +493,10 @@ impl DecodeReport {
             "threads": self.threads,
             "last_level_cache_bytes": self.cache_bytes,
             "weights_fit_in_cache": self.weights_fit_in_cache(),
+            "working_set_read_bandwidth_bytes_per_second": self.working_set_read_bandwidth,
+            "fraction_of_working_set_bandwidth": self
+                .working_set_read_bandwidth
+                .map(|b| self.weight_bandwidth() / b.max(1.0)),
         })
     }
 
@@ -495,6 +515,14 @@ impl DecodeReport {
             self.threads,
             self.bound_ms(),
         );
+        if let Some(ws) = self.working_set_read_bandwidth {
+            s += &format!(
+                "at weights' size  {:.1} GB/s read over a {} buffer (caches included): the weight traffic is {:.0}% of that\n",
+                ws / 1e9,
+                human_bytes(self.weight_bytes.max(1 << 20)),
+                100.0 * self.weight_bandwidth() / ws.max(1.0)
+            );
+        }
         if self.weights_fit_in_cache() {
             let why = if self.weight_bytes < 4 * self.cache_bytes {
                 format!(
@@ -714,6 +742,7 @@ mod tests {
             copy_bandwidth: 30e9,
             threads: 2,
             cache_bytes: 32 << 20,
+            working_set_read_bandwidth: (weight_bytes < 256 << 20).then_some(100e9),
         };
         // 8 MiB of weights: in the caches, whatever the speed.
         assert!(d(8 << 20, 1.0).weights_fit_in_cache());
@@ -723,6 +752,17 @@ mod tests {
         assert!(!big.weights_fit_in_cache());
         assert!(!big.to_table().contains("note"));
         assert_eq!(big.to_json()["weights_fit_in_cache"], false);
+        // Small weights: the bandwidth at their size says how much of it the traffic uses.
+        let small = d(8 << 20, 1.0);
+        assert!(
+            small.to_table().contains("at weights' size  100.0 GB/s"),
+            "{}",
+            small.to_table()
+        );
+        assert_eq!(
+            small.to_json()["working_set_read_bandwidth_bytes_per_second"],
+            100e9
+        );
         // The same at 10 ms would be 190% of the bandwidth: not bounded by it.
         assert!(d(760_000_000, 10.0).weights_fit_in_cache());
     }
