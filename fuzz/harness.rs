@@ -269,7 +269,8 @@ pub fn hub_reference(data: &[u8]) {
         );
     }
     assert_eq!(f.repo.matches('/').count(), 1, "{spec:?}");
-    if spec.contains("://") && !spec.starts_with("hf://") {
+    let scheme = spec.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if scheme.is_some() && scheme.as_deref() != Some("hf") {
         let host = spec
             .split_once("://")
             .unwrap()
