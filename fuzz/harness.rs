@@ -8,7 +8,7 @@
 use rwkv_cli::checkpoint::Checkpoint;
 use rwkv_cli::models::{self, Config, LoadOptions, Version};
 use rwkv_cli::state_file;
-use rwkv_cli::tokenizer::{Tokenizer, WorldTokenizer};
+use rwkv_cli::tokenizer::{NeoxTokenizer, Tokenizer, WorldTokenizer};
 
 /// A fuzz target's body.
 pub type Target = fn(&[u8]);
@@ -21,6 +21,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("world_tokenizer", world_tokenizer),
     ("state_file", state_file),
     ("gguf", gguf),
+    ("neox_tokenizer", neox_tokenizer),
+    ("hub_reference", hub_reference),
 ];
 
 /// Reads every tensor and the fingerprint of an opened checkpoint.
@@ -248,5 +250,63 @@ pub fn state_file(data: &[u8]) {
             assert_eq!(s.logits.len(), cfg.vocab_size);
             assert_eq!(s.state.size_bytes(), cfg.state_bytes());
         }
+    }
+}
+
+/// The GPT-NeoX 20B tokenizer: any bytes encode and decode back to themselves, except the 13
+/// byte values UTF-8 never uses (no token: U+FFFD) and literal special tokens (the token).
+pub fn neox_tokenizer(data: &[u8]) {
+    let t = NeoxTokenizer::new().expect("the embedded tokenizer parses");
+    let ids = t.encode(data).expect("every byte string encodes");
+    let unspellable = data.iter().any(|&b| matches!(b, 0xc0 | 0xc1 | 0xf5..=0xff));
+    let special = |s: &[u8]| data.windows(s.len()).any(|w| w == s);
+    if !unspellable && !special(b"<|endoftext|>") && !special(b"<|padding|>") {
+        assert_eq!(t.decode(&ids), data, "decode(encode(x)) == x");
+    }
+    assert!(ids.iter().all(|&id| (id as usize) < t.vocab_size()));
+}
+
+/// `--model` parsing: whatever is accepted as a Hub file names a path inside its repo's cache
+/// folder (relative, no `..`), and never a host other than the Hub's.
+pub fn hub_reference(data: &[u8]) {
+    let Ok(spec) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(Some(f)) = rwkv_cli::hub::HubFile::parse(spec) else {
+        return;
+    };
+    let cache = std::path::Path::new("/cache");
+    let dir = f.repo_dir(cache);
+    assert_eq!(dir.parent(), Some(cache), "{spec:?}: {dir:?}");
+    for part in [&f.file, &f.revision] {
+        assert!(
+            !part.is_empty() && !part.starts_with('/') && !part.contains('\\'),
+            "{spec:?}"
+        );
+        assert!(
+            part.split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."),
+            "{spec:?}"
+        );
+    }
+    assert_eq!(f.repo.matches('/').count(), 1, "{spec:?}");
+    let scheme = spec.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if scheme.is_some() && scheme.as_deref() != Some("hf") {
+        let host = spec
+            .split_once("://")
+            .unwrap()
+            .1
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap();
+        let h = host.to_ascii_lowercase();
+        assert!(
+            ["huggingface.co", "www.huggingface.co", "hf.co"].contains(&h.as_str())
+                || h == rwkv_cli::hub::endpoint()
+                    .split_once("://")
+                    .map_or("", |x| x.1)
+                    .to_ascii_lowercase(),
+            "{spec:?} accepted from another host"
+        );
     }
 }

@@ -51,8 +51,24 @@ pub fn score_tokens_from(
     tok: &dyn Tokenizer,
     tokens: &[u32],
     chunk: usize,
-    mut state: State,
+    state: State,
     mut progress: impl FnMut(usize),
+) -> Result<Score> {
+    score_tokens_until(model, tok, tokens, chunk, state, |n| {
+        progress(n);
+        true
+    })
+}
+
+/// [`score_tokens_from`], stopping after the chunk for which `progress` (told how many tokens
+/// are done) returns false: the score of the tokens so far (a Ctrl-C).
+pub fn score_tokens_until(
+    model: &dyn Model,
+    tok: &dyn Tokenizer,
+    tokens: &[u32],
+    chunk: usize,
+    mut state: State,
+    mut progress: impl FnMut(usize) -> bool,
 ) -> Result<Score> {
     let vocab = model.config().vocab_size;
     let mut score = Score::default();
@@ -61,10 +77,13 @@ pub fn score_tokens_from(
         let logits = model.forward_seq(piece, &mut state, true)?;
         for (i, row) in logits.chunks_exact(vocab).enumerate() {
             if let Some(&next) = tokens.get(start + i + 1) {
+                crate::models::check_logits(row)?;
                 score.add(row, next, tok);
             }
         }
-        progress(start + piece.len());
+        if !progress(start + piece.len()) {
+            break;
+        }
     }
     Ok(score)
 }

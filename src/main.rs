@@ -234,10 +234,10 @@ fn main() {
         .version(&*Box::leak(short.into_boxed_str()))
         .long_version(&*Box::leak(version.into_boxed_str()))
         .color(color_from_args());
-    let args = match Cli::from_arg_matches(&cmd.get_matches()) {
-        Ok(a) => a,
-        Err(e) => e.exit(),
-    };
+    let matches = cmd
+        .try_get_matches()
+        .unwrap_or_else(|e| cli::exit_on_parse_error(e));
+    let args = Cli::from_arg_matches(&matches).unwrap_or_else(|e| cli::exit_on_parse_error(e));
     cli::set_color(args.color);
     rwkv_cli::hub::set_offline(args.offline);
     if let Err(e) = cli::init_threads(args.threads) {

@@ -31,6 +31,51 @@ fn resolve_links(path: &Path) -> Result<PathBuf> {
     bail!("{}: too many levels of symbolic links", path.display())
 }
 
+/// Where `path` really is: links followed, the directory made absolute and canonical (the file
+/// itself need not exist).
+fn real_location(path: &Path) -> Option<PathBuf> {
+    let p = resolve_links(path).ok()?;
+    let dir = std::fs::canonicalize(parent_dir(&p)).ok()?;
+    Some(dir.join(p.file_name()?))
+}
+
+/// Whether two output paths name the same file: the same place once links are followed, or
+/// the same existing file under two names (a hard link).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            if x.dev() == y.dev() && x.ino() == y.ino() {
+                return true;
+            }
+        }
+    }
+    match (real_location(a), real_location(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Refuses (a usage error) two output options that name the same file, where one would
+/// overwrite the other: `(option, path)` pairs, `None` for an option not given.
+pub fn check_distinct(outputs: &[(&str, Option<&str>)]) -> Result<()> {
+    let given: Vec<(&str, &str)> = outputs
+        .iter()
+        .filter_map(|(o, p)| p.map(|p| (*o, p)))
+        .collect();
+    for (i, (oa, pa)) in given.iter().enumerate() {
+        for (ob, pb) in &given[i + 1..] {
+            if same_file(Path::new(pa), Path::new(pb)) {
+                crate::usage_bail!(
+                    "{oa} {pa} and {ob} {pb} are the same file: one would overwrite the other"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The directory a new file at `path` goes into.
 fn parent_dir(path: &Path) -> &Path {
     path.parent()

@@ -26,6 +26,8 @@ const MAGIC: &[u8; 10] = b"RWKVSTATE\0";
 const FORMAT_VERSION: u32 = 1;
 /// Refuse headers larger than this (a damaged length field must not allocate gigabytes).
 const MAX_HEADER: usize = 1 << 20;
+/// Refuse token counts beyond this: counting on from it can never wrap a u64.
+const MAX_TOKENS: u64 = 1 << 53;
 
 /// What a state file says about where its state came from.
 #[derive(Clone, Debug, PartialEq)]
@@ -76,8 +78,18 @@ pub fn encode(cfg: &Config, fingerprint: u64, saved: &SavedState) -> Vec<u8> {
 
 /// Parses and checks a state file's bytes against the model it is meant for.
 pub fn decode(bytes: &[u8], cfg: &Config, fingerprint: u64) -> Result<SavedState> {
-    if bytes.len() < MAGIC.len() + 16 || &bytes[..MAGIC.len()] != MAGIC {
+    if bytes.is_empty() {
+        bail!("state file is empty");
+    }
+    let n = bytes.len().min(MAGIC.len());
+    if bytes[..n] != MAGIC[..n] {
         bail!("not an rwkv-cli state file (bad magic)");
+    }
+    if bytes.len() < MAGIC.len() + 16 {
+        bail!(
+            "state file is truncated ({} bytes, shorter than its header)",
+            bytes.len()
+        );
     }
     let (body, sum) = bytes.split_at(bytes.len() - 8);
     let sum = u64::from_le_bytes(sum.try_into().expect("8 bytes"));
@@ -109,6 +121,9 @@ pub fn decode(bytes: &[u8], cfg: &Config, fingerprint: u64) -> Result<SavedState
     let tokens = header["tokens"]
         .as_u64()
         .context("state file header has no token count")?;
+    if tokens > MAX_TOKENS {
+        bail!("state file header says the state has seen {tokens} tokens, which is implausible (more than 2^53): damaged or forged");
+    }
     let expected = header_json(cfg, fingerprint, tokens);
     for key in [
         "model_version",
@@ -155,6 +170,15 @@ pub fn decode(bytes: &[u8], cfg: &Config, fingerprint: u64) -> Result<SavedState
         }
     }
     let logits: Vec<f32> = floats.collect();
+    let finite = |v: &f32| v.is_finite() || *v == f32::NEG_INFINITY;
+    if !state.layers.iter().all(|l| {
+        l.att_shift.iter().all(|v| v.is_finite())
+            && l.wkv.iter().all(|v| v.is_finite())
+            && l.ffn_shift.iter().all(|v| v.is_finite())
+    }) || !logits.iter().all(finite)
+    {
+        bail!("state file holds NaN or infinite values: the run that saved it went wrong, it cannot be resumed");
+    }
     if logits.len() != cfg.vocab_size {
         bail!(
             "state file holds {} logits, expected {} for this model",
@@ -233,6 +257,37 @@ mod tests {
         other.n_att = 16;
         let e = decode(&bytes, &other, 42).unwrap_err().to_string();
         assert!(e.contains("width"), "{e}");
+    }
+
+    #[test]
+    fn short_files_say_truncated_and_absurd_counts_are_refused() {
+        let bytes = encode(&cfg(), 42, &sample());
+        for n in [3, 10, 20] {
+            let e = decode(&bytes[..n], &cfg(), 42).unwrap_err().to_string();
+            assert!(e.contains("truncated"), "{n}: {e}");
+        }
+        assert!(decode(b"", &cfg(), 42)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        assert!(
+            decode(b"PK\x03\x04 and more bytes than a header", &cfg(), 42)
+                .unwrap_err()
+                .to_string()
+                .contains("bad magic")
+        );
+        let mut s = sample();
+        s.tokens = u64::MAX - 3;
+        let e = decode(&encode(&cfg(), 42, &s), &cfg(), 42)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("implausible"), "{e}");
+        let mut s = sample();
+        s.state.layers[1].wkv[2] = f32::NAN;
+        let e = decode(&encode(&cfg(), 42, &s), &cfg(), 42)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NaN"), "{e}");
     }
 
     #[test]

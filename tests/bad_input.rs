@@ -180,7 +180,7 @@ fn flags(_dir: &Path) -> Vec<Case> {
             "--max-tokens negative",
             generate_args(&["--max-tokens", "-1"]),
             2,
-            vec!["unexpected argument '-1'"],
+            vec!["invalid value '-1' for '--max-tokens"],
         ),
         case(
             "--max-tokens not a number",
@@ -255,7 +255,7 @@ fn state_files(dir: &Path) -> Vec<Case> {
             "--state-in empty",
             generate_args(&["--state-in", &empty_state.display().to_string()]),
             1,
-            vec!["bad magic"],
+            vec!["empty"],
         ),
         case(
             "--state-in random bytes",

@@ -409,6 +409,7 @@ impl Conversation {
             // The end-of-text token never ends a turn: `\n\n` does (as in the official demo).
             // (These logits are replaced by the next token's before anyone else sees them.)
             let logits = self.now.logits.as_mut().expect("the prefix was read");
+            crate::models::check_logits(logits)?;
             if let Some(l) = eot.and_then(|e| logits.get_mut(e as usize)) {
                 *l = f32::NEG_INFINITY;
             }

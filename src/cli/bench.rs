@@ -193,10 +193,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rwkv_cli::usage_bail!("--decode-tokens must be at least 1");
     }
     args.model.format()?;
+    // The time the user waits: from here to the last line.
+    let started = Instant::now();
     let path = args.model.resolve()?;
-    // Before the model is loaded, so that the probe's buffers never add to the peak RSS.
+    // What a decode step reads, from the checkpoint's index (the weights are not read).
+    let weight_bytes = decode_weight_bytes(
+        &rwkv_cli::checkpoint::Checkpoint::open(&path)?,
+        args.model.format()?,
+    );
+    let cache_bytes = last_level_cache_bytes();
+    // Before the model is loaded, so that the probes' buffers never add to the model's peak
+    // (the allocator reuses what they leave for the weights).
+    let probe_start = Instant::now();
     let bandwidth = rwkv_cli::kernels::measure_bandwidth(BANDWIDTH_PROBE_BYTES, 10);
-    // Its buffers are freed: the peak RSS reported is the model's, not the probe's.
+    let mut probe_secs = probe_start.elapsed().as_secs_f64();
+    // The process's own peak so far (the probes' buffers): reported too, labelled.
+    let probe_peak = peak_rss_bytes();
+    // Their buffers are freed: from here the peak is the model's.
     rwkv_cli::stats::reset_peak_rss();
     let load_start = Instant::now();
     let Loaded {
@@ -206,15 +219,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
         config: cfg,
         format: dtype,
     } = args.model.load_from(path)?;
-    let weight_bytes = decode_weight_bytes(&checkpoint, dtype);
     drop(checkpoint);
     let load_secs = load_start.elapsed().as_secs_f64();
-    let cache_bytes = last_level_cache_bytes();
     // The bandwidth is probed again after the decode steps (the peak RSS is read first): a
     // shared machine's bandwidth moves with its neighbours' work, and the best of a probe before
     // and one after is the fairer ceiling for the steps between them.
-    let decode = |ms: f64| {
+    let mut decode = |ms: f64| {
+        let t = Instant::now();
         let again = rwkv_cli::kernels::measure_bandwidth(BANDWIDTH_PROBE_BYTES, 10);
+        // The bandwidth at the weights' own size, caches included: what a decode step can
+        // really draw on when the weights fit (or half fit) in the caches, measured rather than
+        // inferred from the reported L3. Only below the memory probe's size (larger is memory
+        // anyway). Last, after the peak RSS is read: small buffers stay in the kernels' arena.
+        let working_set = (weight_bytes < BANDWIDTH_PROBE_BYTES as u64).then(|| {
+            rwkv_cli::kernels::measure_bandwidth((weight_bytes as usize).max(1 << 20), 20).read
+        });
+        probe_secs += t.elapsed().as_secs_f64();
         DecodeReport {
             ms_per_token: ms,
             weight_bytes,
@@ -222,6 +242,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             copy_bandwidth: bandwidth.copy.max(again.copy),
             threads: bandwidth.threads,
             cache_bytes,
+            working_set_read_bandwidth: working_set,
         }
     };
     if args.decode {
@@ -231,8 +252,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             0,
             args.decode_tokens,
         )?;
-        let peak_rss = peak_rss_bytes();
+        let model_peak = peak_rss_bytes();
         let d = decode(ms);
+        let peak_rss = process_peak(probe_peak, model_peak);
         if args.json {
             crate::outln!(
                 "{}",
@@ -241,7 +263,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     "decode_tokens": args.decode_tokens,
                     "decode": d.to_json(),
                     "peak_rss_bytes": peak_rss,
+                    "model_peak_rss_bytes": model_peak,
                     "load_seconds": load_secs,
+                    "total_seconds": started.elapsed().as_secs_f64(),
                 })
             )?;
         } else {
@@ -281,14 +305,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let scoring = args.text.is_some();
     let mut score = Score::default();
 
+    // Ctrl-C: the rows measured so far, then exit 130.
+    super::catch_interrupt();
+    // Rows are printed as each segment ends (text mode), not all at the end.
+    let stream = !args.json;
+    if stream {
+        super::print_out(&Report::header(&cfg, dtype, n, args.chunk))?;
+    }
     let mut state = model.new_state();
     let mut segments = Vec::new();
     let mut last_logits = Vec::new();
     let mut chunk = Vec::with_capacity(args.chunk.min(n));
     let run_start = Instant::now();
-    for (a, b) in segment_bounds(n, args.segments) {
+    let mut done = 0;
+    'segments: for (a, b) in segment_bounds(n, args.segments) {
         let t = Instant::now();
         for start in (a..b).step_by(args.chunk) {
+            if super::interrupted() {
+                break 'segments;
+            }
             let end = (start + args.chunk).min(b);
             stream_chunk(&text_tokens, start, end, &mut chunk);
             let logits = model.forward_seq(&chunk, &mut state, scoring)?;
@@ -307,46 +342,71 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
             bar.set_position(end as u64);
         }
-        segments.push(Segment {
+        let seg = Segment {
             start: a,
             end: b,
             seconds: t.elapsed().as_secs_f64(),
             rss_bytes: current_rss_bytes(),
-        });
+        };
+        if stream {
+            let row = Report::row(&seg);
+            bar.suspend(|| super::print_out(&row))?;
+        }
+        segments.push(seg);
+        done = b;
     }
+    let interrupted = super::interrupted();
     let prefill_secs = run_start.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let next = rwkv_cli::sampler::argmax(&last_logits);
-    let decode_depth_n = decode_ms(model.as_ref(), &mut state, next, args.decode_tokens)?;
-    let total_secs = load_start.elapsed().as_secs_f64();
+    let decode_depth_n = if interrupted || last_logits.is_empty() {
+        None
+    } else {
+        let next = rwkv_cli::sampler::argmax(&last_logits);
+        Some(decode_ms(
+            model.as_ref(),
+            &mut state,
+            next,
+            args.decode_tokens,
+        )?)
+    };
 
     // f32, the precision of the RWKV state, whatever the weights' format: like for like (the
     // figure generate prints).
     let bytes_per_el = rwkv_cli::models::KV_BYTES_PER_ELEMENT;
-    let peak_rss = peak_rss_bytes();
-    let report = Report {
+    let model_peak = peak_rss_bytes();
+    let decode_report = decode(decode_depth0);
+    let mut report = Report {
         path,
         cfg: cfg.clone(),
         dtype,
-        context: n,
+        context: done,
         chunk: args.chunk,
         segments,
         state_bytes: state.size_bytes(),
-        kv_cache_bytes: cfg.kv_cache_bytes(n, bytes_per_el),
+        kv_cache_bytes: cfg.kv_cache_bytes(done, bytes_per_el),
         kv_bytes_per_element: bytes_per_el,
         decode_ms_depth0: decode_depth0,
         decode_ms_depth_n: decode_depth_n,
         prefill_seconds: prefill_secs,
         load_seconds: load_secs,
-        total_seconds: total_secs,
-        peak_rss_bytes: peak_rss,
+        total_seconds: 0.0,
+        probe_seconds: 0.0,
+        peak_rss_bytes: process_peak(probe_peak, model_peak),
+        model_peak_rss_bytes: model_peak,
         bits_per_byte: (scoring && score.bytes > 0).then(|| score.bits_per_byte()),
-        decode: decode(decode_depth0),
+        decode: decode_report,
+        interrupted,
     };
+    report.probe_seconds = probe_secs;
+    report.total_seconds = started.elapsed().as_secs_f64();
     if args.json {
         crate::outln!("{}", report.to_json())?;
     } else {
-        super::print_out(&report.to_table())?;
+        super::print_out(&report.summary())?;
+    }
+    if interrupted {
+        // Like a shell: 128 + SIGINT.
+        std::process::exit(130);
     }
     Ok(())
 }
@@ -364,11 +424,20 @@ pub struct Report {
     pub kv_cache_bytes: u64,
     pub kv_bytes_per_element: usize,
     pub decode_ms_depth0: f64,
-    pub decode_ms_depth_n: f64,
+    /// `None` when the run was interrupted before the end of the context.
+    pub decode_ms_depth_n: Option<f64>,
     pub prefill_seconds: f64,
     pub load_seconds: f64,
+    /// What the user waited: from resolving the model to the report.
     pub total_seconds: f64,
+    /// Of which the memory-bandwidth probes.
+    pub probe_seconds: f64,
+    /// The process's peak resident set size (the bandwidth probe's buffers included).
     pub peak_rss_bytes: Option<u64>,
+    /// The peak since the model started loading (the probe's buffers freed before).
+    pub model_peak_rss_bytes: Option<u64>,
+    /// Ctrl-C stopped the run: `context` is the tokens done.
+    pub interrupted: bool,
     pub bits_per_byte: Option<f64>,
     pub decode: DecodeReport,
 }
@@ -385,6 +454,9 @@ pub struct DecodeReport {
     pub threads: usize,
     /// The largest cache (L3) of the machine, bytes.
     pub cache_bytes: u64,
+    /// Read bandwidth measured over a buffer of the weights' size (caches included), when the
+    /// weights are smaller than the memory probe.
+    pub working_set_read_bandwidth: Option<f64>,
 }
 
 impl DecodeReport {
@@ -421,6 +493,10 @@ impl DecodeReport {
             "threads": self.threads,
             "last_level_cache_bytes": self.cache_bytes,
             "weights_fit_in_cache": self.weights_fit_in_cache(),
+            "working_set_read_bandwidth_bytes_per_second": self.working_set_read_bandwidth,
+            "fraction_of_working_set_bandwidth": self
+                .working_set_read_bandwidth
+                .map(|b| self.weight_bandwidth() / b.max(1.0)),
         })
     }
 
@@ -439,6 +515,14 @@ impl DecodeReport {
             self.threads,
             self.bound_ms(),
         );
+        if let Some(ws) = self.working_set_read_bandwidth {
+            s += &format!(
+                "at weights' size  {:.1} GB/s read over a {} buffer (caches included): the weight traffic is {:.0}% of that\n",
+                ws / 1e9,
+                human_bytes(self.weight_bytes.max(1 << 20)),
+                100.0 * self.weight_bandwidth() / ws.max(1.0)
+            );
+        }
         if self.weights_fit_in_cache() {
             let why = if self.weight_bytes < 4 * self.cache_bytes {
                 format!(
@@ -490,42 +574,56 @@ impl Report {
             "decode_ms_per_token_depth_n": self.decode_ms_depth_n,
             "rss_growth_last_over_first_segment": self.rss_growth(),
             "peak_rss_bytes": self.peak_rss_bytes,
+            "model_peak_rss_bytes": self.model_peak_rss_bytes,
             "load_seconds": self.load_seconds,
             "total_seconds": self.total_seconds,
+            "bandwidth_probe_seconds": self.probe_seconds,
+            "interrupted": self.interrupted,
             "bits_per_byte": self.bits_per_byte,
             "decode": self.decode.to_json(),
         })
     }
 
-    pub fn to_table(&self) -> String {
+    /// The table's first two lines: what runs, and the columns.
+    pub fn header(cfg: &models::Config, dtype: Format, context: usize, chunk: usize) -> String {
+        format!(
+            "RWKV {} {} params, {} layers × {}, {} — context {} tokens in chunks of {}\n{:>10} {:>10} {:>12} {:>12}\n",
+            cfg.version.name(),
+            human_count(cfg.n_params),
+            cfg.n_layer,
+            cfg.n_embd,
+            dtype.name(),
+            context,
+            chunk,
+            "from",
+            "to",
+            "tokens/s",
+            "RSS"
+        )
+    }
+
+    /// One segment's row.
+    pub fn row(seg: &Segment) -> String {
+        format!(
+            "{:>10} {:>10} {:>12.1} {:>12}\n",
+            seg.start,
+            seg.end,
+            seg.tokens_per_second(),
+            seg.rss_bytes
+                .map(human_bytes)
+                .unwrap_or_else(|| "n/a".into())
+        )
+    }
+
+    /// What follows the rows.
+    pub fn summary(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "RWKV {} {} params, {} layers × {}, {} — context {} tokens in chunks of {}",
-            self.cfg.version.name(),
-            human_count(self.cfg.n_params),
-            self.cfg.n_layer,
-            self.cfg.n_embd,
-            self.dtype.name(),
-            self.context,
-            self.chunk
-        );
-        let _ = writeln!(
-            s,
-            "{:>10} {:>10} {:>12} {:>12}",
-            "from", "to", "tokens/s", "RSS"
-        );
-        for seg in &self.segments {
+        if self.interrupted {
             let _ = writeln!(
                 s,
-                "{:>10} {:>10} {:>12.1} {:>12}",
-                seg.start,
-                seg.end,
-                seg.tokens_per_second(),
-                seg.rss_bytes
-                    .map(human_bytes)
-                    .unwrap_or_else(|| "n/a".into())
+                "interrupted       after {} tokens: the figures below cover those",
+                self.context
             );
         }
         let _ = writeln!(
@@ -535,11 +633,22 @@ impl Report {
             self.context,
             self.prefill_seconds
         );
-        let _ = writeln!(
-            s,
-            "decode by depth   {:.2} ms/token at depth 0, {:.2} ms/token at depth {}",
-            self.decode_ms_depth0, self.decode_ms_depth_n, self.context
-        );
+        match self.decode_ms_depth_n {
+            Some(d) => {
+                let _ = writeln!(
+                    s,
+                    "decode by depth   {:.2} ms/token at depth 0, {:.2} ms/token at depth {}",
+                    self.decode_ms_depth0, d, self.context
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "decode by depth   {:.2} ms/token at depth 0 (not measured at depth: interrupted)",
+                    self.decode_ms_depth0
+                );
+            }
+        }
         let _ = writeln!(
             s,
             "state             {} (constant) — a softmax transformer's KV cache at {} tokens: {} ({}×)",
@@ -551,12 +660,12 @@ impl Report {
         if let Some(g) = self.rss_growth() {
             let _ = writeln!(s, "RSS growth        last segment / first segment = {g:.3}");
         }
+        let na = || "n/a".to_string();
         let _ = writeln!(
             s,
-            "peak RSS          {}",
-            self.peak_rss_bytes
-                .map(human_bytes)
-                .unwrap_or_else(|| "n/a".into())
+            "peak RSS          {} for the process (the bandwidth probe's buffers included), {} since the model started loading",
+            self.peak_rss_bytes.map(human_bytes).unwrap_or_else(na),
+            self.model_peak_rss_bytes.map(human_bytes).unwrap_or_else(na)
         );
         s.push_str(&self.decode.to_table());
         if let Some(b) = self.bits_per_byte {
@@ -564,10 +673,18 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "total time        {:.1} s (load {:.1} s)",
-            self.total_seconds, self.load_seconds
+            "total time        {:.1} s (load {:.1} s, memory-bandwidth probes {:.1} s)",
+            self.total_seconds, self.load_seconds, self.probe_seconds
         );
         s
+    }
+}
+
+/// The process's peak: the larger of the peak before the reset and the one after.
+fn process_peak(before: Option<u64>, after: Option<u64>) -> Option<u64> {
+    match (before, after) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -625,6 +742,7 @@ mod tests {
             copy_bandwidth: 30e9,
             threads: 2,
             cache_bytes: 32 << 20,
+            working_set_read_bandwidth: (weight_bytes < 256 << 20).then_some(100e9),
         };
         // 8 MiB of weights: in the caches, whatever the speed.
         assert!(d(8 << 20, 1.0).weights_fit_in_cache());
@@ -634,6 +752,17 @@ mod tests {
         assert!(!big.weights_fit_in_cache());
         assert!(!big.to_table().contains("note"));
         assert_eq!(big.to_json()["weights_fit_in_cache"], false);
+        // Small weights: the bandwidth at their size says how much of it the traffic uses.
+        let small = d(8 << 20, 1.0);
+        assert!(
+            small.to_table().contains("at weights' size  100.0 GB/s"),
+            "{}",
+            small.to_table()
+        );
+        assert_eq!(
+            small.to_json()["working_set_read_bandwidth_bytes_per_second"],
+            100e9
+        );
         // The same at 10 ms would be 190% of the bandwidth: not bounded by it.
         assert!(d(760_000_000, 10.0).weights_fit_in_cache());
     }

@@ -7,7 +7,7 @@
 use super::model_args::{InitStateArgs, Loaded, ModelArgs};
 use anyhow::{Context, Result};
 use clap::Args;
-use rwkv_cli::eval::score_tokens_from;
+use rwkv_cli::eval::score_tokens_until;
 use rwkv_cli::models;
 use std::io::Read;
 
@@ -60,6 +60,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         ..
     } = loaded;
     let mut tokens = tok.encode(&text)?;
+    let all_tokens = tokens.len();
     if let Some(m) = args.max_tokens {
         tokens.truncate(m);
     }
@@ -68,15 +69,27 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let bar = super::token_progress_bar(tokens.len());
     let t = std::time::Instant::now();
+    // Ctrl-C: the score of the chunks done so far, then exit 130.
+    super::catch_interrupt();
     let start = args.init.start(model.as_ref())?;
-    let score = score_tokens_from(
+    let mut score = score_tokens_until(
         model.as_ref(),
         tok.as_ref(),
         &tokens,
         args.chunk,
         start,
-        |n| bar.set_position(n as u64),
+        |n| {
+            bar.set_position(n as u64);
+            !super::interrupted()
+        },
     )?;
+    let interrupted = super::interrupted();
+    // The tokens' bytes are the text's own (every tokenizer round-trips bytes) except for the
+    // 13 bytes UTF-8 never uses, which the 20B vocabulary spells as U+FFFD: count the file's.
+    if !interrupted && tokens.len() == all_tokens {
+        let decoded = tok.decode(&tokens).len();
+        score.bytes = (score.bytes + text.len()).saturating_sub(decoded);
+    }
     bar.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     if args.json {
@@ -88,22 +101,38 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 "tokens": tokens.len(),
                 "scored_tokens": score.tokens,
                 "scored_bytes": score.bytes,
+                "text_bytes": text.len(),
+                "interrupted": interrupted,
                 "bits_per_byte": score.bits_per_byte(),
                 "perplexity": score.perplexity(),
                 "seconds": secs,
             })
         )?;
     } else {
+        let done = if interrupted {
+            format!(
+                "interrupted after {} of {} tokens: ",
+                score.tokens + 1,
+                tokens.len()
+            )
+        } else {
+            String::new()
+        };
         crate::outln!(
-            "{} tokens ({} bytes scored): {:.4} bits per byte, perplexity {:.3} per token ({} tokenizer, {}, {:.1} s)",
+            "{done}{} tokens ({} bytes scored of {}): {:.4} bits per byte, perplexity {:.3} per token ({} tokenizer, {}, {:.1} s)",
             tokens.len(),
             score.bytes,
+            text.len(),
             score.bits_per_byte(),
             score.perplexity(),
             tok.name(),
             dtype.name(),
             secs
         )?;
+    }
+    if interrupted {
+        // Like a shell: 128 + SIGINT.
+        std::process::exit(130);
     }
     Ok(())
 }

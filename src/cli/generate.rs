@@ -59,16 +59,21 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub verbose_prompt: bool,
     /// Tokens to generate (0: run the prompt only).
-    #[arg(long, short = 'n', default_value_t = 200)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        short = 'n',
+        default_value_t = 200
+    )]
     pub max_tokens: usize,
     /// Sampling temperature; 0 picks the most likely token (ties to the lowest id).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub temperature: f32,
     /// Nucleus sampling: keep the most likely tokens up to this total probability (1 = off).
-    #[arg(long, default_value_t = 0.85)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.85)]
     pub top_p: f32,
     /// Keep only the k most likely tokens (0 = off).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub top_k: usize,
     /// Min-p: drop the tokens less than P times as likely as the most likely one (0 = off).
     #[arg(long, default_value_t = 0.0, value_name = "P")]
@@ -87,10 +92,10 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Subtracted from the logit of every token already generated.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     pub presence_penalty: f32,
     /// Subtracted from a token's logit per (decayed) occurrence.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     pub frequency_penalty: f32,
     /// Stop when the output contains this (non-empty) string, not printed; may be repeated.
     #[arg(long)]
@@ -101,7 +106,7 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "FILE")]
     pub logits_out: Option<String>,
     /// Tokens per chunk of the prompt's sequence path.
-    #[arg(long, default_value_t = models::DEFAULT_CHUNK)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = models::DEFAULT_CHUNK)]
     pub chunk: usize,
     /// Resume from a state saved by --state-out (the prompt, if any, continues it).
     #[arg(long, value_name = "FILE", conflicts_with = "init_state")]
@@ -357,6 +362,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         output_file::check("--logprobs-out", p)?;
     }
+    output_file::check_distinct(&[
+        ("--state-out", args.state_out.as_deref()),
+        (
+            "--logits-out",
+            args.logits_out.as_deref().filter(|_| !logits_to_stdout),
+        ),
+        ("--logprobs-out", args.logprobs_out.as_deref()),
+    ])?;
     // The flags' own errors before the prompt is read.
     args.model.format()?;
     let prompt = if args.state_in.is_some()
@@ -428,6 +441,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     // written): a Ctrl-C after that changes nothing.
     let mut interrupted = prompt_interrupted;
     if let (false, Some(mut logits)) = (prompt_interrupted, logits) {
+        rwkv_cli::models::check_logits(&logits)?;
         if let Some(p) = &args.logits_out {
             let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
             if logits_to_stdout {
@@ -467,6 +481,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             // The state always sees every generated token when it is saved afterwards.
             if generated < args.max_tokens && !stopped && open || args.state_out.is_some() {
                 logits = model.step(next, &mut state)?;
+                rwkv_cli::models::check_logits(&logits)?;
                 seen += 1;
             }
             if stopped || !open {
@@ -564,8 +579,14 @@ fn print_stats(loaded: &Loaded, s: &RunStats, json: bool) {
         } else {
             String::new()
         };
+        // On a terminal the line starts below the generated text; in a file it is a line.
+        let lead = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            "\n"
+        } else {
+            ""
+        };
         crate::errln!(
-            "\n[RWKV {} {} params, {}] state {} (a transformer's f32 KV cache at {} tokens{}: {}) | prompt {} tok at {:.1} tok/s | generated {} tok at {:.1} tok/s | peak RSS {}",
+            "{lead}[RWKV {} {} params, {}] state {} (a transformer's f32 KV cache at {} tokens{}: {}) | prompt {} tok at {:.1} tok/s | generated {} tok at {:.1} tok/s | peak RSS {}",
             c.version,
             human_count(c.n_params),
             dtype.name(),

@@ -4,23 +4,108 @@
 
 use anyhow::Result;
 use clap::Args;
+use rwkv_cli::catalog;
 use rwkv_cli::checkpoint::Checkpoint;
+use rwkv_cli::hub::{self, HubFile};
 use rwkv_cli::models;
 use rwkv_cli::stats::{human_bytes, human_count};
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
     /// Checkpoint: a file (.pth or .safetensors), a catalogue alias (see `rwkv-cli models`) or
-    /// owner/repo:file.pth[@revision] on the Hugging Face Hub. Default: the embedded model.
+    /// owner/repo:file.pth[@revision] on the Hugging Face Hub (also owner/repo/file.pth, hf://owner/repo/file.pth
+    /// or a huggingface.co …/resolve/… or …/blob/… link). Default: the embedded model.
     pub model: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Download a Hub model that is not in the cache yet, to describe the file itself (without
+    /// it, an uncached model shows the catalogue's facts and its cache status, offline).
+    #[arg(long)]
+    pub download: bool,
+    /// Also read every weight and check that none is NaN or infinite (reads the whole file);
+    /// exit 1 naming the tensors that hold such values.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Tensors holding NaN or infinite values: (name, NaN count, infinity count).
+fn non_finite_tensors(ckpt: &Checkpoint) -> Result<Vec<(String, usize, usize)>> {
+    let mut bad = Vec::new();
+    for (name, meta) in ckpt.tensors() {
+        if meta.dtype == rwkv_cli::checkpoint::StoredDType::Other {
+            continue;
+        }
+        let (mut nan, mut inf) = (0usize, 0usize);
+        ckpt.read_f32_chunks(name, 1 << 16, |_, c| {
+            nan += c.iter().filter(|v| v.is_nan()).count();
+            inf += c.iter().filter(|v| v.is_infinite()).count();
+            Ok(())
+        })?;
+        if nan + inf > 0 {
+            bad.push((name.clone(), nan, inf));
+        }
+    }
+    Ok(bad)
+}
+
+/// An uncached Hub model without `--download`: what the catalogue (or the reference) says.
+fn describe_uncached(file: &HubFile, alias: Option<&str>, json: bool) -> Result<()> {
+    let entry = alias.and_then(catalog::find);
+    let source = match alias {
+        Some(a) => format!("{file} (alias {a})"),
+        None => file.to_string(),
+    };
+    if json {
+        let mut v = serde_json::json!({
+            "source": source,
+            "repo": file.repo,
+            "file": file.file,
+            "revision": file.revision,
+            "cached": false,
+            "cached_at": null,
+        });
+        if let Some(e) = entry {
+            v["version"] = e.version.clone().into();
+            v["tokenizer"] = e.tokenizer.clone().into();
+            v["params"] = e.params.into();
+            v["download_bytes"] = e.size.into();
+            v["description"] = e.description.clone().into();
+        }
+        return crate::outln!("{v}");
+    }
+    let mut out = format!(
+        "source        {source}
+cached        no (in {}): `info --download` or any command that runs it downloads it
+",
+        hub::cache_dir().display()
+    );
+    if let Some(e) = entry {
+        out += &format!(
+            "version       RWKV {} (catalogue)
+tokenizer     {}
+parameters    about {}
+             download      {}
+description   {}
+",
+            e.version,
+            e.tokenizer,
+            human_count(e.params),
+            human_bytes(e.size),
+            e.description
+        );
+    }
+    crate::cli::print_out(&out)
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
     let (path, source, cached_at) = match &args.model {
         Some(m) => {
+            if let hub::Source::Hub { file, alias } = hub::identify(m)? {
+                if !args.download && file.cached(&hub::cache_dir()).is_none() {
+                    return describe_uncached(&file, alias.as_deref(), args.json);
+                }
+            }
             let resolved = rwkv_cli::hub::resolve(m, &super::DownloadBar::default())?;
             let cached_at = resolved.cached_at().map(|p| p.display().to_string());
             (resolved.path.clone(), resolved.describe(), cached_at)
@@ -40,6 +125,27 @@ pub fn run(args: InfoArgs) -> Result<()> {
     };
     let ckpt = Checkpoint::open(&path)?;
     let c = &models::inspect(&ckpt)?;
+    if args.check {
+        let bad = non_finite_tensors(&ckpt)?;
+        if !bad.is_empty() {
+            let list: Vec<String> = bad
+                .iter()
+                .take(5)
+                .map(|(n, nan, inf)| format!("{n} ({nan} NaN, {inf} infinite)"))
+                .collect();
+            let more = if bad.len() > 5 {
+                format!(" and {} more", bad.len() - 5)
+            } else {
+                String::new()
+            };
+            anyhow::bail!(
+                "{}: {} tensors hold non-finite values: {}{more}",
+                path.display(),
+                bad.len(),
+                list.join(", ")
+            );
+        }
+    }
     let stored = ckpt.stored_dtype().name();
     // v4 has no heads: its recurrence runs channel by channel.
     let headed = c.version != models::Version::V4;
@@ -61,6 +167,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "state_bytes": c.state_bytes(),
             "gguf": ckpt.gguf().map(|g| g.summary_json()),
         });
+        let mut v = v;
+        if args.check {
+            v["weights_finite"] = true.into();
+        }
         return crate::outln!("{v}");
     }
     let mut out = format!("path          {}\nsource        {source}\n", path.display());
@@ -87,6 +197,12 @@ pub fn run(args: InfoArgs) -> Result<()> {
         human_bytes(c.state_bytes() as u64),
         c.state_bytes()
     );
+    if args.check {
+        out += &format!(
+            "check         every weight is finite ({} tensors read)\n",
+            ckpt.tensors().len()
+        );
+    }
     if let Some(g) = ckpt.gguf() {
         out += &g.summary();
     }

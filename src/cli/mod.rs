@@ -101,17 +101,53 @@ pub fn color_stdout() -> bool {
     color_for(std::io::stdout().is_terminal())
 }
 
+/// Ends the process for a command line clap did not parse, like `clap::Error::exit`, except
+/// that `--help` and `--version` whose text cannot be written (stdout closed or full:
+/// `--help > /dev/full`) exit 1 with one line instead of 0.
+pub fn exit_on_parse_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let written = e
+            .print()
+            .and_then(|()| std::io::Write::flush(&mut std::io::stdout()));
+        // A reader that went away (`--help | head`) is fine, as for every output.
+        if let Err(w) = written.filter_broken_pipe() {
+            crate::errln!("error: cannot write the help to stdout: {w}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
+    e.exit()
+}
+
+/// An I/O result with a closed pipe counted as success.
+trait FilterBrokenPipe {
+    fn filter_broken_pipe(self) -> std::io::Result<()>;
+}
+
+impl FilterBrokenPipe for std::io::Result<()> {
+    fn filter_broken_pipe(self) -> std::io::Result<()> {
+        match self {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        }
+    }
+}
+
 /// Sets the size of the thread pool used by the matrix kernels.
 pub fn init_threads(threads: Option<usize>) -> Result<()> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let n = match threads {
         Some(0) => rwkv_cli::usage_bail!("--threads must be at least 1"),
-        Some(n) if n > 1024 => {
-            rwkv_cli::usage_bail!("--threads {n} is more than this tool supports (1024)")
+        // More threads than cores only take turns on them (5× slower at 1000): capped.
+        Some(n) if n > cores => {
+            crate::errln!("warning: --threads {n} is more than the {cores} cores this process may use; using {cores}");
+            cores
         }
         Some(n) => n,
-        None => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        None => cores,
     };
     // Any rayon pool started without this builder reads the variable; set it before any starts.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Checkpoint: a file (.pth or .safetensors), a catalogue alias (see `rwkv-cli models`) or
-    /// owner/repo:file.pth[@revision] on the Hugging Face Hub. Default: the embedded model.
+    /// owner/repo:file.pth[@revision] on the Hugging Face Hub (also owner/repo/file.pth, hf://owner/repo/file.pth
+    /// or a huggingface.co …/resolve/… or …/blob/… link). Default: the embedded model.
     #[arg(long, short)]
     pub model: Option<String>,
     /// Compute dtype of the weight matrices: f32, f16 or bf16.
@@ -111,7 +112,8 @@ impl ModelArgs {
     pub fn load_from(&self, path: PathBuf) -> Result<Loaded> {
         let format = self.format()?;
         let checkpoint = Checkpoint::open(&path)?;
-        let model = models::load_checkpoint(&checkpoint, LoadOptions { dtype: format })?;
+        let model = models::load_checkpoint(&checkpoint, LoadOptions { dtype: format })
+            .map_err(|e| naming_the_file(e, &path))?;
         let config = model.config().clone();
         Ok(Loaded {
             path,
@@ -138,6 +140,29 @@ impl ModelArgs {
     }
 }
 
+/// A load error as one message that names the file once and says each thing once: a context
+/// that the next message repeats (`tensor X` over `tensor X: ...`) is dropped, and the file
+/// goes in front when no part names it.
+pub fn naming_the_file(e: anyhow::Error, path: &Path) -> anyhow::Error {
+    let parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    let mut kept: Vec<&str> = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        let repeated = parts
+            .get(i + 1)
+            .is_some_and(|next| next == p || next.starts_with(&format!("{p}:")));
+        if !repeated {
+            kept.push(p);
+        }
+    }
+    let msg = kept.join(": ");
+    let file = path.display().to_string();
+    if msg.contains(&file) {
+        anyhow::anyhow!(msg)
+    } else {
+        anyhow::anyhow!("{file}: {msg}")
+    }
+}
+
 /// The `"model"` object of every command's JSON (`generate --stats-json`, `eval`, `bench` and
 /// `compare --json`): which file ran, what it is, and the precision it ran in.
 pub fn model_json(path: &Path, cfg: &Config, dtype: Format) -> serde_json::Value {
@@ -155,6 +180,21 @@ pub fn model_json(path: &Path, cfg: &Config, dtype: Format) -> serde_json::Value
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_errors_name_the_file_once_and_say_each_thing_once() {
+        let e = anyhow::anyhow!("tensor x: its data lie outside the file")
+            .context("tensor x")
+            .context("loading");
+        let m = naming_the_file(e, Path::new("/m/a.pth")).to_string();
+        assert_eq!(
+            m,
+            "/m/a.pth: loading: tensor x: its data lie outside the file"
+        );
+        let e = anyhow::anyhow!("tensor y is missing from /m/a.pth");
+        let m = naming_the_file(e, Path::new("/m/a.pth")).to_string();
+        assert_eq!(m, "tensor y is missing from /m/a.pth");
+    }
 
     #[test]
     fn quant_must_name_a_quantized_format() {

@@ -239,6 +239,22 @@ pub trait Model: Send + Sync {
     }
 }
 
+/// Checks a row of next-token logits before anything samples or scores it: a NaN or +∞ (or no
+/// finite value at all) means the weights or the state hold non-finite numbers, and sampling
+/// would emit garbage (NUL bytes) and scoring print `inf`. −∞ alone is a masked token, fine.
+pub fn check_logits(logits: &[f32]) -> Result<()> {
+    let bad = |v: &f32| v.is_nan() || *v == f32::INFINITY;
+    if !logits.iter().any(bad) && logits.iter().any(|v| v.is_finite()) {
+        return Ok(());
+    }
+    let nan = logits.iter().filter(|v| v.is_nan()).count();
+    let inf = logits.iter().filter(|v| v.is_infinite()).count();
+    bail!(
+        "the model computed non-finite logits ({nan} NaN and {inf} infinite of {}): its weights or the state it started from hold NaN or infinity (`rwkv-cli info --check MODEL` scans the weights)",
+        logits.len()
+    )
+}
+
 /// The default chunk length of the sequence path: bounds the activations' memory.
 pub const DEFAULT_CHUNK: usize = 256;
 

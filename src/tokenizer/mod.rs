@@ -114,6 +114,23 @@ pub fn for_model(
         None => kind_for_vocab(model_vocab)?,
     };
     let tok = load(kind)?;
+    // Smaller than the model's vocabulary beyond its padding (models pad theirs to a multiple
+    // of 64): the model's other tokens could never be written out.
+    if tok.vocab_size() < model_vocab.saturating_sub(63) {
+        let hint = match kind_for_vocab(model_vocab) {
+            Ok(k) => format!(
+                "its vocabulary is the {k} tokenizer's: drop --tokenizer or pass --tokenizer {k}"
+            ),
+            Err(_) => "pass the tokenizer the model was trained with".to_string(),
+        };
+        anyhow::bail!(
+            "the {} tokenizer has {} tokens but the model {}: tokens past {} could not be written out; {hint}",
+            tok.name(),
+            tok.vocab_size(),
+            model_vocab,
+            tok.vocab_size() - 1
+        );
+    }
     if tok.vocab_size() > model_vocab {
         anyhow::bail!(
             "the {} tokenizer has {} tokens but the model only {}",
@@ -132,4 +149,28 @@ pub fn load(kind: TokenizerKind) -> anyhow::Result<Box<dyn Tokenizer>> {
         TokenizerKind::Neox20B => Box::new(NeoxTokenizer::new()?),
         TokenizerKind::Bytes => Box::new(BytesTokenizer),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tokenizer_must_cover_the_models_vocabulary_up_to_its_padding() {
+        let e = for_model(Some(TokenizerKind::Bytes), 65536)
+            .err()
+            .expect("bytes on a 65536-token model")
+            .to_string();
+        assert!(
+            e.contains("bytes tokenizer has 256 tokens but the model 65536"),
+            "{e}"
+        );
+        assert!(e.contains("--tokenizer world"), "{e}");
+        assert!(for_model(Some(TokenizerKind::Neox20B), 65536).is_err());
+        // Padded vocabularies are fine.
+        assert!(for_model(Some(TokenizerKind::World), 65536).is_ok());
+        assert!(for_model(None, 50304).is_ok());
+        assert!(for_model(Some(TokenizerKind::Bytes), 256).is_ok());
+        assert!(for_model(Some(TokenizerKind::Bytes), 300).is_ok());
+    }
 }

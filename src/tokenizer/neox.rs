@@ -1,8 +1,13 @@
 //! The GPT-NeoX 20B tokenizer used by the RWKV-4 Pile models.
 //!
 //! Encoding runs the HF `tokenizers` crate on the embedded `20B_tokenizer.json` (byte-level BPE,
-//! NFC normalisation). Input bytes that are not valid UTF-8 are encoded through their lossy
-//! UTF-8 conversion (each bad sequence becomes U+FFFD).
+//! NFC normalisation) over each run of valid UTF-8. Every byte string round-trips exactly:
+//! bytes that are not UTF-8 are mapped through the byte-level table to their single-byte
+//! tokens, and a run whose tokens would not decode to the same
+//! bytes (text that NFC changes) is encoded without the
+//! normaliser, or byte by byte as a last resort. The only exception: the 13 bytes that never
+//! occur in UTF-8 (0xC0, 0xC1, 0xF5..=0xFF) have no token in this vocabulary and become U+FFFD;
+//! and a literal `<|endoftext|>` or `<|padding|>` is that special token, as in the reference.
 //!
 //! Decoding does not go through the crate: every id is mapped once to its raw bytes by undoing
 //! the GPT-2 byte-to-unicode mapping of byte-level BPE, so a character split over several
@@ -23,6 +28,12 @@ static EMBEDDED: OnceLock<Result<Arc<Inner>, String>> = OnceLock::new();
 
 struct Inner {
     tokenizer: tokenizers::Tokenizer,
+    /// The same without NFC normalisation.
+    raw: tokenizers::Tokenizer,
+    /// The single-byte token of every byte (`None` for the 13 bytes UTF-8 never uses).
+    byte_ids: [Option<u32>; 256],
+    /// U+FFFD's tokens, for those 13 bytes.
+    replacement: Vec<u32>,
     /// Raw bytes of every id; empty for special tokens.
     bytes: Vec<Vec<u8>>,
 }
@@ -65,6 +76,53 @@ impl NeoxTokenizer {
     }
 }
 
+impl NeoxTokenizer {
+    /// Encodes valid UTF-8 so that its tokens decode to exactly its bytes.
+    fn encode_str(&self, s: &str, ids: &mut Vec<u32>) -> anyhow::Result<()> {
+        if s.is_empty() {
+            return Ok(());
+        }
+        for t in [&self.inner.tokenizer, &self.inner.raw] {
+            let e = t
+                .encode_fast(s, false)
+                .map_err(|e| anyhow::anyhow!("20B tokenizer: {e}"))?;
+            if self.spelled(e.get_ids()) == s.as_bytes() {
+                ids.extend_from_slice(e.get_ids());
+                return Ok(());
+            }
+        }
+        for b in s.bytes() {
+            self.push_byte(b, ids);
+        }
+        Ok(())
+    }
+
+    /// The text `ids` were encoded from: their bytes, special tokens spelled out (a literal
+    /// `<|endoftext|>` in a prompt is that token, as in the reference tokenizer).
+    fn spelled(&self, ids: &[u32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &id in ids {
+            match self.token_slice(id) {
+                [] => {
+                    if let Some(t) = self.inner.tokenizer.id_to_token(id) {
+                        out.extend_from_slice(t.as_bytes());
+                    }
+                }
+                b => out.extend_from_slice(b),
+            }
+        }
+        out
+    }
+
+    /// One byte's token; U+FFFD's for a byte UTF-8 never uses (the vocabulary lacks those).
+    fn push_byte(&self, b: u8, ids: &mut Vec<u32>) {
+        match self.inner.byte_ids[b as usize] {
+            Some(id) => ids.push(id),
+            None => ids.extend_from_slice(&self.inner.replacement),
+        }
+    }
+}
+
 impl Inner {
     fn from_json(json: &[u8]) -> anyhow::Result<Self> {
         let tokenizer = tokenizers::Tokenizer::from_bytes(json)
@@ -88,7 +146,29 @@ impl Inner {
             };
             bytes.push(raw);
         }
-        Ok(Inner { tokenizer, bytes })
+        // The 13 bytes that never occur in UTF-8 (0xC0, 0xC1, 0xF5..=0xFF) have no token in
+        // this vocabulary: they become U+FFFD's tokens (`None` here).
+        let mut byte_ids = [None; 256];
+        for (c, &b) in unicode_to_byte.iter().enumerate() {
+            if let (Ok(b), Some(ch)) = (u8::try_from(b), char::from_u32(c as u32)) {
+                byte_ids[b as usize] = tokenizer.token_to_id(&ch.to_string());
+            }
+        }
+        let replacement = tokenizer
+            .encode_fast("\u{fffd}", false)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("encoding U+FFFD")?
+            .get_ids()
+            .to_vec();
+        let mut raw = tokenizer.clone();
+        let _ = raw.with_normalizer(None::<tokenizers::NormalizerWrapper>);
+        Ok(Inner {
+            tokenizer,
+            raw,
+            byte_ids,
+            replacement,
+            bytes,
+        })
     }
 }
 
@@ -122,13 +202,27 @@ fn byte_level_to_bytes(token: &str, map: &[i16; 512]) -> Vec<u8> {
 
 impl Tokenizer for NeoxTokenizer {
     fn encode(&self, text: &[u8]) -> anyhow::Result<Vec<u32>> {
-        let text = String::from_utf8_lossy(text);
-        let encoding = self
-            .inner
-            .tokenizer
-            .encode_fast(text.as_ref(), false)
-            .map_err(|e| anyhow::anyhow!("20B tokenizer: {e}"))?;
-        Ok(encoding.get_ids().to_vec())
+        let mut ids = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    self.encode_str(s, &mut ids)?;
+                    break;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    let bad = e.error_len().unwrap_or(rest.len() - valid);
+                    let s = std::str::from_utf8(&rest[..valid]).expect("checked");
+                    self.encode_str(s, &mut ids)?;
+                    for &b in &rest[valid..valid + bad] {
+                        self.push_byte(b, &mut ids);
+                    }
+                    rest = &rest[valid + bad..];
+                }
+            }
+        }
+        Ok(ids)
     }
 
     fn decode(&self, ids: &[u32]) -> Vec<u8> {
@@ -174,6 +268,30 @@ mod tests {
         assert_eq!(map['Ċ' as usize], 0x0a);
         assert_eq!(map['A' as usize], 0x41);
         assert_eq!(map[' ' as usize], -1);
+    }
+
+    #[test]
+    fn every_byte_string_round_trips_exactly() {
+        let t = NeoxTokenizer::new().unwrap();
+        let cases: Vec<Vec<u8>> = vec![
+            b"Hello, world!".to_vec(),
+            vec![0xe2, b'a', 0xc3, b' ', 0x80, 0x80, b'z', 0xf0, 0x9f],
+            "e\u{301} caf\u{e9} \u{4e2d}\u{6587}".as_bytes().to_vec(),
+            (0..=0xbfu8).chain(0xc2..=0xf4).collect(),
+        ];
+        for c in cases {
+            let ids = t.encode(&c).unwrap();
+            assert_eq!(t.decode(&ids), c, "{c:?} -> {ids:?}");
+            let total: usize = ids.iter().map(|&i| t.token_bytes(i).len()).sum();
+            assert_eq!(total, c.len());
+        }
+        // The bytes UTF-8 never uses have no token: U+FFFD stands for each.
+        let ids = t.encode(&[b'a', 0xff, b'b']).unwrap();
+        assert_eq!(t.decode(&ids), "a\u{fffd}b".as_bytes());
+        // A literal special token is the token (it decodes to nothing).
+        assert_eq!(t.encode(b"a<|endoftext|>").unwrap().last(), Some(&0));
+        // Valid text still gets the usual merges.
+        assert_eq!(t.encode(b"Hello world").unwrap().len(), 2);
     }
 
     #[test]

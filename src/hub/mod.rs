@@ -6,25 +6,24 @@
 //! HF tool shares: `models--owner--repo/{blobs/<etag>, refs/<revision>,
 //! snapshots/<commit>/<file> -> ../../blobs/<etag>}`.
 //!
-//! A file already in the cache is used without any request. Otherwise it is downloaded with
-//! hf-hub (which honours `HF_ENDPOINT`), authenticated with `HF_TOKEN` (or the token file in
-//! `$HF_HOME/token`), never printed. With `--offline` or `HF_HUB_OFFLINE=1` only the cache is
-//! consulted and nothing is sent to the network; hf-hub 0.5 does not read that variable, so
-//! the lookup here is our own.
+//! A file already in the cache is used without any request. Otherwise it is downloaded by our
+//! own code on ureq ([`download`]: bounded timeouts, bounded retries, every server-provided
+//! name checked before it becomes a path) from `$HF_ENDPOINT` (else the Hub), authenticated
+//! with `HF_TOKEN` (or the token file in `$HF_HOME/token`), never printed. With `--offline` or
+//! `HF_HUB_OFFLINE=1` only the cache is consulted and nothing is sent to the network.
 //!
-//! Interrupted downloads: hf-hub writes `blobs/<etag>.part`, renames it to the blob only when
-//! the transfer ends without error, and resumes a leftover `.part` with a `Range` request. On
-//! top of that we check the finished blob's size against the size the server announced (a
-//! connection closed early without a Content-Length, or a server that ignored `Range` on a
-//! resume, would otherwise leave a complete-looking but wrong file), check that it is an RWKV
-//! checkpoint at all, and drop a `.part` that cannot be resumed. So the cache never holds a
-//! snapshot entry for a partial or foreign file, and the next run resumes or restarts cleanly.
+//! Interrupted downloads: the bytes go to `blobs/<etag>.part`, renamed to the blob only once
+//! it has exactly the announced size and is an RWKV checkpoint; a leftover `.part` is resumed
+//! with a `Range` request (restarted when the server sends the whole file instead). So the
+//! cache never holds a snapshot entry for a partial or foreign file.
+
+mod download;
+mod spec;
+
+pub use download::{NetConfig, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S, DEFAULT_RETRIES};
 
 use crate::catalog;
-use crate::stats::human_bytes;
-use anyhow::{anyhow, bail, Context, Result};
-use hf_hub::api::sync::{ApiBuilder, ApiError};
-use hf_hub::{Repo, RepoType};
+use anyhow::{anyhow, bail, Result};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,14 +66,18 @@ fn expand_home(p: String) -> PathBuf {
     }
 }
 
-/// `$HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
+/// `$HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`, else (no
+/// `HOME`) `huggingface` in the per-user `rwkv-cli-<uid>` temporary folder.
 pub fn hf_home() -> PathBuf {
     if let Some(h) = env_nonempty("HF_HOME") {
         return expand_home(h);
     }
+    // Without HOME: this user's private folder in the temporary directory, never the
+    // current directory nor a folder shared by all users.
     let cache = env_nonempty("XDG_CACHE_HOME")
         .map(expand_home)
         .or_else(|| env_nonempty("HOME").map(|h| Path::new(&h).join(".cache")))
+        .or_else(|| crate::default_model::private_temp_dir().ok())
         .unwrap_or_else(|| PathBuf::from(".cache"));
     cache.join("huggingface")
 }
@@ -139,21 +142,17 @@ impl From<&catalog::Entry> for HubFile {
     }
 }
 
-fn valid_repo_part(s: &str) -> bool {
-    !s.is_empty()
-        && s != "."
-        && s != ".."
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
 impl HubFile {
-    /// Parses `owner/repo:path/in/repo[@revision]`. `Ok(None)` when `spec` does not look like a
-    /// Hub reference at all (no `:` after an `owner/repo`); an error when it does but is
-    /// malformed.
+    /// Parses a Hub reference: `owner/repo:path/in/repo[@revision]`, a Hub URL
+    /// (`https://huggingface.co/OWNER/REPO/resolve|blob/REV/FILE`, `hf://OWNER/REPO[@REV]/FILE`)
+    /// or `OWNER/REPO/FILE`. `Ok(None)` when `spec` has none of these shapes; an error when it
+    /// does but is malformed, or is a URL of another host (never downloaded from).
     pub fn parse(spec: &str) -> Result<Option<HubFile>> {
+        if spec.contains("://") {
+            return spec::parse_url(spec).map(Some);
+        }
         let Some((repo, rest)) = spec.split_once(':') else {
-            return Ok(None);
+            return Ok(spec::parse_path_form(spec));
         };
         if !repo.contains('/') {
             return Ok(None);
@@ -164,24 +163,13 @@ impl HubFile {
         };
         let mut parts = repo.split('/');
         let (owner, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        if parts.next().is_some() || !valid_repo_part(owner) || !valid_repo_part(name) {
+        if parts.next().is_some() || !spec::valid_repo_part(owner) || !spec::valid_repo_part(name) {
             return Err(bad("the repo must be owner/name"));
         }
-        if file.is_empty()
-            || file.starts_with('/')
-            || file.ends_with('/')
-            || file.contains('\\')
-            || file
-                .split('/')
-                .any(|c| c.is_empty() || c == "." || c == "..")
-        {
+        if !spec::valid_file(file) {
             return Err(bad("no valid file path after ':'"));
         }
-        if revision.is_empty()
-            || revision.contains("..")
-            || revision.starts_with('/')
-            || revision.chars().any(|c| c.is_whitespace() || c == '\\')
-        {
+        if !spec::valid_revision(revision) {
             return Err(bad("invalid revision after '@'"));
         }
         Ok(Some(HubFile {
@@ -213,12 +201,7 @@ impl HubFile {
             return Some(self.revision.clone());
         }
         let commit = std::fs::read_to_string(dir.join("refs").join(&self.revision)).ok()?;
-        let commit = commit.trim();
-        let plausible = !commit.is_empty()
-            && commit
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        plausible.then(|| commit.to_string())
+        download::valid_commit(commit.trim())
     }
 
     /// The file in the cache, if it is there (a lookup only: no request, nothing written).
@@ -284,7 +267,7 @@ pub fn identify(spec: &str) -> Result<Source> {
         return Ok(Source::Hub { file, alias: None });
     }
     let mut msg = format!(
-        "model {spec} does not exist: it is not a file, a catalogue alias or owner/repo:file.pth[@revision]"
+        "model {spec} does not exist: it is not a file, a catalogue alias or a Hub file (owner/repo:file.pth[@revision], owner/repo/file.pth or a huggingface.co link)"
     );
     let near = catalog::suggest(spec, 3);
     if near.is_empty() {
@@ -303,10 +286,51 @@ pub fn identify(spec: &str) -> Result<Source> {
 pub fn resolve(spec: &str, progress: &dyn DownloadProgress) -> Result<Resolved> {
     let source = identify(spec)?;
     let path = match &source {
-        Source::Local => PathBuf::from(spec),
+        Source::Local => local_file(spec)?,
         Source::Hub { file, .. } => fetch(file, progress)?,
     };
     Ok(Resolved { path, source })
+}
+
+/// A local `--model` path, checked to be a regular file before anything opens it (opening a
+/// FIFO would wait for a writer forever; a folder or a device is no checkpoint either).
+pub fn local_file(spec: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(spec);
+    let meta = std::fs::metadata(&p).map_err(|e| anyhow!("cannot read model file {spec}: {e}"))?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_dir() {
+            "a directory"
+        } else if is_fifo(&ft) {
+            "a named pipe (FIFO)"
+        } else {
+            "not a regular file"
+        };
+        bail!("model file {spec} is {what}: give a checkpoint file (.pth or .safetensors)");
+    }
+    // rwkv.cpp's own format (ggml, magic "ggmf"): say so rather than fail as safetensors.
+    let mut magic = [0u8; 4];
+    let head = std::fs::File::open(&p).and_then(|mut f| {
+        use std::io::Read;
+        f.read(&mut magic)
+    });
+    if matches!(head, Ok(4)) && matches!(u32::from_le_bytes(magic), 0x6767_6d66 | 0x6767_6d6c) {
+        bail!(
+            "model file {spec} is in rwkv.cpp's ggml format, which rwkv-cli does not read: use the original PyTorch .pth or a .safetensors checkpoint of the same model"
+        );
+    }
+    Ok(p)
+}
+
+#[cfg(unix)]
+fn is_fifo(ft: &std::fs::FileType) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    ft.is_fifo()
+}
+
+#[cfg(not(unix))]
+fn is_fifo(_ft: &std::fs::FileType) -> bool {
+    false
 }
 
 /// The cached file, or a download into the cache (never in offline mode).
@@ -321,7 +345,7 @@ pub fn fetch(f: &HubFile, progress: &dyn DownloadProgress) -> Result<PathBuf> {
             cache.display()
         );
     }
-    download(f, &cache, progress)
+    download::download(f, &endpoint(), &cache, progress)
 }
 
 /// What a download tells its user. The library draws nothing itself: the CLI implements this
@@ -350,226 +374,12 @@ pub fn progress_bars_disabled() -> bool {
     env_true("HF_HUB_DISABLE_PROGRESS_BARS")
 }
 
-/// What hf-hub drives: it takes the progress by value, so this lends it ours.
-struct ProgressHandle<'a> {
-    progress: &'a dyn DownloadProgress,
-    file: &'a str,
-}
-
-impl hf_hub::api::Progress for ProgressHandle<'_> {
-    fn init(&mut self, size: usize, _filename: &str) {
-        self.progress.start(self.file, size as u64);
-    }
-    fn update(&mut self, size: usize) {
-        self.progress.advance(size as u64);
-    }
-    fn finish(&mut self) {
-        self.progress.finish();
-    }
-}
-
 /// Whether `e` means the disk (or quota) is full.
 pub fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
     ) || e.raw_os_error() == Some(28) // ENOSPC on Linux and macOS
-}
-
-/// One clear sentence for a failed Hub request or download.
-fn explain(
-    e: ApiError,
-    f: &HubFile,
-    endpoint: &str,
-    cache: &Path,
-    part: Option<&Path>,
-    size: Option<u64>,
-) -> anyhow::Error {
-    let kept = || -> String {
-        match part.and_then(|p| std::fs::metadata(p).ok()) {
-            Some(m) if m.len() > 0 => format!(
-                "; {} kept in {}, the next run resumes from there",
-                human_bytes(m.len()),
-                part.unwrap_or(Path::new("")).display()
-            ),
-            _ => String::new(),
-        }
-    };
-    match e {
-        ApiError::RequestError(err) => {
-            let text = err.to_string();
-            if let Some(code) = text.strip_prefix("http status: ") {
-                let code = code.trim();
-                return match code {
-                    "404" => anyhow!(
-                        "{f} not found on {endpoint} (HTTP 404): check the repo, the file name and the revision"
-                    ),
-                    "401" | "403" => {
-                        let hint = if token().is_some() {
-                            "the token in HF_TOKEN (or the token file) has no access to it"
-                        } else {
-                            "if it is private or gated, set HF_TOKEN to a token with access"
-                        };
-                        anyhow!("{f}: access denied by {endpoint} (HTTP {code}): the repo may not exist, or {hint}")
-                    }
-                    "416" => anyhow!(
-                        "{f}: {endpoint} refused to resume the download (HTTP 416); run again to restart it"
-                    ),
-                    _ => anyhow!("{f}: {endpoint} answered HTTP {code}{}", kept()),
-                };
-            }
-            if text == "host not found" {
-                return anyhow!(
-                    "cannot download {f}: the host of {endpoint} cannot be resolved (no network?); cached models still run with --offline"
-                );
-            }
-            let detail = text.strip_prefix("io: ").unwrap_or(&text);
-            anyhow!(
-                "cannot download {f}: no connection to {endpoint} ({detail}){}; cached models still run with --offline",
-                kept()
-            )
-        }
-        ApiError::IoError(io) if is_disk_full(&io) => anyhow!(
-            "disk full while downloading {f}{} into {}: free some space and run again{}",
-            size.map(|n| format!(" ({})", human_bytes(n)))
-                .unwrap_or_default(),
-            cache.display(),
-            kept()
-        ),
-        ApiError::IoError(io) => {
-            let k = kept();
-            if k.is_empty() {
-                anyhow!("cannot download {f} into {}: {io}", cache.display())
-            } else {
-                anyhow!("download of {f} interrupted ({io}){k}")
-            }
-        }
-        ApiError::MissingHeader(h) | ApiError::InvalidHeader(h) => anyhow!(
-            "cannot download {f}: {endpoint} sent no valid {h} header (is HF_ENDPOINT a Hugging Face Hub?)"
-        ),
-        ApiError::LockAcquisition(p) => anyhow!(
-            "cannot download {f}: another process is downloading it (lock {} is held)",
-            p.display()
-        ),
-        other => anyhow!("cannot download {f}: {other}{}", kept()),
-    }
-}
-
-/// What a finished download turned out to be.
-enum Check {
-    Good,
-    /// Bigger than announced (a resume the server did not honour): removed, try again.
-    Restart,
-}
-
-/// Checks a finished download; removes whatever must not stay in the cache.
-fn check_download(
-    f: &HubFile,
-    pointer: &Path,
-    blob: &Path,
-    part: &Path,
-    size: u64,
-) -> Result<Check> {
-    let got = std::fs::metadata(pointer)
-        .with_context(|| format!("cannot read the downloaded {}", pointer.display()))?
-        .len();
-    if got != size {
-        let _ = std::fs::remove_file(pointer);
-        if got < size {
-            // The connection ended early without an error: keep the bytes for a resume.
-            let _ = std::fs::rename(blob, part);
-            bail!(
-                "download of {f} interrupted: got {got} of {size} bytes; the next run resumes it"
-            );
-        }
-        let _ = std::fs::remove_file(blob);
-        return Ok(Check::Restart);
-    }
-    // Reads the archive's index or the safetensors header only, not the weights.
-    let is_rwkv = crate::checkpoint::Checkpoint::open(pointer)
-        .and_then(|ckpt| crate::models::detect_version(&ckpt).map(|_| ()));
-    if let Err(e) = is_rwkv {
-        // The loader names the cache path, which is about to go: name the file instead.
-        let e = format!("{e:#}").replace(&pointer.display().to_string(), &f.file);
-        let _ = std::fs::remove_file(pointer);
-        let _ = std::fs::remove_file(blob);
-        bail!(
-            "the file served for {f} is not an RWKV checkpoint ({e}); it was not kept in the cache"
-        );
-    }
-    Ok(Check::Good)
-}
-
-/// Downloads `f` into the cache with hf-hub and checks the result.
-fn download(f: &HubFile, cache: &Path, progress: &dyn DownloadProgress) -> Result<PathBuf> {
-    let endpoint = endpoint();
-    let api = ApiBuilder::from_env()
-        .with_endpoint(endpoint.clone())
-        .with_cache_dir(cache.to_path_buf())
-        .with_token(token())
-        .with_progress(false)
-        .with_retries(0)
-        .build()
-        .map_err(|e| anyhow!("cannot set up the Hub client: {e}"))?;
-    let repo = api.repo(Repo::with_revision(
-        f.repo.clone(),
-        RepoType::Model,
-        f.revision.clone(),
-    ));
-    let url = repo.url(&f.file);
-    for attempt in 0..2 {
-        let meta = api
-            .metadata(&url)
-            .map_err(|e| explain(e, f, &endpoint, cache, None, None))?;
-        let size = meta.size() as u64;
-        let blob = f.repo_dir(cache).join("blobs").join(meta.etag());
-        let mut part = blob.clone();
-        part.set_extension("part");
-        let pointer = f.pointer(cache, meta.commit_hash());
-        // A snapshot link whose blob is gone would make hf-hub fail: drop it.
-        if pointer.symlink_metadata().is_ok() && !pointer.exists() {
-            let _ = std::fs::remove_file(&pointer);
-        }
-        // A leftover that cannot be resumed (as long as the file or longer) restarts from zero.
-        let resume_from = match std::fs::metadata(&part) {
-            Ok(m) if m.len() >= size => {
-                let _ = std::fs::remove_file(&part);
-                0
-            }
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        };
-        let how = if resume_from > 0 {
-            format!(
-                "resuming at {} of {}",
-                human_bytes(resume_from),
-                human_bytes(size)
-            )
-        } else {
-            human_bytes(size)
-        };
-        progress.notice(&format!(
-            "downloading {f} ({how}) from {endpoint} into {}",
-            cache.display()
-        ));
-        let handle = ProgressHandle {
-            progress,
-            file: &f.file,
-        };
-        let result = repo.download_with_progress(&f.file, handle);
-        progress.finish();
-        let path = result.map_err(|e| explain(e, f, &endpoint, cache, Some(&part), Some(size)))?;
-        match check_download(f, &path, &blob, &part, size)? {
-            Check::Good => return Ok(path),
-            Check::Restart if attempt == 0 => {
-                progress.notice(&format!(
-                    "{f}: the server sent more than announced; downloading it again"
-                ));
-            }
-            Check::Restart => {}
-        }
-    }
-    bail!("download of {f} failed twice: the server sends a different size than it announces")
 }
 
 #[cfg(test)]
@@ -635,9 +445,10 @@ mod tests {
         assert_eq!(f.cached(&cache), None);
         let dir = cache.join("models--o--r");
         std::fs::create_dir_all(dir.join("refs")).unwrap();
-        std::fs::write(dir.join("refs/main"), "abc123\n").unwrap();
+        let main = "abcdef0123456789abcdef0123456789abcdef01";
+        std::fs::write(dir.join("refs/main"), format!("{main}\n")).unwrap();
         assert_eq!(f.cached(&cache), None, "ref without the file");
-        let snap = dir.join("snapshots/abc123/sub");
+        let snap = dir.join("snapshots").join(main).join("sub");
         std::fs::create_dir_all(&snap).unwrap();
         std::fs::write(snap.join("m.pth"), b"PK\x03\x04").unwrap();
         assert_eq!(f.cached(&cache), Some(snap.join("m.pth")));
@@ -665,19 +476,5 @@ mod tests {
         assert!(!is_disk_full(&std::io::Error::from(
             std::io::ErrorKind::PermissionDenied
         )));
-        let f = hub("o/r", "m.pth", "main");
-        let e = explain(
-            ApiError::IoError(std::io::Error::from_raw_os_error(28)),
-            &f,
-            "http://x",
-            Path::new("/cache"),
-            None,
-            Some(2048),
-        );
-        assert!(
-            e.to_string()
-                .starts_with("disk full while downloading o/r:m.pth (2.0 KiB) into /cache"),
-            "{e}"
-        );
     }
 }
