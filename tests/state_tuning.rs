@@ -433,3 +433,26 @@ fn the_cli_starts_generate_eval_and_chat_from_an_init_state() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", stderr(&o));
 }
+
+/// `info` on a state-tuning file says it is a state and for which shape (text and JSON).
+#[test]
+fn info_describes_a_state_file() {
+    use common::{run, stderr};
+    let f = fixture_path("v6.state.pth");
+    let o = run(&["info", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        text.contains("kind          state-tuned initial state"),
+        "{text}"
+    );
+    assert!(text.contains("layers        2\n"), "{text}");
+    assert!(text.contains("heads         2 × 16\n"), "{text}");
+    assert!(text.contains("width 32"), "{text}");
+    let o = run(&["info", "--json", f.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kind"], "state");
+    assert_eq!(v["layers"], 2);
+    assert_eq!(v["head_size"], 16);
+    assert_eq!(v["width"], 32);
+}

@@ -98,6 +98,45 @@ description   {}
     crate::cli::print_out(&out)
 }
 
+/// A state-tuning file: its shape, what it fits, how it is stored.
+fn describe_state(
+    path: &std::path::Path,
+    source: &str,
+    ckpt: &Checkpoint,
+    st: &models::init_state::StateInfo,
+    json: bool,
+) -> Result<()> {
+    if json {
+        let v = serde_json::json!({
+            "path": path.display().to_string(),
+            "source": source,
+            "kind": "state",
+            "layers": st.n_layer,
+            "heads": st.n_head,
+            "head_size": st.head_size,
+            "width": st.width(),
+            "stored_dtype": st.dtype.name(),
+            "file_bytes": ckpt.file_size,
+        });
+        return crate::outln!("{v}");
+    }
+    crate::cli::print_out(&format!(
+        "path          {}\nsource        {source}\n\
+         kind          state-tuned initial state (no model weights; use it with --init-state)\n\
+         layers        {}\nheads         {} × {}\n\
+         fits          RWKV v5, v6 or v7 models of {} layers and width {}\n\
+         stored dtype  {}\nfile size     {}\n",
+        path.display(),
+        st.n_layer,
+        st.n_head,
+        st.head_size,
+        st.n_layer,
+        st.width(),
+        st.dtype.name(),
+        human_bytes(ckpt.file_size),
+    ))
+}
+
 pub fn run(args: InfoArgs) -> Result<()> {
     let (path, source, cached_at) = match &args.model {
         Some(m) => {
@@ -124,6 +163,11 @@ pub fn run(args: InfoArgs) -> Result<()> {
         }
     };
     let ckpt = Checkpoint::open(&path)?;
+    // A state-tuning file (`--init-state`) holds no model: describe the state.
+    let state = models::init_state::inspect(&ckpt)?;
+    if let Some(st) = state.as_ref().filter(|s| !s.in_model) {
+        return describe_state(&path, &source, &ckpt, st, args.json);
+    }
     let c = &models::inspect(&ckpt)?;
     if args.check {
         let bad = non_finite_tensors(&ckpt)?;
@@ -166,6 +210,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "file_bytes": ckpt.file_size,
             "state_bytes": c.state_bytes(),
             "gguf": ckpt.gguf().map(|g| g.summary_json()),
+            "initial_state": state.as_ref().map(|st| st.to_string()),
         });
         let mut v = v;
         if args.check {
@@ -202,6 +247,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "check         every weight is finite ({} tensors read)\n",
             ckpt.tensors().len()
         );
+    }
+    if let Some(st) = &state {
+        out += &format!("initial state {st}\n");
     }
     if let Some(g) = ckpt.gguf() {
         out += &g.summary();
