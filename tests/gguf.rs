@@ -341,3 +341,31 @@ fn damaged_gguf_files_are_refused_with_one_line() {
     b[arch + 4] = b'9';
     assert!(refused("rwkv9.gguf", &b).contains("GGUF architecture rwkv9 is not one"));
 }
+
+/// Without `--dtype`/`--quant`, a GGUF file of quantized matrices runs in the nearest of our
+/// quantized formats (not f32, which would be 4–8 times its size); a float GGUF runs in f32
+/// like any checkpoint; the flags still decide when given.
+#[test]
+fn a_quantized_gguf_keeps_its_format_unless_the_flags_say_otherwise() {
+    let dtype = |file: &str, extra: &[&str]| -> String {
+        let path = common::fixture_path(file);
+        let mut args = vec!["generate", "-m", path.to_str().unwrap()];
+        args.extend_from_slice(&["-p", "Hi", "-n", "2", "--stats-json"]);
+        args.extend_from_slice(extra);
+        let o = common::run(&args);
+        assert!(o.status.success(), "{file}: {}", common::stderr(&o));
+        let line = common::stderr(&o)
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v["model"]["dtype"].as_str().unwrap().to_string()
+    };
+    assert_eq!(dtype("v7_q4_0.gguf", &[]), "q4_0");
+    assert_eq!(dtype("v7_q8_0.gguf", &[]), "q8_0");
+    assert_eq!(dtype("v7_f16.gguf", &[]), "f32");
+    assert_eq!(dtype("v7_q4_0.gguf", &["--dtype", "f32"]), "f32");
+    assert_eq!(dtype("v7_q4_0.gguf", &["--quant", "q8_0"]), "q8_0");
+}

@@ -197,10 +197,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let started = Instant::now();
     let path = args.model.resolve()?;
     // What a decode step reads, from the checkpoint's index (the weights are not read).
-    let weight_bytes = decode_weight_bytes(
-        &rwkv_cli::checkpoint::Checkpoint::open(&path)?,
-        args.model.format()?,
-    );
+    let weight_bytes = {
+        let ckpt = rwkv_cli::checkpoint::Checkpoint::open(&path)?;
+        decode_weight_bytes(&ckpt, args.model.format_for(&ckpt)?)
+    };
     let cache_bytes = last_level_cache_bytes();
     // Before the model is loaded, so that the probes' buffers never add to the model's peak
     // (the allocator reuses what they leave for the weights).

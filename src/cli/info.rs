@@ -12,7 +12,7 @@ use rwkv_cli::stats::{human_bytes, human_count};
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
-    /// Checkpoint: a file (.pth or .safetensors), a catalogue alias (see `rwkv-cli models`) or
+    /// Checkpoint: a file (.pth, .safetensors or .gguf; or a state-tuning file), a catalogue alias (see `rwkv-cli models`) or
     /// owner/repo:file.pth[@revision] on the Hugging Face Hub (also owner/repo/file.pth, hf://owner/repo/file.pth
     /// or a huggingface.co …/resolve/… or …/blob/… link). Default: the embedded model.
     pub model: Option<String>,

@@ -15,14 +15,17 @@ use std::path::{Path, PathBuf};
 /// The model-loading flags (flattened into a command's own).
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Checkpoint: a file (.pth or .safetensors), a catalogue alias (see `rwkv-cli models`) or
-    /// owner/repo:file.pth[@revision] on the Hugging Face Hub (also owner/repo/file.pth, hf://owner/repo/file.pth
-    /// or a huggingface.co …/resolve/… or …/blob/… link). Default: the embedded model.
+    /// Checkpoint: a file (.pth, .safetensors or llama.cpp's .gguf), a catalogue alias (see
+    /// `rwkv-cli models`) or owner/repo:file.pth[@revision] on the Hugging Face Hub (also
+    /// owner/repo/file.pth, hf://owner/repo/file.pth or a huggingface.co …/resolve/… or …/blob/…
+    /// link). Default: the embedded model.
     #[arg(long, short)]
     pub model: Option<String>,
-    /// Compute dtype of the weight matrices: f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: Format,
+    /// Compute dtype of the weight matrices: f32, f16 or bf16 (default f32; a GGUF file whose
+    /// matrices are quantized runs in the nearest quantized format, q8_0 or q4_0, unless
+    /// --dtype or --quant says otherwise).
+    #[arg(long)]
+    pub dtype: Option<Format>,
     /// Quantize the weight matrices at load time: q8_0 or q4_0 (instead of --dtype).
     #[arg(long, conflicts_with = "dtype")]
     pub quant: Option<Format>,
@@ -49,6 +52,30 @@ impl InitStateArgs {
             Some(p) => models::init_state::load(p, model.config()),
             None => Ok(model.new_state()),
         }
+    }
+}
+
+/// The quantized format nearest to the quantized ggml type that holds most of a GGUF file's
+/// layer matrices: Q8_0 and the 5/6-bit K-quants → q8_0; Q4_0 and Q4_K → q4_0. `None` for a
+/// file with no quantized layer matrix (it computes in f32 like any checkpoint). The embedding
+/// and head are left out (llama-quantize gives them their own types), and so are the small
+/// matrices the converter keeps in float (LoRAs, the fused token-shift mixes).
+fn gguf_native_format(g: &rwkv_cli::checkpoint::gguf::Gguf) -> Option<Format> {
+    let mut bytes: Vec<(&str, usize)> = Vec::new();
+    let layer_quantized = |t: &&rwkv_cli::checkpoint::gguf::TensorInfo| {
+        t.name.starts_with("blk.") && t.ne.len() >= 2 && t.ty.block > 1
+    };
+    for t in g.tensors.iter().filter(layer_quantized) {
+        match bytes.iter_mut().find(|(n, _)| *n == t.ty.name) {
+            Some((_, b)) => *b += t.len,
+            None => bytes.push((t.ty.name, t.len)),
+        }
+    }
+    let (name, _) = bytes.into_iter().max_by_key(|&(_, b)| b)?;
+    match name {
+        "Q8_0" | "Q6_K" | "Q5_K" => Some(Format::Q8_0),
+        "Q4_0" | "Q4_K" => Some(Format::Q4_0),
+        _ => None,
     }
 }
 
@@ -100,7 +127,19 @@ impl ModelArgs {
     /// The weights' format: `--quant` when given (it must be a quantized one), else `--dtype`.
     /// A usage error otherwise.
     pub fn format(&self) -> Result<Format> {
-        effective_dtype(self.dtype, self.quant).map_err(|e| UsageError(format!("{e:#}")).into())
+        effective_dtype(self.dtype.unwrap_or(Format::F32), self.quant)
+            .map_err(|e| UsageError(format!("{e:#}")).into())
+    }
+
+    /// The weights' format for this checkpoint: [`format`](Self::format), except that without
+    /// `--dtype` or `--quant` a GGUF file of quantized matrices keeps (nearly) its own format
+    /// instead of growing to f32.
+    pub fn format_for(&self, ckpt: &Checkpoint) -> Result<Format> {
+        let flags = self.format()?;
+        if self.dtype.is_some() || self.quant.is_some() {
+            return Ok(flags);
+        }
+        Ok(ckpt.gguf().and_then(gguf_native_format).unwrap_or(flags))
     }
 
     /// The checkpoint file `--model` names (downloaded into the cache if needed).
@@ -110,8 +149,8 @@ impl ModelArgs {
 
     /// Opens the checkpoint at `path` and loads the model in the flags' format.
     pub fn load_from(&self, path: PathBuf) -> Result<Loaded> {
-        let format = self.format()?;
         let checkpoint = Checkpoint::open(&path)?;
+        let format = self.format_for(&checkpoint)?;
         let model = models::load_checkpoint(&checkpoint, LoadOptions { dtype: format })
             .map_err(|e| naming_the_file(e, &path))?;
         let config = model.config().clone();

@@ -306,7 +306,7 @@ pub fn local_file(spec: &str) -> Result<PathBuf> {
         } else {
             "not a regular file"
         };
-        bail!("model file {spec} is {what}: give a checkpoint file (.pth or .safetensors)");
+        bail!("model file {spec} is {what}: give a checkpoint file (.pth, .safetensors or .gguf)");
     }
     // rwkv.cpp's own format (ggml, magic "ggmf"): say so rather than fail as safetensors.
     let mut magic = [0u8; 4];
@@ -316,7 +316,7 @@ pub fn local_file(spec: &str) -> Result<PathBuf> {
     });
     if matches!(head, Ok(4)) && matches!(u32::from_le_bytes(magic), 0x6767_6d66 | 0x6767_6d6c) {
         bail!(
-            "model file {spec} is in rwkv.cpp's ggml format, which rwkv-cli does not read: use the original PyTorch .pth or a .safetensors checkpoint of the same model"
+            "model file {spec} is in rwkv.cpp's ggml format, which rwkv-cli does not read: use the original PyTorch .pth, a .safetensors or a llama.cpp .gguf file of the same model"
         );
     }
     Ok(p)

@@ -49,7 +49,7 @@ pub const DEFAULT_CONTEXTS: [usize; 7] = [512, 1024, 2048, 4096, 8192, 16384, 32
 
 #[derive(Args, Debug, Clone)]
 pub struct CompareArgs {
-    /// The RWKV checkpoint to compare: a file (.pth or .safetensors), a catalogue alias (see
+    /// The RWKV checkpoint to compare: a file (.pth, .safetensors or .gguf), a catalogue alias (see
     /// `rwkv-cli models`) or owner/repo:file.pth[@revision] on the Hugging Face Hub. Default:
     /// the embedded model.
     #[arg(long, short)]
