@@ -701,3 +701,40 @@ fn batched_step_matches_single_steps(fixture_name: &str) {
     }
     eprintln!("batched step, {fixture_name}: max logit difference {worst:e}");
 }
+
+/// `--init-state`: every request starts from the state-tuned state, so a greedy completion
+/// equals `generate --init-state` (and differs from the server without it), also when the
+/// prompt's prefix comes from the cache.
+#[test]
+fn an_init_state_is_where_every_request_starts() {
+    let model = common::fixture_path("v7.safetensors");
+    let state = common::fixture_path("v7.state.pth");
+    let (m, st) = (model.to_str().unwrap(), state.to_str().unwrap());
+    let prompt = "Hello there";
+    let generate_from = |init: bool| -> String {
+        let mut args = vec!["generate", "-m", m, "--temperature", "0", "-q", "-n", "12"];
+        if init {
+            args.extend_from_slice(&["--init-state", st]);
+        }
+        args.extend_from_slice(&["--prompt", prompt]);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let expected = generate_from(true);
+    assert_ne!(
+        expected,
+        generate_from(false),
+        "the state changes nothing here"
+    );
+    let s = Server::start(&["-m", m, "--init-state", st]);
+    let id = "v7";
+    for _ in 0..2 {
+        // The second request finds its prompt's state in the cache.
+        let v = s.ok(
+            "/v1/completions",
+            json!({"model": id, "prompt": prompt, "max_tokens": 12, "temperature": 0}),
+        );
+        assert_eq!(completion_text(&v), expected);
+    }
+}

@@ -7,7 +7,7 @@
 //! events ending in `data: [DONE]`. Errors are OpenAI error objects. One line per request on
 //! stderr. SIGINT/SIGTERM: stop accepting, finish the requests in flight, exit 0.
 
-use super::model_args::ModelArgs;
+use super::model_args::{InitStateArgs, ModelArgs};
 use anyhow::{Context, Result};
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -58,6 +58,8 @@ Exit status: 0 success (also after SIGINT or SIGTERM, once the requests in fligh
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub init: InitStateArgs,
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -990,6 +992,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let state_bytes = loaded.config.state_bytes();
     let model: Arc<dyn rwkv_cli::models::Model> = Arc::from(loaded.model);
+    // One start state for every request (so that cached prefixes stay valid).
+    let initial_state = match &args.init.init_state {
+        Some(_) => Some(args.init.start(model.as_ref())?),
+        None => None,
+    };
     let tok: Arc<dyn Tokenizer> = Arc::from(tok);
     drop(loaded.checkpoint);
     let engine = Engine::start(
@@ -1000,6 +1007,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             cache_bytes,
             max_queue: args.max_queue,
             prefill_chunk: args.chunk,
+            initial_state,
         },
     );
     let app = Arc::new(App {

@@ -45,6 +45,9 @@ pub struct EngineOptions {
     pub max_queue: usize,
     /// Prompt tokens read per sequence and step.
     pub prefill_chunk: usize,
+    /// The state every request starts from before its first token (a state-tuned initial
+    /// state); `None`: the model's fresh state. One per server, so cached prefixes stay valid.
+    pub initial_state: Option<crate::models::State>,
 }
 
 impl Default for EngineOptions {
@@ -54,6 +57,7 @@ impl Default for EngineOptions {
             cache_bytes: 512 << 20,
             max_queue: 64,
             prefill_chunk: DEFAULT_CHUNK,
+            initial_state: None,
         }
     }
 }
@@ -354,7 +358,10 @@ impl Worker {
                 stops,
                 pending: Vec::new(),
             },
-            state: self.model.new_state(),
+            state: match &self.opts.initial_state {
+                Some(s) => s.clone(),
+                None => self.model.new_state(),
+            },
             read: 0,
             fed: job.tokens.clone(),
             cached_tokens: 0,
