@@ -244,6 +244,10 @@ fn read_prompt(prompt: Option<&std::ffi::OsStr>) -> Result<Vec<u8>> {
     }
 }
 
+/// Prompts of at least this many tokens show a progress bar while they are read (when stderr
+/// is a terminal).
+const LONG_PROMPT_TOKENS: usize = 4096;
+
 /// Holds back output that might be the start of a stop string.
 struct StopFilter {
     stops: Vec<Vec<u8>>,
@@ -418,9 +422,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     // Ctrl-C: generation stops at the next token and still reports its stats.
     super::catch_interrupt();
 
-    // The prompt: sequence path, chunk by chunk.
+    // The prompt: sequence path, chunk by chunk (a long one shows a progress bar on a
+    // terminal's stderr; hidden otherwise).
     let t0 = Instant::now();
     let mut prompt_done = 0;
+    let bar = if tokens.len() >= LONG_PROMPT_TOKENS {
+        super::token_progress_bar(tokens.len())
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     for c in tokens.chunks(args.chunk) {
         if super::interrupted() {
             break;
@@ -428,7 +438,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         logits = Some(model.forward_seq(c, &mut state, false)?);
         seen += c.len() as u64;
         prompt_done += c.len();
+        bar.set_position(prompt_done as u64);
     }
+    bar.finish_and_clear();
     let prompt_secs = t0.elapsed().as_secs_f64();
 
     let stdout = std::io::stdout();
