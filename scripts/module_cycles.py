@@ -1,54 +1,117 @@
 #!/usr/bin/env python3
-"""Import cycles between sibling modules of the library, from cargo-modules' graph.
+"""Import cycles between sibling modules of the library (src/, less the binary's main.rs and cli/).
 
-    cargo install cargo-modules --version 0.27.0 --locked
-    cargo modules dependencies --lib --no-externs --no-sysroot --no-fns --no-traits \
-        --no-types --no-owns > /tmp/deps.dot
-    python3 scripts/module_cycles.py /tmp/deps.dot
+    python3 scripts/module_cycles.py [SRC_DIR]
 
-For every module P, every `use` between P's descendants is collapsed onto P's direct children,
-and a cycle among those children is reported (two modules that import each other, directly or
-through others). A module's own `mod.rs` re-exporting its children, and children using what
-their parent defines, is a parent–child relation, not a cycle, and is not reported. Prints
-"sibling cycles: none" and exits 0, or lists them and exits 1.
+Every reference one module makes to another counts — a `use` or a path written in the code
+(`crate::a::b::f()`, `super::x`) — outside comments. For every module P, the references
+between P's descendants are collapsed onto P's direct children, and a cycle among those
+children is reported: two modules that import each other, directly or through others. A
+parent's `mod.rs` re-exporting its children, and children using what their parent defines, is
+the parent–child relation, not a cycle. Prints "sibling cycles: none" and exits 0, or lists
+them and exits 1.
 """
-import re, collections, sys
-sys.setrecursionlimit(10000)
-edges=set()
-for line in open(sys.argv[1]):
-    m=re.match(r'\s*"([^"]+)"\s*->\s*"([^"]+)"',line)
-    if m: edges.add(m.groups())
+import collections, os, re, sys
+
+src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "src")
+src = os.path.normpath(src)
+skip = {"main.rs"}
+files = {}
+for root, dirs, names in os.walk(src):
+    rel = os.path.relpath(root, src)
+    if rel.split(os.sep)[0] == "cli":
+        continue
+    for n in names:
+        if not n.endswith(".rs") or (rel == "." and n in skip):
+            continue
+        parts = [] if rel == "." else rel.split(os.sep)
+        if n == "lib.rs" and rel == ".":
+            mod = []
+        elif n == "mod.rs":
+            mod = parts
+        else:
+            mod = parts + [n[:-3]]
+        files["::".join(["crate"] + mod)] = (os.path.join(root, n), n == "mod.rs" or n == "lib.rs")
+
+modules = set(files)
+
+def longest_module(segs):
+    for k in range(len(segs), 0, -1):
+        cand = "::".join(segs[:k])
+        if cand in modules:
+            return cand
+    return None
+
+def strip_comments(text):
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    return "\n".join(l.split("//")[0] for l in text.splitlines())
+
+def expand(prefix, body):
+    """`a::{b, c::d}` → [a::b, a::c::d] (one level of braces is enough here)."""
+    out = []
+    for item in body.split(","):
+        item = item.strip().split(" as ")[0].strip()
+        if item and item != "self":
+            out.append(prefix + "::" + item)
+        elif item == "self":
+            out.append(prefix)
+    return out
+
+refs = collections.defaultdict(set)
+path_re = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)+)(::\{([^{}]*)\})?")
+for mod, (path, is_dir) in files.items():
+    here = mod.split("::")
+    # `super` of x/mod.rs is x's parent; of x/y.rs is x.
+    parent = here[:-1] if len(here) > 1 else here
+    text = strip_comments(open(path, encoding="utf-8").read())
+    for m in path_re.finditer(text):
+        root, rest, _, braces = m.groups()
+        base = {"crate": ["crate"], "super": parent, "self": here}[root]
+        segs = base + [s for s in rest.split("::") if s]
+        paths = [segs]
+        if braces is not None:
+            paths = [p.split("::") for p in expand("::".join(segs), braces)]
+        for p in paths:
+            target = longest_module(p)
+            if target and target != mod:
+                refs[mod].add(target)
+
 def sccs(nodes, g):
-    idx={};low={};st=[];on=set();out=[];c=[0]
-    def sc(v):
-        idx[v]=low[v]=c[0];c[0]+=1;st.append(v);on.add(v)
+    idx, low, st, on, out, c = {}, {}, [], set(), [], [0]
+    sys.setrecursionlimit(10000)
+    def visit(v):
+        idx[v] = low[v] = c[0]; c[0] += 1; st.append(v); on.add(v)
         for w in g[v]:
-            if w not in idx: sc(w);low[v]=min(low[v],low[w])
-            elif w in on: low[v]=min(low[v],idx[w])
-        if low[v]==idx[v]:
-            comp=[]
+            if w not in idx:
+                visit(w); low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], idx[w])
+        if low[v] == idx[v]:
+            comp = []
             while True:
-                w=st.pop();on.discard(w);comp.append(w)
-                if w==v:break
+                w = st.pop(); on.discard(w); comp.append(w)
+                if w == v:
+                    break
             out.append(comp)
     for v in nodes:
-        if v not in idx: sc(v)
-    return [s for s in out if len(s)>1]
-def level(path, depth): return "::".join(path.split("::")[:depth])
-bad=[]
-# For every parent module P, collapse descendants to P's direct children and look for cycles among siblings.
-parents=set()
-for a,b in edges:
-    for p in (a,b):
-        parts=p.split("::")
-        for d in range(1,len(parts)): parents.add("::".join(parts[:d]))
-for P in sorted(parents):
-    d=len(P.split("::"))+1
-    g=collections.defaultdict(set); nodes=set()
-    for a,b in edges:
-        if a.startswith(P+"::") and b.startswith(P+"::"):
-            ca,cb=level(a,d),level(b,d)
-            if ca!=cb: g[ca].add(cb); nodes|={ca,cb}
-    for c in sccs(sorted(nodes), g): bad.append((P,c))
-print("sibling cycles:", bad if bad else "none")
-sys.exit(1 if bad else 0)
+        if v not in idx:
+            visit(v)
+    return [s for s in out if len(s) > 1]
+
+bad = []
+for P in sorted(modules):
+    d = len(P.split("::")) + 1
+    g, nodes = collections.defaultdict(set), set()
+    for a, targets in refs.items():
+        for b in targets:
+            if a.startswith(P + "::") and b.startswith(P + "::"):
+                ca, cb = "::".join(a.split("::")[:d]), "::".join(b.split("::")[:d])
+                if ca != cb:
+                    g[ca].add(cb); nodes |= {ca, cb}
+    for comp in sccs(sorted(nodes), g):
+        bad.append((P, sorted(comp)))
+if bad:
+    for P, comp in bad:
+        print(f"sibling cycle under {P}: {' <-> '.join(comp)}")
+    sys.exit(1)
+print(f"sibling cycles: none ({len(modules)} modules, {sum(len(v) for v in refs.values())} references)")
