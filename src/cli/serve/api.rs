@@ -1,0 +1,381 @@
+//! Requests read and checked into what the engine runs ([`parse_request`]: prompt or chat
+//! messages, sampling, stops, streaming), and the OpenAI error objects every failure answers
+//! with (logged, one line per request).
+
+use super::App;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use rwkv_cli::chat::{self, Think};
+use rwkv_cli::sampler::SamplerConfig;
+use rwkv_cli::serve::Outcome;
+use rwkv_cli::tokenizer::Tokenizer;
+use serde_json::{json, Map, Value};
+use std::time::Instant;
+
+/// An OpenAI error object with its status.
+pub(super) struct ApiError {
+    pub(super) status: StatusCode,
+    pub(super) message: String,
+    pub(super) kind: &'static str,
+    pub(super) param: Option<String>,
+    pub(super) code: Option<&'static str>,
+}
+
+impl ApiError {
+    pub(super) fn bad(message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.map(str::to_string),
+            code: None,
+        }
+    }
+
+    pub(super) fn response(&self) -> Response {
+        let body = json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// One line per request on stderr.
+pub(super) fn log_line(path: &str, status: u16, usage: Option<&Outcome>, t0: Instant) {
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    match usage {
+        Some(u) => crate::errln!(
+            "POST {path} {status} prompt_tokens={} cached_tokens={} completion_tokens={} finish={} {ms:.0}ms",
+            u.prompt_tokens,
+            u.cached_tokens,
+            u.completion_tokens,
+            u.finish.name()
+        ),
+        None => crate::errln!("{path} {status} {ms:.0}ms"),
+    }
+}
+
+pub(super) fn fail(path: &str, t0: Instant, e: ApiError) -> Response {
+    log_line(&format!("POST {path}"), e.status.as_u16(), None, t0);
+    e.response()
+}
+
+/// Which endpoint a request came through.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Completion,
+    Chat,
+}
+
+impl Kind {
+    pub(super) fn path(self) -> &'static str {
+        match self {
+            Kind::Completion => "/v1/completions",
+            Kind::Chat => "/v1/chat/completions",
+        }
+    }
+}
+
+/// A validated request.
+pub(super) struct Parsed {
+    pub(super) tokens: Vec<u32>,
+    pub(super) sampler: SamplerConfig,
+    pub(super) max_tokens: usize,
+    pub(super) stops: Vec<Vec<u8>>,
+    pub(super) stream: bool,
+    pub(super) include_usage: bool,
+}
+
+fn type_error(name: &str, what: &str) -> ApiError {
+    ApiError::bad(
+        format!("Invalid type for '{name}': expected {what}."),
+        Some(name),
+    )
+}
+
+fn opt_f32(o: &Map<String, Value>, name: &str, default: f32) -> Result<f32, ApiError> {
+    match o.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => Ok(n.as_f64().unwrap_or(f64::NAN) as f32),
+        Some(_) => Err(type_error(name, "a number")),
+    }
+}
+
+fn opt_bool(o: &Map<String, Value>, name: &str) -> Result<bool, ApiError> {
+    match o.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(type_error(name, "a boolean")),
+    }
+}
+
+fn opt_int(o: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
+    match o.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| type_error(name, "an integer")),
+        Some(_) => Err(type_error(name, "an integer")),
+    }
+}
+
+/// The text of a message's `content`: a string, or an array of `{"type": "text", "text"}`.
+fn content_text(v: Option<&Value>, param: &str) -> Result<String, ApiError> {
+    match v {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut out = String::new();
+            for p in parts {
+                match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => out.push_str(t),
+                    _ => {
+                        return Err(ApiError::bad(
+                            "Only text content parts ({\"type\": \"text\", \"text\": ...}) are supported.",
+                            Some(param),
+                        ))
+                    }
+                }
+            }
+            Ok(out)
+        }
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(_) => Err(type_error(param, "a string or an array of text parts")),
+    }
+}
+
+/// The G1 conversation text of `messages`, tokenized part by part as `chat` reads it, ending
+/// with the assistant's prefix.
+fn chat_tokens(tok: &dyn Tokenizer, messages: &Value) -> Result<Vec<u32>, ApiError> {
+    let Value::Array(list) = messages else {
+        return Err(type_error("messages", "an array"));
+    };
+    if list.is_empty() {
+        return Err(ApiError::bad(
+            "'messages' must contain at least one message.",
+            Some("messages"),
+        ));
+    }
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    for (i, m) in list.iter().enumerate() {
+        let param = format!("messages.[{i}]");
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| type_error(&format!("{param}.role"), "a string"))?;
+        let text = content_text(m.get("content"), &format!("{param}.content"))?;
+        let cleaned = chat::clean_message(text.as_bytes());
+        match role {
+            "system" | "developer" => {
+                if !cleaned.is_empty() {
+                    parts.push(chat::system_part(&cleaned));
+                }
+            }
+            "user" => {
+                if cleaned.is_empty() {
+                    return Err(ApiError::bad(
+                        format!("'{param}.content' is empty."),
+                        Some(&param),
+                    ));
+                }
+                parts.push(chat::user_part(&cleaned));
+            }
+            "assistant" => {
+                parts.push(Think::Off.assistant_prefix().to_vec());
+                let mut reply = b" ".to_vec();
+                reply.extend_from_slice(&cleaned);
+                reply.extend_from_slice(chat::END_OF_TURN);
+                parts.push(reply);
+            }
+            other => {
+                return Err(ApiError::bad(
+                    format!("Invalid value for '{param}.role': '{other}' (expected system, developer, user or assistant)."),
+                    Some(&format!("{param}.role")),
+                ))
+            }
+        }
+    }
+    if list
+        .last()
+        .and_then(|m| m.get("role"))
+        .and_then(Value::as_str)
+        != Some("user")
+    {
+        return Err(ApiError::bad(
+            "The last message must be the user's.",
+            Some("messages"),
+        ));
+    }
+    parts.push(Think::Off.assistant_prefix().to_vec());
+    let mut tokens = Vec::new();
+    for p in &parts {
+        tokens.extend(
+            tok.encode(p)
+                .map_err(|e| ApiError::bad(format!("{e:#}"), None))?,
+        );
+    }
+    Ok(tokens)
+}
+
+pub(super) fn parse_request(app: &App, kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad(
+            format!("We could not parse the JSON body of your request: {e}."),
+            None,
+        )
+    })?;
+    let Value::Object(o) = v else {
+        return Err(ApiError::bad(
+            "The request body must be a JSON object.",
+            None,
+        ));
+    };
+    match o.get("model") {
+        Some(Value::String(m)) if *m == app.model_id => {}
+        Some(Value::String(m)) => {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!(
+                    "The model `{m}` does not exist (this server runs `{}`).",
+                    app.model_id
+                ),
+                kind: "invalid_request_error",
+                param: Some("model".into()),
+                code: Some("model_not_found"),
+            })
+        }
+        None | Some(Value::Null) => {
+            return Err(ApiError::bad(
+                "You must provide a model parameter.",
+                Some("model"),
+            ))
+        }
+        Some(_) => return Err(type_error("model", "a string")),
+    }
+    if let Some(n) = opt_int(&o, "n")? {
+        if n != 1 {
+            return Err(ApiError::bad("Only n = 1 is supported.", Some("n")));
+        }
+    }
+    match o.get("logprobs") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        Some(_) => {
+            return Err(ApiError::bad(
+                "logprobs are not supported.",
+                Some("logprobs"),
+            ))
+        }
+    }
+    let chat = kind == Kind::Chat;
+    let sampler = SamplerConfig {
+        temperature: opt_f32(&o, "temperature", 1.0)?,
+        top_p: opt_f32(&o, "top_p", if chat { 0.3 } else { 0.85 })?,
+        top_k: 0,
+        presence_penalty: opt_f32(&o, "presence_penalty", if chat { 0.5 } else { 0.0 })?,
+        frequency_penalty: opt_f32(&o, "frequency_penalty", if chat { 0.5 } else { 0.0 })?,
+        seed: opt_int(&o, "seed")?.map_or(42, |s| s as u64),
+        ..SamplerConfig::default()
+    };
+    if let Err(e) = sampler.validate() {
+        let msg = format!("{e:#}").replace("--", "").replace('-', "_");
+        return Err(ApiError::bad(msg, None));
+    }
+    let max_name = if chat && o.contains_key("max_completion_tokens") {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    let max_tokens = match opt_int(&o, max_name)? {
+        None => {
+            if chat {
+                1000
+            } else {
+                16
+            }
+        }
+        Some(n) if n < 0 => {
+            return Err(ApiError::bad(
+                format!("Invalid '{max_name}': integer below minimum value. Expected a value >= 0, but got {n} instead."),
+                Some(max_name),
+            ))
+        }
+        Some(n) => n as usize,
+    };
+    let stops = match o.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|s| {
+                s.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| type_error("stop", "a string or an array of strings"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(type_error("stop", "a string or an array of strings")),
+    };
+    let stops = stops
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .map(String::into_bytes)
+        .collect();
+    let stream = opt_bool(&o, "stream")?;
+    let include_usage = match o.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(so)) => opt_bool(so, "include_usage")?,
+        Some(_) => return Err(type_error("stream_options", "an object")),
+    };
+    let tokens = match kind {
+        Kind::Completion => {
+            let prompt = match o.get("prompt") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                    a[0].as_str().unwrap_or_default().to_string()
+                }
+                None | Some(Value::Null) => {
+                    return Err(ApiError::bad("You must provide a prompt.", Some("prompt")))
+                }
+                Some(_) => return Err(type_error("prompt", "a string")),
+            };
+            let mut t = app
+                .tok
+                .encode(prompt.as_bytes())
+                .map_err(|e| ApiError::bad(format!("{e:#}"), Some("prompt")))?;
+            if t.is_empty() {
+                // As `generate` does: an empty prompt starts a new document.
+                t.push(app.tok.eot_token().unwrap_or(0));
+            }
+            t
+        }
+        Kind::Chat => chat_tokens(
+            app.tok.as_ref(),
+            o.get("messages")
+                .ok_or_else(|| ApiError::bad("You must provide messages.", Some("messages")))?,
+        )?,
+    };
+    if tokens.len() > app.max_prompt_tokens {
+        return Err(ApiError {
+            code: Some("context_length_exceeded"),
+            ..ApiError::bad(
+                format!(
+                    "The prompt has {} tokens; this server accepts at most {} (--max-prompt-tokens).",
+                    tokens.len(),
+                    app.max_prompt_tokens
+                ),
+                Some(if chat { "messages" } else { "prompt" }),
+            )
+        });
+    }
+    Ok(Parsed {
+        tokens,
+        sampler,
+        max_tokens,
+        stops,
+        stream,
+        include_usage,
+    })
+}

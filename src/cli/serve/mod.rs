@@ -1,0 +1,259 @@
+//! `rwkv-cli serve`: an OpenAI-compatible HTTP server (tokio + axum) in front of the serving
+//! engine ([`rwkv_cli::serve`]: one model worker, continuous batching, prefix-state cache).
+//!
+//! Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/completions`,
+//! `POST /v1/chat/completions` (messages in the G1 format of `rwkv-cli chat`). Responses carry
+//! `usage` with `prompt_tokens_details.cached_tokens`; `stream: true` answers with server-sent
+//! events ending in `data: [DONE]`. Errors are OpenAI error objects. One line per request on
+//! stderr. SIGINT/SIGTERM: stop accepting, finish the requests in flight, exit 0.
+//!
+//! This module holds the flags and the wiring (`run`); [`api`] reads requests into engine jobs
+//! and writes OpenAI error objects, [`reply`] turns the engine's events into whole responses or
+//! server-sent events, and [`routes`] has the axum handlers and the API-key check.
+
+mod api;
+mod reply;
+mod routes;
+
+use super::model_args::{InitStateArgs, ModelArgs};
+use anyhow::{Context, Result};
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+use clap::Args;
+use routes::{auth, chat_completions, completions, health, list_models, not_found};
+use rwkv_cli::serve::{Engine, EngineOptions};
+use rwkv_cli::tokenizer::Tokenizer;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const AFTER_HELP: &str = "\
+The server speaks the OpenAI API: point a client's base URL at http://HOST:PORT/v1.
+Defaults when a request leaves them out: completions sample as `generate` does (temperature 1,
+top_p 0.85, no penalties, max_tokens 16, seed 42); chat completions as `chat` does (temperature
+1, top_p 0.3, presence and frequency penalty 0.5, max_tokens 1000, seed 42). With the same
+settings a reply is the text `generate` or `chat` would write. Chat messages are rendered in
+the G1 format (System:/User:/Assistant:, `\\n\\n` ends a turn); the last message must be the
+user's.
+
+After each request the state at the end of its prompt (and of its reply) is kept, up to
+--state-cache bytes (least recently used first out); a request that begins with a kept prefix
+reads only the rest (usage.prompt_tokens_details.cached_tokens). --api-key (or
+RWKV_CLI_API_KEY) requires `Authorization: Bearer KEY` on every endpoint but /health.
+
+Examples:
+  rwkv-cli serve -m rwkv7-g1-0.4b --quant q8_0          http://127.0.0.1:8000/v1
+  rwkv-cli serve --port 0 --max-batch 4 --state-cache 1GiB
+  RWKV_CLI_API_KEY=secret rwkv-cli serve -m M.pth --host 0.0.0.0 --port 8080
+
+Environment: RWKV_CLI_API_KEY (the API key); RWKV_CLI_CACHE or XDG_CACHE_HOME (where the
+embedded model is unpacked); HF_HOME, HF_HUB_CACHE, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE (Hub
+models); RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_SIMD (force slower kernels).
+
+Exit status: 0 success (also after SIGINT or SIGTERM, once the requests in flight are done),
+1 failure (one line on stderr), 2 usage error.";
+
+#[derive(Args, Debug, Clone)]
+#[command(after_help = AFTER_HELP)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub init: InitStateArgs,
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port; the address is printed on stderr).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` (default: $RWKV_CLI_API_KEY, if set).
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// Requests decoded together at most (one batched step of the model for all of them).
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+    /// Memory for cached prefix states, e.g. 512MiB, 2GiB, 0 (none).
+    #[arg(long, default_value = "512MiB")]
+    pub state_cache: String,
+    /// Requests waiting for a free slot at most; more get 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Longest prompt accepted, in tokens; longer ones get 400.
+    #[arg(long, default_value_t = 32768)]
+    pub max_prompt_tokens: usize,
+    /// Prompt tokens read per request and step (longer prompts are read over several steps,
+    /// between the decode steps of the others).
+    #[arg(long, default_value_t = rwkv_cli::models::DEFAULT_CHUNK)]
+    pub chunk: usize,
+}
+
+/// `512MiB`, `2GiB`, `100MB`, `4096`: bytes.
+pub fn parse_size(s: &str) -> Result<usize> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)
+        .with_context(|| format!("cannot read the size '{s}' (e.g. 512MiB, 2GiB, 0)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => anyhow::bail!(
+            "cannot read the size '{s}': unknown unit '{unit}' (B, KiB, MiB, GiB, KB, MB, GB)"
+        ),
+    };
+    Ok((n * mult) as usize)
+}
+
+struct App {
+    engine: Engine,
+    tok: Arc<dyn Tokenizer>,
+    model_id: String,
+    api_key: Option<String>,
+    max_prompt_tokens: usize,
+    created: u64,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    crate::errln!("shutting down: finishing the requests in flight");
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    if args.max_batch == 0 {
+        rwkv_cli::usage_bail!("--max-batch must be at least 1");
+    }
+    if args.chunk == 0 {
+        rwkv_cli::usage_bail!("--chunk must be at least 1");
+    }
+    if args.max_prompt_tokens == 0 {
+        rwkv_cli::usage_bail!("--max-prompt-tokens must be at least 1");
+    }
+    let cache_bytes = match parse_size(&args.state_cache) {
+        Ok(n) => n,
+        Err(e) => rwkv_cli::usage_bail!("--state-cache: {e:#}"),
+    };
+    let api_key = match args.api_key.clone() {
+        Some(k) => Some(k),
+        None => std::env::var("RWKV_CLI_API_KEY").ok(),
+    };
+    if api_key.as_deref() == Some("") {
+        rwkv_cli::usage_bail!("the API key (--api-key or RWKV_CLI_API_KEY) must not be empty");
+    }
+    args.model.format()?;
+    let (loaded, tok) = args.model.load()?;
+    let model_id = match &args.model.model {
+        Some(_) => loaded
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "rwkv".into()),
+        None => "rwkv-cli-default".to_string(),
+    };
+    let state_bytes = loaded.config.state_bytes();
+    let model: Arc<dyn rwkv_cli::models::Model> = Arc::from(loaded.model);
+    // One start state for every request (so that cached prefixes stay valid).
+    let initial_state = match &args.init.init_state {
+        Some(_) => Some(args.init.start(model.as_ref())?),
+        None => None,
+    };
+    let tok: Arc<dyn Tokenizer> = Arc::from(tok);
+    drop(loaded.checkpoint);
+    let engine = Engine::start(
+        model,
+        tok.clone(),
+        EngineOptions {
+            max_batch: args.max_batch,
+            cache_bytes,
+            max_queue: args.max_queue,
+            prefill_chunk: args.chunk,
+            initial_state,
+        },
+    );
+    let app = Arc::new(App {
+        engine,
+        tok,
+        model_id,
+        api_key,
+        max_prompt_tokens: args.max_prompt_tokens,
+        created: now_secs(),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        let v1 = Router::new()
+            .route("/v1/models", get(list_models))
+            .route("/v1/completions", post(completions))
+            .route("/v1/chat/completions", post(chat_completions))
+            .fallback(not_found)
+            .layer(middleware::from_fn_with_state(app.clone(), auth));
+        let router = Router::new()
+            .route("/health", get(health))
+            .merge(v1)
+            .with_state(app.clone());
+        crate::errln!(
+            "serving {} (state {} per request, cache {}, batch {}) — listening on http://{addr}",
+            app.model_id,
+            rwkv_cli::stats::human_bytes(state_bytes as u64),
+            rwkv_cli::stats::human_bytes(cache_bytes as u64),
+            args.max_batch
+        );
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("the server failed")
+    })?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert_eq!(parse_size("1.5KiB").unwrap(), 1536);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
+}

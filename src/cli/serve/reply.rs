@@ -1,0 +1,335 @@
+//! Replies: the engine's events for one request turned into the whole JSON response, or into
+//! server-sent events ending in `data: [DONE]` (what a reply shows, decoded as UTF-8 as it comes).
+
+use super::api::{fail, log_line, ApiError, Kind};
+use super::{now_secs, App};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use rwkv_cli::chat::{self, ReplyView, Think};
+use rwkv_cli::serve::{Event, Finish, Outcome};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Turns raw bytes into text as they come: valid UTF-8 goes out, an incomplete character at
+/// the end waits, invalid bytes become U+FFFD (as `String::from_utf8_lossy` of the whole).
+#[derive(Default)]
+struct Utf8Stream {
+    buf: Vec<u8>,
+}
+
+impl Utf8Stream {
+    fn push(&mut self, bytes: &[u8]) -> String {
+        self.buf.extend_from_slice(bytes);
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.buf) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.buf.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let good = e.valid_up_to();
+                    match e.error_len() {
+                        None => {
+                            out.push_str(std::str::from_utf8(&self.buf[..good]).expect("valid"));
+                            self.buf.drain(..good);
+                            return out;
+                        }
+                        Some(bad) => {
+                            out.push_str(&String::from_utf8_lossy(&self.buf[..good + bad]));
+                            self.buf.drain(..good + bad);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.buf).into_owned();
+        self.buf.clear();
+        s
+    }
+}
+
+/// What a reply shows: completions the text as is; chat the answer, as `chat` prints it.
+struct Shown {
+    view: Option<ReplyView>,
+    utf8: Utf8Stream,
+}
+
+impl Shown {
+    fn new(kind: Kind) -> Self {
+        Shown {
+            view: (kind == Kind::Chat).then(|| ReplyView::new(Think::Off)),
+            utf8: Utf8Stream::default(),
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> String {
+        match &mut self.view {
+            None => self.utf8.push(bytes),
+            Some(view) => {
+                let mut answer = Vec::new();
+                let _ = view.push(bytes, &mut |p| {
+                    if let chat::Piece::Answer(b) = p {
+                        answer.extend_from_slice(b);
+                    }
+                    Ok(())
+                });
+                self.utf8.push(&answer)
+            }
+        }
+    }
+}
+
+fn usage_json(u: &Outcome) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    })
+}
+
+pub(super) async fn whole_response(
+    app: Arc<App>,
+    kind: Kind,
+    id: String,
+    mut rx: UnboundedReceiver<Event>,
+    t0: Instant,
+) -> Response {
+    let path = kind.path();
+    let mut shown = Shown::new(kind);
+    let mut text = String::new();
+    let outcome = loop {
+        match rx.recv().await {
+            Some(Event::Text(b)) => text.push_str(&shown.push(&b)),
+            Some(Event::Done(o)) => break o,
+            Some(Event::Failed(msg)) => {
+                return fail(
+                    path,
+                    t0,
+                    ApiError {
+                        status: StatusCode::INTERNAL_SERVER_ERROR,
+                        message: msg,
+                        kind: "server_error",
+                        param: None,
+                        code: None,
+                    },
+                )
+            }
+            None => {
+                return fail(
+                    path,
+                    t0,
+                    ApiError {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        message: "The request was dropped by the model worker.".into(),
+                        kind: "server_error",
+                        param: None,
+                        code: None,
+                    },
+                )
+            }
+        }
+    };
+    text.push_str(&shown.utf8.finish());
+    let choice = match kind {
+        Kind::Completion => json!({
+            "text": text, "index": 0, "logprobs": null, "finish_reason": outcome.finish.name(),
+        }),
+        Kind::Chat => json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": null,
+            "finish_reason": outcome.finish.name(),
+        }),
+    };
+    let object = match kind {
+        Kind::Completion => "text_completion",
+        Kind::Chat => "chat.completion",
+    };
+    let body = json!({
+        "id": id,
+        "object": object,
+        "created": now_secs(),
+        "model": app.model_id,
+        "choices": [choice],
+        "usage": usage_json(&outcome),
+    });
+    log_line(path, 200, Some(&outcome), t0);
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// Logs a stream that ended without its `Done` (the client went away).
+struct StreamLog {
+    path: &'static str,
+    t0: Instant,
+    done: bool,
+}
+
+impl Drop for StreamLog {
+    fn drop(&mut self) {
+        if !self.done {
+            crate::errln!(
+                "POST {} 200 stream closed by the client {:.0}ms",
+                self.path,
+                self.t0.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+    }
+}
+
+struct StreamState {
+    app: Arc<App>,
+    kind: Kind,
+    id: String,
+    created: u64,
+    rx: UnboundedReceiver<Event>,
+    shown: Shown,
+    include_usage: bool,
+    /// Events still to send before reading the next engine event.
+    out: std::collections::VecDeque<SseEvent>,
+    finished: bool,
+    log: StreamLog,
+}
+
+impl StreamState {
+    fn chunk(&self, delta: Value, finish: Option<Finish>) -> SseEvent {
+        let choice = match self.kind {
+            Kind::Completion => json!({
+                "text": delta, "index": 0, "logprobs": null,
+                "finish_reason": finish.map(Finish::name),
+            }),
+            Kind::Chat => json!({
+                "index": 0, "delta": delta, "logprobs": null,
+                "finish_reason": finish.map(Finish::name),
+            }),
+        };
+        let object = match self.kind {
+            Kind::Completion => "text_completion",
+            Kind::Chat => "chat.completion.chunk",
+        };
+        let v = json!({
+            "id": self.id, "object": object, "created": self.created,
+            "model": self.app.model_id, "choices": [choice],
+        });
+        SseEvent::default().data(v.to_string())
+    }
+
+    fn text_chunk(&self, text: String) -> SseEvent {
+        match self.kind {
+            Kind::Completion => self.chunk(Value::String(text), None),
+            Kind::Chat => self.chunk(json!({"content": text}), None),
+        }
+    }
+}
+
+pub(super) fn stream_response(
+    app: Arc<App>,
+    kind: Kind,
+    id: String,
+    rx: UnboundedReceiver<Event>,
+    include_usage: bool,
+    t0: Instant,
+) -> Response {
+    let mut st = StreamState {
+        app,
+        kind,
+        id,
+        created: now_secs(),
+        rx,
+        shown: Shown::new(kind),
+        include_usage,
+        out: Default::default(),
+        finished: false,
+        log: StreamLog {
+            path: kind.path(),
+            t0,
+            done: false,
+        },
+    };
+    if kind == Kind::Chat {
+        let first = st.chunk(json!({"role": "assistant", "content": ""}), None);
+        st.out.push_back(first);
+    }
+    let stream = futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(e) = st.out.pop_front() {
+                return Some((Ok::<_, std::convert::Infallible>(e), st));
+            }
+            if st.finished {
+                return None;
+            }
+            match st.rx.recv().await {
+                Some(Event::Text(b)) => {
+                    let t = st.shown.push(&b);
+                    if !t.is_empty() {
+                        let c = st.text_chunk(t);
+                        st.out.push_back(c);
+                    }
+                }
+                Some(Event::Done(o)) => {
+                    let rest = st.shown.utf8.finish();
+                    if !rest.is_empty() {
+                        let c = st.text_chunk(rest);
+                        st.out.push_back(c);
+                    }
+                    let empty = match st.kind {
+                        Kind::Completion => Value::String(String::new()),
+                        Kind::Chat => json!({}),
+                    };
+                    let last = st.chunk(empty, Some(o.finish));
+                    st.out.push_back(last);
+                    if st.include_usage {
+                        let object = match st.kind {
+                            Kind::Completion => "text_completion",
+                            Kind::Chat => "chat.completion.chunk",
+                        };
+                        let v = json!({
+                            "id": st.id, "object": object, "created": st.created,
+                            "model": st.app.model_id, "choices": [], "usage": usage_json(&o),
+                        });
+                        st.out.push_back(SseEvent::default().data(v.to_string()));
+                    }
+                    st.out.push_back(SseEvent::default().data("[DONE]"));
+                    st.finished = true;
+                    st.log.done = true;
+                    log_line(st.kind.path(), 200, Some(&o), st.log.t0);
+                }
+                Some(Event::Failed(msg)) => {
+                    let v = json!({"error": {"message": msg, "type": "server_error", "param": null, "code": null}});
+                    st.out.push_back(SseEvent::default().data(v.to_string()));
+                    st.finished = true;
+                    st.log.done = true;
+                    log_line(st.kind.path(), 500, None, st.log.t0);
+                }
+                None => {
+                    st.finished = true;
+                }
+            }
+        }
+    });
+    Sse::new(stream).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_stream_waits_for_whole_characters() {
+        let mut u = Utf8Stream::default();
+        let e = "é".as_bytes();
+        assert_eq!(u.push(&[b'a', e[0]]), "a");
+        assert_eq!(u.push(&[e[1], 0xff, b'b']), "é\u{fffd}b");
+        assert_eq!(u.push(&[0xc3]), "");
+        assert_eq!(u.finish(), "\u{fffd}");
+    }
+}

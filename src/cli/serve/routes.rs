@@ -1,0 +1,157 @@
+//! The axum handlers: the two generation endpoints (a request checked, queued on the engine,
+//! answered whole or streamed), `/health`, `/v1/models`, unknown URLs, and the API-key check.
+
+use super::api::{fail, parse_request, ApiError, Kind};
+use super::reply::{stream_response, whole_response};
+use super::{now_secs, App};
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use rwkv_cli::serve::{Job, SubmitError};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc::unbounded_channel;
+
+fn request_id(kind: Kind) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let prefix = match kind {
+        Kind::Completion => "cmpl",
+        Kind::Chat => "chatcmpl",
+    };
+    format!(
+        "{prefix}-{:x}{:06x}",
+        now_secs(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub(super) async fn completions(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    handle(app, Kind::Completion, body).await
+}
+
+pub(super) async fn chat_completions(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    handle(app, Kind::Chat, body).await
+}
+
+async fn handle(app: Arc<App>, kind: Kind, body: Bytes) -> Response {
+    let t0 = Instant::now();
+    let path = kind.path();
+    let p = match parse_request(&app, kind, &body) {
+        Ok(p) => p,
+        Err(e) => return fail(path, t0, e),
+    };
+    let (tx, rx) = unbounded_channel();
+    let job = Job {
+        tokens: p.tokens,
+        sampler: p.sampler,
+        max_tokens: p.max_tokens,
+        stops: p.stops,
+        chat: kind == Kind::Chat,
+        sink: Box::new(move |e| tx.send(e).is_ok()),
+    };
+    match app.engine.submit(job) {
+        Ok(()) => {}
+        Err(SubmitError::QueueFull) => return fail(
+            path,
+            t0,
+            ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message:
+                    "The server is busy: too many requests are waiting (--max-queue). Retry later."
+                        .into(),
+                kind: "rate_limit_error",
+                param: None,
+                code: Some("rate_limit_exceeded"),
+            },
+        ),
+        Err(SubmitError::Stopped) => {
+            return fail(
+                path,
+                t0,
+                ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: "The model worker has stopped.".into(),
+                    kind: "server_error",
+                    param: None,
+                    code: None,
+                },
+            )
+        }
+    }
+    let id = request_id(kind);
+    if p.stream {
+        stream_response(app, kind, id, rx, p.include_usage, t0)
+    } else {
+        whole_response(app, kind, id, rx, t0).await
+    }
+}
+
+pub(super) async fn health(State(app): State<Arc<App>>) -> Response {
+    let s = app.engine.stats();
+    Json(json!({
+        "status": "ok",
+        "model": app.model_id,
+        "queued": s.queued,
+        "active": s.active,
+        "cache_entries": s.cache_entries,
+        "cache_bytes": s.cache_bytes,
+    }))
+    .into_response()
+}
+
+pub(super) async fn list_models(State(app): State<Arc<App>>) -> Response {
+    Json(json!({
+        "object": "list",
+        "data": [{"id": app.model_id, "object": "model", "created": app.created, "owned_by": "rwkv-cli"}],
+    }))
+    .into_response()
+}
+
+pub(super) async fn not_found(req: Request) -> Response {
+    let e = ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!(
+            "Unknown request URL: {} {}.",
+            req.method(),
+            req.uri().path()
+        ),
+        kind: "invalid_request_error",
+        param: None,
+        code: Some("unknown_url"),
+    };
+    crate::errln!("{} {} 404", req.method(), req.uri().path());
+    e.response()
+}
+
+/// Checks `Authorization: Bearer KEY` in constant time (when a key is set).
+pub(super) async fn auth(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = &app.api_key {
+        use subtle::ConstantTimeEq;
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or(b"");
+        if !bool::from(given.ct_eq(key.as_bytes())) {
+            crate::errln!("{} {} 401", req.method(), req.uri().path());
+            return ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                message: "Incorrect or missing API key: send `Authorization: Bearer KEY`.".into(),
+                kind: "invalid_request_error",
+                param: None,
+                code: Some("invalid_api_key"),
+            }
+            .response();
+        }
+    }
+    next.run(req).await
+}
