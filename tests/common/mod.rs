@@ -4,6 +4,7 @@
 //! submodules [`safetensors`] and [`pth`].
 #![allow(dead_code)]
 
+pub mod mock_hub;
 pub mod pth;
 pub mod safetensors;
 
