@@ -6,6 +6,7 @@
 
 pub mod mock_hub;
 pub mod pth;
+pub mod runs;
 pub mod safetensors;
 
 /// The fuzz targets' bodies (and the zip CRC-32 that the `.pth` surgery needs).
