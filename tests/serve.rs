@@ -421,8 +421,19 @@ fn concurrent_requests_give_the_texts_of_one_by_one() {
 
 #[test]
 fn bad_requests_get_openai_errors() {
-    let s = Server::start(&["--max-prompt-tokens", "100"]);
+    let s = Server::start(&[
+        "--max-prompt-tokens",
+        "100",
+        "--max-completion-tokens",
+        "1000",
+    ]);
     let cases: &[(&str, &str, u16, Option<&str>)] = &[
+        (
+            "/v1/completions",
+            r#"{"model": "rwkv-cli-default", "prompt": "a", "max_tokens": 1001}"#,
+            400,
+            Some("max_tokens"),
+        ),
         ("/v1/completions", "{not json", 400, None),
         ("/v1/completions", "[1, 2]", 400, None),
         (
@@ -523,6 +534,11 @@ fn bad_requests_get_openai_errors() {
         (got, &v["error"]["code"]),
         (400, &json!("context_length_exceeded"))
     );
+    // A known path with the wrong method: 405 with an error object, and a log line.
+    let (got, v) = s.get("/v1/completions", None);
+    assert_eq!(got, 405, "{v}");
+    assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
+    assert!(s.log().iter().any(|l| l == "GET /v1/completions 405"));
     // The worker is still alive.
     let v = s.ok(
         "/v1/completions",

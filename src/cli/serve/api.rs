@@ -303,6 +303,15 @@ pub(super) fn parse_request(app: &App, kind: Kind, body: &[u8]) -> Result<Parsed
                 Some(max_name),
             ))
         }
+        Some(n) if n as u64 > app.max_completion_tokens as u64 => {
+            return Err(ApiError::bad(
+                format!(
+                    "Invalid '{max_name}': {n} is more than this server generates for one request ({}, --max-completion-tokens).",
+                    app.max_completion_tokens
+                ),
+                Some(max_name),
+            ))
+        }
         Some(n) => n as usize,
     };
     let stops = match o.get("stop") {

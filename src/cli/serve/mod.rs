@@ -21,7 +21,9 @@ use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 use clap::Args;
-use routes::{auth, chat_completions, completions, health, list_models, not_found};
+use routes::{
+    auth, chat_completions, completions, health, list_models, method_not_allowed, not_found,
+};
 use rwkv_cli::serve::{Engine, EngineOptions};
 use rwkv_cli::tokenizer::Tokenizer;
 use std::sync::Arc;
@@ -81,6 +83,10 @@ pub struct ServeArgs {
     /// Longest prompt accepted, in tokens; longer ones get 400.
     #[arg(long, default_value_t = 32768)]
     pub max_prompt_tokens: usize,
+    /// Most tokens one request may ask to generate (max_tokens); more get 400, so that no
+    /// client holds a slot indefinitely.
+    #[arg(long, default_value_t = 32768)]
+    pub max_completion_tokens: usize,
     /// Prompt tokens read per request and step (longer prompts are read over several steps,
     /// between the decode steps of the others).
     #[arg(long, default_value_t = rwkv_cli::models::DEFAULT_CHUNK)]
@@ -120,6 +126,7 @@ struct App {
     model_id: String,
     api_key: Option<String>,
     max_prompt_tokens: usize,
+    max_completion_tokens: usize,
     created: u64,
 }
 
@@ -204,6 +211,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         model_id,
         api_key,
         max_prompt_tokens: args.max_prompt_tokens,
+        max_completion_tokens: args.max_completion_tokens,
         created: now_secs(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -221,9 +229,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .route("/v1/completions", post(completions))
             .route("/v1/chat/completions", post(chat_completions))
             .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(app.clone(), auth));
         let router = Router::new()
             .route("/health", get(health))
+            .method_not_allowed_fallback(method_not_allowed)
             .merge(v1)
             .with_state(app.clone());
         crate::errln!(

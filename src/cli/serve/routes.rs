@@ -128,6 +128,19 @@ pub(super) async fn not_found(req: Request) -> Response {
     e.response()
 }
 
+/// A known path asked with the wrong method: 405 with an OpenAI error object and a log line.
+pub(super) async fn method_not_allowed(req: Request) -> Response {
+    let e = ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!("{} is not allowed on {}.", req.method(), req.uri().path()),
+        kind: "invalid_request_error",
+        param: None,
+        code: Some("method_not_allowed"),
+    };
+    crate::errln!("{} {} 405", req.method(), req.uri().path());
+    e.response()
+}
+
 /// Checks `Authorization: Bearer KEY` in constant time (when a key is set).
 pub(super) async fn auth(
     State(app): State<Arc<App>>,
