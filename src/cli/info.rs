@@ -85,7 +85,7 @@ cached        no (in {}): `info --download` or any command that runs it download
             "version       RWKV {} (catalogue)
 tokenizer     {}
 parameters    about {}
-             download      {}
+download      {}
 description   {}
 ",
             e.version,

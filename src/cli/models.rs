@@ -44,13 +44,19 @@ pub fn run(args: ModelsArgs) -> Result<()> {
         return Ok(());
     }
     let width = rows.iter().map(|(e, _)| e.alias.len()).max().unwrap_or(5);
+    let vwidth = rows
+        .iter()
+        .map(|(e, _)| e.version.chars().count())
+        .chain([7])
+        .max()
+        .unwrap_or(7);
     let mut out = format!(
-        "{:<width$}  {:<7}  {:>6}  {:>10}  {:<6}  SOURCE\n",
+        "{:<width$}  {:<vwidth$}  {:>6}  {:>10}  {:<6}  SOURCE\n",
         "ALIAS", "VERSION", "PARAMS", "DOWNLOAD", "CACHED"
     );
     for (e, cached) in &rows {
         out += &format!(
-            "{:<width$}  {:<7}  {:>6}  {:>10}  {:<6}  {}\n",
+            "{:<width$}  {:<vwidth$}  {:>6}  {:>10}  {:<6}  {}\n",
             e.alias,
             e.version,
             human_count(e.params),
