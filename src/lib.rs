@@ -33,6 +33,7 @@ pub mod sampler;
 pub mod serve;
 pub mod state_file;
 pub mod stats;
+pub mod stop;
 pub mod tokenizer;
 
 #[cfg(test)]

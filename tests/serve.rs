@@ -612,7 +612,14 @@ fn wait_for_health(s: &Server, what: &str, want: u64) {
 
 #[test]
 fn a_full_queue_answers_429_and_a_gone_client_frees_its_slot() {
-    let s = Arc::new(Server::start(&["--max-batch", "1", "--max-queue", "1"]));
+    let s = Arc::new(Server::start(&[
+        "--max-batch",
+        "1",
+        "--max-queue",
+        "1",
+        "--max-completion-tokens",
+        "1000000",
+    ]));
     // Holds the only slot for a long time (a million tokens) until it disconnects.
     let hog = open_stream(&s, 1_000_000);
     wait_for_health(&s, "active", 1);

@@ -116,12 +116,7 @@ fn part(role: &[u8], text: &[u8]) -> Vec<u8> {
 }
 
 /// Where `needle` first occurs in `hay`.
-pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    hay.windows(needle.len()).position(|w| w == needle)
-}
+pub(crate) use crate::stop::find;
 
 /// A piece of a reply as it is shown: the model's reasoning, or its answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

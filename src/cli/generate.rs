@@ -18,6 +18,7 @@ use rwkv_cli::output_file;
 use rwkv_cli::sampler::{Sampler, SamplerConfig};
 use rwkv_cli::state_file;
 use rwkv_cli::stats::{human_bytes, human_count, peak_rss_bytes};
+use rwkv_cli::stop::StopFilter;
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::time::Instant;
@@ -248,50 +249,6 @@ fn read_prompt(prompt: Option<&std::ffi::OsStr>) -> Result<Vec<u8>> {
 /// is a terminal).
 const LONG_PROMPT_TOKENS: usize = 4096;
 
-/// Holds back output that might be the start of a stop string.
-struct StopFilter {
-    stops: Vec<Vec<u8>>,
-    pending: Vec<u8>,
-}
-
-impl StopFilter {
-    /// Adds bytes; returns what can be printed now and whether a stop string was reached.
-    fn push(&mut self, bytes: &[u8]) -> (Vec<u8>, bool) {
-        self.pending.extend_from_slice(bytes);
-        let found = self
-            .stops
-            .iter()
-            .filter_map(|s| find(&self.pending, s))
-            .min();
-        if let Some(at) = found {
-            let out = self.pending[..at].to_vec();
-            self.pending.clear();
-            return (out, true);
-        }
-        // Keep the longest suffix that is a prefix of some stop string.
-        let keep = self
-            .stops
-            .iter()
-            .map(|s| {
-                (1..s.len().min(self.pending.len() + 1))
-                    .rev()
-                    .find(|&n| self.pending.ends_with(&s[..n]))
-                    .unwrap_or(0)
-            })
-            .max()
-            .unwrap_or(0);
-        let out = self.pending.drain(..self.pending.len() - keep).collect();
-        (out, false)
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() {
-        return None;
-    }
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// Writes to stdout; `Ok(false)` when the reader has gone away (closed pipe).
 fn emit(out: &mut impl Write, bytes: &[u8]) -> Result<bool> {
     if bytes.is_empty() {
@@ -467,10 +424,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let t1 = Instant::now();
         let mut sampler = Sampler::new(sampler_cfg);
         // Like ChatRWKV, only generated tokens count towards the penalties, not the prompt.
-        let mut filter = StopFilter {
-            stops: args.stop.iter().map(|s| s.as_bytes().to_vec()).collect(),
-            pending: Vec::new(),
-        };
+        let mut filter = StopFilter::new(args.stop.iter().map(|s| s.as_bytes().to_vec()).collect());
         let mut open = true;
         while generated < args.max_tokens && !super::interrupted() {
             let next = sampler.sample(&logits);
@@ -501,7 +455,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             }
         }
         if open {
-            let rest = std::mem::take(&mut filter.pending);
+            let rest = filter.take_pending();
             emit(&mut out, &rest)?;
         }
         gen_secs = t1.elapsed().as_secs_f64();
@@ -619,35 +573,6 @@ fn print_stats(loaded: &Loaded, s: &RunStats, json: bool) {
 mod tests {
     use super::*;
 
-    fn run_filter(stops: &[&str], pieces: &[&str]) -> (String, bool) {
-        let mut f = StopFilter {
-            stops: stops.iter().map(|s| s.as_bytes().to_vec()).collect(),
-            pending: Vec::new(),
-        };
-        let mut out = Vec::new();
-        for p in pieces {
-            let (o, stop) = f.push(p.as_bytes());
-            out.extend(o);
-            if stop {
-                return (String::from_utf8(out).unwrap(), true);
-            }
-        }
-        out.extend(f.pending);
-        (String::from_utf8(out).unwrap(), false)
-    }
-
-    #[test]
-    fn stop_string_split_across_tokens_is_not_printed() {
-        assert_eq!(
-            run_filter(&["\n\n"], &["Hello", "\n", "\nWorld"]),
-            ("Hello".into(), true)
-        );
-        assert_eq!(
-            run_filter(&["User:"], &["a Us", "er: b"]),
-            ("a ".into(), true)
-        );
-    }
-
     #[test]
     fn logprobs_line_has_the_chosen_token_and_the_best_alternatives() {
         let tok = rwkv_cli::tokenizer::load(rwkv_cli::tokenizer::TokenizerKind::Bytes).unwrap();
@@ -675,14 +600,5 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&logprobs_line(&logits, 1, 0, tok.as_ref())).unwrap();
         assert_eq!(v["top_logprobs"].as_array().unwrap().len(), 0);
-    }
-
-    #[test]
-    fn partial_match_that_diverges_is_printed() {
-        assert_eq!(
-            run_filter(&["STOP"], &["ST", "ART"]),
-            ("START".into(), false)
-        );
-        assert_eq!(run_filter(&[], &["abc"]), ("abc".into(), false));
     }
 }

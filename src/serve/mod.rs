@@ -26,6 +26,7 @@ pub use cache::PrefixCache;
 use crate::chat::format::END_OF_TURN;
 use crate::models::{Model, State, DEFAULT_CHUNK};
 use crate::sampler::{Sampler, SamplerConfig};
+use crate::stop::StopFilter;
 use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -225,43 +226,6 @@ impl Drop for Engine {
     }
 }
 
-/// Holds back text that may be the start of a stop string.
-struct StopFilter {
-    stops: Vec<Vec<u8>>,
-    pending: Vec<u8>,
-}
-
-impl StopFilter {
-    /// Adds bytes; returns what can be shown now and whether a stop string was reached (the
-    /// text then ends before it).
-    fn push(&mut self, bytes: &[u8]) -> (Vec<u8>, bool) {
-        self.pending.extend_from_slice(bytes);
-        let found = self
-            .stops
-            .iter()
-            .filter_map(|s| crate::chat::format::find(&self.pending, s))
-            .min();
-        if let Some(at) = found {
-            let out = self.pending[..at].to_vec();
-            self.pending.clear();
-            return (out, true);
-        }
-        let keep = self
-            .stops
-            .iter()
-            .map(|s| {
-                (1..s.len().min(self.pending.len() + 1))
-                    .rev()
-                    .find(|&n| self.pending.ends_with(&s[..n]))
-                    .unwrap_or(0)
-            })
-            .max()
-            .unwrap_or(0);
-        let out = self.pending.drain(..self.pending.len() - keep).collect();
-        (out, false)
-    }
-}
-
 /// A job in a slot.
 struct Seq {
     job: Job,
@@ -354,10 +318,7 @@ impl Worker {
         };
         let mut seq = Seq {
             sampler: Sampler::new(job.sampler.clone()),
-            filter: StopFilter {
-                stops,
-                pending: Vec::new(),
-            },
+            filter: StopFilter::new(stops),
             state: match &self.opts.initial_state {
                 Some(s) => s.clone(),
                 None => self.model.new_state(),
@@ -508,7 +469,7 @@ impl Worker {
         if let (true, Some(l)) = (seq.fed.len() > seq.job.tokens.len(), logits) {
             self.cache.insert(&seq.fed, &seq.state, l);
         }
-        let rest = std::mem::take(&mut seq.filter.pending);
+        let rest = seq.filter.take_pending();
         if !rest.is_empty() && !(seq.job.sink)(Event::Text(rest)) {
             return;
         }
@@ -525,20 +486,4 @@ impl Worker {
 fn fail(seq: &mut Seq, e: &anyhow::Error) {
     seq.done = true;
     (seq.job.sink)(Event::Failed(format!("{e:#}")));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_filter_holds_back_a_possible_stop() {
-        let mut f = StopFilter {
-            stops: vec![b"\n\n".to_vec()],
-            pending: Vec::new(),
-        };
-        assert_eq!(f.push(b"Hi\n"), (b"Hi".to_vec(), false));
-        assert_eq!(f.push(b"x"), (b"\nx".to_vec(), false));
-        assert_eq!(f.push(b"\n\nmore"), (Vec::new(), true));
-    }
 }
