@@ -538,7 +538,16 @@ fn bad_requests_get_openai_errors() {
     let (got, v) = s.get("/v1/completions", None);
     assert_eq!(got, 405, "{v}");
     assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
-    assert!(s.log().iter().any(|l| l == "GET /v1/completions 405"));
+    // The log is read from the server's stderr by a thread: wait for the line (bounded).
+    let t0 = Instant::now();
+    while !s.log().iter().any(|l| l == "GET /v1/completions 405") {
+        assert!(
+            t0.elapsed() < LIMIT,
+            "no log line for the 405: {:?}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // The worker is still alive.
     let v = s.ok(
         "/v1/completions",

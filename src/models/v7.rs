@@ -279,7 +279,8 @@ impl RwkvV7 {
         })
     }
 
-    /// The time-mix block: `xx` is the block's normalised input; returns its output.
+    /// The time-mix block: `xx` is the block's normalised input (consecutive tokens of one
+    /// sequence); returns its output.
     fn time_mix(
         &self,
         l: &Layer,
@@ -289,15 +290,33 @@ impl RwkvV7 {
     ) -> Result<Mat> {
         let (h_count, n) = (self.cfg.n_head, self.cfg.head_size);
         let prev = token_shift(xx, &mut s.att_shift);
-        let r = l.receptance.forward(&lerp(xx, &prev, &l.x_r))?;
-        let mut k = l.key.forward(&lerp(xx, &prev, &l.x_k))?;
-        let xv = lerp(xx, &prev, &l.x_v);
+        // The recurrence: heads in parallel, each stepping through the tokens.
+        self.time_mix_with(l, xx, &prev, v_first, |r, w, k, v, kk, a| {
+            wkv7(&mut s.wkv, h_count, n, r, w, k, v, kk, a)
+        })
+    }
+
+    /// The time mix from its inputs `xx` and their token-shifted rows `prev`; `recurrence`
+    /// runs the WKV step over (r, w, k, v, κ̂, a) on the right state(s) and returns its rows.
+    #[allow(clippy::type_complexity)]
+    fn time_mix_with(
+        &self,
+        l: &Layer,
+        xx: &Mat,
+        prev: &Mat,
+        v_first: &mut Option<Mat>,
+        recurrence: impl FnOnce(&Mat, &Mat, &Mat, &Mat, &Mat, &Mat) -> Mat,
+    ) -> Result<Mat> {
+        let (h_count, n) = (self.cfg.n_head, self.cfg.head_size);
+        let r = l.receptance.forward(&lerp(xx, prev, &l.x_r))?;
+        let mut k = l.key.forward(&lerp(xx, prev, &l.x_k))?;
+        let xv = lerp(xx, prev, &l.x_v);
         let mut v = l.value.forward(&xv)?;
         // Decay: w = exp(-e^-0.5 · σ(w0 + LoRA(x))), in (e^{-0.607}, 1).
-        let w = add_row(l.w_lora.apply(&lerp(xx, &prev, &l.x_w), f32::tanh)?, &l.w0)
+        let w = add_row(l.w_lora.apply(&lerp(xx, prev, &l.x_w), f32::tanh)?, &l.w0)
             .map(|z| (-0.606_531_f32 * sigmoid(z)).exp());
-        let a = add_row(l.a_lora.apply(&lerp(xx, &prev, &l.x_a), |z| z)?, &l.a0).map(sigmoid);
-        let g = l.g_lora.apply(&lerp(xx, &prev, &l.x_g), sigmoid)?;
+        let a = add_row(l.a_lora.apply(&lerp(xx, prev, &l.x_a), |z| z)?, &l.a0).map(sigmoid);
+        let g = l.g_lora.apply(&lerp(xx, prev, &l.x_g), sigmoid)?;
 
         // κ̂ = normalize(k ⊙ k_k) per head; then k ← k ⊙ (1 + (a − 1) ⊙ k_a).
         let t_count = xx.rows;
@@ -329,8 +348,7 @@ impl RwkvV7 {
             (Some(_), None) => anyhow::bail!("v7: layer 0 must run before the value residual"),
         }
 
-        // The recurrence: heads in parallel, each stepping through the tokens.
-        let mut out = wkv7(&mut s.wkv, h_count, n, &r, &w, &k, &v, &kk, &a);
+        let mut out = recurrence(&r, &w, &k, &v, &kk, &a);
 
         group_norm(&mut out, h_count, &l.ln_x_w, &l.ln_x_b, 64e-5);
         // Bonus: + (Σ_head r ⊙ k ⊙ r_k) · v.
@@ -359,7 +377,21 @@ impl RwkvV7 {
         x0: Option<&Mat>,
     ) -> Result<Mat> {
         let prev = token_shift(xx, &mut s.ffn_shift);
-        let mut k = l.ffn_key.forward(&lerp(xx, &prev, &l.ffn_x_k))?.map(|z| {
+        self.channel_mix_with(l, xx, &prev, tokens, x0)
+    }
+
+    /// The channel mix from its inputs `xx` and their token-shifted rows `prev`. DeepEmbed's
+    /// scale is per row (its token and normalised embedding), so a batch's rows take it as a
+    /// sequence's would.
+    fn channel_mix_with(
+        &self,
+        l: &Layer,
+        xx: &Mat,
+        prev: &Mat,
+        tokens: &[u32],
+        x0: Option<&Mat>,
+    ) -> Result<Mat> {
+        let mut k = l.ffn_key.forward(&lerp(xx, prev, &l.ffn_x_k))?.map(|z| {
             let r = z.max(0.0);
             r * r
         });
@@ -430,73 +462,25 @@ impl RwkvV7 {
                 .collect();
             token_shift_rows(xx, &mut prevs)
         };
-        let r = l.receptance.forward(&lerp(xx, &prev, &l.x_r))?;
-        let mut k = l.key.forward(&lerp(xx, &prev, &l.x_k))?;
-        let xv = lerp(xx, &prev, &l.x_v);
-        let mut v = l.value.forward(&xv)?;
-        let w = add_row(l.w_lora.apply(&lerp(xx, &prev, &l.x_w), f32::tanh)?, &l.w0)
-            .map(|z| (-0.606_531_f32 * sigmoid(z)).exp());
-        let a = add_row(l.a_lora.apply(&lerp(xx, &prev, &l.x_a), |z| z)?, &l.a0).map(sigmoid);
-        let g = l.g_lora.apply(&lerp(xx, &prev, &l.x_g), sigmoid)?;
-
-        let b_count = xx.rows;
-        let mut kk = k.clone();
-        for t in 0..b_count {
-            let row = kk.row_mut(t);
-            for (x, m) in row.iter_mut().zip(&l.k_k) {
-                *x *= m;
-            }
-            for h in row.chunks_mut(n) {
-                let norm = h.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                h.iter_mut().for_each(|x| *x /= norm);
-            }
-            let (kr, ar) = (k.row_mut(t), a.row(t));
-            for ((x, av), ka) in kr.iter_mut().zip(ar).zip(&l.k_a) {
-                *x *= 1.0 + (av - 1.0) * ka;
-            }
-        }
-
-        match (&l.v_mix, v_first.as_ref()) {
-            (None, _) => *v_first = Some(v.clone()),
-            (Some((v0, lora)), Some(vf)) => {
-                let gate = add_row(lora.apply(&xv, |z| z)?, v0).map(sigmoid);
-                for ((x, f), gt) in v.data.iter_mut().zip(&vf.data).zip(&gate.data) {
-                    *x += (f - *x) * gt;
-                }
-            }
-            (Some(_), None) => anyhow::bail!("v7: layer 0 must run before the value residual"),
-        }
-
         // The recurrence: each row on its own sequence's state.
-        let mut out = Mat::zeros(b_count, xx.cols);
-        for (t, s) in states.iter_mut().enumerate() {
-            let o = wkv7(
-                &mut s.wkv,
-                h_count,
-                n,
-                &row_mat(&r, t),
-                &row_mat(&w, t),
-                &row_mat(&k, t),
-                &row_mat(&v, t),
-                &row_mat(&kk, t),
-                &row_mat(&a, t),
-            );
-            out.row_mut(t).copy_from_slice(&o.data);
-        }
-
-        group_norm(&mut out, h_count, &l.ln_x_w, &l.ln_x_b, 64e-5);
-        for t in 0..b_count {
-            let (rt, kt, vt) = (r.row(t), k.row(t), v.row(t));
-            let ot = out.row_mut(t);
-            for h in 0..h_count {
-                let hs = h * n..(h + 1) * n;
-                let bonus: f32 = hs.clone().map(|j| rt[j] * kt[j] * l.r_k[j]).sum();
-                for j in hs {
-                    ot[j] += bonus * vt[j];
-                }
+        self.time_mix_with(l, xx, &prev, v_first, |r, w, k, v, kk, a| {
+            let mut out = Mat::zeros(xx.rows, xx.cols);
+            for (t, s) in states.iter_mut().enumerate() {
+                let o = wkv7(
+                    &mut s.wkv,
+                    h_count,
+                    n,
+                    &row_mat(r, t),
+                    &row_mat(w, t),
+                    &row_mat(k, t),
+                    &row_mat(v, t),
+                    &row_mat(kk, t),
+                    &row_mat(a, t),
+                );
+                out.row_mut(t).copy_from_slice(&o.data);
             }
-        }
-        l.output.forward(&out.hadamard(&g))
+            out
+        })
     }
 
     /// [`RwkvV7::channel_mix`] for a batch (rows as in [`RwkvV7::time_mix_batch`]).
@@ -515,16 +499,7 @@ impl RwkvV7 {
                 .collect();
             token_shift_rows(xx, &mut prevs)
         };
-        let mut k = l.ffn_key.forward(&lerp(xx, &prev, &l.ffn_x_k))?.map(|z| {
-            let r = z.max(0.0);
-            r * r
-        });
-        // DeepEmbed's scale is per row (its token and normalised embedding), so the batch's
-        // rows take it as a sequence's would.
-        if let (Some(de), Some(x0)) = (&l.deep_embed, x0) {
-            k = k.hadamard(&de.scale(xx, tokens, x0)?);
-        }
-        l.ffn_value.forward(&k)
+        self.channel_mix_with(l, xx, &prev, tokens, x0)
     }
 
     /// One token for each of B independent sequences: see [`Model::step_batch`].
