@@ -656,3 +656,22 @@ fn terminal_chat_dims_its_notes_unless_no_color_or_color_never() {
         "invalid value",
     );
 }
+
+#[test]
+fn a_long_prompt_draws_a_progress_bar_on_a_terminal() {
+    // generate reads a 40,000-token prompt (the byte model) with a bar on a terminal's stderr;
+    // a short prompt, or stderr into a pipe, gets none (tests/generate_io.rs reads piped
+    // stderr byte for byte).
+    let text = eval_text();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rwkv-cli"));
+    c.env("RWKV_CLI_CACHE", scratch("cache"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TERM", "xterm")
+        .args(["generate", "-n", "1", "-f", &s(&text)]);
+    let mut session = Session::spawn(c).unwrap();
+    session.set_expect_timeout(Some(Duration::from_secs(120)));
+    let caps = session.expect("peak RSS").unwrap();
+    let shown = String::from_utf8_lossy(caps.before()).into_owned();
+    assert!(shown.contains("/40000 tokens"), "{shown:?}");
+    assert!(shown.contains('\r') || shown.contains('\x1b'), "{shown:?}");
+}
