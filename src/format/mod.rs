@@ -78,6 +78,13 @@ pub struct Traits {
     pub unpack_panel: fn(w: &AlignedBuf, p: usize, in_dim: usize, dst: &mut [f32]),
     /// The kernels that multiply by its panels.
     pub kernel: Kernel,
+    /// Products of at most this many rows take the matrix–vector kernel once per row; more
+    /// rows take the matrix–matrix kernel, which reads the weights once for all of them.
+    /// Measured (`scripts/bench_serve.py`, 2 streams, 0.1B shape, AMD Zen 4): f32 and q8_0
+    /// gain from the matrix–matrix kernel at 2 rows (107 → 153 and 324 → 391 tok/s), bf16,
+    /// whose panels it widens to f32 first, loses half (186 → 79) and q4_0 a little
+    /// (443 → 402): 1 for f32 and q8_0, 2 for the others.
+    pub gemv_max_rows: usize,
     /// How an embedding table keeps rows of it.
     pub rows: RowCodec,
 }
@@ -146,6 +153,7 @@ const TRAITS: [Traits; 5] = [
             in_place: true,
         },
         rows: float::F32_ROWS,
+        gemv_max_rows: 1,
     },
     Traits {
         format: Format::F16,
@@ -163,6 +171,7 @@ const TRAITS: [Traits; 5] = [
             in_place: false,
         },
         rows: float::F16_ROWS,
+        gemv_max_rows: 2,
     },
     Traits {
         format: Format::BF16,
@@ -180,6 +189,7 @@ const TRAITS: [Traits; 5] = [
             in_place: false,
         },
         rows: float::BF16_ROWS,
+        gemv_max_rows: 2,
     },
     Traits {
         format: Format::Q8_0,
@@ -197,6 +207,7 @@ const TRAITS: [Traits; 5] = [
             gemm_panel: crate::kernels::gemm_panel_q8_0,
         },
         rows: q8_0::ROWS,
+        gemv_max_rows: 1,
     },
     Traits {
         format: Format::Q4_0,
@@ -215,6 +226,7 @@ const TRAITS: [Traits; 5] = [
         },
         // An embedding at 4 bits would lose too much: Q4_0 models keep theirs in Q8_0.
         rows: q8_0::ROWS,
+        gemv_max_rows: 2,
     },
 ];
 

@@ -24,9 +24,6 @@ pub struct Linear {
     w: AlignedBuf,
 }
 
-/// Rows of a batch at or below this count use the matrix–vector kernel.
-const GEMV_MAX_ROWS: usize = 2;
-
 /// Products that read fewer weight bytes than this run on the calling thread: handing work
 /// to the pool costs more than it saves.
 const SERIAL_BYTES: usize = 96 * 1024;
@@ -196,7 +193,7 @@ impl Linear {
             );
         }
         let mut out = Mat::zeros(x.rows, self.out_dim);
-        if x.rows <= GEMV_MAX_ROWS {
+        if x.rows <= self.format.traits().gemv_max_rows {
             for t in 0..x.rows {
                 self.gemv(x.row(t), out.row_mut(t));
             }
