@@ -370,8 +370,9 @@ fn negative_numbers_get_the_flags_own_message() {
     for (flag, value, needle) in [
         ("--temperature", "-1", "--temperature must be"),
         ("--top-p", "-0.5", "--top-p must be"),
-        ("-n", "-1", "'--max-tokens"),
-        ("--top-k", "-3", "'--top-k"),
+        ("-n", "-1", "'--max-tokens <MAX_TOKENS>': must be 0 or more"),
+        ("--top-k", "-3", "'--top-k <TOP_K>': must be 0 or more"),
+        ("--chunk", "-2", "'--chunk <CHUNK>': must be 0 or more"),
     ] {
         let o = cli(&["generate", "-m", &m, "-p", "x", flag, value]);
         usage_error(&o, &[needle]);

@@ -64,7 +64,8 @@ pub struct GenerateArgs {
         long,
         allow_negative_numbers = true,
         short = 'n',
-        default_value_t = 200
+        default_value_t = 200,
+        value_parser = super::count
     )]
     pub max_tokens: usize,
     /// Sampling temperature; 0 picks the most likely token (ties to the lowest id).
@@ -74,7 +75,7 @@ pub struct GenerateArgs {
     #[arg(long, allow_negative_numbers = true, default_value_t = 0.85)]
     pub top_p: f32,
     /// Keep only the k most likely tokens (0 = off).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0, value_parser = super::count)]
     pub top_k: usize,
     /// Min-p: drop the tokens less than P times as likely as the most likely one (0 = off).
     #[arg(long, default_value_t = 0.0, value_name = "P")]
@@ -107,7 +108,12 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "FILE")]
     pub logits_out: Option<String>,
     /// Tokens per chunk of the prompt's sequence path.
-    #[arg(long, allow_negative_numbers = true, default_value_t = models::DEFAULT_CHUNK)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = models::DEFAULT_CHUNK,
+        value_parser = super::count
+    )]
     pub chunk: usize,
     /// Resume from a state saved by --state-out (the prompt, if any, continues it).
     #[arg(long, value_name = "FILE", conflicts_with = "init_state")]

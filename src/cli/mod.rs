@@ -134,6 +134,16 @@ impl FilterBrokenPipe for std::io::Result<()> {
     }
 }
 
+/// A count flag's value (clap `value_parser`): a whole number of 0 or more, with the range
+/// said for a negative one (`-n -1`: "must be 0 or more") rather than "invalid digit".
+pub fn count(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<i128>() {
+        Ok(n) if n < 0 => Err(format!("must be 0 or more (got {n})")),
+        Ok(n) => usize::try_from(n).map_err(|_| format!("{n} is too large")),
+        Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
+}
+
 /// Sets the size of the thread pool used by the matrix kernels.
 pub fn init_threads(threads: Option<usize>) -> Result<()> {
     let cores = std::thread::available_parallelism()
