@@ -372,20 +372,9 @@ impl Checkpoint {
     }
 
     /// Checks a tensor's data without converting it: for `.pth`, the CRC of the storage
-    /// entry it lies in (safetensors carry no checksum; their ranges are checked at open).
+    /// entry it lies in (safetensors and GGUF carry no checksum; their ranges are checked at
+    /// open, and a GGUF type that cannot be read is reported as not a float type before this).
     pub fn verify_data(&self, name: &str) -> Result<()> {
-        if let Some(g) = &self.gguf {
-            // No checksum in GGUF; ranges were checked at open. The type must be readable.
-            if let Some(t) = g
-                .sources
-                .get(name)
-                .and_then(|s| g.file.tensors.get(s.tensor))
-            {
-                if !t.ty.readable() {
-                    bail!("tensor {name} ({}): tensor type {} is not supported (rwkv-cli reads F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K)", t.name, t.ty.name);
-                }
-            }
-        }
         let Some(place) = self.places.get(name) else {
             bail!("tensor {name} is missing from {}", self.path.display());
         };

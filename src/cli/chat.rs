@@ -345,10 +345,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
         chunk: args.chunk,
         undo_depth: args.undo_depth,
     };
-    let start = match &args.init.init_state {
-        Some(_) => Some(args.init.start(model.as_ref())?),
-        None => None,
-    };
+    let start = args.init.load(model.as_ref())?;
     let mut conv = Conversation::new(model, Arc::from(tok), opts);
     if let Some(state) = start {
         conv.start_from(state);

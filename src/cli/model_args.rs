@@ -46,12 +46,17 @@ pub struct InitStateArgs {
 }
 
 impl InitStateArgs {
+    /// The `--init-state` file's state, if one was given.
+    pub fn load(&self, model: &dyn Model) -> Result<Option<State>> {
+        self.init_state
+            .as_ref()
+            .map(|p| models::init_state::load(p, model.config()))
+            .transpose()
+    }
+
     /// The state before the first token: the `--init-state` file's, or a fresh one.
     pub fn start(&self, model: &dyn Model) -> Result<State> {
-        match &self.init_state {
-            Some(p) => models::init_state::load(p, model.config()),
-            None => Ok(model.new_state()),
-        }
+        Ok(self.load(model)?.unwrap_or_else(|| model.new_state()))
     }
 }
 

@@ -224,13 +224,7 @@ pub trait Model: Send + Sync {
     /// run the projections as one matrix product over the B rows (the weights are read once
     /// for all of them); this default steps each sequence on its own.
     fn step_batch(&self, tokens: &[u32], states: &mut [&mut State]) -> Result<Vec<f32>> {
-        if tokens.len() != states.len() {
-            bail!(
-                "step_batch: {} tokens for {} states",
-                tokens.len(),
-                states.len()
-            );
-        }
+        check_batch(tokens, states)?;
         let mut out = Vec::with_capacity(tokens.len() * self.config().vocab_size);
         for (&t, s) in tokens.iter().zip(states.iter_mut()) {
             out.extend(self.step(t, s)?);
@@ -309,6 +303,18 @@ pub fn count_layers(ckpt: &Checkpoint) -> Result<usize> {
 }
 
 /// Checks a call's arguments against the model before running it.
+/// A batched step's arguments: one token per state.
+pub(crate) fn check_batch(tokens: &[u32], states: &[&mut State]) -> Result<()> {
+    if tokens.len() != states.len() {
+        bail!(
+            "step_batch: {} tokens for {} states",
+            tokens.len(),
+            states.len()
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn check_call(cfg: &Config, tokens: &[u32], state: &State) -> Result<()> {
     if tokens.is_empty() {
         bail!("no tokens to process");

@@ -422,8 +422,29 @@ impl Model for RwkvV7 {
         self.head.logits(&x, all_logits)
     }
 
+    /// One token for each of B independent sequences: the projections, LoRAs, FFN and head
+    /// run once over the B rows (one read of the weights); token shift and recurrence on each
+    /// row's own state ([`RwkvV7::time_mix_batch`], [`RwkvV7::channel_mix_batch`]).
     fn step_batch(&self, tokens: &[u32], states: &mut [&mut State]) -> Result<Vec<f32>> {
-        self.step_batch_v7(tokens, states)
+        super::check_batch(tokens, states)?;
+        if tokens.len() == 1 {
+            return self.step(tokens[0], states[0]);
+        }
+        for (t, s) in tokens.iter().zip(states.iter()) {
+            super::check_call(&self.cfg, std::slice::from_ref(t), s)?;
+        }
+        let mut x = self.emb.lookup(tokens)?;
+        let x0 = (self.cfg.version == Version::V7DeepEmbed).then(|| x.clone());
+        let mut v_first = None;
+        for (i, l) in self.layers.iter().enumerate() {
+            let mut ls: Vec<&mut LayerState> =
+                states.iter_mut().map(|s| &mut s.layers[i]).collect();
+            let xx = layer_norm(&x, &l.ln1_w, &l.ln1_b);
+            x.add_assign(&self.time_mix_batch(l, &xx, &mut ls, &mut v_first)?);
+            let xx = layer_norm(&x, &l.ln2_w, &l.ln2_b);
+            x.add_assign(&self.channel_mix_batch(l, &xx, &mut ls, tokens, x0.as_ref())?);
+        }
+        self.head.logits(&x, true)
     }
 }
 
@@ -500,35 +521,6 @@ impl RwkvV7 {
             token_shift_rows(xx, &mut prevs)
         };
         self.channel_mix_with(l, xx, &prev, tokens, x0)
-    }
-
-    /// One token for each of B independent sequences: see [`Model::step_batch`].
-    pub fn step_batch_v7(&self, tokens: &[u32], states: &mut [&mut State]) -> Result<Vec<f32>> {
-        if tokens.len() != states.len() {
-            anyhow::bail!(
-                "step_batch: {} tokens for {} states",
-                tokens.len(),
-                states.len()
-            );
-        }
-        if tokens.len() == 1 {
-            return self.step(tokens[0], states[0]);
-        }
-        for (t, s) in tokens.iter().zip(states.iter()) {
-            super::check_call(&self.cfg, std::slice::from_ref(t), s)?;
-        }
-        let mut x = self.emb.lookup(tokens)?;
-        let x0 = (self.cfg.version == Version::V7DeepEmbed).then(|| x.clone());
-        let mut v_first = None;
-        for (i, l) in self.layers.iter().enumerate() {
-            let mut ls: Vec<&mut LayerState> =
-                states.iter_mut().map(|s| &mut s.layers[i]).collect();
-            let xx = layer_norm(&x, &l.ln1_w, &l.ln1_b);
-            x.add_assign(&self.time_mix_batch(l, &xx, &mut ls, &mut v_first)?);
-            let xx = layer_norm(&x, &l.ln2_w, &l.ln2_b);
-            x.add_assign(&self.channel_mix_batch(l, &xx, &mut ls, tokens, x0.as_ref())?);
-        }
-        self.head.logits(&x, true)
     }
 }
 

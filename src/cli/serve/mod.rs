@@ -188,10 +188,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let state_bytes = loaded.config.state_bytes();
     let model: Arc<dyn rwkv_cli::models::Model> = Arc::from(loaded.model);
     // One start state for every request (so that cached prefixes stay valid).
-    let initial_state = match &args.init.init_state {
-        Some(_) => Some(args.init.start(model.as_ref())?),
-        None => None,
-    };
+    let initial_state = args.init.load(model.as_ref())?;
     let tok: Arc<dyn Tokenizer> = Arc::from(tok);
     drop(loaded.checkpoint);
     let engine = Engine::start(
