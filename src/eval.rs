@@ -40,28 +40,17 @@ pub fn score_tokens(
     tok: &dyn Tokenizer,
     tokens: &[u32],
     chunk: usize,
-    progress: impl FnMut(usize),
-) -> Result<Score> {
-    score_tokens_from(model, tok, tokens, chunk, model.new_state(), progress)
-}
-
-/// [`score_tokens`] from a given start state (a state-tuned initial state, say).
-pub fn score_tokens_from(
-    model: &dyn Model,
-    tok: &dyn Tokenizer,
-    tokens: &[u32],
-    chunk: usize,
-    state: State,
     mut progress: impl FnMut(usize),
 ) -> Result<Score> {
-    score_tokens_until(model, tok, tokens, chunk, state, |n| {
+    score_tokens_until(model, tok, tokens, chunk, model.new_state(), |n| {
         progress(n);
         true
     })
 }
 
-/// [`score_tokens_from`], stopping after the chunk for which `progress` (told how many tokens
-/// are done) returns false: the score of the tokens so far (a Ctrl-C).
+/// [`score_tokens`] from a given start state (a state-tuned initial state, say), stopping after
+/// the chunk for which `progress` (told how many tokens are done) returns false: the score of
+/// the tokens so far (a Ctrl-C).
 pub fn score_tokens_until(
     model: &dyn Model,
     tok: &dyn Tokenizer,

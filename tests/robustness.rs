@@ -382,6 +382,18 @@ fn negative_numbers_get_the_flags_own_message() {
             stderr(&o)
         );
     }
+    // chat's counts say the same.
+    for (flag, needle) in [
+        ("-n", "'--max-tokens <MAX_TOKENS>': must be 0 or more"),
+        ("--top-k", "'--top-k <TOP_K>': must be 0 or more"),
+        (
+            "--undo-depth",
+            "'--undo-depth <UNDO_DEPTH>': must be 0 or more",
+        ),
+    ] {
+        let o = cli(&["chat", "-m", &m, flag, "-1"]);
+        usage_error(&o, &[needle]);
+    }
     // Negative penalties are meaningful: accepted.
     let o = cli(&[
         "generate",

@@ -81,7 +81,7 @@ pub struct ChatArgs {
     #[arg(long)]
     pub show_thinking: bool,
     /// Tokens per reply at most (then the turn is ended for the model).
-    #[arg(long, short = 'n', default_value_t = 1000)]
+    #[arg(long, short = 'n', default_value_t = 1000, allow_negative_numbers = true, value_parser = super::count)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 picks the most likely token (after the penalties).
     #[arg(long, default_value_t = 1.0)]
@@ -90,7 +90,7 @@ pub struct ChatArgs {
     #[arg(long, default_value_t = 0.3)]
     pub top_p: f32,
     /// Keep only the k most likely tokens (0 = off).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = super::count)]
     pub top_k: usize,
     /// Min-p: drop the tokens less than P times as likely as the most likely one (0 = off).
     #[arg(long, default_value_t = 0.0, value_name = "P")]
@@ -111,10 +111,10 @@ pub struct ChatArgs {
     #[arg(long, default_value_t = 0.996)]
     pub penalty_decay: f32,
     /// Tokens per chunk of the sequence path (messages).
-    #[arg(long, default_value_t = models::DEFAULT_CHUNK)]
+    #[arg(long, default_value_t = models::DEFAULT_CHUNK, allow_negative_numbers = true, value_parser = super::count)]
     pub chunk: usize,
     /// Turns that /undo and /retry can go back (one state kept per turn).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true, value_parser = super::count)]
     pub undo_depth: usize,
     /// Start from a state saved by --state-out, /save or `generate --state-out` (it must end
     /// at the end of a turn, `\n\n`, to continue as a conversation).

@@ -1,7 +1,7 @@
 //! `rwkv-cli eval --text FILE`: bits per byte and perplexity of a model over a text (`--text -`
 //! reads it from stdin).
 //!
-//! The text is tokenized, then scored by [`rwkv_cli::eval::score_tokens`]: every token after
+//! The text is tokenized, then scored by [`rwkv_cli::eval::score_tokens_until`]: every token after
 //! the first, given all the tokens before it, through the sequence path in chunks.
 
 use super::model_args::{InitStateArgs, Loaded, ModelArgs};

@@ -85,7 +85,7 @@ pub struct GenerateArgs {
     pub logit_bias: Vec<(u32, f32)>,
     /// Write one JSON line per generated token: its log-probability and the N most likely
     /// alternatives' (see below); on stderr unless --logprobs-out.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = super::count)]
     pub logprobs: Option<usize>,
     /// Write the --logprobs lines to this file instead of stderr.
     #[arg(long, value_name = "FILE", requires = "logprobs")]

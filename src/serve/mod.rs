@@ -338,7 +338,8 @@ impl Worker {
             seq.read = hit.len;
             seq.cached_tokens = hit.len;
             if hit.len == seq.job.tokens.len() {
-                self.after_logits(&mut seq, hit.logits);
+                let mut logits = hit.logits;
+                self.after_logits(&mut seq, &mut logits);
             }
         }
         seq
@@ -358,7 +359,7 @@ impl Worker {
                 continue;
             }
             let end = (seq.read + chunk).min(n);
-            let logits =
+            let mut logits =
                 match self
                     .model
                     .forward_seq(&seq.job.tokens[seq.read..end], &mut seq.state, false)
@@ -372,7 +373,7 @@ impl Worker {
             seq.read = end;
             if end == n {
                 self.cache.insert(&seq.job.tokens, &seq.state, &logits);
-                self.after_logits(seq, logits);
+                self.after_logits(seq, &mut logits);
             }
         }
     }
@@ -391,7 +392,7 @@ impl Worker {
             let mut states: Vec<&mut State> = batch.iter_mut().map(|s| &mut s.state).collect();
             self.model.step_batch(&tokens, &mut states)
         };
-        let logits = match result {
+        let mut logits = match result {
             Ok(l) => l,
             Err(e) => {
                 for seq in batch {
@@ -404,9 +405,10 @@ impl Worker {
         for (i, seq) in batch.into_iter().enumerate() {
             let t = seq.next.take().expect("filtered");
             seq.fed.push(t);
-            let row = logits[i * vocab..(i + 1) * vocab].to_vec();
+            // Each sequence's row of the batch's logits, in place (no copy per step).
+            let row = &mut logits[i * vocab..(i + 1) * vocab];
             if let Some(finish) = seq.finish_after_feed {
-                self.finish(seq, finish, Some(&row));
+                self.finish(seq, finish, row);
             } else {
                 self.after_logits(seq, row);
             }
@@ -415,9 +417,9 @@ impl Worker {
 
     /// Samples the next token from `logits` and sends its text; decides whether the job goes
     /// on (then `next` is set).
-    fn after_logits(&mut self, seq: &mut Seq, mut logits: Vec<f32>) {
+    fn after_logits(&mut self, seq: &mut Seq, logits: &mut [f32]) {
         if seq.generated >= seq.job.max_tokens {
-            return self.finish(seq, Finish::Length, Some(&logits));
+            return self.finish(seq, Finish::Length, logits);
         }
         let eot = self.tok.eot_token();
         let masked = match eot.filter(|&e| seq.job.chat && (e as usize) < logits.len()) {
@@ -427,12 +429,12 @@ impl Worker {
             )),
             None => None,
         };
-        let token = seq.sampler.sample(&logits);
+        let token = seq.sampler.sample(logits);
         if let Some((e, v)) = masked {
             logits[e] = v;
         }
         if !seq.job.chat && Some(token) == eot {
-            return self.finish(seq, Finish::Stop, Some(&logits));
+            return self.finish(seq, Finish::Stop, logits);
         }
         seq.sampler.accept(token);
         seq.generated += 1;
@@ -454,20 +456,20 @@ impl Worker {
                 seq.finish_after_feed = Some(Finish::Stop);
                 return;
             }
-            return self.finish(seq, Finish::Stop, Some(&logits));
+            return self.finish(seq, Finish::Stop, logits);
         }
         if seq.generated >= seq.job.max_tokens {
-            return self.finish(seq, Finish::Length, Some(&logits));
+            return self.finish(seq, Finish::Length, logits);
         }
         seq.next = Some(token);
     }
 
     /// Ends the job: caches the state after the prompt and the reply tokens read (when any
     /// were; `logits` are the next-token logits after them) and sends the rest of the text.
-    fn finish(&mut self, seq: &mut Seq, finish: Finish, logits: Option<&[f32]>) {
+    fn finish(&mut self, seq: &mut Seq, finish: Finish, logits: &[f32]) {
         seq.done = true;
-        if let (true, Some(l)) = (seq.fed.len() > seq.job.tokens.len(), logits) {
-            self.cache.insert(&seq.fed, &seq.state, l);
+        if seq.fed.len() > seq.job.tokens.len() {
+            self.cache.insert(&seq.fed, &seq.state, logits);
         }
         let rest = seq.filter.take_pending();
         if !rest.is_empty() && !(seq.job.sink)(Event::Text(rest)) {

@@ -55,12 +55,12 @@ pub(super) fn log_line(path: &str, status: u16, usage: Option<&Outcome>, t0: Ins
             u.completion_tokens,
             u.finish.name()
         ),
-        None => crate::errln!("{path} {status} {ms:.0}ms"),
+        None => crate::errln!("POST {path} {status} {ms:.0}ms"),
     }
 }
 
 pub(super) fn fail(path: &str, t0: Instant, e: ApiError) -> Response {
-    log_line(&format!("POST {path}"), e.status.as_u16(), None, t0);
+    log_line(path, e.status.as_u16(), None, t0);
     e.response()
 }
 

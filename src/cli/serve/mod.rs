@@ -175,7 +175,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if api_key.as_deref() == Some("") {
         rwkv_cli::usage_bail!("the API key (--api-key or RWKV_CLI_API_KEY) must not be empty");
     }
-    args.model.format()?;
     let (loaded, tok) = args.model.load()?;
     let model_id = match &args.model.model {
         Some(_) => loaded
