@@ -190,16 +190,8 @@ fn logprobs_line(
             x as f64
         }
     };
-    let max = logits
-        .iter()
-        .map(|&x| clean(x))
-        .fold(f64::NEG_INFINITY, f64::max);
-    let lse = max
-        + logits
-            .iter()
-            .map(|&x| (clean(x) - max).exp())
-            .sum::<f64>()
-            .ln();
+    let (max, sum) = rwkv_cli::sampler::softmax_norm(logits);
+    let lse = max + sum.ln();
     let lp = |id: u32| clean(logits[id as usize]) - lse;
     let entry = |id: u32| {
         serde_json::json!({

@@ -61,8 +61,6 @@ pub struct Traits {
     pub aliases: &'static [&'static str],
     /// Bits per weight in memory, scales included.
     pub bits_per_weight: f64,
-    /// Bytes per element, rounded to whole bytes (1 for the quantized formats).
-    pub size_in_bytes: usize,
     /// Whether it is block-quantized (the formats `--quant` takes).
     pub quantized: bool,
     /// Inputs per block of a panel: the unit packing writes (1 for the float formats,
@@ -142,7 +140,6 @@ const TRAITS: [Traits; 5] = [
         name: "f32",
         aliases: &["fp32", "float32"],
         bits_per_weight: 32.0,
-        size_in_bytes: 4,
         quantized: false,
         block_inputs: 1,
         block_bytes: 4 * NR,
@@ -160,7 +157,6 @@ const TRAITS: [Traits; 5] = [
         name: "f16",
         aliases: &["fp16", "float16"],
         bits_per_weight: 16.0,
-        size_in_bytes: 2,
         quantized: false,
         block_inputs: 1,
         block_bytes: 2 * NR,
@@ -178,7 +174,6 @@ const TRAITS: [Traits; 5] = [
         name: "bf16",
         aliases: &["bfloat16"],
         bits_per_weight: 16.0,
-        size_in_bytes: 2,
         quantized: false,
         block_inputs: 1,
         block_bytes: 2 * NR,
@@ -196,7 +191,6 @@ const TRAITS: [Traits; 5] = [
         name: "q8_0",
         aliases: &["q8"],
         bits_per_weight: 8.5,
-        size_in_bytes: 1,
         quantized: true,
         block_inputs: QK,
         block_bytes: crate::kernels::Q8_BLOCK_BYTES,
@@ -214,7 +208,6 @@ const TRAITS: [Traits; 5] = [
         name: "q4_0",
         aliases: &["q4"],
         bits_per_weight: 4.5,
-        size_in_bytes: 1,
         quantized: true,
         block_inputs: QK,
         block_bytes: crate::kernels::Q4_BLOCK_BYTES,
@@ -248,11 +241,6 @@ impl Format {
 
     pub fn name(self) -> &'static str {
         self.traits().name
-    }
-
-    /// Bytes per element, rounded to whole bytes (1 for the quantized formats).
-    pub fn size_in_bytes(self) -> usize {
-        self.traits().size_in_bytes
     }
 
     /// Bits per weight in memory, scales included.

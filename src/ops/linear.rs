@@ -11,9 +11,9 @@ use anyhow::{bail, Result};
 /// A weight matrix `W` of shape (out, in), applied as `y = x · Wᵀ`.
 ///
 /// The weights are packed once, at construction, into panels of 32 output rows in the chosen
-/// format (see [`crate::kernels::layout`]); every product reads them in that form. One or two
-/// token rows go through the matrix–vector kernels (the decode path, bound by memory
-/// bandwidth); more rows through a register-tiled matrix–matrix kernel that keeps a panel in
+/// format (see [`crate::kernels::layout`]); every product reads them in that form. Up to the
+/// format's `gemv_max_rows` token rows (see [`crate::format::Traits`]) go through the
+/// matrix–vector kernels (the decode path, bound by memory bandwidth); more rows through a register-tiled matrix–matrix kernel that keeps a panel in
 /// cache while it runs over all rows (16-bit panels are widened to f32 once per panel and
 /// call, in a per-thread buffer; Q8_0 and Q4_0 multiply in 8-bit integers). Both are
 /// multi-threaded over panels.

@@ -3,7 +3,7 @@
 //! Activations are plain row-major [`Mat`]s of f32 (T tokens × width). Weight matrices are
 //! [`Linear`]s packed once at load into panels of 32 output rows, in the chosen
 //! [`Format`](crate::format::Format) (f32, bf16, f16, or the block-quantized Q8_0 / Q4_0):
-//! one or two tokens go through our matrix–vector kernels (the decode path, bound by memory
+//! a token (two for some formats) goes through our matrix–vector kernels (the decode path, bound by memory
 //! bandwidth), a batch through our register-tiled matrix–matrix kernels (the prefill path,
 //! bound by arithmetic), both SIMD ([`crate::kernels`]) and multi-threaded on a small
 //! fork–join [`pool`]. Embeddings are [`RowTable`]s. Everything else (norms, token shift,

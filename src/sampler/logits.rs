@@ -31,25 +31,36 @@ pub(super) fn max_ignoring_nan(xs: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, x| if x > m { x } else { m })
 }
 
-/// Natural-log probability of `token` under softmax(logits), computed in f64
-/// with the maximum subtracted. NaN logits count as -inf. Returns -inf when
-/// `token` is out of range or has no probability.
-pub fn log_softmax_at(logits: &[f32], token: u32) -> f64 {
-    let clean = |x: f32| {
-        if x.is_nan() {
-            f64::NEG_INFINITY
-        } else {
-            x as f64
-        }
-    };
-    let Some(&xt) = logits.get(token as usize) else {
-        return f64::NEG_INFINITY;
-    };
-    let xt = clean(xt);
+/// A logit as the log-probabilities see it: NaN counts as -inf.
+fn clean(x: f32) -> f64 {
+    if x.is_nan() {
+        f64::NEG_INFINITY
+    } else {
+        x as f64
+    }
+}
+
+/// What softmax(logits) is normalised by, in f64: the largest logit `max` (NaN counting as
+/// -inf) and `Σ exp(x − max)`; the log-probability of a finite logit `x` is
+/// `x − max − ln(sum)`.
+pub fn softmax_norm(logits: &[f32]) -> (f64, f64) {
     let max = logits
         .iter()
         .map(|&x| clean(x))
         .fold(f64::NEG_INFINITY, f64::max);
+    let sum = logits.iter().map(|&x| (clean(x) - max).exp()).sum();
+    (max, sum)
+}
+
+/// Natural-log probability of `token` under softmax(logits), computed in f64
+/// with the maximum subtracted. NaN logits count as -inf. Returns -inf when
+/// `token` is out of range or has no probability.
+pub fn log_softmax_at(logits: &[f32], token: u32) -> f64 {
+    let Some(&xt) = logits.get(token as usize) else {
+        return f64::NEG_INFINITY;
+    };
+    let xt = clean(xt);
+    let (max, sum) = softmax_norm(logits);
     if xt == f64::NEG_INFINITY || max == f64::NEG_INFINITY {
         return f64::NEG_INFINITY;
     }
@@ -61,7 +72,6 @@ pub fn log_softmax_at(logits: &[f32], token: u32) -> f64 {
         let n_inf = logits.iter().filter(|&&x| x == f32::INFINITY).count();
         return -(n_inf as f64).ln();
     }
-    let sum: f64 = logits.iter().map(|&x| (clean(x) - max).exp()).sum();
     xt - max - sum.ln()
 }
 

@@ -44,6 +44,13 @@ fn prefix_hashes(tokens: &[u32]) -> Vec<u64> {
         .collect()
 }
 
+/// The key of the whole of `tokens`: the last of [`prefix_hashes`], without the others.
+fn full_hash(tokens: &[u32]) -> u64 {
+    tokens
+        .iter()
+        .fold(FNV_OFFSET, |h, t| fnv1a(&t.to_le_bytes(), h))
+}
+
 impl PrefixCache {
     /// A cache holding at most `budget` bytes of states, logits and keys (0: none).
     pub fn new(budget: usize) -> Self {
@@ -101,7 +108,7 @@ impl PrefixCache {
         if bytes > self.budget {
             return;
         }
-        let key = *prefix_hashes(tokens).last().expect("non-empty");
+        let key = full_hash(tokens);
         self.clock += 1;
         if let Some(e) = self.entries.get_mut(&key) {
             if e.tokens == tokens {
