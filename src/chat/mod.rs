@@ -346,9 +346,10 @@ impl Conversation {
         if message.is_empty() {
             bail!("empty message");
         }
-        let before = self.now.clone();
+        // The turn keeps it for /undo; a failed turn puts it back (one copy either way).
+        let mut before = Some(self.now.clone());
         let unreported = self.unreported;
-        match self.run_turn(message, before.clone(), sampler, cancel, on_piece) {
+        match self.run_turn(message, &mut before, sampler, cancel, on_piece) {
             Ok(Some(turn)) => {
                 self.turns.push_back(turn);
                 while self.turns.len() > self.opts.undo_depth {
@@ -358,12 +359,12 @@ impl Conversation {
                 Ok(self.turns.back())
             }
             Ok(None) => {
-                self.now = before;
+                self.now = before.expect("a turn that did not finish leaves its snapshot");
                 self.unreported = unreported;
                 Ok(None)
             }
             Err(e) => {
-                self.now = before;
+                self.now = before.expect("a turn that did not finish leaves its snapshot");
                 self.unreported = unreported;
                 Err(e)
             }
@@ -373,7 +374,7 @@ impl Conversation {
     fn run_turn(
         &mut self,
         message: Vec<u8>,
-        before: Snapshot,
+        before: &mut Option<Snapshot>,
         sampler: &mut Sampler,
         cancel: &AtomicBool,
         on_piece: &mut dyn FnMut(Piece<'_>) -> Result<()>,
@@ -479,7 +480,8 @@ impl Conversation {
             },
             stats,
             think,
-            before,
+            // Taken only here, once nothing can fail any more.
+            before: before.take().expect("taken once"),
         }))
     }
 
