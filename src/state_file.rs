@@ -22,7 +22,7 @@ use crate::models::{Config, LayerState, State};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
-pub(crate) const MAGIC: &[u8; 10] = b"RWKVSTATE\0";
+const MAGIC: &[u8; 10] = b"RWKVSTATE\0";
 const FORMAT_VERSION: u32 = 1;
 /// Refuse headers larger than this (a damaged length field must not allocate gigabytes).
 const MAX_HEADER: usize = 1 << 20;

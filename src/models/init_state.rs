@@ -42,7 +42,6 @@
 
 use super::{detect_version, Config, State, TimeStateLayout};
 use crate::checkpoint::{Checkpoint, StoredDType};
-use crate::state_file;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -164,10 +163,11 @@ pub fn inspect(ckpt: &Checkpoint) -> Result<Option<StateInfo>> {
 pub fn load(path: &Path, cfg: &Config) -> Result<State> {
     let mut file = std::fs::File::open(path)
         .with_context(|| format!("cannot open state file {}", path.display()))?;
-    // The states rwkv-cli saves itself (`crate::state_file`) are another thing: a whole
-    // recurrent state after some text, for the same model only.
+    // The states rwkv-cli saves itself (`crate::state_file`, magic "RWKVSTATE\0") are another
+    // thing: a whole recurrent state after some text, for the same model only. (The literal is
+    // repeated rather than imported: state_file imports models, and models must not import it.)
     let mut magic = [0u8; 10];
-    if std::io::Read::read_exact(&mut file, &mut magic).is_ok() && &magic == state_file::MAGIC {
+    if std::io::Read::read_exact(&mut file, &mut magic).is_ok() && &magic == b"RWKVSTATE\0" {
         bail!(
             "{} is a state saved by rwkv-cli (--state-out), not a state-tuning file: resume it with --state-in",
             path.display()
