@@ -117,7 +117,10 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
     r = rows.setdefault((label, prec), {k: [] for k in ("ms", "prefill", "rss", "traffic", "bw", "frac", "wbytes")})
     r["ms"].append(ms)
     r["prefill"].append(v["prefill_tokens_per_second"])
-    r["rss"].append((v.get("peak_rss_bytes") or 0) / 2**20)
+    # The model's peak: rwkv-cli's bench reports it as model_peak_rss_bytes (peak_rss_bytes is
+    # the whole process's, the bandwidth probe's buffer included); older builds and other
+    # engines give only peak_rss_bytes, which for them is the model's.
+    r["rss"].append((v.get("model_peak_rss_bytes") or v.get("peak_rss_bytes") or 0) / 2**20)
     if d:
         r["traffic"].append(d["weight_bandwidth_bytes_per_second"] / 1e9)
         r["bw"].append(d["memory_read_bandwidth_bytes_per_second"] / 1e9)
