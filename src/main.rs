@@ -223,6 +223,7 @@ fn color_from_args() -> clap::ColorChoice {
 }
 
 fn main() {
+    cli::mark_start();
     let version = long_version();
     let short = format!(
         "{} ({})",

@@ -350,4 +350,9 @@ fn bench_labels_are_distinct_and_small_weights_get_the_cache_note() {
     assert_eq!(v["decode"]["weights_fit_in_cache"], true);
     assert_eq!(v["decode_tokens"], 4);
     assert!(v["decode"]["last_level_cache_bytes"].as_u64().unwrap() > 0);
+    // Time to ready: after the load began, before the run ended, the probe left out.
+    let ready = v["decode"]["ready_seconds"].as_f64().unwrap();
+    let load = v["load_seconds"].as_f64().unwrap();
+    let total = v["total_seconds"].as_f64().unwrap();
+    assert!(ready >= load && ready < total, "{v}");
 }

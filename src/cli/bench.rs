@@ -221,6 +221,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     } = args.model.load_from(path)?;
     drop(checkpoint);
     let load_secs = load_start.elapsed().as_secs_f64();
+    // What a shell loop pays before its first token: process start to a loaded model, less the
+    // probe (only bench runs it).
+    let ready_secs = super::seconds_since_start() - probe_secs;
     // The bandwidth is probed again after the decode steps (the peak RSS is read first): a
     // shared machine's bandwidth moves with its neighbours' work, and the best of a probe before
     // and one after is the fairer ceiling for the steps between them.
@@ -237,6 +240,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         probe_secs += t.elapsed().as_secs_f64();
         DecodeReport {
             ms_per_token: ms,
+            ready_seconds: ready_secs,
             weight_bytes,
             read_bandwidth: bandwidth.read.max(again.read),
             copy_bandwidth: bandwidth.copy.max(again.copy),
@@ -446,6 +450,8 @@ pub struct Report {
 #[derive(Clone, Debug)]
 pub struct DecodeReport {
     pub ms_per_token: f64,
+    /// Seconds from the process's start to the model loaded (the bandwidth probe excluded).
+    pub ready_seconds: f64,
     /// Bytes of weights one step reads (the embedding row aside).
     pub weight_bytes: u64,
     /// Measured memory bandwidth, bytes/s: streaming read, and copy (read + write).
@@ -483,6 +489,7 @@ impl DecodeReport {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "ms_per_token": self.ms_per_token,
+            "ready_seconds": self.ready_seconds,
             "tokens_per_second": 1e3 / self.ms_per_token.max(1e-9),
             "weight_bytes_per_token": self.weight_bytes,
             "weight_bandwidth_bytes_per_second": self.weight_bandwidth(),
@@ -502,9 +509,11 @@ impl DecodeReport {
 
     pub fn to_table(&self) -> String {
         let mut s = format!(
-            "decode speed      {:.2} ms/token ({:.1} tokens/s), reading {} of weights per token\n\
+            "time to ready     {:.2} s (process start to model loaded; the bandwidth probe excluded)\n\
+             decode speed      {:.2} ms/token ({:.1} tokens/s), reading {} of weights per token\n\
              weight traffic    {:.1} GB/s = {:.0}% of the measured memory bandwidth\n\
              memory bandwidth  {:.1} GB/s read, {:.1} GB/s copy ({} threads, STREAM-style); bound {:.2} ms/token\n",
+            self.ready_seconds,
             self.ms_per_token,
             1e3 / self.ms_per_token.max(1e-9),
             human_bytes(self.weight_bytes),
@@ -737,6 +746,7 @@ mod tests {
     fn small_weights_or_traffic_over_the_bandwidth_get_the_cache_note() {
         let d = |weight_bytes: u64, ms: f64| DecodeReport {
             ms_per_token: ms,
+            ready_seconds: 0.5,
             weight_bytes,
             read_bandwidth: 40e9,
             copy_bandwidth: 30e9,

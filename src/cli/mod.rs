@@ -69,6 +69,23 @@ pub enum ColorChoice {
 }
 
 /// The `--color` of this run (0 auto, 1 always, 2 never).
+/// When `main` began: the origin of "time to ready" (what a shell loop pays per call before
+/// the first token; the loader's and the kernel's work before `main` is a few milliseconds).
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Marks the process's start; called first thing in `main`.
+pub fn mark_start() {
+    STARTED.get_or_init(std::time::Instant::now);
+}
+
+/// Seconds since [`mark_start`] (since the first call, if it was never marked).
+pub fn seconds_since_start() -> f64 {
+    STARTED
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs_f64()
+}
+
 static COLOR: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Records `--color` for [`color_for`].
