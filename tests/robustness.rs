@@ -394,6 +394,17 @@ fn negative_numbers_get_the_flags_own_message() {
         let o = cli(&["chat", "-m", &m, flag, "-1"]);
         usage_error(&o, &[needle]);
     }
+    // So do bench's, eval's and compare's.
+    for args in [
+        &["bench", "--decode-tokens", "-1"][..],
+        &["bench", "--segments", "-4"],
+        &["eval", "--chunk", "-2"],
+        &["eval", "--max-tokens", "-5"],
+        &["compare", "--decode-tokens", "-3"],
+    ] {
+        let o = cli(&[args, &["-m", &m]].concat());
+        usage_error(&o, &[&format!("'{} <", args[1]), "must be 0 or more"]);
+    }
     // Negative penalties are meaningful: accepted.
     let o = cli(&[
         "generate",

@@ -39,13 +39,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Number of segments the run is reported in.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count, default_value_t = 10)]
     pub segments: usize,
     /// Tokens per chunk of the sequence path.
-    #[arg(long, default_value_t = models::DEFAULT_CHUNK)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count, default_value_t = models::DEFAULT_CHUNK)]
     pub chunk: usize,
     /// Tokens decoded (one at a time) at depth 0 and at depth N (at least 1).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count, default_value_t = 16)]
     pub decode_tokens: usize,
     /// Measure decode only: ms/token over --decode-tokens steps, the weight traffic it makes,
     /// and the machine's memory bandwidth (no long-context run, so none of --context, --text,

@@ -21,10 +21,10 @@ pub struct EvalArgs {
     #[arg(long)]
     pub text: std::ffi::OsString,
     /// Score at most this many tokens (from the start of the text).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     pub max_tokens: Option<usize>,
     /// Tokens per chunk of the sequence path.
-    #[arg(long, default_value_t = models::DEFAULT_CHUNK)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count, default_value_t = models::DEFAULT_CHUNK)]
     pub chunk: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]

@@ -62,7 +62,7 @@ pub struct CompareArgs {
     #[arg(long, value_delimiter = ',', value_parser = parse_context)]
     pub contexts: Vec<usize>,
     /// Tokens decoded one at a time after each prefill; decode speed is their median.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::count, default_value_t = 8)]
     pub decode_tokens: usize,
     /// Skip points predicted to need more peak memory than this: 8GiB, 512MiB, 4G (binary
     /// units), or "none".
@@ -83,7 +83,7 @@ pub struct CompareArgs {
     #[arg(long, default_value = "f32")]
     pub dtype: Format,
     /// Tokens per chunk of the prefill, for every model.
-    #[arg(long, default_value_t = models::DEFAULT_CHUNK)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::count, default_value_t = models::DEFAULT_CHUNK)]
     pub chunk: usize,
     /// Seed of the token stream and of the baselines' random weights.
     #[arg(long, default_value_t = 42)]
