@@ -469,41 +469,12 @@ pub unsafe fn gemm_panel_bf16(
     let f = kn
         .gemm_bf16
         .expect("the bf16 dot-product kernel is not available");
-    run_bf16_tiles(
-        f,
-        kn.gemm_bf16_rows,
-        x,
-        ldx,
-        rows,
-        k,
-        panel,
-        y,
-        ldy,
-        n_valid,
-    )
-}
-
-/// `gemm_panel_bf16` with a given tile kernel (of at most `mr` rows per call).
-///
-/// # Safety
-/// `f` runs on this CPU; the rest as [`gemm_panel_bf16`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_bf16_tiles(
-    f: GemmBf16Fn,
-    mr: usize,
-    x: *const u16,
-    ldx: usize,
-    rows: usize,
-    k: usize,
-    panel: *const u16,
-    y: *mut f32,
-    ldy: usize,
-    n_valid: usize,
-) {
+    let mr = kn.gemm_bf16_rows;
     let mut r = 0;
     while r < rows {
         let m = (rows - r).min(mr);
-        // SAFETY: `m` is at most the tile rows; the caller's contract covers rows r..r+m.
+        // SAFETY: the kernel is in the table, so the CPU runs it; `m` is at most its tile
+        // rows; the caller's contract covers rows r..r+m.
         f(
             m,
             x.add(r * ldx),
@@ -830,16 +801,13 @@ mod tests {
     /// Skipped, with a note, where the CPU lacks AVX-512 BF16.
     #[test]
     fn bf16_dot_kernel_matches_a_reference_of_the_same_rounding() {
-        let level = detect_level();
-        if !level.bf16 {
+        if !has_bf16_dot() {
             println!(
                 "note: no AVX-512 BF16 here (or RWKV_NO_BF16 is set): the bf16 dot-product kernel is not tested"
             );
             return;
         }
-        let t = Kernels::build(level);
-        let f = t.gemm_bf16.expect("installed at this level");
-        let mr = t.gemm_bf16_rows;
+        let mr = kernels().gemm_bf16_rows;
         let val = |i: usize, seed: usize| {
             // Values with more than 8 significant bits, of mixed signs and magnitudes.
             let h = (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % 100_003;
@@ -874,9 +842,7 @@ mod tests {
                 // stride `ld` > k, zero past k; the panel has k × 32 values; the output has
                 // `rows` rows of n_out, and this call writes its panel's columns only.
                 unsafe {
-                    run_bf16_tiles(
-                        f,
-                        mr,
+                    gemm_panel_bf16(
                         xb.as_ptr(),
                         ld,
                         rows,

@@ -11,6 +11,17 @@ use super::{Isa, Kernels, QRows};
 use half::f16;
 use std::arch::x86_64::*;
 
+/// Calls `$f::<N>(args)` for the `N` among the listed literals that equals `$n`: the
+/// micro-kernels are generic over their row count (registers), the callers pass it at run time.
+macro_rules! by_rows {
+    ($n:expr, $f:ident $args:tt, $($r:literal)*) => {
+        match $n {
+            $($r => $f::<$r> $args,)*
+            _ => unreachable!("no kernel for this size"),
+        }
+    };
+}
+
 /// Replaces the portable entries of `k` with the kernels of `isa` (and the VNNI integer
 /// kernels when `vnni`, the bf16 dot-product kernel when `bf16`).
 pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool, bf16: bool) {
@@ -194,15 +205,7 @@ pub unsafe fn wkv7_token_avx512(
         a.as_ptr(),
         o.as_mut_ptr(),
     );
-    macro_rules! go {
-        ($($m:literal)*) => {
-            match n / 16 {
-                $($m => wkv7_token_512::<$m>(s, r, w, k, v, kk, a, o),)*
-                _ => unreachable!("head size"),
-            }
-        };
-    }
-    go!(1 2 3 4 5 6 7 8)
+    by_rows!(n / 16, wkv7_token_512(s, r, w, k, v, kk, a, o), 1 2 3 4 5 6 7 8)
 }
 
 #[target_feature(enable = "avx512f")]
@@ -523,11 +526,7 @@ unsafe fn tile_f32_512<const R: usize>(
             a1[r] = _mm512_fmadd_ps(w1, b, a1[r]);
         }
     }
-    let (m0, m1) = panel_masks(n_valid);
-    for r in 0..R {
-        _mm512_mask_storeu_ps(y.add(r * ldy), m0, a0[r]);
-        _mm512_mask_storeu_ps(y.add(r * ldy + 16), m1, a1[r]);
-    }
+    store_rows(y, ldy, n_valid, &a0, &a1);
 }
 
 #[target_feature(enable = "avx512f")]
@@ -542,15 +541,7 @@ pub unsafe fn gemm_f32_avx512(
     ldy: usize,
     n_valid: usize,
 ) {
-    macro_rules! go {
-        ($($r:literal)*) => {
-            match rows {
-                $($r => tile_f32_512::<$r>(x, ldx, k, w, y, ldy, n_valid),)*
-                _ => unreachable!("tile rows"),
-            }
-        };
-    }
-    go!(1 2 3 4 5 6 7 8 9 10 11 12)
+    by_rows!(rows, tile_f32_512(x, ldx, k, w, y, ldy, n_valid), 1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
 #[inline]
@@ -756,15 +747,7 @@ pub unsafe fn q8_tile_vnni(
     ldy: usize,
     n_valid: usize,
 ) {
-    macro_rules! go {
-        ($($r:literal)*) => {
-            match x.rows {
-                $($r => tile_q8_vnni::<$r>(x, panel, blocks, y, ldy, n_valid),)*
-                _ => unreachable!("tile rows"),
-            }
-        };
-    }
-    go!(1 2 3 4 5 6)
+    by_rows!(x.rows, tile_q8_vnni(x, panel, blocks, y, ldy, n_valid), 1 2 3 4 5 6)
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -776,15 +759,7 @@ pub unsafe fn q4_tile_vnni(
     ldy: usize,
     n_valid: usize,
 ) {
-    macro_rules! go {
-        ($($r:literal)*) => {
-            match x.rows {
-                $($r => tile_q4_vnni::<$r>(x, panel, blocks, y, ldy, n_valid),)*
-                _ => unreachable!("tile rows"),
-            }
-        };
-    }
-    go!(1 2 3 4 5 6)
+    by_rows!(x.rows, tile_q4_vnni(x, panel, blocks, y, ldy, n_valid), 1 2 3 4 5 6)
 }
 
 /// Rows per call of the bf16 dot-product micro-kernel.
@@ -821,38 +796,27 @@ unsafe fn tile_bf16_dot<const R: usize>(
     const HIGH: u32 = 0xAAAA_AAAA;
     let mut a0 = [_mm512_setzero_ps(); R];
     let mut a1 = [_mm512_setzero_ps(); R];
-    let xpair = |r: usize, i: usize| {
-        _mm512_set1_epi32(std::ptr::read_unaligned(x.add(r * ldx + i) as *const i32))
-    };
     let mut i = 0;
-    while i + 2 <= k {
+    while i < k {
         let e = _mm512_loadu_si512(w.add(i * NR) as *const _);
-        let o = _mm512_loadu_si512(w.add((i + 1) * NR) as *const _);
-        let w0 = _mm512_mask_blend_epi16(HIGH, e, _mm512_slli_epi32(o, 16));
-        let w1 = _mm512_mask_blend_epi16(HIGH, _mm512_srli_epi32(e, 16), o);
+        // The last input of an odd k pairs with zero weights (and the zero activation past it).
+        let o = if i + 1 < k {
+            _mm512_loadu_si512(w.add((i + 1) * NR) as *const _)
+        } else {
+            _mm512_setzero_si512()
+        };
+        let w0 = as_bh(_mm512_mask_blend_epi16(HIGH, e, _mm512_slli_epi32(o, 16)));
+        let w1 = as_bh(_mm512_mask_blend_epi16(HIGH, _mm512_srli_epi32(e, 16), o));
         for r in 0..R {
-            let xv = as_bh(xpair(r, i));
-            a0[r] = _mm512_dpbf16_ps(a0[r], as_bh(w0), xv);
-            a1[r] = _mm512_dpbf16_ps(a1[r], as_bh(w1), xv);
+            let xv = as_bh(_mm512_set1_epi32(std::ptr::read_unaligned(
+                x.add(r * ldx + i) as *const i32,
+            )));
+            a0[r] = _mm512_dpbf16_ps(a0[r], w0, xv);
+            a1[r] = _mm512_dpbf16_ps(a1[r], w1, xv);
         }
         i += 2;
     }
-    if i < k {
-        // The last input of an odd k, paired with zero weights (and the zero activation past it).
-        let e = _mm512_loadu_si512(w.add(i * NR) as *const _);
-        let w0 = _mm512_and_si512(e, _mm512_set1_epi32(0xFFFF));
-        let w1 = _mm512_srli_epi32(e, 16);
-        for r in 0..R {
-            let xv = as_bh(xpair(r, i));
-            a0[r] = _mm512_dpbf16_ps(a0[r], as_bh(w0), xv);
-            a1[r] = _mm512_dpbf16_ps(a1[r], as_bh(w1), xv);
-        }
-    }
-    let (m0, m1) = panel_masks(n_valid);
-    for r in 0..R {
-        _mm512_mask_storeu_ps(y.add(r * ldy), m0, a0[r]);
-        _mm512_mask_storeu_ps(y.add(r * ldy + 16), m1, a1[r]);
-    }
+    store_rows(y, ldy, n_valid, &a0, &a1);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
@@ -867,13 +831,5 @@ pub unsafe fn gemm_bf16_avx512bf16(
     ldy: usize,
     n_valid: usize,
 ) {
-    macro_rules! go {
-        ($($r:literal)*) => {
-            match rows {
-                $($r => tile_bf16_dot::<$r>(x, ldx, k, w, y, ldy, n_valid),)*
-                _ => unreachable!("tile rows"),
-            }
-        };
-    }
-    go!(1 2 3 4 5 6 7 8 9 10 11 12)
+    by_rows!(rows, tile_bf16_dot(x, ldx, k, w, y, ldy, n_valid), 1 2 3 4 5 6 7 8 9 10 11 12)
 }
