@@ -16,7 +16,8 @@ Examples:
 
 Environment: RWKV_CLI_CACHE, XDG_CACHE_HOME (the embedded model's cache); HF_HOME,
 HF_HUB_CACHE, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_DISABLE_PROGRESS_BARS (the Hugging
-Face Hub); NO_COLOR; RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_SIMD (force slower kernels).
+Face Hub); NO_COLOR; RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_BF16, RWKV_NO_SIMD (force slower
+kernels).
 Exit status: 0 success, 1 failure (one line on stderr), 2 usage error, 130 interrupted by
 Ctrl-C. `rwkv-cli COMMAND --help` has each command's details.";
 
@@ -25,7 +26,7 @@ macro_rules! model_env {
     () => {
         "Environment: RWKV_CLI_CACHE or XDG_CACHE_HOME (where the embedded model is unpacked);
 HF_HOME, HF_HUB_CACHE, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_DISABLE_PROGRESS_BARS (Hub
-models); RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_SIMD (force slower kernels)."
+models); RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_BF16, RWKV_NO_SIMD (force slower kernels)."
     };
 }
 
@@ -155,10 +156,11 @@ fn long_version() -> String {
         Isa::Avx2 => "AVX2 + FMA",
         Isa::Portable => "portable (no x86 SIMD)",
     };
-    let vnni = if kernels::has_vnni() {
-        ", AVX-512 VNNI for the int8 dot products"
-    } else {
-        ""
+    let vnni = match (kernels::has_vnni(), kernels::has_bf16_dot()) {
+        (true, true) => ", AVX-512 VNNI for the int8 and BF16 for the bf16 dot products",
+        (true, false) => ", AVX-512 VNNI for the int8 dot products",
+        (false, true) => ", AVX-512 BF16 for the bf16 dot products",
+        (false, false) => "",
     };
     let yes = |b: bool| if b { "yes" } else { "no" };
     // AMX: CPUID leaf 7 EDX (is_x86_feature_detected! has no stable AMX names yet); the CPU's

@@ -92,8 +92,15 @@ pub struct Traits {
 pub enum Kernel {
     /// Float weights against f32 activations: the matrix–vector product reads the panels as
     /// they are; the matrix–matrix product runs on f32 panels — read in place when the
-    /// panels are f32 (`in_place`), else widened with `unpack_panel`, one panel at a time.
-    Float { gemv: FloatGemv, in_place: bool },
+    /// panels are f32 (`in_place`), else widened with `unpack_panel`, one panel at a time —
+    /// or, for panels of bf16 (`bf16_dot`) where the CPU has bf16 dot products
+    /// ([`crate::kernels::has_bf16_dot`]), on the panels as they are, with the activations
+    /// rounded to bf16 for that product.
+    Float {
+        gemv: FloatGemv,
+        in_place: bool,
+        bf16_dot: bool,
+    },
     /// Block-quantized weights against activations quantized to 8 bits per block of 32
     /// ([`QuantizedRows`]), multiplied in integers.
     Int8 {
@@ -148,6 +155,7 @@ const TRAITS: [Traits; 5] = [
         kernel: Kernel::Float {
             gemv: float::gemv_f32,
             in_place: true,
+            bf16_dot: false,
         },
         rows: float::F32_ROWS,
         gemv_max_rows: 1,
@@ -165,6 +173,7 @@ const TRAITS: [Traits; 5] = [
         kernel: Kernel::Float {
             gemv: float::gemv_f16,
             in_place: false,
+            bf16_dot: false,
         },
         rows: float::F16_ROWS,
         gemv_max_rows: 2,
@@ -182,6 +191,7 @@ const TRAITS: [Traits; 5] = [
         kernel: Kernel::Float {
             gemv: float::gemv_bf16,
             in_place: false,
+            bf16_dot: true,
         },
         rows: float::BF16_ROWS,
         gemv_max_rows: 2,

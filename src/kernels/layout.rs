@@ -13,7 +13,10 @@
 //! - f32: 32 × f32, output order.
 //! - bf16: 32 × u16, interleaved: u16 number 2i is output i, number 2i+1 is output 16+i, so a
 //!   64-byte load read as sixteen 32-bit lanes gives outputs 0..16 in the low halves (shift left
-//!   16 to widen) and outputs 16..32 in the high halves (mask the low half off).
+//!   16 to widen) and outputs 16..32 in the high halves (mask the low half off). The bf16
+//!   dot-product kernel (`vdpbf16ps`, which wants two inputs of one output per 32-bit lane)
+//!   recombines the rows of inputs 2q and 2q + 1 in registers: their low halves give outputs
+//!   0..16, their high halves outputs 16..32.
 //! - f16: 32 × u16, output order (the hardware widens 16 at a time).
 //! - Q8_0: see [`Q8_BLOCK_BYTES`]: quantized per block of QK = 32 inputs.
 //! - Q4_0: see [`Q4_BLOCK_BYTES`]: as Q8_0, two weights to a byte.

@@ -10,9 +10,17 @@
 //! F16C) and `aarch64.rs` (a place for NEON, empty for now). The instruction set is detected
 //! **once**, and the kernels for it are put in one table of function pointers (`Kernels`);
 //! every entry point below asserts its bounds and calls through that table, once per panel or
-//! per call, never per element. `RWKV_NO_AVX512`, `RWKV_NO_VNNI` and `RWKV_NO_SIMD` force the
-//! lower levels, for testing. 16-bit and quantized weights are widened in registers, so they
-//! stay small in memory.
+//! per call, never per element. `RWKV_NO_AVX512`, `RWKV_NO_VNNI`, `RWKV_NO_BF16` and
+//! `RWKV_NO_SIMD` force the lower levels, for testing. 16-bit and quantized weights are widened
+//! in registers, so they stay small in memory.
+//!
+//! bf16 weights have a second matrix–matrix kernel where the CPU has the AVX-512 BF16
+//! dot-product instruction (`vdpbf16ps`, detected at run time): the activations are rounded to
+//! bf16 once per product ([`round_rows_to_bf16`], round to nearest even) and each instruction
+//! sums two exact bf16 × bf16 products per lane into f32, reading the packed panels as they
+//! are — twice the multiply–adds of an f32 FMA per instruction, and no f32 copy of the panel.
+//! Only the matrix–matrix product (prefill) uses it: the matrix–vector product (decode) keeps
+//! f32 activations.
 //!
 //! To add an instruction set: a file beside `x86_64.rs` with its kernels and an `install`
 //! that puts them in the table, a line in `Kernels::detect`, and a variant of [`Isa`].
@@ -55,11 +63,22 @@ pub fn has_vnni() -> bool {
     kernels().vnni
 }
 
+/// Whether bf16 matrix–matrix products use the bf16 dot-product kernel ([`gemm_panel_bf16`]:
+/// AVX-512 BF16, detected once; `RWKV_NO_BF16` turns it off). Where it is off they widen the
+/// panels to f32 and keep the activations in f32.
+pub fn has_bf16_dot() -> bool {
+    kernels().gemm_bf16.is_some()
+}
+
 type DotFn = unsafe fn(&[f32], &[f32]) -> f32;
 type SumFn = unsafe fn(&[f32]) -> f32;
 type GemvFn<T> = unsafe fn(&[T], usize, &[f32], &mut [f32]);
 type WidenFn = unsafe fn(&[u16], &mut [f32]);
+type NarrowFn = unsafe fn(&[f32], &mut [u16]);
 type GemmF32Fn = unsafe fn(usize, *const f32, usize, usize, *const f32, *mut f32, usize, usize);
+/// As [`GemmF32Fn`] over bf16 activations (row stride in u16, even, rows padded with a zero to
+/// an even length) and one bf16 panel as packed (see [`layout`]).
+type GemmBf16Fn = unsafe fn(usize, *const u16, usize, usize, *const u16, *mut f32, usize, usize);
 type QuantizeFn = unsafe fn(&[f32], &mut [i8]) -> (f32, i32);
 /// `x.rows` rows of quantized activations against one quantized panel of `blocks` blocks.
 ///
@@ -86,9 +105,16 @@ struct Kernels {
     gemv_bf16: GemvFn<u16>,
     gemv_f16: GemvFn<u16>,
     f16_to_f32: WidenFn,
+    /// f32 to bf16 bits, round to nearest even ([`bf16_bits`] on every value).
+    f32_to_bf16: NarrowFn,
     gemm_f32: GemmF32Fn,
     /// Rows per micro-tile of `gemm_f32` (at most this many per call).
     gemm_f32_rows: usize,
+    /// The bf16 dot-product matrix–matrix kernel (`None`: bf16 panels are widened to f32
+    /// and go through `gemm_f32`).
+    gemm_bf16: Option<GemmBf16Fn>,
+    /// Rows per micro-tile of `gemm_bf16`.
+    gemm_bf16_rows: usize,
     quantize_block_q8: QuantizeFn,
     q8_0_tile: QTileFn,
     q4_0_tile: QTileFn,
@@ -102,17 +128,18 @@ struct Kernels {
 impl Kernels {
     /// Detects the instruction set and builds its table (once: see [`kernels`]).
     fn detect() -> Self {
-        let (isa, vnni) = if std::env::var_os("RWKV_NO_SIMD").is_some() {
-            (Isa::Portable, false)
+        let level = if std::env::var_os("RWKV_NO_SIMD").is_some() {
+            Level::PORTABLE
         } else {
             detect_level()
         };
-        Self::build(isa, vnni)
+        Self::build(level)
     }
 
-    /// The table of a level: the portable kernels, then those of `isa` (and VNNI) over them.
-    /// Calling through it is sound only on a CPU that has that level.
-    fn build(isa: Isa, vnni: bool) -> Self {
+    /// The table of a level: the portable kernels, then those of its instruction set (and
+    /// VNNI, BF16) over them. Calling through it is sound only on a CPU that has that level.
+    fn build(level: Level) -> Self {
+        let Level { isa, vnni, bf16 } = level;
         #[allow(unused_mut)]
         let mut k = Kernels {
             isa,
@@ -120,17 +147,36 @@ impl Kernels {
             ..portable::KERNELS
         };
         #[cfg(target_arch = "x86_64")]
-        x86_64::install(&mut k, isa, vnni);
+        x86_64::install(&mut k, isa, vnni, bf16);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = bf16;
         #[cfg(target_arch = "aarch64")]
         aarch64::install(&mut k, isa);
         k
     }
 }
 
-/// The best level this CPU runs, and whether it has VNNI (`RWKV_NO_AVX512` and `RWKV_NO_VNNI`
-/// lower it).
+/// What the kernels of a table may use: an instruction set and two AVX-512 extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Level {
+    isa: Isa,
+    /// AVX-512 VNNI (the int8 dot products).
+    vnni: bool,
+    /// AVX-512 BF16 (the bf16 dot products).
+    bf16: bool,
+}
+
+impl Level {
+    const PORTABLE: Level = Level {
+        isa: Isa::Portable,
+        vnni: false,
+        bf16: false,
+    };
+}
+
+/// The best level this CPU runs (`RWKV_NO_AVX512`, `RWKV_NO_VNNI` and `RWKV_NO_BF16` lower it).
 #[cfg(target_arch = "x86_64")]
-fn detect_level() -> (Isa, bool) {
+fn detect_level() -> Level {
     // The AVX-512 level also runs AVX2, FMA and F16C code (every AVX-512 CPU has them).
     let avx2 = is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
@@ -149,13 +195,16 @@ fn detect_level() -> (Isa, bool) {
     let vnni = isa == Isa::Avx512
         && std::env::var_os("RWKV_NO_VNNI").is_none()
         && is_x86_feature_detected!("avx512vnni");
-    (isa, vnni)
+    let bf16 = isa == Isa::Avx512
+        && std::env::var_os("RWKV_NO_BF16").is_none()
+        && is_x86_feature_detected!("avx512bf16");
+    Level { isa, vnni, bf16 }
 }
 
 /// The best level this CPU runs: portable code only, on this architecture (for now).
 #[cfg(not(target_arch = "x86_64"))]
-fn detect_level() -> (Isa, bool) {
-    (Isa::Portable, false)
+fn detect_level() -> Level {
+    Level::PORTABLE
 }
 
 /// The table of this machine's kernels (built on first use).
@@ -369,6 +418,77 @@ pub unsafe fn gemm_panel_f32(
     }
 }
 
+/// Rounds rows of `x` (each `k` long) to bf16, round to nearest even (a NaN stays a NaN), into
+/// `out`, `out.len() / ld` rows at row stride `ld` (even, more than `k` when `k` is odd): the
+/// activations of [`gemm_panel_bf16`]. The values past `k` in each row are set to zero.
+pub fn round_rows_to_bf16(x: &[f32], k: usize, ld: usize, out: &mut [u16]) {
+    let rows = out.len() / ld.max(1);
+    assert!(x.len() >= rows * k && ld.is_multiple_of(2) && ld >= k.next_multiple_of(2));
+    let f = kernels().f32_to_bf16;
+    for (r, d) in out.chunks_exact_mut(ld).enumerate() {
+        // SAFETY: the table holds only kernels the CPU supports; source and destination are
+        // `k` values long.
+        unsafe { f(&x[r * k..(r + 1) * k], &mut d[..k]) };
+        d[k..].fill(0);
+    }
+}
+
+/// `v` rounded to the nearest bf16 (ties to even), as bits; a NaN stays a (quiet) NaN.
+#[inline]
+pub fn bf16_bits(v: f32) -> u16 {
+    let b = v.to_bits();
+    let rounded = (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16;
+    if v.is_nan() {
+        ((b >> 16) as u16) | 0x40
+    } else {
+        rounded
+    }
+}
+
+/// One bf16 panel of a matrix product with the bf16 dot-product kernel:
+/// `y[r·ldy + j] = Σ_i x[r·ldx + i] · panel(i, j)` for `r < rows` and `j < n_valid` (≤ 32),
+/// the activations `x` already rounded to bf16 ([`round_rows_to_bf16`]), each pair of products
+/// exact and summed in f32.
+///
+/// # Safety
+/// [`has_bf16_dot`] must hold (it panics otherwise); `x` must be readable for `rows` rows of
+/// `k` rounded up to even values at stride `ldx` (even), the value past an odd `k` zero;
+/// `panel` for `k · 32` values (one bf16 panel as packed); `y` as in [`gemm_panel_f32`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_panel_bf16(
+    x: *const u16,
+    ldx: usize,
+    rows: usize,
+    k: usize,
+    panel: *const u16,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    let kn = kernels();
+    let f = kn
+        .gemm_bf16
+        .expect("the bf16 dot-product kernel is not available");
+    let mr = kn.gemm_bf16_rows;
+    let mut r = 0;
+    while r < rows {
+        let m = (rows - r).min(mr);
+        // SAFETY: the kernel is in the table, so the CPU runs it; `m` is at most its tile
+        // rows; the caller's contract covers rows r..r+m.
+        f(
+            m,
+            x.add(r * ldx),
+            ldx,
+            k,
+            panel,
+            y.add(r * ldy),
+            ldy,
+            n_valid,
+        );
+        r += m;
+    }
+}
+
 /// One Q8_0 panel of a matrix product over all rows of `xq`: `y[r·ldy + j]` for
 /// `r < xq.rows` and `j < n_valid`.
 ///
@@ -500,17 +620,18 @@ mod tests {
     }
 
     /// The levels below the detected one that this CPU also runs (the detected one first).
-    fn levels() -> Vec<(Isa, bool)> {
-        let (top, vnni) = detect_level();
+    fn levels() -> Vec<Level> {
+        let top = detect_level();
+        let level = |isa, vnni, bf16| Level { isa, vnni, bf16 };
         let mut v = Vec::new();
-        if top == Isa::Avx512 {
-            if vnni {
-                v.push((Isa::Avx512, true));
+        if top.isa == Isa::Avx512 {
+            if top.vnni || top.bf16 {
+                v.push(top);
             }
-            v.push((Isa::Avx512, false));
+            v.push(level(Isa::Avx512, false, false));
         }
-        if top != Isa::Portable {
-            v.push((Isa::Avx2, false));
+        if top.isa != Isa::Portable {
+            v.push(level(Isa::Avx2, false, false));
         }
         v
     }
@@ -527,7 +648,7 @@ mod tests {
 
     #[test]
     fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
-        let p = Kernels::build(Isa::Portable, false);
+        let p = Kernels::build(Level::PORTABLE);
         let (k, n_out) = (70, 45);
         let (w, x) = data(2 * k * NR);
         let x = &x[..3 * k];
@@ -557,9 +678,9 @@ mod tests {
         }
         let mut xq = QuantizedRows::default();
         xq.quantize(x, 3, k);
-        for (isa, vnni) in levels() {
-            let t = Kernels::build(isa, vnni);
-            let at = format!("{isa:?} vnni={vnni}");
+        for level in levels() {
+            let t = Kernels::build(level);
+            let at = format!("{level:?}");
             // SAFETY: `levels` lists only levels this CPU runs; every call below stays within
             // the buffers (2 panels of k inputs; 3 rows of k activations; outputs n_out wide).
             unsafe {
@@ -584,6 +705,18 @@ mod tests {
                 (t.f16_to_f32)(&hf, &mut h1);
                 (p.f16_to_f32)(&hf, &mut h2);
                 assert_eq!(h1, h2, "f16 widening {at}");
+                let mut v = w.clone();
+                v.extend([
+                    f32::NAN,
+                    -f32::NAN,
+                    f32::INFINITY,
+                    1e-40,
+                    f32::from_bits(0x3F80_8000),
+                ]);
+                let (mut b1, mut b2) = (vec![0u16; v.len()], vec![1u16; v.len()]);
+                (t.f32_to_bf16)(&v, &mut b1);
+                (p.f32_to_bf16)(&v, &mut b2);
+                assert_eq!(b1, b2, "bf16 rounding {at}");
                 let rows = t.gemm_f32_rows.min(3);
                 let (mut y1, mut y2) = (vec![0.0; rows * NR], vec![0.0; rows * NR]);
                 (t.gemm_f32)(rows, x.as_ptr(), k, k, w.as_ptr(), y1.as_mut_ptr(), NR, 30);
@@ -624,6 +757,129 @@ mod tests {
                     close(&o1, &o2, &format!("wkv7 out {at}"));
                     close(&s1, &s2, &format!("wkv7 state {at}"));
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even() {
+        let mut specials = vec![
+            0.0f32,
+            -0.0,
+            1.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            1e-40,
+            -1e-40,
+            // Ties: halfway between two bf16 values, to the even one.
+            f32::from_bits(0x3F80_8000),
+            f32::from_bits(0x3F81_8000),
+            f32::from_bits(0xBF80_8000),
+        ];
+        specials.extend((0..200_000u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761))));
+        for v in specials {
+            let want = half::bf16::from_f32(v).to_bits();
+            let got = bf16_bits(v);
+            if v.is_nan() {
+                assert!(half::bf16::from_bits(got).is_nan(), "{v}");
+            } else {
+                assert_eq!(got, want, "{v} ({:#x})", v.to_bits());
+            }
+        }
+        assert_eq!(bf16_bits(f32::from_bits(0x3F80_8000)), 0x3F80);
+        assert_eq!(bf16_bits(f32::from_bits(0x3F81_8000)), 0x3F82);
+    }
+
+    /// The bf16 dot-product kernel against a scalar reference of the same rounding: the
+    /// activations rounded to bf16, every product exact (a product of two bf16 values fits an
+    /// f64 exactly), summed exactly; the kernel sums in f32, so it may differ by k rounding
+    /// errors of at most 2^-24 of the running sum, bounded by k · 2^-24 · Σ|products|. Shapes:
+    /// rows past a whole tile, odd k and k not a multiple of 32, outputs not a multiple of 32.
+    /// Skipped, with a note, where the CPU lacks AVX-512 BF16.
+    #[test]
+    fn bf16_dot_kernel_matches_a_reference_of_the_same_rounding() {
+        if !has_bf16_dot() {
+            println!(
+                "note: no AVX-512 BF16 here (or RWKV_NO_BF16 is set): the bf16 dot-product kernel is not tested"
+            );
+            return;
+        }
+        let mr = kernels().gemm_bf16_rows;
+        let val = |i: usize, seed: usize| {
+            // Values with more than 8 significant bits, of mixed signs and magnitudes.
+            let h = (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % 100_003;
+            (h as f32 / 100_003.0 - 0.47) * (1.0 + (i % 7) as f32 * 0.37)
+        };
+        for (rows, k, n_out) in [
+            (1, 1, 1usize),
+            (3, 2, 32),
+            (mr, 31, 33),
+            (mr + 1, 33, 45),
+            (2 * mr + 5, 70, 64),
+            (7, 67, 17),
+            (5, 300, 95),
+        ] {
+            let n_panels = n_out.div_ceil(NR);
+            // The weights (out × k), rounded to bf16, packed into panels as the formats do.
+            let w: Vec<u16> = (0..n_out * k).map(|i| bf16_bits(val(i, 1))).collect();
+            let mut panels = vec![0u16; n_panels * k * NR];
+            for o in 0..n_out {
+                let (p, j) = (o / NR, o % NR);
+                for i in 0..k {
+                    panels[(p * k + i) * NR + bf16_lane_position(j)] = w[o * k + i];
+                }
+            }
+            let x: Vec<f32> = (0..rows * k).map(|i| val(i, 2)).collect();
+            let ld = k.next_multiple_of(2) + 2;
+            let mut xb = vec![1u16; rows * ld];
+            round_rows_to_bf16(&x, k, ld, &mut xb);
+            let mut y = vec![f32::NAN; rows * n_out];
+            for p in 0..n_panels {
+                // SAFETY: this CPU has AVX-512 BF16 (checked above); `xb` has `rows` rows at
+                // stride `ld` > k, zero past k; the panel has k × 32 values; the output has
+                // `rows` rows of n_out, and this call writes its panel's columns only.
+                unsafe {
+                    gemm_panel_bf16(
+                        xb.as_ptr(),
+                        ld,
+                        rows,
+                        k,
+                        panels[p * k * NR..].as_ptr(),
+                        y.as_mut_ptr().add(p * NR),
+                        n_out,
+                        (n_out - p * NR).min(NR),
+                    )
+                }
+            }
+            let bf = |h: u16| f32::from_bits((h as u32) << 16) as f64;
+            let mut worst_unrounded = 0.0f64;
+            for r in 0..rows {
+                for o in 0..n_out {
+                    let (mut exact, mut mag, mut unrounded) = (0.0f64, 0.0f64, 0.0f64);
+                    for i in 0..k {
+                        let p = bf(w[o * k + i]) * bf(bf16_bits(x[r * k + i]));
+                        exact += p;
+                        mag += p.abs();
+                        unrounded += bf(w[o * k + i]) * x[r * k + i] as f64;
+                    }
+                    let got = y[r * n_out + o] as f64;
+                    let tol = k as f64 * 2f64.powi(-24) * mag + 1e-30;
+                    assert!(
+                        (got - exact).abs() <= tol,
+                        "rows={rows} k={k} out={n_out} at ({r}, {o}): {got} vs {exact} (±{tol:e})"
+                    );
+                    worst_unrounded = worst_unrounded.max((exact - unrounded).abs() / tol);
+                }
+            }
+            // The tolerance is tight enough to tell rounded activations from unrounded ones.
+            if k >= 31 {
+                assert!(
+                    worst_unrounded > 1.0,
+                    "k={k}: rounding the activations moved no sum past the tolerance"
+                );
             }
         }
     }

@@ -16,8 +16,11 @@ pub(super) const KERNELS: Kernels = Kernels {
     gemv_bf16,
     gemv_f16,
     f16_to_f32,
+    f32_to_bf16,
     gemm_f32,
     gemm_f32_rows: 4,
+    gemm_bf16: None,
+    gemm_bf16_rows: 0,
     quantize_block_q8,
     q8_0_tile: q_tile::<Q8_0Block>,
     q4_0_tile: q_tile::<Q4_0Block>,
@@ -62,6 +65,12 @@ fn gemv(k: usize, x: &[f32], y: &mut [f32], w: impl Fn(usize, usize, usize) -> f
             }
         }
         yp.copy_from_slice(&acc[..yp.len()]);
+    }
+}
+
+pub fn f32_to_bf16(src: &[f32], dst: &mut [u16]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = super::bf16_bits(*s);
     }
 }
 

@@ -1,4 +1,5 @@
-//! The x86-64 kernels: AVX-512 (with VNNI for the integer products), AVX2 + FMA, F16C.
+//! The x86-64 kernels: AVX-512 (with VNNI for the integer products and BF16 for the bf16
+//! matrix–matrix product), AVX2 + FMA, F16C.
 //!
 //! [`install`] puts the ones the CPU runs into the dispatch table (see `super::Kernels`);
 //! nothing else calls them. Each is compiled for its target features with
@@ -10,9 +11,20 @@ use super::{Isa, Kernels, QRows};
 use half::f16;
 use std::arch::x86_64::*;
 
+/// Calls `$f::<N>(args)` for the `N` among the listed literals that equals `$n`: the
+/// micro-kernels are generic over their row count (registers), the callers pass it at run time.
+macro_rules! by_rows {
+    ($n:expr, $f:ident $args:tt, $($r:literal)*) => {
+        match $n {
+            $($r => $f::<$r> $args,)*
+            _ => unreachable!("no kernel for this size"),
+        }
+    };
+}
+
 /// Replaces the portable entries of `k` with the kernels of `isa` (and the VNNI integer
-/// kernels when `vnni`).
-pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool) {
+/// kernels when `vnni`, the bf16 dot-product kernel when `bf16`).
+pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool, bf16: bool) {
     match isa {
         Isa::Avx512 => {
             k.dot_f32 = dot_f32_avx512;
@@ -22,6 +34,7 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool) {
             k.gemv_f16 = gemv_f16_avx512;
             // F16C is part of both x86 levels (the detection checks it).
             k.f16_to_f32 = f16_to_f32_f16c;
+            k.f32_to_bf16 = f32_to_bf16_avx512;
             k.gemm_f32 = gemm_f32_avx512;
             k.gemm_f32_rows = 12;
             k.quantize_block_q8 = quantize_block_q8_avx512;
@@ -42,6 +55,10 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool) {
         k.q8_0_tile = q8_tile_vnni;
         k.q4_0_tile = q4_tile_vnni;
         k.q_tile_rows = 6;
+    }
+    if bf16 {
+        k.gemm_bf16 = Some(gemm_bf16_avx512bf16);
+        k.gemm_bf16_rows = BF16_TILE_ROWS;
     }
 }
 
@@ -188,15 +205,7 @@ pub unsafe fn wkv7_token_avx512(
         a.as_ptr(),
         o.as_mut_ptr(),
     );
-    macro_rules! go {
-        ($($m:literal)*) => {
-            match n / 16 {
-                $($m => wkv7_token_512::<$m>(s, r, w, k, v, kk, a, o),)*
-                _ => unreachable!("head size"),
-            }
-        };
-    }
-    go!(1 2 3 4 5 6 7 8)
+    by_rows!(n / 16, wkv7_token_512(s, r, w, k, v, kk, a, o), 1 2 3 4 5 6 7 8)
 }
 
 #[target_feature(enable = "avx512f")]
@@ -461,6 +470,38 @@ pub unsafe fn f16_to_f32_f16c(src: &[u16], dst: &mut [f32]) {
     }
 }
 
+/// f32 to bf16 bits, round to nearest even, NaN kept a (quiet) NaN: the integer arithmetic of
+/// `super::bf16_bits`, sixteen values at a time (not `vcvtneps2bf16`, which flushes
+/// denormals to zero).
+#[target_feature(enable = "avx512f")]
+pub unsafe fn f32_to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
+    let n = src.len().min(dst.len());
+    let (one, bias, quiet) = (
+        _mm512_set1_epi32(1),
+        _mm512_set1_epi32(0x7FFF),
+        _mm512_set1_epi32(0x40),
+    );
+    let mut i = 0;
+    while i + 16 <= n {
+        let v = _mm512_loadu_ps(src.as_ptr().add(i));
+        let b = _mm512_castps_si512(v);
+        let hi = _mm512_srli_epi32(b, 16);
+        let odd = _mm512_and_si512(hi, one);
+        let r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(bias, odd)), 16);
+        let nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        let r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, quiet));
+        _mm256_storeu_si256(
+            dst.as_mut_ptr().add(i) as *mut __m256i,
+            _mm512_cvtepi32_epi16(r),
+        );
+        i += 16;
+    }
+    while i < n {
+        dst[i] = super::bf16_bits(src[i]);
+        i += 1;
+    }
+}
+
 /// The f32 micro-kernel: `R` rows × 32 outputs, accumulated in 2R registers.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -485,11 +526,7 @@ unsafe fn tile_f32_512<const R: usize>(
             a1[r] = _mm512_fmadd_ps(w1, b, a1[r]);
         }
     }
-    let (m0, m1) = panel_masks(n_valid);
-    for r in 0..R {
-        _mm512_mask_storeu_ps(y.add(r * ldy), m0, a0[r]);
-        _mm512_mask_storeu_ps(y.add(r * ldy + 16), m1, a1[r]);
-    }
+    store_rows(y, ldy, n_valid, &a0, &a1);
 }
 
 #[target_feature(enable = "avx512f")]
@@ -504,15 +541,7 @@ pub unsafe fn gemm_f32_avx512(
     ldy: usize,
     n_valid: usize,
 ) {
-    macro_rules! go {
-        ($($r:literal)*) => {
-            match rows {
-                $($r => tile_f32_512::<$r>(x, ldx, k, w, y, ldy, n_valid),)*
-                _ => unreachable!("tile rows"),
-            }
-        };
-    }
-    go!(1 2 3 4 5 6 7 8 9 10 11 12)
+    by_rows!(rows, tile_f32_512(x, ldx, k, w, y, ldy, n_valid), 1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
 #[inline]
@@ -718,15 +747,7 @@ pub unsafe fn q8_tile_vnni(
     ldy: usize,
     n_valid: usize,
 ) {
-    macro_rules! go {
-        ($($r:literal)*) => {
-            match x.rows {
-                $($r => tile_q8_vnni::<$r>(x, panel, blocks, y, ldy, n_valid),)*
-                _ => unreachable!("tile rows"),
-            }
-        };
-    }
-    go!(1 2 3 4 5 6)
+    by_rows!(x.rows, tile_q8_vnni(x, panel, blocks, y, ldy, n_valid), 1 2 3 4 5 6)
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -738,13 +759,77 @@ pub unsafe fn q4_tile_vnni(
     ldy: usize,
     n_valid: usize,
 ) {
-    macro_rules! go {
-        ($($r:literal)*) => {
-            match x.rows {
-                $($r => tile_q4_vnni::<$r>(x, panel, blocks, y, ldy, n_valid),)*
-                _ => unreachable!("tile rows"),
-            }
+    by_rows!(x.rows, tile_q4_vnni(x, panel, blocks, y, ldy, n_valid), 1 2 3 4 5 6)
+}
+
+/// Rows per call of the bf16 dot-product micro-kernel.
+const BF16_TILE_ROWS: usize = 12;
+
+/// A 512-bit integer vector as 32 bf16 values (the same bits).
+#[inline(always)]
+fn as_bh(v: __m512i) -> __m512bh {
+    // SAFETY: both are 64 bytes of plain data; every bit pattern is valid for both.
+    unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+}
+
+/// The bf16 dot-product micro-kernel: `R` rows × 32 outputs, accumulated in 2R registers.
+///
+/// A packed bf16 panel row (input i) holds, in 32-bit lane l, output l's weight (low half) and
+/// output 16 + l's (high half). `vdpbf16ps` wants the weights of two consecutive inputs of one
+/// output in a lane, so the rows of inputs 2q and 2q + 1 are recombined in registers: low
+/// halves of both → outputs 0..16, high halves → outputs 16..32. Against each, the row's two
+/// activations broadcast as one 32-bit lane: per lane `acc += w[2q]·x[2q] + w[2q+1]·x[2q+1]`,
+/// products exact, sums in f32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_bf16_dot<const R: usize>(
+    x: *const u16,
+    ldx: usize,
+    k: usize,
+    w: *const u16,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    // Odd 16-bit elements: the high half of each 32-bit lane.
+    const HIGH: u32 = 0xAAAA_AAAA;
+    let mut a0 = [_mm512_setzero_ps(); R];
+    let mut a1 = [_mm512_setzero_ps(); R];
+    let mut i = 0;
+    while i < k {
+        let e = _mm512_loadu_si512(w.add(i * NR) as *const _);
+        // The last input of an odd k pairs with zero weights (and the zero activation past it).
+        let o = if i + 1 < k {
+            _mm512_loadu_si512(w.add((i + 1) * NR) as *const _)
+        } else {
+            _mm512_setzero_si512()
         };
+        let w0 = as_bh(_mm512_mask_blend_epi16(HIGH, e, _mm512_slli_epi32(o, 16)));
+        let w1 = as_bh(_mm512_mask_blend_epi16(HIGH, _mm512_srli_epi32(e, 16), o));
+        for r in 0..R {
+            let xv = as_bh(_mm512_set1_epi32(std::ptr::read_unaligned(
+                x.add(r * ldx + i) as *const i32,
+            )));
+            a0[r] = _mm512_dpbf16_ps(a0[r], w0, xv);
+            a1[r] = _mm512_dpbf16_ps(a1[r], w1, xv);
+        }
+        i += 2;
     }
-    go!(1 2 3 4 5 6)
+    store_rows(y, ldy, n_valid, &a0, &a1);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_bf16_avx512bf16(
+    rows: usize,
+    x: *const u16,
+    ldx: usize,
+    k: usize,
+    w: *const u16,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    by_rows!(rows, tile_bf16_dot(x, ldx, k, w, y, ldy, n_valid), 1 2 3 4 5 6 7 8 9 10 11 12)
 }

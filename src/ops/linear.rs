@@ -5,7 +5,7 @@
 use super::pool::{self, for_panels, par_chunks_mut};
 use super::Mat;
 use crate::format::{self, Format, Kernel};
-use crate::kernels::{gemm_panel_f32, AlignedBuf, QuantizedRows, NR};
+use crate::kernels::{self, gemm_panel_f32, AlignedBuf, QuantizedRows, NR};
 use anyhow::{bail, Result};
 
 /// A weight matrix `W` of shape (out, in), applied as `y = x · Wᵀ`.
@@ -14,9 +14,10 @@ use anyhow::{bail, Result};
 /// format (see [`crate::kernels::layout`]); every product reads them in that form. Up to the
 /// format's `gemv_max_rows` token rows (see [`crate::format::Traits`]) go through the
 /// matrix–vector kernels (the decode path, bound by memory bandwidth); more rows through a register-tiled matrix–matrix kernel that keeps a panel in
-/// cache while it runs over all rows (16-bit panels are widened to f32 once per panel and
-/// call, in a per-thread buffer; Q8_0 and Q4_0 multiply in 8-bit integers). Both are
-/// multi-threaded over panels.
+/// cache while it runs over all rows (bf16 panels are read as they are by the bf16
+/// dot-product kernel where the CPU has one, the activations rounded to bf16 once per call;
+/// otherwise 16-bit panels are widened to f32 once per panel and call, in a per-thread
+/// buffer; Q8_0 and Q4_0 multiply in 8-bit integers). Both are multi-threaded over panels.
 pub struct Linear {
     pub out_dim: usize,
     pub in_dim: usize,
@@ -54,6 +55,8 @@ thread_local! {
     static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-thread copy of a matrix–matrix product's input at a padded row stride.
     static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread activations rounded to bf16, for the bf16 dot-product kernel.
+    static BF16_ROWS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-thread quantized activations, for the Q8_0 and Q4_0 kernels.
     static QROWS: std::cell::RefCell<QuantizedRows> = std::cell::RefCell::new(QuantizedRows::default());
 }
@@ -66,6 +69,15 @@ fn take_qrows() -> QuantizedRows {
 
 fn put_qrows(xq: QuantizedRows) {
     QROWS.with(|q| *q.borrow_mut() = xq);
+}
+
+/// This thread's buffer for activations rounded to bf16 (taken out, as above).
+fn take_bf16_rows() -> Vec<u16> {
+    BF16_ROWS.with(|q| std::mem::take(&mut *q.borrow_mut()))
+}
+
+fn put_bf16_rows(v: Vec<u16>) {
+    BF16_ROWS.with(|q| *q.borrow_mut() = v);
 }
 
 /// This thread's buffer for inputs copied to a padded row stride (taken out, as above).
@@ -238,6 +250,10 @@ impl Linear {
                 put_qrows(xq);
                 return;
             }
+            Kernel::Float { bf16_dot: true, .. } if kernels::has_bf16_dot() => {
+                self.gemm_bf16_dot(x, y, serial);
+                return;
+            }
             Kernel::Float { in_place, .. } => in_place,
         };
         // Rows whose stride is a multiple of 4 KiB all fall in the same L1 set, and the
@@ -288,6 +304,49 @@ impl Linear {
         if !padded.is_empty() {
             put_padded(padded);
         }
+    }
+
+    /// The matrix–matrix product of bf16 panels with the bf16 dot-product kernel: the input
+    /// rounded to bf16 once (at a row stride that is even and, as for f32 inputs, not a
+    /// multiple of 4 KiB), then every panel as packed against all its rows.
+    fn gemm_bf16_dot(&self, x: &Mat, y: OutPtr, serial: bool) {
+        let (rows, k, n_out) = (x.rows, self.in_dim, self.out_dim);
+        let mut ld = k.next_multiple_of(2);
+        if (ld * 2) % 4096 == 0 {
+            ld += 32;
+        }
+        let mut xb = take_bf16_rows();
+        xb.resize(rows * ld, 0);
+        // Rounded on every thread, in blocks of rows.
+        let per = rows.div_ceil(4 * pool::threads()).max(1);
+        par_chunks_mut(&mut xb[..rows * ld], per * ld, serial, |c, o| {
+            kernels::round_rows_to_bf16(&x.data[c * per * k..], k, ld, o)
+        });
+        let len = k * NR;
+        {
+            let xb = &xb;
+            let run = |p: usize| {
+                let panel = &self.w.u16s()[p * len..(p + 1) * len];
+                // SAFETY: `kernels::has_bf16_dot()` held above; `xb` has `rows` rows of `k`
+                // rounded values at the even stride `ld` > k (zero past k); `panel` is panel p,
+                // k × 32 bf16 values as packed; the output has `rows` rows of `n_out` columns,
+                // of which this call writes columns p·32 .. p·32 + n_valid only.
+                unsafe {
+                    kernels::gemm_panel_bf16(
+                        xb.as_ptr(),
+                        ld,
+                        rows,
+                        k,
+                        panel.as_ptr(),
+                        y.at(p * NR),
+                        n_out,
+                        (n_out - p * NR).min(NR),
+                    )
+                }
+            };
+            for_panels(n_out.div_ceil(NR), serial, run);
+        }
+        put_bf16_rows(xb);
     }
 
     /// One vector: `out[o] = Σ_i W[o,i] · x[i]`, panels of W split across threads.
@@ -439,7 +498,18 @@ mod tests {
                 for rows in [1, 2, 3, 7, 12, 13, 30] {
                     let x = Mat::from_vec(rows, inp, pseudo(rows * inp, rows as u32 + 7));
                     let y = lin.forward(&x).unwrap();
-                    let r = naive(&x, &wq, out);
+                    // The bf16 dot-product kernel (prefill, where the CPU has it) multiplies
+                    // activations rounded to bf16.
+                    let bf16_dot = dt == Format::BF16
+                        && rows > dt.traits().gemv_max_rows
+                        && kernels::has_bf16_dot();
+                    let xr = if bf16_dot {
+                        let v = x.data.iter().map(|v| half::bf16::from_f32(*v).to_f32());
+                        Mat::from_vec(rows, inp, v.collect())
+                    } else {
+                        x.clone()
+                    };
+                    let r = naive(&xr, &wq, out);
                     for t in 0..rows {
                         for o in 0..out {
                             let (a, b) = (y.data[t * out + o], r[t * out + o]);
