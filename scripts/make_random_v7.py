@@ -21,6 +21,14 @@ def to_bf16_bytes(a):
     return rounded.astype(np.uint16).tobytes()
 
 
+def write_tensor(f, arr, bf16, chunk=1 << 24):
+    """Writes arr (f32) as bf16 or f32 in slices of `chunk` values (no second full-size copy)."""
+    flat = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
+    for s in range(0, flat.size, chunk):
+        part = flat[s : s + chunk]
+        f.write(to_bf16_bytes(part) if bf16 else part.tobytes())
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -37,15 +45,30 @@ def main():
     H = C // N
     Dw, Da, Dv, Dg = 64, 64, 32, 128
     rng = np.random.default_rng(a.seed)
+    bf16 = a.dtype == "bf16"
 
-    def mat(o, i, scale=1.0):
-        return (rng.standard_normal((o, i), dtype=np.float32) * (scale / np.sqrt(i))).astype(np.float32)
+    # Tensors are made lazily, in the RNG's order, and each is written at its place in the
+    # sorted layout: only one tensor is in memory at a time (7.2B is 29 GB as f32).
+    t = {}
+
+    def mat(o, i, scale=1.0, transpose=False):
+        def make():
+            x = rng.standard_normal((o, i), dtype=np.float32)
+            # In place; the same values as `(x * s).astype(np.float32)` (f64 product, rounded).
+            np.multiply(x, scale / np.sqrt(i), out=x, casting="same_kind")
+            return x.T.copy() if transpose else x
+
+        return ((i, o) if transpose else (o, i)), make
 
     def vec(shape, lo, hi):
-        return rng.uniform(lo, hi, size=shape).astype(np.float32)
+        return shape, lambda: rng.uniform(lo, hi, size=shape).astype(np.float32)
 
-    t = {}
-    t["emb.weight"] = rng.standard_normal((V, C), dtype=np.float32) * 0.1
+    def emb():
+        x = rng.standard_normal((V, C), dtype=np.float32)
+        x *= np.float32(0.1)
+        return x
+
+    t["emb.weight"] = ((V, C), emb)
     t["blocks.0.ln0.weight"] = vec((C,), 0.9, 1.1)
     t["blocks.0.ln0.bias"] = vec((C,), -0.05, 0.05)
     for i in range(L):
@@ -56,17 +79,17 @@ def main():
         for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"):
             t[att + n] = vec((1, 1, C), 0, 1)
         t[att + "w0"] = vec((1, 1, C), -6, 1)
-        t[att + "w1"] = mat(Dw, C, 0.3).T.copy()
-        t[att + "w2"] = mat(C, Dw, 0.3).T.copy()
+        t[att + "w1"] = mat(Dw, C, 0.3, True)
+        t[att + "w2"] = mat(C, Dw, 0.3, True)
         t[att + "a0"] = vec((1, 1, C), -1, 1)
-        t[att + "a1"] = mat(Da, C, 0.3).T.copy()
-        t[att + "a2"] = mat(C, Da, 0.3).T.copy()
+        t[att + "a1"] = mat(Da, C, 0.3, True)
+        t[att + "a2"] = mat(C, Da, 0.3, True)
         if i > 0:
             t[att + "v0"] = vec((1, 1, C), -1, 1)
-            t[att + "v1"] = mat(Dv, C, 0.3).T.copy()
-            t[att + "v2"] = mat(C, Dv, 0.3).T.copy()
-        t[att + "g1"] = mat(Dg, C, 0.5).T.copy()
-        t[att + "g2"] = mat(C, Dg, 0.5).T.copy()
+            t[att + "v1"] = mat(Dv, C, 0.3, True)
+            t[att + "v2"] = mat(C, Dv, 0.3, True)
+        t[att + "g1"] = mat(Dg, C, 0.5, True)
+        t[att + "g2"] = mat(C, Dg, 0.5, True)
         t[att + "k_k"] = vec((1, 1, C), 0.5, 1.0)
         t[att + "k_a"] = vec((1, 1, C), 0.5, 1.5)
         t[att + "r_k"] = vec((H, N), -0.5, 0.5)
@@ -81,21 +104,27 @@ def main():
     t["ln_out.bias"] = vec((C,), -0.05, 0.05)
     t["head.weight"] = mat(V, C, 2.0)
 
-    header, blobs, off = {}, [], 0
+    width = 2 if bf16 else 4
+    header, where, off = {}, {}, 0
     for name in sorted(t):
-        arr = np.ascontiguousarray(t[name], dtype=np.float32)
-        b = to_bf16_bytes(arr) if a.dtype == "bf16" else arr.tobytes()
-        header[name] = {"dtype": "BF16" if a.dtype == "bf16" else "F32", "shape": list(arr.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
+        shape = t[name][0]
+        size = int(np.prod(shape)) * width
+        header[name] = {"dtype": "BF16" if bf16 else "F32", "shape": list(shape), "data_offsets": [off, off + size]}
+        where[name] = off
+        off += size
     h = json.dumps(header, separators=(",", ":")).encode()
     h += b" " * ((8 - len(h) % 8) % 8)
     with open(a.out, "wb") as f:
         f.write(struct.pack("<Q", len(h)))
         f.write(h)
-        for b in blobs:
-            f.write(b)
-    n = sum(v.size for v in t.values())
+        f.truncate(8 + len(h) + off)
+        for name, (shape, make) in t.items():
+            arr = make()
+            assert arr.shape == tuple(shape), name
+            f.seek(8 + len(h) + where[name])
+            write_tensor(f, arr, bf16)
+            del arr
+    n = sum(int(np.prod(v[0])) for v in t.values())
     print(f"wrote {a.out}: RWKV-7 {L} layers, width {C}, vocab {V}, {n/1e6:.1f}M params, {a.dtype}")
 
 

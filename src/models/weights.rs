@@ -134,9 +134,15 @@ impl<'a> Weights<'a> {
             self.ckpt.verify_data(name)?;
             return Ok(Linear::unloaded(out_dim, in_dim));
         }
-        Linear::from_streamed(out_dim, in_dim, self.dtype, |sink| {
-            self.ckpt.read_f32_chunks(name, 32 * in_dim, sink)
-        })
+        match self.ckpt.reader(name)? {
+            // Stored plainly: panels converted on all threads, straight from the map.
+            Some(r) => {
+                Linear::from_values(out_dim, in_dim, self.dtype, &|at, dst| r.read_into(at, dst))
+            }
+            None => Linear::from_streamed(out_dim, in_dim, self.dtype, |sink| {
+                self.ckpt.read_f32_chunks(name, 32 * in_dim, sink)
+            }),
+        }
         .with_context(|| format!("tensor {name}"))
     }
 
@@ -155,9 +161,14 @@ impl<'a> Weights<'a> {
             self.ckpt.verify_data(name)?;
             return Ok(RowTable::unloaded(rows, cols));
         }
-        RowTable::from_streamed(rows, cols, self.dtype, |sink| {
-            self.ckpt.read_f32_chunks(name, 256 * cols, sink)
-        })
+        match self.ckpt.reader(name)? {
+            Some(r) => {
+                RowTable::from_values(rows, cols, self.dtype, &|at, dst| r.read_into(at, dst))
+            }
+            None => RowTable::from_streamed(rows, cols, self.dtype, |sink| {
+                self.ckpt.read_f32_chunks(name, 256 * cols, sink)
+            }),
+        }
         .with_context(|| format!("tensor {name}"))
     }
 

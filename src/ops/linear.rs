@@ -152,6 +152,24 @@ impl Linear {
         })
     }
 
+    /// Builds from values (out, in) that `read` reaches in any order (a memory-mapped
+    /// checkpoint), packing the panels on all threads (see [`format::pack_at`]): the same
+    /// bytes as [`Linear::from_streamed`], without an f32 copy of the whole.
+    pub fn from_values(
+        out_dim: usize,
+        in_dim: usize,
+        format: Format,
+        read: format::ReadAt<'_>,
+    ) -> Result<Self> {
+        Self::check(out_dim * in_dim, out_dim, in_dim)?;
+        Ok(Self {
+            out_dim,
+            in_dim,
+            format,
+            w: format::pack_at(out_dim, in_dim, format, read)?,
+        })
+    }
+
     /// Builds from values laid out (in, out) — the convention of RWKV's LoRA matrices,
     /// which are used as `x @ W` — by transposing once at load.
     pub fn from_in_out(
@@ -438,6 +456,46 @@ impl RowTable {
         })
     }
 
+    /// Builds from values (rows × cols, row-major) that `read` reaches in any order, as
+    /// [`Linear::from_values`]: blocks of rows converted and encoded on all threads, each
+    /// into its place; the same bytes as [`RowTable::from_streamed`].
+    pub fn from_values(
+        rows: usize,
+        cols: usize,
+        format: Format,
+        read: format::ReadAt<'_>,
+    ) -> Result<Self> {
+        use rayon::prelude::*;
+        const BLOCK_ROWS: usize = 64;
+        let codec = &format.traits().rows;
+        let rb = codec.row_bytes(cols);
+        let mut data = vec![0u8; rows * rb];
+        if rb > 0 {
+            data.par_chunks_mut(BLOCK_ROWS * rb)
+                .enumerate()
+                .try_for_each_init(
+                    || (Vec::new(), Vec::with_capacity(rb)),
+                    |(values, enc): &mut (Vec<f32>, Vec<u8>), (b, out)| -> Result<()> {
+                        let n = out.len() / rb;
+                        values.resize(n * cols, 0.0);
+                        read(b * BLOCK_ROWS * cols, values)?;
+                        for (row, dst) in values.chunks_exact(cols).zip(out.chunks_exact_mut(rb)) {
+                            enc.clear();
+                            (codec.encode)(row, enc);
+                            dst.copy_from_slice(enc);
+                        }
+                        Ok(())
+                    },
+                )?;
+        }
+        Ok(Self {
+            rows,
+            cols,
+            codec,
+            data,
+        })
+    }
+
     /// Row `r` widened to f32 into `out` (`cols` long).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         let rb = self.codec.row_bytes(self.cols);
@@ -534,6 +592,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn loading_on_all_threads_gives_the_same_bytes_as_streaming() {
+        for fmt in Format::ALL {
+            for (rows, cols) in [(200, 70), (1, 5), (64, 32), (129, 768)] {
+                let w = pseudo(rows * cols, 13);
+                let read = |at: usize, dst: &mut [f32]| -> Result<()> {
+                    dst.copy_from_slice(&w[at..at + dst.len()]);
+                    Ok(())
+                };
+                let stream = |sink: &mut dyn FnMut(usize, &[f32]) -> Result<()>| {
+                    for (i, c) in w.chunks(100).enumerate() {
+                        sink(i * 100, c)?;
+                    }
+                    Ok(())
+                };
+                let a = RowTable::from_values(rows, cols, fmt, &read).unwrap();
+                let b = RowTable::from_streamed(rows, cols, fmt, stream).unwrap();
+                assert!(a.data == b.data, "table {fmt:?} {rows}x{cols}");
+                let a = Linear::from_values(rows, cols, fmt, &read).unwrap();
+                let b = Linear::from_streamed(rows, cols, fmt, stream).unwrap();
+                assert!(a.w.bytes() == b.w.bytes(), "matrix {fmt:?} {rows}x{cols}");
+            }
+        }
+        // A failed read is the constructor's error.
+        let fail = |_: usize, _: &mut [f32]| -> Result<()> { anyhow::bail!("unreadable") };
+        assert!(RowTable::from_values(300, 8, Format::F32, &fail).is_err());
+        assert!(Linear::from_values(300, 8, Format::F32, &fail).is_err());
     }
 
     #[test]
