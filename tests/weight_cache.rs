@@ -129,9 +129,12 @@ fn a_second_run_hits_and_computes_exactly_what_an_uncached_run_does() {
 
 #[test]
 fn every_version_round_trips_through_the_cache() {
-    for name in common::MODELS {
+    let files = common::MODELS.iter().map(|m| format!("{m}.safetensors"));
+    // And the other containers: PyTorch zip, GGUF (f32 and quantized).
+    let others = ["v7.pth", "v7_f32.gguf", "v7_q8_0.gguf", "v6_q8_0.gguf"];
+    for name in files.chain(others.map(String::from)) {
         let cache = scratch(&format!("versions-{name}"));
-        let model = fixture_path(&format!("{name}.safetensors"));
+        let model = fixture_path(&name);
         let first = generate(&cache, &model, &[]);
         let second = generate(&cache, &model, &[]);
         assert_eq!(
