@@ -517,7 +517,6 @@ fn read(path: &Path, key: &Value) -> Result<(Arc<FileMap>, HashMap<String, Entry
     // The key matches: map the whole file with its pages read in at once, and check every
     // byte of data on all threads.
     let map = FileMap::new(&file, len, true).map_err(|e| format!("unreadable ({e})"))?;
-    map.advise_huge_pages();
     let bad = std::sync::atomic::AtomicBool::new(false);
     let bytes = map.bytes();
     crate::ops::pool::run(segments.len(), &|i| {
@@ -556,7 +555,11 @@ struct Writer {
     dest: PathBuf,
     dir: PathBuf,
     file: std::fs::File,
-    pos: usize,
+    /// Bytes not written yet, from file offset `flushed` (a multiple of 2 MiB) on: the file is
+    /// written in whole, aligned 2 MiB pieces, which the page cache keeps as huge folios (and a
+    /// later run can map with huge pages).
+    staged: Vec<u8>,
+    flushed: usize,
     max: u64,
     key: Value,
     entries: serde_json::Map<String, Value>,
@@ -591,7 +594,9 @@ impl Writer {
             dest: dest.to_path_buf(),
             dir: dir.to_path_buf(),
             file,
-            pos: HEADER,
+            // The header's page, written last.
+            staged: vec![0; HEADER],
+            flushed: 0,
             max,
             key,
             entries: serde_json::Map::new(),
@@ -614,19 +619,27 @@ impl Writer {
             return Ok(());
         }
         let align = if bytes.len() >= HUGE { HUGE } else { 64 };
-        let offset = self.pos.next_multiple_of(align);
-        let end = offset + bytes.len();
-        if end as u64 > self.max {
+        let offset = (self.flushed + self.staged.len()).next_multiple_of(align);
+        if (offset + bytes.len()) as u64 > self.max {
             return Err(format!(
                 "the model's weights exceed the weight cache's limit of {} MiB",
                 self.max >> 20
             ));
         }
-        self.file
-            .seek(SeekFrom::Start(offset as u64))
-            .and_then(|_| self.file.write_all(bytes))
-            .map_err(|e| self.io_error(e))?;
-        self.pos = end;
+        self.staged.resize(offset - self.flushed, 0);
+        if align == HUGE {
+            // The staged bytes end on a 2 MiB boundary: written, then the tensor's whole 2 MiB
+            // pieces straight from its buffer, and its tail staged.
+            self.flush(false).map_err(|e| self.io_error(e))?;
+            let direct = bytes.len() / HUGE * HUGE;
+            self.write_at(offset, &bytes[..direct])
+                .map_err(|e| self.io_error(e))?;
+            self.flushed = offset + direct;
+            self.staged.extend_from_slice(&bytes[direct..]);
+        } else {
+            self.staged.extend_from_slice(bytes);
+            self.flush(false).map_err(|e| self.io_error(e))?;
+        }
         let hashes: Vec<u64> = bytes.chunks(SEGMENT).map(xxh3_64).collect();
         self.entries.insert(
             key.to_string(),
@@ -641,6 +654,27 @@ impl Writer {
         Ok(())
     }
 
+    fn write_at(&mut self, offset: usize, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.seek(SeekFrom::Start(offset as u64))?;
+        self.file.write_all(bytes)
+    }
+
+    /// Writes the staged bytes' whole 2 MiB pieces (`all`: every staged byte).
+    fn flush(&mut self, all: bool) -> std::io::Result<()> {
+        let n = if all {
+            self.staged.len()
+        } else {
+            self.staged.len() / HUGE * HUGE
+        };
+        if n > 0 {
+            let staged = std::mem::take(&mut self.staged);
+            self.write_at(self.flushed, &staged[..n])?;
+            self.flushed += n;
+            self.staged = staged[n..].to_vec();
+        }
+        Ok(())
+    }
+
     /// Index, header, fsync, rename; then eviction.
     fn finish(mut self) -> Result<(), String> {
         let index = serde_json::to_vec(&json!({
@@ -648,7 +682,7 @@ impl Writer {
             "entries": Value::Object(std::mem::take(&mut self.entries)),
         }))
         .map_err(|e| format!("cannot write the weight cache index: {e}"))?;
-        let at = self.pos.next_multiple_of(64);
+        let at = (self.flushed + self.staged.len()).next_multiple_of(64);
         let total = at + index.len();
         if total as u64 > self.max {
             return Err(format!(
@@ -664,14 +698,14 @@ impl Writer {
         header.extend_from_slice(&xxh3_64(&index).to_le_bytes());
         let h = xxh3_64(&header);
         header.extend_from_slice(&h.to_le_bytes());
-        let write = |f: &mut std::fs::File| -> std::io::Result<()> {
-            f.seek(SeekFrom::Start(at as u64))?;
-            f.write_all(&index)?;
-            f.seek(SeekFrom::Start(0))?;
-            f.write_all(&header)?;
-            f.sync_all()
+        self.staged.resize(at - self.flushed, 0);
+        self.staged.extend_from_slice(&index);
+        let write = |w: &mut Self| -> std::io::Result<()> {
+            w.flush(true)?;
+            w.write_at(0, &header)?;
+            w.file.sync_all()
         };
-        write(&mut self.file).map_err(|e| self.io_error(e))?;
+        write(&mut self).map_err(|e| self.io_error(e))?;
         std::fs::rename(&self.tmp, &self.dest).map_err(|e| self.io_error(e))?;
         self.done = true;
         if let Ok(d) = std::fs::File::open(&self.dir) {

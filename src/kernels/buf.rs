@@ -54,8 +54,10 @@ unsafe impl Send for FileMap {}
 unsafe impl Sync for FileMap {}
 
 impl FileMap {
-    /// Maps the first `len` bytes of `file` (which must be at least that long), reading every
-    /// page in now when `populate` is set (one system call instead of a fault per page).
+    /// Maps the first `len` bytes of `file` (which must be at least that long). With
+    /// `populate`, huge pages are asked for and every page is read in and mapped now (one
+    /// system call instead of a fault per page; the kernel reads a file it has to fetch in
+    /// huge-page-sized pieces once asked for huge pages).
     #[cfg(unix)]
     pub fn new(file: &std::fs::File, len: usize, populate: bool) -> std::io::Result<Self> {
         use std::os::unix::io::AsRawFd;
@@ -82,14 +84,7 @@ impl FileMap {
         }
         let start = reserved as usize;
         let aligned = start.next_multiple_of(HUGE_PAGE);
-        #[cfg(target_os = "linux")]
-        let flags =
-            libc::MAP_SHARED | libc::MAP_FIXED | if populate { libc::MAP_POPULATE } else { 0 };
-        #[cfg(not(target_os = "linux"))]
-        let flags = {
-            let _ = populate;
-            libc::MAP_SHARED | libc::MAP_FIXED
-        };
+        let flags = libc::MAP_SHARED | libc::MAP_FIXED;
         // SAFETY: `aligned .. aligned + len` lies inside the reservation made above, which this
         // function owns; MAP_FIXED replaces that part of it with the file.
         let p = unsafe {
@@ -118,10 +113,14 @@ impl FileMap {
                 libc::munmap(mapped_end as *mut libc::c_void, start + span - mapped_end);
             }
         }
-        Ok(Self {
+        let map = Self {
             base: aligned as *const u8,
             len,
-        })
+        };
+        if populate {
+            map.populate();
+        }
+        Ok(map)
     }
 
     #[cfg(not(unix))]
@@ -137,16 +136,17 @@ impl FileMap {
         unsafe { std::slice::from_raw_parts(self.base, self.len) }
     }
 
-    /// Asks for huge pages over the mapping (a hint: a refusal changes only speed).
-    pub fn advise_huge_pages(&self) {
+    /// Huge pages, then every page read in and mapped (hints: a refusal changes only speed).
+    #[cfg(unix)]
+    fn populate(&self) {
         #[cfg(target_os = "linux")]
         // SAFETY: advice over this value's own mapping; it changes no contents.
         unsafe {
-            libc::madvise(
-                self.base as *mut libc::c_void,
-                self.len,
-                libc::MADV_HUGEPAGE,
-            );
+            let p = self.base as *mut libc::c_void;
+            libc::madvise(p, self.len, libc::MADV_HUGEPAGE);
+            // MADV_POPULATE_READ (Linux 5.14); an older kernel refuses it, and the first reads
+            // fault the pages in instead.
+            libc::madvise(p, self.len, 22);
         }
     }
 }
