@@ -21,7 +21,7 @@ pub const NAME: &str = "default (embedded)";
 
 /// `$RWKV_CLI_CACHE`, else `$XDG_CACHE_HOME/rwkv-cli`, else `~/.cache/rwkv-cli`; with none of
 /// these variables set, the per-user [`private_temp_dir`].
-fn cache_dir() -> Option<PathBuf> {
+pub fn cache_dir() -> Option<PathBuf> {
     let nonempty = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty());
     if let Some(d) = nonempty("RWKV_CLI_CACHE") {
         return Some(PathBuf::from(d));

@@ -35,6 +35,7 @@ pub mod state_file;
 pub mod stats;
 pub mod stop;
 pub mod tokenizer;
+pub mod weight_cache;
 
 #[cfg(test)]
 mod testing;

@@ -287,8 +287,10 @@ fn without_home_the_default_model_goes_to_a_private_per_user_directory() {
     assert!(o.status.success(), "{}", stderr(&o));
     let m = std::fs::metadata(&private).unwrap();
     assert_eq!(m.mode() & 0o777, 0o700);
+    // The model, and the weight cache's directory beside it.
     let files: Vec<_> = std::fs::read_dir(&private).unwrap().flatten().collect();
-    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(private.join("weights").is_dir());
     // The shared name of before is not used.
     assert!(!tmp.join("rwkv-cli").exists());
     // A directory others can write (as another user could have made it) is refused.

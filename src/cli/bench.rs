@@ -218,6 +218,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         model,
         config: cfg,
         format: dtype,
+        ..
     } = args.model.load_from(path)?;
     drop(checkpoint);
     let load_secs = load_start.elapsed().as_secs_f64();

@@ -32,6 +32,19 @@ pub struct ModelArgs {
     /// Tokenizer (default: chosen from the vocabulary size): world, 20b, bytes.
     #[arg(long)]
     pub tokenizer: Option<TokenizerKind>,
+    /// Neither read nor write the weight cache (packed weights kept in the cache directory
+    /// and memory-mapped by later runs; see the README).
+    #[arg(long)]
+    pub no_weight_cache: bool,
+    /// Size limit of the weight cache (e.g. 16GiB; 0 turns it off); the least recently used
+    /// files are removed beyond it. Default: $RWKV_CLI_WEIGHT_CACHE_MAX, else twice the
+    /// machine's memory, at most 64 GiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_cache_size)]
+    pub weight_cache_max: Option<u64>,
+}
+
+fn parse_cache_size(s: &str) -> Result<u64> {
+    Ok(super::serve::parse_size(s)? as u64)
 }
 
 /// Where a run starts: `--init-state`, a state-tuned initial state (flattened into the commands
@@ -119,12 +132,17 @@ pub struct Loaded {
     pub config: Config,
     /// The weights' format the model runs in.
     pub format: Format,
+    /// Whether the weights came from the weight cache ("hit"), were converted and cached
+    /// ("written", "rebuilt"), or not ("off", "not written").
+    pub weight_cache: rwkv_cli::weight_cache::Status,
 }
 
 impl Loaded {
     /// The `"model"` object of the command's JSON.
     pub fn json(&self) -> serde_json::Value {
-        model_json(&self.path, &self.config, self.format)
+        let mut j = model_json(&self.path, &self.config, self.format);
+        j["weight_cache"] = self.weight_cache.name().into();
+        j
     }
 }
 
@@ -156,8 +174,13 @@ impl ModelArgs {
     pub fn load_from(&self, path: PathBuf) -> Result<Loaded> {
         let checkpoint = Checkpoint::open(&path)?;
         let format = self.format_for(&checkpoint)?;
-        let model = models::load_checkpoint(&checkpoint, LoadOptions { dtype: format })
-            .map_err(|e| naming_the_file(e, &path))?;
+        let cache = self.weight_cache_settings()?;
+        let (model, report) =
+            models::load_checkpoint_cached(&checkpoint, LoadOptions { dtype: format }, &cache)
+                .map_err(|e| naming_the_file(e, &path))?;
+        for w in &report.warnings {
+            crate::errln!("warning: {w}");
+        }
         let config = model.config().clone();
         Ok(Loaded {
             path,
@@ -165,7 +188,28 @@ impl ModelArgs {
             model,
             config,
             format,
+            weight_cache: report.status,
         })
+    }
+
+    /// The weight cache's settings: off with `--no-weight-cache`, else bounded by
+    /// `--weight-cache-max` or `$RWKV_CLI_WEIGHT_CACHE_MAX`.
+    pub fn weight_cache_settings(&self) -> Result<rwkv_cli::weight_cache::Settings> {
+        use rwkv_cli::weight_cache::Settings;
+        if self.no_weight_cache {
+            return Ok(Settings::off());
+        }
+        let max = match self.weight_cache_max {
+            Some(m) => Some(m),
+            None => match std::env::var("RWKV_CLI_WEIGHT_CACHE_MAX") {
+                Ok(v) if !v.trim().is_empty() => Some(
+                    parse_cache_size(&v)
+                        .map_err(|e| UsageError(format!("RWKV_CLI_WEIGHT_CACHE_MAX: {e:#}")))?,
+                ),
+                _ => None,
+            },
+        };
+        Ok(Settings::default_with(max))
     }
 
     /// The tokenizer for a model of this configuration: `--tokenizer`, or the one its

@@ -37,7 +37,7 @@ mod aarch64;
 mod x86_64;
 
 pub use bandwidth::{measure_bandwidth, sum_f32, Bandwidth};
-pub use buf::AlignedBuf;
+pub use buf::{AlignedBuf, FileMap};
 pub use layout::{
     bf16_lane_position, Q4_0Block, Q8_0Block, QuantBlock, NR, Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, QK,
 };

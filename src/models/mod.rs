@@ -27,7 +27,9 @@ mod weights;
 pub mod wkv;
 
 pub use embedding::{Embedding, Head};
-pub use registry::{detect_version, inspect, load, load_checkpoint, VERSIONS};
+pub use registry::{
+    detect_version, inspect, load, load_checkpoint, load_checkpoint_cached, VERSIONS,
+};
 pub use weights::Weights;
 
 use crate::checkpoint::Checkpoint;

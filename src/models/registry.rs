@@ -8,6 +8,7 @@
 
 use super::{v4, v5, v6, v7, Config, LoadOptions, Model, Version, VersionInfo, Weights};
 use crate::checkpoint::Checkpoint;
+use crate::weight_cache;
 use anyhow::{bail, Result};
 use std::path::Path;
 
@@ -49,6 +50,21 @@ pub fn load(path: &Path, opts: LoadOptions) -> Result<Box<dyn Model>> {
 pub fn load_checkpoint(ckpt: &Checkpoint, opts: LoadOptions) -> Result<Box<dyn Model>> {
     let version = detect_version(ckpt)?;
     (version.info().load)(&Weights::new(ckpt, opts.dtype), version)
+}
+
+/// [`load_checkpoint`] through the weight cache (see [`crate::weight_cache`]): served from a
+/// valid cache file when there is one, else converted and the file written. The report says
+/// which, and carries the warnings to show (a stale or damaged file rebuilt, a file that could
+/// not be written); a cache problem never fails the load.
+pub fn load_checkpoint_cached(
+    ckpt: &Checkpoint,
+    opts: LoadOptions,
+    cache: &weight_cache::Settings,
+) -> Result<(Box<dyn Model>, weight_cache::Report)> {
+    let version = detect_version(ckpt)?;
+    let session = weight_cache::Session::open(cache, ckpt, opts.dtype);
+    let model = (version.info().load)(&Weights::cached(ckpt, opts.dtype, &session), version)?;
+    Ok((model, session.finish()))
 }
 
 /// The configuration of the model a checkpoint holds, checked as loading checks it (every

@@ -7,6 +7,7 @@
 use crate::checkpoint::{Checkpoint, StoredDType};
 use crate::format::Format;
 use crate::ops::{Linear, RowTable};
+use crate::weight_cache::Session;
 use anyhow::{bail, Context, Result};
 
 pub struct Weights<'a> {
@@ -17,6 +18,9 @@ pub struct Weights<'a> {
     check_only: bool,
     /// The scope: the names asked for are read as `{prefix}{name}` (empty, or ending in a dot).
     prefix: String,
+    /// The weight cache: what it holds is served from its mapping, and what is converted is
+    /// recorded into it (see [`crate::weight_cache`]).
+    cache: Option<&'a Session>,
 }
 
 /// Drops size-1 dimensions (RWKV stores per-channel vectors as (1, 1, C)).
@@ -31,6 +35,15 @@ impl<'a> Weights<'a> {
             dtype,
             check_only: false,
             prefix: String::new(),
+            cache: None,
+        }
+    }
+
+    /// As [`Weights::new`], serving from and recording into the weight cache `cache`.
+    pub fn cached(ckpt: &'a Checkpoint, dtype: Format, cache: &'a Session) -> Self {
+        Self {
+            cache: Some(cache),
+            ..Self::new(ckpt, dtype)
         }
     }
 
@@ -45,6 +58,7 @@ impl<'a> Weights<'a> {
             dtype: Format::F32,
             check_only: true,
             prefix: String::new(),
+            cache: None,
         }
     }
 
@@ -56,6 +70,7 @@ impl<'a> Weights<'a> {
             dtype: self.dtype,
             check_only: self.check_only,
             prefix: format!("{}{scope}.", self.prefix),
+            cache: self.cache,
         }
     }
 
@@ -92,7 +107,12 @@ impl<'a> Weights<'a> {
 
     /// A tensor whose shape must be `shape` (size-1 dimensions ignored), as f32.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        self.tensor_at(&self.path(name), shape)
+        let name = &self.path(name);
+        let got = self.shape_at(name)?;
+        if squeezed(&got) != squeezed(shape) {
+            bail!("tensor {name} has shape {got:?}, expected {shape:?}");
+        }
+        self.f32_at(name)
     }
 
     /// [`Weights::tensor`] of the tensor whose full name is `name`.
@@ -104,6 +124,20 @@ impl<'a> Weights<'a> {
         self.ckpt.read_f32(name)
     }
 
+    /// The values of tensor `name` (full name) as f32: from the weight cache when it holds
+    /// them, else read (and recorded into the cache being written).
+    fn f32_at(&self, name: &str) -> Result<Vec<f32>> {
+        let key = format!("f32:{name}");
+        if let Some(v) = self.cache.and_then(|c| c.f32s(&key)) {
+            return Ok(v);
+        }
+        let v = self.ckpt.read_f32(name)?;
+        if let Some(c) = self.cache {
+            c.put_f32s(&key, &v);
+        }
+        Ok(v)
+    }
+
     /// A per-channel vector of `n` values, whatever singleton dimensions it is stored with.
     pub fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
         let name = &self.path(name);
@@ -111,12 +145,17 @@ impl<'a> Weights<'a> {
         if got.iter().product::<usize>() != n {
             bail!("tensor {name} has shape {got:?}, expected {n} values");
         }
-        self.ckpt.read_f32(name)
+        self.f32_at(name)
     }
 
     /// A tensor of any shape, flattened (for values whose layout varies between releases).
     pub fn vector_any(&self, name: &str) -> Result<Vec<f32>> {
-        self.ckpt.read_f32(&self.path(name))
+        let name = &self.path(name);
+        if !self.ckpt.contains(name) {
+            // The checkpoint's own message.
+            return self.ckpt.read_f32(name);
+        }
+        self.f32_at(name)
     }
 
     /// A projection stored (out, in), kept in the compute dtype: converted from the file in
@@ -134,7 +173,14 @@ impl<'a> Weights<'a> {
             self.ckpt.verify_data(name)?;
             return Ok(Linear::unloaded(out_dim, in_dim));
         }
-        match self.ckpt.reader(name)? {
+        let key = format!("linear:{name}");
+        if let Some(l) = self
+            .cache
+            .and_then(|c| c.linear(&key, out_dim, in_dim, self.dtype))
+        {
+            return Ok(l);
+        }
+        let l = match self.ckpt.reader(name)? {
             // Stored plainly: panels converted on all threads, straight from the map.
             Some(r) => {
                 Linear::from_values(out_dim, in_dim, self.dtype, &|at, dst| r.read_into(at, dst))
@@ -143,7 +189,11 @@ impl<'a> Weights<'a> {
                 self.ckpt.read_f32_chunks(name, 32 * in_dim, sink)
             }),
         }
-        .with_context(|| format!("tensor {name}"))
+        .with_context(|| format!("tensor {name}"))?;
+        if let Some(c) = self.cache {
+            c.put(&key, [out_dim, in_dim], self.dtype, l.packed().bytes());
+        }
+        Ok(l)
     }
 
     /// A table of `rows` rows read one at a time (the embedding), kept in the compute dtype,
@@ -161,7 +211,14 @@ impl<'a> Weights<'a> {
             self.ckpt.verify_data(name)?;
             return Ok(RowTable::unloaded(rows, cols));
         }
-        match self.ckpt.reader(name)? {
+        let key = format!("table:{name}");
+        if let Some(t) = self
+            .cache
+            .and_then(|c| c.table(&key, rows, cols, self.dtype))
+        {
+            return Ok(t);
+        }
+        let t = match self.ckpt.reader(name)? {
             Some(r) => {
                 RowTable::from_values(rows, cols, self.dtype, &|at, dst| r.read_into(at, dst))
             }
@@ -169,15 +226,30 @@ impl<'a> Weights<'a> {
                 self.ckpt.read_f32_chunks(name, 256 * cols, sink)
             }),
         }
-        .with_context(|| format!("tensor {name}"))
+        .with_context(|| format!("tensor {name}"))?;
+        if let Some(c) = self.cache {
+            c.put(&key, [rows, cols], self.dtype, t.encoded());
+        }
+        Ok(t)
     }
 
     /// A LoRA matrix stored (in, out) and used as `x @ W`; kept in f32 (they are small).
     pub fn lora(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
         let name = &self.path(name);
+        let key = format!("lora:{name}");
+        if let Some(l) = self
+            .cache
+            .and_then(|c| c.linear(&key, out_dim, in_dim, Format::F32))
+        {
+            return Ok(l);
+        }
         let v = self.tensor_at(name, &[in_dim, out_dim])?;
-        Linear::from_in_out(v, in_dim, out_dim, Format::F32)
-            .with_context(|| format!("tensor {name}"))
+        let l = Linear::from_in_out(v, in_dim, out_dim, Format::F32)
+            .with_context(|| format!("tensor {name}"))?;
+        if let Some(c) = self.cache {
+            c.put(&key, [out_dim, in_dim], Format::F32, l.packed().bytes());
+        }
+        Ok(l)
     }
 
     /// The size of dimension `dim` of a tensor that must have rank `rank`.

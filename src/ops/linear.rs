@@ -193,6 +193,36 @@ impl Linear {
         Self::new(t, out_dim, in_dim, format)
     }
 
+    /// Builds from panels already packed in `format` (as [`Linear::packed`] gives them: the
+    /// weight cache's), which must be exactly the size such a matrix packs to.
+    pub fn from_packed(
+        out_dim: usize,
+        in_dim: usize,
+        format: Format,
+        w: AlignedBuf,
+    ) -> Result<Self> {
+        Self::check(out_dim * in_dim, out_dim, in_dim)?;
+        if w.len() != format.matrix_bytes(out_dim, in_dim) {
+            bail!(
+                "packed weight has {} bytes, expected {} for {out_dim}×{in_dim} in {}",
+                w.len(),
+                format.matrix_bytes(out_dim, in_dim),
+                format.name()
+            );
+        }
+        Ok(Self {
+            out_dim,
+            in_dim,
+            format,
+            w,
+        })
+    }
+
+    /// The packed panels, as the kernels read them.
+    pub fn packed(&self) -> &AlignedBuf {
+        &self.w
+    }
+
     pub fn n_params(&self) -> usize {
         self.out_dim * self.in_dim
     }
@@ -401,7 +431,29 @@ pub struct RowTable {
     pub cols: usize,
     codec: &'static format::RowCodec,
     /// The encoded rows, `codec.row_bytes(cols)` bytes each.
-    data: Vec<u8>,
+    data: TableBytes,
+}
+
+/// A [`RowTable`]'s encoded rows: its own, or a read-only piece of the weight cache's mapping.
+enum TableBytes {
+    Owned(Vec<u8>),
+    Shared(AlignedBuf),
+}
+
+impl From<Vec<u8>> for TableBytes {
+    fn from(v: Vec<u8>) -> Self {
+        Self::Owned(v)
+    }
+}
+
+impl std::ops::Deref for TableBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Owned(v) => v,
+            Self::Shared(b) => b.bytes(),
+        }
+    }
 }
 
 impl RowTable {
@@ -412,8 +464,37 @@ impl RowTable {
             rows,
             cols,
             codec: &Format::F32.traits().rows,
-            data: Vec::new(),
+            data: Vec::new().into(),
         }
+    }
+
+    /// Builds from rows already encoded in `format` (as [`RowTable::encoded`] gives them: the
+    /// weight cache's), which must be exactly `rows` rows long.
+    pub fn from_encoded(
+        rows: usize,
+        cols: usize,
+        format: Format,
+        data: AlignedBuf,
+    ) -> Result<Self> {
+        let codec = &format.traits().rows;
+        if rows == 0 || cols == 0 || data.len() != rows * codec.row_bytes(cols) {
+            bail!(
+                "table of {} bytes is not {rows} rows of {cols} values in {}",
+                data.len(),
+                format.name()
+            );
+        }
+        Ok(Self {
+            rows,
+            cols,
+            codec,
+            data: TableBytes::Shared(data),
+        })
+    }
+
+    /// The encoded rows, `rows` × the format's row size.
+    pub fn encoded(&self) -> &[u8] {
+        &self.data
     }
 
     /// Builds from values (rows × cols, row-major) delivered in runs by `read`, as
@@ -452,7 +533,7 @@ impl RowTable {
             rows,
             cols,
             codec,
-            data,
+            data: data.into(),
         })
     }
 
@@ -492,7 +573,7 @@ impl RowTable {
             rows,
             cols,
             codec,
-            data,
+            data: data.into(),
         })
     }
 

@@ -1,0 +1,344 @@
+//! The weight cache: a second run maps the packed weights written by the first and computes
+//! exactly what an uncached run computes; damaged and stale files are found and rebuilt; the
+//! size limit evicts; `--no-weight-cache` and an unwritable cache leave nothing behind.
+
+mod common;
+
+use common::{bin_with_cache, fixture_path, run_with_stdin, scratch, stderr};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+/// One greedy run of `model` with the weight cache in `cache`: (stdout, logits after the
+/// prompt, the stats JSON's `model.weight_cache`, stderr).
+struct Run {
+    text: Vec<u8>,
+    logits: Vec<u8>,
+    cache: String,
+    stderr: String,
+}
+
+fn generate(cache: &Path, model: &Path, extra: &[&str]) -> Run {
+    let logits = scratch("logits").join(rand_suffix());
+    let mut cmd = bin_with_cache(cache);
+    cmd.env_remove("RWKV_CLI_WEIGHT_CACHE_MAX");
+    cmd.args(["generate", "-m"])
+        .arg(model)
+        .args(["-p", "The quick", "-n", "12", "--temperature", "0"])
+        .args(["--stats-json", "--logits-out"])
+        .arg(&logits)
+        .args(extra);
+    let o = run_with_stdin(&mut cmd, b"");
+    finish(o, &logits)
+}
+
+fn finish(o: Output, logits: &Path) -> Run {
+    let err = stderr(&o);
+    assert!(o.status.success(), "exit {:?}: {err}", o.status);
+    let stats: serde_json::Value =
+        serde_json::from_str(err.lines().last().expect("stats line")).expect("stats JSON");
+    let bytes = std::fs::read(logits).expect("logits file");
+    let _ = std::fs::remove_file(logits);
+    Run {
+        text: o.stdout,
+        logits: bytes,
+        cache: stats["model"]["weight_cache"]
+            .as_str()
+            .expect("weight_cache in the stats")
+            .to_string(),
+        stderr: err,
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The cache files (`*.rwkvw`) and leftover temporary files in `cache`.
+fn cache_files(cache: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut files = Vec::new();
+    let mut temps = Vec::new();
+    if let Ok(list) = std::fs::read_dir(cache.join("weights")) {
+        for e in list.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".rwkvw") {
+                files.push(e.path());
+            } else {
+                temps.push(e.path());
+            }
+        }
+    }
+    (files, temps)
+}
+
+fn only_file(cache: &Path) -> PathBuf {
+    let (files, temps) = cache_files(cache);
+    assert!(temps.is_empty(), "temporary files left: {temps:?}");
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+/// The warning lines of a run's stderr.
+fn warnings(r: &Run) -> Vec<&str> {
+    r.stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect()
+}
+
+/// A copy of a fixture in a scratch folder of its own (so that tests may touch or replace it).
+fn own_copy(dir: &str, fixture: &str) -> PathBuf {
+    let d = scratch(dir);
+    let p = d.join(fixture);
+    std::fs::copy(fixture_path(fixture), &p).unwrap();
+    p
+}
+
+#[test]
+fn a_second_run_hits_and_computes_exactly_what_an_uncached_run_does() {
+    for format in ["f32", "f16", "bf16", "q8_0", "q4_0"] {
+        let cache = scratch(&format!("hit-{format}"));
+        let model = fixture_path("v7.safetensors");
+        let flag = if format.starts_with('q') {
+            "--quant"
+        } else {
+            "--dtype"
+        };
+        let args = [flag, format];
+        let first = generate(&cache, &model, &args);
+        assert_eq!(first.cache, "written", "{format}: {}", first.stderr);
+        assert!(warnings(&first).is_empty(), "{}", first.stderr);
+        let file = only_file(&cache);
+        let second = generate(&cache, &model, &args);
+        assert_eq!(second.cache, "hit", "{format}: {}", second.stderr);
+        assert!(warnings(&second).is_empty(), "{}", second.stderr);
+        let off_cache = scratch(&format!("hit-{format}-off"));
+        let uncached = generate(&off_cache, &model, &[flag, format, "--no-weight-cache"]);
+        assert_eq!(uncached.cache, "off");
+        for r in [&first, &second] {
+            assert_eq!(r.text, uncached.text, "{format}");
+            assert_eq!(r.logits, uncached.logits, "{format}");
+        }
+        assert_eq!(only_file(&cache), file, "a hit writes no new file");
+        // --no-weight-cache wrote nothing.
+        let (files, temps) = cache_files(&off_cache);
+        assert!(files.is_empty() && temps.is_empty(), "{files:?} {temps:?}");
+    }
+}
+
+#[test]
+fn every_version_round_trips_through_the_cache() {
+    let files = common::MODELS.iter().map(|m| format!("{m}.safetensors"));
+    // And the other containers: PyTorch zip, GGUF (f32 and quantized).
+    let others = ["v7.pth", "v7_f32.gguf", "v7_q8_0.gguf", "v6_q8_0.gguf"];
+    for name in files.chain(others.map(String::from)) {
+        let cache = scratch(&format!("versions-{name}"));
+        let model = fixture_path(&name);
+        let first = generate(&cache, &model, &[]);
+        let second = generate(&cache, &model, &[]);
+        assert_eq!(
+            (first.cache.as_str(), second.cache.as_str()),
+            ("written", "hit"),
+            "{name}"
+        );
+        let uncached = generate(&cache, &model, &["--no-weight-cache"]);
+        assert_eq!(second.text, uncached.text, "{name}");
+        assert_eq!(second.logits, uncached.logits, "{name}");
+    }
+}
+
+/// Damages the cache file with `damage`, then checks that the next run warns once, rebuilds
+/// the file and computes the right thing, and that the run after it hits again.
+fn rebuilt_after(test: &str, damage: impl Fn(&Path), expect: &str) {
+    let cache = scratch(test);
+    let model = fixture_path("v7.safetensors");
+    let good = generate(&cache, &model, &["--dtype", "bf16"]);
+    let file = only_file(&cache);
+    damage(&file);
+    let r = generate(&cache, &model, &["--dtype", "bf16"]);
+    assert_eq!(r.cache, "rebuilt", "{test}: {}", r.stderr);
+    let w = warnings(&r);
+    assert_eq!(w.len(), 1, "{test}: {}", r.stderr);
+    assert!(
+        w[0].contains(&file.display().to_string()) && w[0].contains(expect),
+        "{test}: {}",
+        w[0]
+    );
+    assert_eq!((r.text, r.logits), (good.text.clone(), good.logits.clone()));
+    assert_eq!(only_file(&cache), file);
+    let again = generate(&cache, &model, &["--dtype", "bf16"]);
+    assert_eq!(again.cache, "hit", "{test}: {}", again.stderr);
+    assert_eq!((again.text, again.logits), (good.text, good.logits));
+}
+
+fn edit(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut b = std::fs::read(path).unwrap();
+    f(&mut b);
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn a_truncated_cache_file_is_rebuilt() {
+    rebuilt_after(
+        "truncated",
+        |p| edit(p, |b| b.truncate(b.len() / 2)),
+        "damaged",
+    );
+    rebuilt_after("emptied", |p| edit(p, |b| b.truncate(10)), "damaged");
+}
+
+#[test]
+fn a_bit_flip_anywhere_in_the_cache_file_is_caught() {
+    // In the data (the packed matrices sit between the header page and the index at the end).
+    rebuilt_after(
+        "flip-data",
+        |p| {
+            edit(p, |b| {
+                // 128 bytes: more than the padding between two entries, so some are data.
+                let at = 4096 + (b.len() - 4096) / 3;
+                b[at..at + 128].iter_mut().for_each(|v| *v ^= 0x10);
+            })
+        },
+        "damaged (data checksum)",
+    );
+    rebuilt_after("flip-header", |p| edit(p, |b| b[20] ^= 1), "damaged");
+    rebuilt_after(
+        "flip-index",
+        |p| edit(p, |b| *b.last_mut().unwrap() ^= 1),
+        "damaged (index checksum)",
+    );
+}
+
+#[test]
+fn a_touched_or_replaced_checkpoint_makes_the_file_stale() {
+    let cache = scratch("stale");
+    let model = own_copy("stale-model", "v7.safetensors");
+    let first = generate(&cache, &model, &[]);
+    assert_eq!(first.cache, "written");
+    // Touched: same bytes, a new modification time.
+    let f = std::fs::File::options().write(true).open(&model).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    let r = generate(&cache, &model, &[]);
+    assert_eq!(r.cache, "rebuilt", "{}", r.stderr);
+    assert!(
+        warnings(&r)
+            .iter()
+            .any(|w| w.contains("stale (the checkpoint changed)")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!((&r.text, &r.logits), (&first.text, &first.logits));
+    // Replaced by another model at the same path: the new model's output, not the cache's.
+    std::fs::copy(fixture_path("v7_bf16.safetensors"), &model).unwrap();
+    let r = generate(&cache, &model, &[]);
+    assert_eq!(r.cache, "rebuilt", "{}", r.stderr);
+    let truth = generate(&cache, &model, &["--no-weight-cache"]);
+    assert_eq!((&r.text, &r.logits), (&truth.text, &truth.logits));
+    assert_eq!(generate(&cache, &model, &[]).cache, "hit");
+    only_file(&cache);
+}
+
+#[test]
+fn the_size_limit_evicts_the_least_recently_used_file() {
+    let cache = scratch("limit");
+    let (a, b) = (
+        fixture_path("v7.safetensors"),
+        fixture_path("v6.safetensors"),
+    );
+    let size_of = |model: &Path, dir: &str| {
+        let c = scratch(dir);
+        assert_eq!(generate(&c, model, &[]).cache, "written");
+        std::fs::metadata(only_file(&c)).unwrap().len()
+    };
+    let (size_a, size_b) = (size_of(&a, "limit-a"), size_of(&b, "limit-b"));
+    assert_eq!(generate(&cache, &a, &[]).cache, "written");
+    // Room for either model's file, not both: writing b's evicts a's.
+    let limit = format!("{}", size_a + size_b - 1);
+    let rb = generate(&cache, &b, &["--weight-cache-max", &limit]);
+    assert_eq!(rb.cache, "written", "{}", rb.stderr);
+    let file_b = only_file(&cache);
+    assert_eq!(
+        generate(&cache, &b, &["--weight-cache-max", &limit]).cache,
+        "hit"
+    );
+    assert_eq!(only_file(&cache), file_b);
+    // A model larger than the limit is not cached, with one warning, and still runs.
+    let r = generate(&cache, &a, &["--weight-cache-max", "1KiB"]);
+    assert_eq!(r.cache, "not written");
+    let w = warnings(&r);
+    assert!(w.len() == 1 && w[0].contains("limit"), "{}", r.stderr);
+    assert_eq!(only_file(&cache), file_b);
+    // The environment variable sets the limit too, and 0 turns the cache off.
+    let mut cmd = bin_with_cache(&cache);
+    cmd.env("RWKV_CLI_WEIGHT_CACHE_MAX", "0");
+    cmd.args(["generate", "-m"])
+        .arg(&a)
+        .args(["-n", "0", "-p", "x", "--stats-json"]);
+    let o = run_with_stdin(&mut cmd, b"");
+    assert!(
+        stderr(&o).contains(r#""weight_cache":"off""#),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn an_unwritable_cache_warns_and_the_run_goes_on() {
+    // A cache "directory" below a regular file cannot be created, even by root.
+    let blocker = scratch("unwritable").join("a-file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let cache = blocker.join("cache");
+    let model = fixture_path("v7.safetensors");
+    let r = generate(&cache, &model, &[]);
+    assert_eq!(r.cache, "not written");
+    let w = warnings(&r);
+    assert_eq!(w.len(), 1, "{}", r.stderr);
+    assert!(w[0].contains("cannot write the weight cache"), "{}", w[0]);
+    let truth = generate(&scratch("unwritable-off"), &model, &["--no-weight-cache"]);
+    assert_eq!((r.text, r.logits), (truth.text, truth.logits));
+}
+
+#[test]
+fn concurrent_first_runs_all_succeed_and_leave_one_valid_file() {
+    let cache = scratch("concurrent");
+    let model = fixture_path("v7.safetensors");
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            let logits = scratch("logits").join(format!("concurrent-{i}"));
+            let mut cmd = bin_with_cache(&cache);
+            cmd.args(["generate", "-m"])
+                .arg(&model)
+                .args(["-p", "The quick", "-n", "12", "--temperature", "0"])
+                .args(["--stats-json", "--logits-out"])
+                .arg(&logits)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            (cmd.spawn().unwrap(), logits)
+        })
+        .collect();
+    let runs: Vec<Run> = children
+        .into_iter()
+        .map(|(c, logits)| finish(c.wait_with_output().unwrap(), &logits))
+        .collect();
+    for r in &runs {
+        assert!(
+            r.cache == "written" || r.cache == "hit",
+            "{}: {}",
+            r.cache,
+            r.stderr
+        );
+        assert!(warnings(r).is_empty(), "{}", r.stderr);
+        assert_eq!((&r.text, &r.logits), (&runs[0].text, &runs[0].logits));
+    }
+    only_file(&cache);
+    let after = generate(&cache, &model, &[]);
+    assert_eq!(after.cache, "hit", "{}", after.stderr);
+    assert_eq!(
+        (after.text, after.logits),
+        (runs[0].text.clone(), runs[0].logits.clone())
+    );
+}
