@@ -692,7 +692,7 @@ mod tests {
                 };
                 let a = RowTable::from_values(rows, cols, fmt, &read).unwrap();
                 let b = RowTable::from_streamed(rows, cols, fmt, stream).unwrap();
-                assert!(a.data == b.data, "table {fmt:?} {rows}x{cols}");
+                assert!(a.encoded() == b.encoded(), "table {fmt:?} {rows}x{cols}");
                 let a = Linear::from_values(rows, cols, fmt, &read).unwrap();
                 let b = Linear::from_streamed(rows, cols, fmt, stream).unwrap();
                 assert!(a.w.bytes() == b.w.bytes(), "matrix {fmt:?} {rows}x{cols}");
