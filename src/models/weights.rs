@@ -173,27 +173,46 @@ impl<'a> Weights<'a> {
             self.ckpt.verify_data(name)?;
             return Ok(Linear::unloaded(out_dim, in_dim));
         }
-        let key = format!("linear:{name}");
-        if let Some(l) = self
-            .cache
-            .and_then(|c| c.linear(&key, out_dim, in_dim, self.dtype))
-        {
-            return Ok(l);
+        self.through_cache(
+            format!("linear:{name}"),
+            [out_dim, in_dim],
+            self.dtype,
+            |c, key| c.linear(key, out_dim, in_dim, self.dtype),
+            || {
+                match self.ckpt.reader(name)? {
+                    // Stored plainly: panels converted on all threads, straight from the map.
+                    Some(r) => Linear::from_values(out_dim, in_dim, self.dtype, &|at, dst| {
+                        r.read_into(at, dst)
+                    }),
+                    None => Linear::from_streamed(out_dim, in_dim, self.dtype, |sink| {
+                        self.ckpt.read_f32_chunks(name, 32 * in_dim, sink)
+                    }),
+                }
+                .with_context(|| format!("tensor {name}"))
+            },
+            |l| l.packed().bytes(),
+        )
+    }
+
+    /// What `build` makes, or the weight cache's copy of it under `key` (`hit` looks it up);
+    /// what is built is recorded into a cache file being written (`bytes`: its packed form).
+    fn through_cache<T>(
+        &self,
+        key: String,
+        dims: [usize; 2],
+        format: Format,
+        hit: impl FnOnce(&Session, &str) -> Option<T>,
+        build: impl FnOnce() -> Result<T>,
+        bytes: impl FnOnce(&T) -> &[u8],
+    ) -> Result<T> {
+        if let Some(t) = self.cache.and_then(|c| hit(c, &key)) {
+            return Ok(t);
         }
-        let l = match self.ckpt.reader(name)? {
-            // Stored plainly: panels converted on all threads, straight from the map.
-            Some(r) => {
-                Linear::from_values(out_dim, in_dim, self.dtype, &|at, dst| r.read_into(at, dst))
-            }
-            None => Linear::from_streamed(out_dim, in_dim, self.dtype, |sink| {
-                self.ckpt.read_f32_chunks(name, 32 * in_dim, sink)
-            }),
-        }
-        .with_context(|| format!("tensor {name}"))?;
+        let t = build()?;
         if let Some(c) = self.cache {
-            c.put(&key, [out_dim, in_dim], self.dtype, l.packed().bytes());
+            c.put(&key, dims, format, bytes(&t));
         }
-        Ok(l)
+        Ok(t)
     }
 
     /// A table of `rows` rows read one at a time (the embedding), kept in the compute dtype,
@@ -211,45 +230,41 @@ impl<'a> Weights<'a> {
             self.ckpt.verify_data(name)?;
             return Ok(RowTable::unloaded(rows, cols));
         }
-        let key = format!("table:{name}");
-        if let Some(t) = self
-            .cache
-            .and_then(|c| c.table(&key, rows, cols, self.dtype))
-        {
-            return Ok(t);
-        }
-        let t = match self.ckpt.reader(name)? {
-            Some(r) => {
-                RowTable::from_values(rows, cols, self.dtype, &|at, dst| r.read_into(at, dst))
-            }
-            None => RowTable::from_streamed(rows, cols, self.dtype, |sink| {
-                self.ckpt.read_f32_chunks(name, 256 * cols, sink)
-            }),
-        }
-        .with_context(|| format!("tensor {name}"))?;
-        if let Some(c) = self.cache {
-            c.put(&key, [rows, cols], self.dtype, t.encoded());
-        }
-        Ok(t)
+        self.through_cache(
+            format!("table:{name}"),
+            [rows, cols],
+            self.dtype,
+            |c, key| c.table(key, rows, cols, self.dtype),
+            || {
+                match self.ckpt.reader(name)? {
+                    Some(r) => RowTable::from_values(rows, cols, self.dtype, &|at, dst| {
+                        r.read_into(at, dst)
+                    }),
+                    None => RowTable::from_streamed(rows, cols, self.dtype, |sink| {
+                        self.ckpt.read_f32_chunks(name, 256 * cols, sink)
+                    }),
+                }
+                .with_context(|| format!("tensor {name}"))
+            },
+            |t| t.encoded(),
+        )
     }
 
     /// A LoRA matrix stored (in, out) and used as `x @ W`; kept in f32 (they are small).
     pub fn lora(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
         let name = &self.path(name);
-        let key = format!("lora:{name}");
-        if let Some(l) = self
-            .cache
-            .and_then(|c| c.linear(&key, out_dim, in_dim, Format::F32))
-        {
-            return Ok(l);
-        }
-        let v = self.tensor_at(name, &[in_dim, out_dim])?;
-        let l = Linear::from_in_out(v, in_dim, out_dim, Format::F32)
-            .with_context(|| format!("tensor {name}"))?;
-        if let Some(c) = self.cache {
-            c.put(&key, [out_dim, in_dim], Format::F32, l.packed().bytes());
-        }
-        Ok(l)
+        self.through_cache(
+            format!("lora:{name}"),
+            [out_dim, in_dim],
+            Format::F32,
+            |c, key| c.linear(key, out_dim, in_dim, Format::F32),
+            || {
+                let v = self.tensor_at(name, &[in_dim, out_dim])?;
+                Linear::from_in_out(v, in_dim, out_dim, Format::F32)
+                    .with_context(|| format!("tensor {name}"))
+            },
+            |l| l.packed().bytes(),
+        )
     }
 
     /// The size of dimension `dim` of a tensor that must have rank `rank`.

@@ -440,6 +440,12 @@ enum TableBytes {
     Shared(AlignedBuf),
 }
 
+impl PartialEq for TableBytes {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
 impl From<Vec<u8>> for TableBytes {
     fn from(v: Vec<u8>) -> Self {
         Self::Owned(v)
