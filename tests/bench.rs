@@ -355,4 +355,8 @@ fn bench_labels_are_distinct_and_small_weights_get_the_cache_note() {
     let load = v["load_seconds"].as_f64().unwrap();
     let total = v["total_seconds"].as_f64().unwrap();
     assert!(ready >= load && ready < total, "{v}");
+    // The fixture's packed weights were cached by an earlier run in this cache, or written now.
+    let cache = v["weight_cache"].as_str().unwrap();
+    assert!(["hit", "written"].contains(&cache), "{v}");
+    assert_eq!(v["decode"]["weight_cache"], cache);
 }

@@ -218,7 +218,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         model,
         config: cfg,
         format: dtype,
-        ..
+        weight_cache,
     } = args.model.load_from(path)?;
     drop(checkpoint);
     let load_secs = load_start.elapsed().as_secs_f64();
@@ -242,6 +242,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         DecodeReport {
             ms_per_token: ms,
             ready_seconds: ready_secs,
+            weight_cache: weight_cache.name(),
             weight_bytes,
             read_bandwidth: bandwidth.read.max(again.read),
             copy_bandwidth: bandwidth.copy.max(again.copy),
@@ -265,6 +266,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "{}",
                 serde_json::json!({
                     "model": model_json(&path, &cfg, dtype),
+                    "weight_cache": d.weight_cache,
                     "decode_tokens": args.decode_tokens,
                     "decode": d.to_json(),
                     "peak_rss_bytes": peak_rss,
@@ -453,6 +455,8 @@ pub struct DecodeReport {
     pub ms_per_token: f64,
     /// Seconds from the process's start to the model loaded (the bandwidth probe excluded).
     pub ready_seconds: f64,
+    /// What the load did with the packed-weight cache ("hit", "written", "off", ...).
+    pub weight_cache: &'static str,
     /// Bytes of weights one step reads (the embedding row aside).
     pub weight_bytes: u64,
     /// Measured memory bandwidth, bytes/s: streaming read, and copy (read + write).
@@ -491,6 +495,7 @@ impl DecodeReport {
         serde_json::json!({
             "ms_per_token": self.ms_per_token,
             "ready_seconds": self.ready_seconds,
+            "weight_cache": self.weight_cache,
             "tokens_per_second": 1e3 / self.ms_per_token.max(1e-9),
             "weight_bytes_per_token": self.weight_bytes,
             "weight_bandwidth_bytes_per_second": self.weight_bandwidth(),
@@ -510,11 +515,12 @@ impl DecodeReport {
 
     pub fn to_table(&self) -> String {
         let mut s = format!(
-            "time to ready     {:.2} s (process start to model loaded; the bandwidth probe excluded)\n\
+            "time to ready     {:.2} s (process start to model loaded; the bandwidth probe excluded; weight cache: {})\n\
              decode speed      {:.2} ms/token ({:.1} tokens/s), reading {} of weights per token\n\
              weight traffic    {:.1} GB/s = {:.0}% of the measured memory bandwidth\n\
              memory bandwidth  {:.1} GB/s read, {:.1} GB/s copy ({} threads, STREAM-style); bound {:.2} ms/token\n",
             self.ready_seconds,
+            self.weight_cache,
             self.ms_per_token,
             1e3 / self.ms_per_token.max(1e-9),
             human_bytes(self.weight_bytes),
@@ -566,6 +572,7 @@ impl Report {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "model": model_json(&self.path, &self.cfg, self.dtype),
+            "weight_cache": self.decode.weight_cache,
             "context_tokens": self.context,
             "chunk": self.chunk,
             "segments": self.segments.iter().map(|s| serde_json::json!({
@@ -748,6 +755,7 @@ mod tests {
         let d = |weight_bytes: u64, ms: f64| DecodeReport {
             ms_per_token: ms,
             ready_seconds: 0.5,
+            weight_cache: "off",
             weight_bytes,
             read_bandwidth: 40e9,
             copy_bandwidth: 30e9,
