@@ -24,7 +24,8 @@ Ctrl-C. `rwkv-cli COMMAND --help` has each command's details.";
 /// The environment variables of every command that loads a model.
 macro_rules! model_env {
     () => {
-        "Environment: RWKV_CLI_CACHE or XDG_CACHE_HOME (where the embedded model is unpacked);
+        "Environment: RWKV_CLI_CACHE or XDG_CACHE_HOME (the embedded model and the weight cache);
+RWKV_CLI_WEIGHT_CACHE_MAX;
 HF_HOME, HF_HUB_CACHE, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_DISABLE_PROGRESS_BARS (Hub
 models); RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_BF16, RWKV_NO_SIMD (force slower kernels)."
     };
