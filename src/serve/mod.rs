@@ -93,12 +93,28 @@ pub struct Outcome {
     pub cached_tokens: usize,
 }
 
-/// What a job's sink receives, in order: `Text`* then `Done` or `Failed`.
+/// A sampled token's log-probabilities (jobs that ask for them: [`Job::logprobs`]), under
+/// the model's distribution before any sampling setting, as `generate --logprobs` prints them
+/// ([`crate::sampler::top_logprobs`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    pub id: u32,
+    pub bytes: Vec<u8>,
+    /// Natural log.
+    pub logprob: f64,
+    /// The [`Job::logprobs`] most likely tokens, best first: `(id, bytes, logprob)`.
+    pub top: Vec<(u32, Vec<u8>, f64)>,
+}
+
+/// What a job's sink receives, in order: `Text` and `Token` events, then `Done` or `Failed`.
 #[derive(Clone, Debug)]
 pub enum Event {
     /// The next bytes of the text (raw: may end inside a UTF-8 character). Empty before each
     /// chunk of the prompt: a probe whether anyone still listens.
     Text(Vec<u8>),
+    /// A sampled token's log-probabilities, sent before its text (whose bytes a stop string
+    /// may hold back or cut): one per generated token, when the job asks for them.
+    Token(TokenLogprobs),
     Done(Outcome),
     Failed(String),
 }
@@ -118,6 +134,8 @@ pub struct Job {
     pub stops: Vec<Vec<u8>>,
     /// Chat reply: the end-of-text token is never sampled and `\n\n` ends the text.
     pub chat: bool,
+    /// Send a [`Event::Token`] for every generated token, with this many top alternatives.
+    pub logprobs: Option<usize>,
     pub sink: Sink,
 }
 
@@ -439,6 +457,22 @@ impl Worker {
         seq.sampler.accept(token);
         seq.generated += 1;
         let bytes = self.tok.token_bytes(token);
+        if let Some(n) = seq.job.logprobs {
+            let (logprob, top) = crate::sampler::top_logprobs(logits, token, n);
+            let info = TokenLogprobs {
+                id: token,
+                bytes: bytes.clone(),
+                logprob,
+                top: top
+                    .into_iter()
+                    .map(|(id, lp)| (id, self.tok.token_bytes(id), lp))
+                    .collect(),
+            };
+            if !(seq.job.sink)(Event::Token(info)) {
+                seq.done = true; // the client has gone
+                return;
+            }
+        }
         seq.raw.extend_from_slice(&bytes);
         let (text, stopped) = seq.filter.push(&bytes);
         if !text.is_empty() && !(seq.job.sink)(Event::Text(text)) {

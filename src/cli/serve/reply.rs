@@ -8,7 +8,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rwkv_cli::chat::{self, ReplyView, Think};
-use rwkv_cli::serve::{Event, Finish, Outcome};
+use rwkv_cli::serve::{Event, Finish, Outcome, TokenLogprobs};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
@@ -88,6 +88,74 @@ impl Shown {
     }
 }
 
+/// A log-probability as JSON: OpenAI's -9999 for a token without probability (JSON has no -inf).
+fn logprob_json(lp: f64) -> Value {
+    json!(if lp.is_finite() { lp } else { -9999.0 })
+}
+
+/// The generated tokens' log-probabilities as a reply carries them: completions in OpenAI's
+/// legacy form (`tokens`, `token_logprobs`, `top_logprobs` as {token: logprob}, `text_offset`:
+/// where each token's text starts, in characters of the text of all tokens), chat as
+/// `content: [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]`. Streaming
+/// replies take the tokens gathered since their last chunk.
+struct Logprobs {
+    kind: Kind,
+    pending: Vec<TokenLogprobs>,
+    /// Characters of all tokens' text so far (completions' `text_offset`).
+    chars: usize,
+    utf8: Utf8Stream,
+}
+
+impl Logprobs {
+    fn new(kind: Kind) -> Self {
+        Logprobs {
+            kind,
+            pending: Vec::new(),
+            chars: 0,
+            utf8: Utf8Stream::default(),
+        }
+    }
+
+    /// The gathered tokens as a `logprobs` value (`null` when the request asked for none:
+    /// `asked` false), and forgets them.
+    fn take(&mut self, asked: bool) -> Value {
+        if !asked {
+            return Value::Null;
+        }
+        let tokens = std::mem::take(&mut self.pending);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        match self.kind {
+            Kind::Completion => {
+                let mut offsets = Vec::with_capacity(tokens.len());
+                for t in &tokens {
+                    offsets.push(self.chars);
+                    self.chars += self.utf8.push(&t.bytes).chars().count();
+                }
+                json!({
+                    "tokens": tokens.iter().map(|t| text(&t.bytes)).collect::<Vec<_>>(),
+                    "token_logprobs": tokens.iter().map(|t| logprob_json(t.logprob)).collect::<Vec<_>>(),
+                    "top_logprobs": tokens.iter().map(|t| {
+                        t.top.iter().map(|(_, b, lp)| (text(b), logprob_json(*lp))).collect::<serde_json::Map<_, _>>()
+                    }).collect::<Vec<_>>(),
+                    "text_offset": offsets,
+                })
+            }
+            Kind::Chat => {
+                let entry = |b: &[u8], lp: f64| json!({"token": text(b), "logprob": logprob_json(lp), "bytes": b});
+                let content: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        let mut e = entry(&t.bytes, t.logprob);
+                        e["top_logprobs"] = t.top.iter().map(|(_, b, lp)| entry(b, *lp)).collect();
+                        e
+                    })
+                    .collect();
+                json!({"content": content, "refusal": null})
+            }
+        }
+    }
+}
+
 fn usage_json(u: &Outcome) -> Value {
     json!({
         "prompt_tokens": u.prompt_tokens,
@@ -102,14 +170,17 @@ pub(super) async fn whole_response(
     kind: Kind,
     id: String,
     mut rx: UnboundedReceiver<Event>,
+    logprobs_asked: bool,
     t0: Instant,
 ) -> Response {
     let path = kind.path();
     let mut shown = Shown::new(kind);
     let mut text = String::new();
+    let mut logprobs = Logprobs::new(kind);
     let outcome = loop {
         match rx.recv().await {
             Some(Event::Text(b)) => text.push_str(&shown.push(&b)),
+            Some(Event::Token(t)) => logprobs.pending.push(t),
             Some(Event::Done(o)) => break o,
             Some(Event::Failed(msg)) => {
                 return fail(
@@ -140,14 +211,15 @@ pub(super) async fn whole_response(
         }
     };
     text.push_str(&shown.utf8.finish());
+    let logprobs = logprobs.take(logprobs_asked);
     let choice = match kind {
         Kind::Completion => json!({
-            "text": text, "index": 0, "logprobs": null, "finish_reason": outcome.finish.name(),
+            "text": text, "index": 0, "logprobs": logprobs, "finish_reason": outcome.finish.name(),
         }),
         Kind::Chat => json!({
             "index": 0,
             "message": {"role": "assistant", "content": text},
-            "logprobs": null,
+            "logprobs": logprobs,
             "finish_reason": outcome.finish.name(),
         }),
     };
@@ -194,6 +266,8 @@ struct StreamState {
     rx: UnboundedReceiver<Event>,
     shown: Shown,
     include_usage: bool,
+    logprobs: Logprobs,
+    logprobs_asked: bool,
     /// Events still to send before reading the next engine event.
     out: std::collections::VecDeque<SseEvent>,
     finished: bool,
@@ -201,14 +275,17 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn chunk(&self, delta: Value, finish: Option<Finish>) -> SseEvent {
+    /// A chunk of the reply; it carries the log-probabilities of the tokens gathered since the
+    /// last chunk (`with_logprobs`; chat's first chunk, the role, has none).
+    fn chunk(&mut self, delta: Value, finish: Option<Finish>, with_logprobs: bool) -> SseEvent {
+        let logprobs = self.logprobs.take(self.logprobs_asked && with_logprobs);
         let choice = match self.kind {
             Kind::Completion => json!({
-                "text": delta, "index": 0, "logprobs": null,
+                "text": delta, "index": 0, "logprobs": logprobs,
                 "finish_reason": finish.map(Finish::name),
             }),
             Kind::Chat => json!({
-                "index": 0, "delta": delta, "logprobs": null,
+                "index": 0, "delta": delta, "logprobs": logprobs,
                 "finish_reason": finish.map(Finish::name),
             }),
         };
@@ -223,10 +300,10 @@ impl StreamState {
         SseEvent::default().data(v.to_string())
     }
 
-    fn text_chunk(&self, text: String) -> SseEvent {
+    fn text_chunk(&mut self, text: String) -> SseEvent {
         match self.kind {
-            Kind::Completion => self.chunk(Value::String(text), None),
-            Kind::Chat => self.chunk(json!({"content": text}), None),
+            Kind::Completion => self.chunk(Value::String(text), None, true),
+            Kind::Chat => self.chunk(json!({"content": text}), None, true),
         }
     }
 }
@@ -237,6 +314,7 @@ pub(super) fn stream_response(
     id: String,
     rx: UnboundedReceiver<Event>,
     include_usage: bool,
+    logprobs_asked: bool,
     t0: Instant,
 ) -> Response {
     let mut st = StreamState {
@@ -247,6 +325,8 @@ pub(super) fn stream_response(
         rx,
         shown: Shown::new(kind),
         include_usage,
+        logprobs: Logprobs::new(kind),
+        logprobs_asked,
         out: Default::default(),
         finished: false,
         log: StreamLog {
@@ -256,7 +336,7 @@ pub(super) fn stream_response(
         },
     };
     if kind == Kind::Chat {
-        let first = st.chunk(json!({"role": "assistant", "content": ""}), None);
+        let first = st.chunk(json!({"role": "assistant", "content": ""}), None, false);
         st.out.push_back(first);
     }
     let stream = futures_util::stream::unfold(st, |mut st| async move {
@@ -268,6 +348,7 @@ pub(super) fn stream_response(
                 return None;
             }
             match st.rx.recv().await {
+                Some(Event::Token(t)) => st.logprobs.pending.push(t),
                 Some(Event::Text(b)) => {
                     let t = st.shown.push(&b);
                     if !t.is_empty() {
@@ -285,7 +366,7 @@ pub(super) fn stream_response(
                         Kind::Completion => Value::String(String::new()),
                         Kind::Chat => json!({}),
                     };
-                    let last = st.chunk(empty, Some(o.finish));
+                    let last = st.chunk(empty, Some(o.finish), true);
                     st.out.push_back(last);
                     if st.include_usage {
                         let object = match st.kind {

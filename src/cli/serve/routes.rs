@@ -46,12 +46,14 @@ async fn handle(app: Arc<App>, kind: Kind, body: Bytes) -> Response {
         Err(e) => return fail(path, t0, e),
     };
     let (tx, rx) = unbounded_channel();
+    let logprobs_asked = p.logprobs.is_some();
     let job = Job {
         tokens: p.tokens,
         sampler: p.sampler,
         max_tokens: p.max_tokens,
         stops: p.stops,
         chat: kind == Kind::Chat,
+        logprobs: p.logprobs,
         sink: Box::new(move |e| tx.send(e).is_ok()),
     };
     match app.engine.submit(job) {
@@ -85,9 +87,9 @@ async fn handle(app: Arc<App>, kind: Kind, body: Bytes) -> Response {
     }
     let id = request_id(kind);
     if p.stream {
-        stream_response(app, kind, id, rx, p.include_usage, t0)
+        stream_response(app, kind, id, rx, p.include_usage, logprobs_asked, t0)
     } else {
-        whole_response(app, kind, id, rx, t0).await
+        whole_response(app, kind, id, rx, logprobs_asked, t0).await
     }
 }
 
