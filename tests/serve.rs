@@ -522,6 +522,74 @@ fn logprobs_equal_generate_and_stream_as_they_answer_whole() {
     }
 }
 
+/// `n`: the prompt is read once; choice i samples as a request seeded `seed + i` would.
+#[test]
+fn n_choices_are_the_samples_of_their_seeds() {
+    let s = Server::start(&["--max-batch", "4"]);
+    let prompt = "It is a truth universally";
+    let sampled = |seed: u64, n: usize| {
+        s.ok(
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 1.0,
+                   "top_p": 0.9, "seed": seed, "n": n}),
+        )
+    };
+    let v = sampled(7, 3);
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{v}");
+    // Usage: the prompt once, every choice's tokens.
+    assert_eq!(v["usage"]["prompt_tokens"], prompt.len());
+    assert_eq!(v["usage"]["completion_tokens"], 3 * 24);
+    let texts: Vec<String> = choices
+        .iter()
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .collect();
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["finish_reason"], "length");
+        // The same choice alone: a request with the seed 7 + i (its prompt from the cache).
+        let alone = sampled(7 + i as u64, 1);
+        assert_eq!(texts[i], completion_text(&alone), "choice {i}");
+    }
+    assert!(
+        texts[0] != texts[1] || texts[1] != texts[2],
+        "three equal samples: {texts:?}"
+    );
+    // Streamed: each index's pieces make its choice's text.
+    let events = s.stream(
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 1.0,
+               "top_p": 0.9, "seed": 7, "n": 3, "stream": true}),
+    );
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let mut streamed = vec![String::new(); 3];
+    let mut finished = 0;
+    for e in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        let ch = &c["choices"][0];
+        let i = ch["index"].as_u64().unwrap() as usize;
+        streamed[i].push_str(ch["text"].as_str().unwrap());
+        finished += usize::from(!ch["finish_reason"].is_null());
+    }
+    assert_eq!(streamed, texts);
+    assert_eq!(finished, 3);
+    // Chat: greedy choices are all the same reply.
+    let v = s.ok(
+        "/v1/chat/completions",
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi there"}],
+               "temperature": 0, "max_tokens": 20, "n": 2}),
+    );
+    let c = v["choices"].as_array().unwrap();
+    assert_eq!(c.len(), 2);
+    assert_eq!(c[0]["message"], c[1]["message"]);
+    // More choices than slots, or none: 400.
+    for n in [0, 5, -1] {
+        let body = json!({"model": MODEL, "prompt": "a", "n": n});
+        let (got, v, text) = s.post("/v1/completions", &body.to_string(), None);
+        assert_eq!((got, &v["error"]["param"]), (400, &json!("n")), "{text}");
+    }
+}
+
 #[test]
 fn a_shared_prefix_comes_from_the_cache_and_changes_nothing() {
     let cached = Server::start(&[]);

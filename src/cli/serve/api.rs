@@ -90,6 +90,8 @@ pub(super) struct Parsed {
     pub(super) include_usage: bool,
     /// Log-probabilities of every generated token, with this many top alternatives.
     pub(super) logprobs: Option<usize>,
+    /// Choices: independent samples of the prompt.
+    pub(super) n: usize,
 }
 
 /// The most alternatives `logprobs` (completions) and `top_logprobs` (chat) may ask for.
@@ -295,11 +297,19 @@ pub(super) fn parse_request(app: &App, kind: Kind, body: &[u8]) -> Result<Parsed
         }
         Some(_) => return Err(type_error("model", "a string")),
     }
-    if let Some(n) = opt_int(&o, "n")? {
-        if n != 1 {
-            return Err(ApiError::bad("Only n = 1 is supported.", Some("n")));
+    let n = match opt_int(&o, "n")? {
+        None => 1,
+        Some(n) if n >= 1 && n as u64 <= app.max_batch as u64 => n as usize,
+        Some(n) => {
+            return Err(ApiError::bad(
+                format!(
+                    "Invalid 'n': {n}. Expected a value from 1 to {} (--max-batch: every choice decodes in a slot of its own).",
+                    app.max_batch
+                ),
+                Some("n"),
+            ))
         }
-    }
+    };
     let logprobs = logprobs(&o, kind)?;
     let chat = kind == Kind::Chat;
     let sampler = SamplerConfig {
@@ -418,5 +428,6 @@ pub(super) fn parse_request(app: &App, kind: Kind, body: &[u8]) -> Result<Parsed
         stream,
         include_usage,
         logprobs,
+        n,
     })
 }

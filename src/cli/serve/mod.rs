@@ -127,6 +127,8 @@ struct App {
     api_key: Option<String>,
     max_prompt_tokens: usize,
     max_completion_tokens: usize,
+    /// `--max-batch`: the most choices (`n`) one request may ask for.
+    max_batch: usize,
     created: u64,
 }
 
@@ -208,6 +210,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         api_key,
         max_prompt_tokens: args.max_prompt_tokens,
         max_completion_tokens: args.max_completion_tokens,
+        max_batch: args.max_batch,
         created: now_secs(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()

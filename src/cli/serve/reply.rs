@@ -165,37 +165,51 @@ fn usage_json(u: &Outcome) -> Value {
     })
 }
 
+/// What a request's choices used together: the prompt (read once) and every choice's tokens;
+/// the finish reason is the first choice's (for the log line).
+fn total(outcomes: &[Outcome]) -> Outcome {
+    Outcome {
+        completion_tokens: outcomes.iter().map(|o| o.completion_tokens).sum(),
+        ..outcomes[0].clone()
+    }
+}
+
+/// One choice of a reply as it comes in.
+struct Choice {
+    shown: Shown,
+    text: String,
+    logprobs: Logprobs,
+    outcome: Option<Outcome>,
+}
+
+impl Choice {
+    fn new(kind: Kind) -> Self {
+        Choice {
+            shown: Shown::new(kind),
+            text: String::new(),
+            logprobs: Logprobs::new(kind),
+            outcome: None,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn whole_response(
     app: Arc<App>,
     kind: Kind,
     id: String,
-    mut rx: UnboundedReceiver<Event>,
+    mut rx: UnboundedReceiver<(usize, Event)>,
+    n: usize,
     logprobs_asked: bool,
     t0: Instant,
 ) -> Response {
     let path = kind.path();
-    let mut shown = Shown::new(kind);
-    let mut text = String::new();
-    let mut logprobs = Logprobs::new(kind);
-    let outcome = loop {
-        match rx.recv().await {
-            Some(Event::Text(b)) => text.push_str(&shown.push(&b)),
-            Some(Event::Token(t)) => logprobs.pending.push(t),
-            Some(Event::Done(o)) => break o,
-            Some(Event::Failed(msg)) => {
-                return fail(
-                    path,
-                    t0,
-                    ApiError {
-                        status: StatusCode::INTERNAL_SERVER_ERROR,
-                        message: msg,
-                        kind: "server_error",
-                        param: None,
-                        code: None,
-                    },
-                )
-            }
-            None => {
+    let mut choices: Vec<Choice> = (0..n).map(|_| Choice::new(kind)).collect();
+    let mut done = 0;
+    while done < n {
+        let (i, event) = match rx.recv().await {
+            Some((i, e)) if i < n => (i, e),
+            Some(_) | None => {
                 return fail(
                     path,
                     t0,
@@ -208,21 +222,54 @@ pub(super) async fn whole_response(
                     },
                 )
             }
+        };
+        let c = &mut choices[i];
+        match event {
+            Event::Text(b) => {
+                let t = c.shown.push(&b);
+                c.text.push_str(&t);
+            }
+            Event::Token(t) => c.logprobs.pending.push(t),
+            Event::Done(o) => {
+                c.outcome = Some(o);
+                done += 1;
+            }
+            Event::Failed(msg) => {
+                return fail(
+                    path,
+                    t0,
+                    ApiError {
+                        status: StatusCode::INTERNAL_SERVER_ERROR,
+                        message: msg,
+                        kind: "server_error",
+                        param: None,
+                        code: None,
+                    },
+                )
+            }
         }
-    };
-    text.push_str(&shown.utf8.finish());
-    let logprobs = logprobs.take(logprobs_asked);
-    let choice = match kind {
-        Kind::Completion => json!({
-            "text": text, "index": 0, "logprobs": logprobs, "finish_reason": outcome.finish.name(),
-        }),
-        Kind::Chat => json!({
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": logprobs,
-            "finish_reason": outcome.finish.name(),
-        }),
-    };
+    }
+    let mut outcomes = Vec::with_capacity(n);
+    let mut list = Vec::with_capacity(n);
+    for (index, mut c) in choices.into_iter().enumerate() {
+        let outcome = c.outcome.take().expect("every choice is done");
+        let text = c.text + &c.shown.utf8.finish();
+        let logprobs = c.logprobs.take(logprobs_asked);
+        list.push(match kind {
+            Kind::Completion => json!({
+                "text": text, "index": index, "logprobs": logprobs,
+                "finish_reason": outcome.finish.name(),
+            }),
+            Kind::Chat => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": logprobs,
+                "finish_reason": outcome.finish.name(),
+            }),
+        });
+        outcomes.push(outcome);
+    }
+    let outcome = total(&outcomes);
     let object = match kind {
         Kind::Completion => "text_completion",
         Kind::Chat => "chat.completion",
@@ -232,7 +279,7 @@ pub(super) async fn whole_response(
         "object": object,
         "created": now_secs(),
         "model": app.model_id,
-        "choices": [choice],
+        "choices": list,
         "usage": usage_json(&outcome),
     });
     log_line(path, 200, Some(&outcome), t0);
@@ -263,10 +310,11 @@ struct StreamState {
     kind: Kind,
     id: String,
     created: u64,
-    rx: UnboundedReceiver<Event>,
-    shown: Shown,
+    rx: UnboundedReceiver<(usize, Event)>,
+    choices: Vec<Choice>,
+    /// Choices finished so far.
+    done: usize,
     include_usage: bool,
-    logprobs: Logprobs,
     logprobs_asked: bool,
     /// Events still to send before reading the next engine event.
     out: std::collections::VecDeque<SseEvent>,
@@ -275,17 +323,24 @@ struct StreamState {
 }
 
 impl StreamState {
-    /// A chunk of the reply; it carries the log-probabilities of the tokens gathered since the
-    /// last chunk (`with_logprobs`; chat's first chunk, the role, has none).
-    fn chunk(&mut self, delta: Value, finish: Option<Finish>, with_logprobs: bool) -> SseEvent {
-        let logprobs = self.logprobs.take(self.logprobs_asked && with_logprobs);
+    /// A chunk of choice `index`; it carries the log-probabilities of that choice's tokens
+    /// gathered since its last chunk (`with_logprobs`; chat's first chunk, the role, has none).
+    fn chunk(
+        &mut self,
+        index: usize,
+        delta: Value,
+        finish: Option<Finish>,
+        with_logprobs: bool,
+    ) -> SseEvent {
+        let asked = self.logprobs_asked && with_logprobs;
+        let logprobs = self.choices[index].logprobs.take(asked);
         let choice = match self.kind {
             Kind::Completion => json!({
-                "text": delta, "index": 0, "logprobs": logprobs,
+                "text": delta, "index": index, "logprobs": logprobs,
                 "finish_reason": finish.map(Finish::name),
             }),
             Kind::Chat => json!({
-                "index": 0, "delta": delta, "logprobs": logprobs,
+                "index": index, "delta": delta, "logprobs": logprobs,
                 "finish_reason": finish.map(Finish::name),
             }),
         };
@@ -300,19 +355,63 @@ impl StreamState {
         SseEvent::default().data(v.to_string())
     }
 
-    fn text_chunk(&mut self, text: String) -> SseEvent {
+    fn text_chunk(&mut self, index: usize, text: String) -> SseEvent {
         match self.kind {
-            Kind::Completion => self.chunk(Value::String(text), None, true),
-            Kind::Chat => self.chunk(json!({"content": text}), None, true),
+            Kind::Completion => self.chunk(index, Value::String(text), None, true),
+            Kind::Chat => self.chunk(index, json!({"content": text}), None, true),
         }
+    }
+
+    /// Choice `index` is done: the rest of its text, its last chunk; after the last choice,
+    /// the usage (when asked) and `[DONE]`.
+    fn choice_done(&mut self, index: usize, o: Outcome) {
+        let rest = self.choices[index].shown.utf8.finish();
+        if !rest.is_empty() {
+            let c = self.text_chunk(index, rest);
+            self.out.push_back(c);
+        }
+        let empty = match self.kind {
+            Kind::Completion => Value::String(String::new()),
+            Kind::Chat => json!({}),
+        };
+        let last = self.chunk(index, empty, Some(o.finish), true);
+        self.out.push_back(last);
+        self.choices[index].outcome = Some(o);
+        self.done += 1;
+        if self.done < self.choices.len() {
+            return;
+        }
+        let outcomes: Vec<Outcome> = self
+            .choices
+            .iter_mut()
+            .filter_map(|c| c.outcome.take())
+            .collect();
+        let o = total(&outcomes);
+        if self.include_usage {
+            let object = match self.kind {
+                Kind::Completion => "text_completion",
+                Kind::Chat => "chat.completion.chunk",
+            };
+            let v = json!({
+                "id": self.id, "object": object, "created": self.created,
+                "model": self.app.model_id, "choices": [], "usage": usage_json(&o),
+            });
+            self.out.push_back(SseEvent::default().data(v.to_string()));
+        }
+        self.out.push_back(SseEvent::default().data("[DONE]"));
+        self.finished = true;
+        self.log.done = true;
+        log_line(self.kind.path(), 200, Some(&o), self.log.t0);
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn stream_response(
     app: Arc<App>,
     kind: Kind,
     id: String,
-    rx: UnboundedReceiver<Event>,
+    rx: UnboundedReceiver<(usize, Event)>,
+    n: usize,
     include_usage: bool,
     logprobs_asked: bool,
     t0: Instant,
@@ -323,9 +422,9 @@ pub(super) fn stream_response(
         id,
         created: now_secs(),
         rx,
-        shown: Shown::new(kind),
+        choices: (0..n).map(|_| Choice::new(kind)).collect(),
+        done: 0,
         include_usage,
-        logprobs: Logprobs::new(kind),
         logprobs_asked,
         out: Default::default(),
         finished: false,
@@ -336,8 +435,10 @@ pub(super) fn stream_response(
         },
     };
     if kind == Kind::Chat {
-        let first = st.chunk(json!({"role": "assistant", "content": ""}), None, false);
-        st.out.push_back(first);
+        for i in 0..n {
+            let first = st.chunk(i, json!({"role": "assistant", "content": ""}), None, false);
+            st.out.push_back(first);
+        }
     }
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         loop {
@@ -348,43 +449,17 @@ pub(super) fn stream_response(
                 return None;
             }
             match st.rx.recv().await {
-                Some(Event::Token(t)) => st.logprobs.pending.push(t),
-                Some(Event::Text(b)) => {
-                    let t = st.shown.push(&b);
+                Some((i, _)) if i >= st.choices.len() => st.finished = true,
+                Some((i, Event::Token(t))) => st.choices[i].logprobs.pending.push(t),
+                Some((i, Event::Text(b))) => {
+                    let t = st.choices[i].shown.push(&b);
                     if !t.is_empty() {
-                        let c = st.text_chunk(t);
+                        let c = st.text_chunk(i, t);
                         st.out.push_back(c);
                     }
                 }
-                Some(Event::Done(o)) => {
-                    let rest = st.shown.utf8.finish();
-                    if !rest.is_empty() {
-                        let c = st.text_chunk(rest);
-                        st.out.push_back(c);
-                    }
-                    let empty = match st.kind {
-                        Kind::Completion => Value::String(String::new()),
-                        Kind::Chat => json!({}),
-                    };
-                    let last = st.chunk(empty, Some(o.finish), true);
-                    st.out.push_back(last);
-                    if st.include_usage {
-                        let object = match st.kind {
-                            Kind::Completion => "text_completion",
-                            Kind::Chat => "chat.completion.chunk",
-                        };
-                        let v = json!({
-                            "id": st.id, "object": object, "created": st.created,
-                            "model": st.app.model_id, "choices": [], "usage": usage_json(&o),
-                        });
-                        st.out.push_back(SseEvent::default().data(v.to_string()));
-                    }
-                    st.out.push_back(SseEvent::default().data("[DONE]"));
-                    st.finished = true;
-                    st.log.done = true;
-                    log_line(st.kind.path(), 200, Some(&o), st.log.t0);
-                }
-                Some(Event::Failed(msg)) => {
+                Some((i, Event::Done(o))) => st.choice_done(i, o),
+                Some((_, Event::Failed(msg))) => {
                     let v = json!({"error": {"message": msg, "type": "server_error", "param": null, "code": null}});
                     st.out.push_back(SseEvent::default().data(v.to_string()));
                     st.finished = true;

@@ -54,7 +54,8 @@ async fn handle(app: Arc<App>, kind: Kind, body: Bytes) -> Response {
         stops: p.stops,
         chat: kind == Kind::Chat,
         logprobs: p.logprobs,
-        sink: Box::new(move |e| tx.send(e).is_ok()),
+        n: p.n,
+        sink: Arc::new(move |choice, e| tx.send((choice, e)).is_ok()),
     };
     match app.engine.submit(job) {
         Ok(()) => {}
@@ -87,9 +88,9 @@ async fn handle(app: Arc<App>, kind: Kind, body: Bytes) -> Response {
     }
     let id = request_id(kind);
     if p.stream {
-        stream_response(app, kind, id, rx, p.include_usage, logprobs_asked, t0)
+        stream_response(app, kind, id, rx, p.n, p.include_usage, logprobs_asked, t0)
     } else {
-        whole_response(app, kind, id, rx, logprobs_asked, t0).await
+        whole_response(app, kind, id, rx, p.n, logprobs_asked, t0).await
     }
 }
 
