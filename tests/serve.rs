@@ -175,19 +175,30 @@ fn chat_text(v: &Value) -> String {
         .to_string()
 }
 
-fn generate(prompt: &str, n: usize) -> String {
-    let o = run(&[
-        "generate",
-        "--temperature",
-        "0",
-        "-q",
-        "-n",
-        &n.to_string(),
-        "--prompt",
-        prompt,
-    ]);
+/// `generate --temperature 0 -q -n N --prompt P` and `more` flags: its text.
+fn generate_with(prompt: &str, n: usize, more: &[&str]) -> String {
+    let n = n.to_string();
+    let args = [
+        &[
+            "generate",
+            "--temperature",
+            "0",
+            "-q",
+            "-n",
+            &n,
+            "--prompt",
+            prompt,
+        ],
+        more,
+    ]
+    .concat();
+    let o = run(&args);
     assert!(o.status.success(), "{}", common::stderr(&o));
     String::from_utf8(o.stdout).unwrap()
+}
+
+fn generate(prompt: &str, n: usize) -> String {
+    generate_with(prompt, n, &[])
 }
 
 const PROMPTS: [&str; 8] = [
@@ -349,21 +360,9 @@ fn streaming_yields_the_same_text_and_usage() {
 /// `generate --temperature 0 --logprobs N` lines for a prompt: (logprob, top logprobs).
 fn generate_logprobs(prompt: &str, n: usize, top: usize) -> Vec<(f64, Vec<f64>)> {
     let out = common::scratch_file(&format!("logprobs-{n}-{top}.jsonl"));
-    let o = run(&[
-        "generate",
-        "--temperature",
-        "0",
-        "-q",
-        "-n",
-        &n.to_string(),
-        "--prompt",
-        prompt,
-        "--logprobs",
-        &top.to_string(),
-        "--logprobs-out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    let top = top.to_string();
+    let flags = ["--logprobs", &top, "--logprobs-out", out.to_str().unwrap()];
+    generate_with(prompt, n, &flags);
     std::fs::read_to_string(&out)
         .unwrap()
         .lines()

@@ -482,7 +482,7 @@ impl RwkvV7 {
         self.time_mix_with(l, xx, &prev, v_first, |r, w, k, v, kk, a| {
             let mut wkvs: Vec<&mut [f32]> =
                 states.iter_mut().map(|s| s.wkv.as_mut_slice()).collect();
-            wkv::wkv7_rows(&mut wkvs, h_count, n, r, w, k, v, kk, a)
+            wkv::wkv7_rows(&mut wkvs, h_count, n, [r, w, k, v, kk, a])
         })
     }
 

@@ -159,6 +159,13 @@ fn with_transposed(st: &mut [f32], n: usize, f: impl FnOnce(&mut [f32])) {
     })
 }
 
+/// Row `t` of `[r, w, k, v, kk, a]` through head `h` of a state held transposed (`s_t`),
+/// its output to `o`.
+fn head_token(s_t: &mut [f32], n: usize, h: usize, ins: [&Mat; 6], t: usize, o: &mut [f32]) {
+    let [r, w, k, v, kk, a] = ins.map(|m| &m.row(t)[h * n..(h + 1) * n]);
+    wkv7_token(s_t, n, r, w, k, v, kk, a, o)
+}
+
 /// The RWKV-7 recurrence over a chunk, heads in parallel.
 ///
 /// `state` holds `n_head` blocks of `n × n` in the official layout (row i = value channel,
@@ -188,60 +195,30 @@ pub fn wkv7(
     let t_count = r.rows;
     per_head(state, n_head, n, t_count, |h, st, out_h| {
         with_transposed(st, n, |s_t| {
-            let hs = h * n..(h + 1) * n;
             for t in 0..t_count {
-                wkv7_token(
-                    s_t,
-                    n,
-                    &r.row(t)[hs.clone()],
-                    &w.row(t)[hs.clone()],
-                    &k.row(t)[hs.clone()],
-                    &v.row(t)[hs.clone()],
-                    &kk.row(t)[hs.clone()],
-                    &a.row(t)[hs.clone()],
-                    &mut out_h[t * n..(t + 1) * n],
-                );
+                let o = &mut out_h[t * n..(t + 1) * n];
+                head_token(s_t, n, h, [r, w, k, v, kk, a], t, o);
             }
         })
     })
 }
 
-/// [`wkv7`] for B independent sequences, one token each: row `b` of `r, w, k, v, kk, a` is fed
-/// to `states[b]` (one layer's state of sequence `b`). Every (sequence, head) pair is one task
-/// of a single parallel call; each gives exactly what [`wkv7`] gives that sequence alone.
-#[allow(clippy::too_many_arguments)]
-pub fn wkv7_rows(
-    states: &mut [&mut [f32]],
-    n_head: usize,
-    n: usize,
-    r: &Mat,
-    w: &Mat,
-    k: &Mat,
-    v: &Mat,
-    kk: &Mat,
-    a: &Mat,
-) -> Mat {
-    assert_eq!(states.len(), r.rows, "wkv7_rows: one state per row");
+/// [`wkv7`] for B independent sequences, one token each: row `b` of the inputs
+/// `[r, w, k, v, kk, a]` is fed to `states[b]` (one layer's state of sequence `b`). Every
+/// (sequence, head) pair is one task of a single parallel call; each gives exactly what
+/// [`wkv7`] gives that sequence alone.
+pub fn wkv7_rows(states: &mut [&mut [f32]], n_head: usize, n: usize, ins: [&Mat; 6]) -> Mat {
+    let rows = ins[0].rows;
+    assert_eq!(states.len(), rows, "wkv7_rows: one state per row");
     let mut heads: Vec<&mut [f32]> = states
         .iter_mut()
         .flat_map(|s| s[..n_head * n * n].chunks_exact_mut(n * n))
         .collect();
-    let mut out = Mat::zeros(r.rows, n_head * n);
+    let mut out = Mat::zeros(rows, n_head * n);
     // Output piece i (n values) is row b = i / n_head, head h = i % n_head: task i's own.
     par_chunks2_mut(&mut out.data, n, &mut heads, 1, |i, o, st| {
-        let (b, hs) = (i / n_head, (i % n_head) * n..(i % n_head + 1) * n);
         with_transposed(st[0], n, |s_t| {
-            wkv7_token(
-                s_t,
-                n,
-                &r.row(b)[hs.clone()],
-                &w.row(b)[hs.clone()],
-                &k.row(b)[hs.clone()],
-                &v.row(b)[hs.clone()],
-                &kk.row(b)[hs.clone()],
-                &a.row(b)[hs.clone()],
-                o,
-            )
+            head_token(s_t, n, i % n_head, ins, i / n_head, o)
         })
     });
     out
@@ -336,7 +313,7 @@ mod tests {
                 .collect();
             let mut batched = inits.clone();
             let mut refs: Vec<&mut [f32]> = batched.iter_mut().map(|s| s.as_mut_slice()).collect();
-            let out = wkv7_rows(&mut refs, n_head, n, &r, &w, &k, &v, &kk, &a);
+            let out = wkv7_rows(&mut refs, n_head, n, [&r, &w, &k, &v, &kk, &a]);
             let row = |x: &Mat, b: usize| Mat::from_vec(1, c, x.row(b).to_vec());
             for (b, init) in inits.iter().enumerate() {
                 let mut alone = init.clone();
