@@ -11,7 +11,7 @@ rows of one run, not across runs.
 
 - decode: N clients send greedy completions of --tokens tokens at once (short, distinct
   prompts); aggregate tok/s = all completion tokens / wall time of the round (median of
-  --repeat rounds). Speed-up is against one stream.
+  --repeat rounds; each round runs every N in turn). Speed-up is against one stream.
 - prefix: a ~2,000-token text P is sent once (max_tokens 1) so its state is cached; then
   P + a question is streamed and the time to its first token measured (warm). Cold: the same
   with a different text Q of the same length that was never sent (the server reads it all).
@@ -110,10 +110,12 @@ def main():
         print(f"model {args.model} ({model}), {args.tokens} tokens per stream, "
               f"median of {args.repeat}")
         print("streams | aggregate tok/s | per stream tok/s | speed-up")
-        base = None
-        for n in [int(s) for s in args.streams.split(",")]:
-            rates = []
-            for rep in range(args.repeat):
+        counts = [int(s) for s in args.streams.split(",")]
+        # Rounds interleave the stream counts, so that a busy spell of a shared machine
+        # slows every count alike rather than one.
+        rates = {n: [] for n in counts}
+        for rep in range(args.repeat):
+            for n in counts:
                 results = [None] * n
 
                 def one(i):
@@ -127,8 +129,10 @@ def main():
                     t.join()
                 wall = time.perf_counter() - t0
                 total = sum(r["usage"]["completion_tokens"] for r in results)
-                rates.append(total / wall)
-            rate = statistics.median(rates)
+                rates[n].append(total / wall)
+        base = None
+        for n in counts:
+            rate = statistics.median(rates[n])
             base = base or rate
             print(f"{n:7d} | {rate:15.1f} | {rate / n:16.1f} | {rate / base:7.2f}x")
 

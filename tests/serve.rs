@@ -175,19 +175,30 @@ fn chat_text(v: &Value) -> String {
         .to_string()
 }
 
-fn generate(prompt: &str, n: usize) -> String {
-    let o = run(&[
-        "generate",
-        "--temperature",
-        "0",
-        "-q",
-        "-n",
-        &n.to_string(),
-        "--prompt",
-        prompt,
-    ]);
+/// `generate --temperature 0 -q -n N --prompt P` and `more` flags: its text.
+fn generate_with(prompt: &str, n: usize, more: &[&str]) -> String {
+    let n = n.to_string();
+    let args = [
+        &[
+            "generate",
+            "--temperature",
+            "0",
+            "-q",
+            "-n",
+            &n,
+            "--prompt",
+            prompt,
+        ],
+        more,
+    ]
+    .concat();
+    let o = run(&args);
     assert!(o.status.success(), "{}", common::stderr(&o));
     String::from_utf8(o.stdout).unwrap()
+}
+
+fn generate(prompt: &str, n: usize) -> String {
+    generate_with(prompt, n, &[])
 }
 
 const PROMPTS: [&str; 8] = [
@@ -344,6 +355,238 @@ fn streaming_yields_the_same_text_and_usage() {
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect();
     assert_eq!(text, whole);
+}
+
+/// `generate --temperature 0 --logprobs N` lines for a prompt: (logprob, top logprobs).
+fn generate_logprobs(prompt: &str, n: usize, top: usize) -> Vec<(f64, Vec<f64>)> {
+    let out = common::scratch_file(&format!("logprobs-{n}-{top}.jsonl"));
+    let top = top.to_string();
+    let flags = ["--logprobs", &top, "--logprobs-out", out.to_str().unwrap()];
+    generate_with(prompt, n, &flags);
+    std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let top = v["top_logprobs"].as_array().unwrap();
+            let top = top.iter().map(|e| e["logprob"].as_f64().unwrap()).collect();
+            (v["logprob"].as_f64().unwrap(), top)
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * (1.0 + b.abs())
+}
+
+/// The `logprobs` of the chunks of a streamed reply, one JSON value per chunk that has them.
+fn streamed_logprobs(events: &[String]) -> Vec<Value> {
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| c["choices"].get(0).map(|ch| ch["logprobs"].clone()))
+        .filter(|l| !l.is_null())
+        .collect()
+}
+
+#[test]
+fn logprobs_equal_generate_and_stream_as_they_answer_whole() {
+    let s = Server::start(&[]);
+    let prompt = "Once upon a time";
+    let want = generate_logprobs(prompt, 24, 3);
+    assert_eq!(want.len(), 24);
+    // Completions: OpenAI's legacy form.
+    let body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 0,
+                      "logprobs": 3});
+    let v = s.ok("/v1/completions", body.clone());
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    let token_lps = lp["token_logprobs"].as_array().unwrap();
+    let tops = lp["top_logprobs"].as_array().unwrap();
+    let offsets = lp["text_offset"].as_array().unwrap();
+    assert_eq!(tokens.len(), 24, "{lp}");
+    assert_eq!((token_lps.len(), tops.len(), offsets.len()), (24, 24, 24));
+    let text = completion_text(&v);
+    for (i, (lp_want, top_want)) in want.iter().enumerate() {
+        let got = token_lps[i].as_f64().unwrap();
+        assert!(
+            close(got, *lp_want),
+            "token {i}: {got} vs generate's {lp_want}"
+        );
+        // {token: logprob}: the same values as generate's best three; greedy chose the best.
+        let mut top: Vec<f64> = tops[i]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        top.sort_by(|a, b| b.total_cmp(a));
+        assert!(top.len() <= 3 && !top.is_empty(), "{}", tops[i]);
+        for (g, w) in top.iter().zip(top_want) {
+            assert!(close(*g, *w), "token {i}: top {g} vs {w}");
+        }
+        assert!(close(top[0], got), "token {i}: greedy took the best");
+    }
+    // Where each token's text starts (the byte vocabulary: one character per ASCII token).
+    assert_eq!(offsets[0], 0);
+    if text.is_ascii() {
+        let joined: String = tokens.iter().map(|t| t.as_str().unwrap()).collect();
+        assert_eq!(joined, text);
+        let want: Vec<Value> = (0..24).map(|i| json!(i)).collect();
+        assert_eq!(offsets, &want);
+    }
+    // Streamed: the chunks' logprobs put together are the whole reply's.
+    let mut sb = body;
+    sb["stream"] = json!(true);
+    let parts = streamed_logprobs(&s.stream("/v1/completions", sb));
+    for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+        let joined: Vec<Value> = parts
+            .iter()
+            .flat_map(|p| p[key].as_array().unwrap().clone())
+            .collect();
+        assert_eq!(&joined, lp[key].as_array().unwrap(), "{key}");
+    }
+    // Without logprobs: null.
+    let v = s.ok(
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": prompt, "max_tokens": 2}),
+    );
+    assert!(v["choices"][0]["logprobs"].is_null(), "{v}");
+
+    // Chat: content entries with bytes and sorted top_logprobs holding the chosen token.
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi there"}],
+                      "temperature": 0, "max_tokens": 30, "logprobs": true, "top_logprobs": 4});
+    let v = s.ok("/v1/chat/completions", body.clone());
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        content.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    assert!(!content.is_empty());
+    for e in content {
+        let lp = e["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0, "{e}");
+        let bytes: Vec<u8> = serde_json::from_value(e["bytes"].clone()).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            e["token"].as_str().unwrap()
+        );
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 4, "{e}");
+        let values: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(values.windows(2).all(|w| w[0] >= w[1]), "not sorted: {e}");
+        assert!(
+            top.iter()
+                .any(|t| t["bytes"] == e["bytes"] && close(t["logprob"].as_f64().unwrap(), lp)),
+            "the chosen token is not among the top: {e}"
+        );
+    }
+    let mut sb = body;
+    sb["stream"] = json!(true);
+    let parts = streamed_logprobs(&s.stream("/v1/chat/completions", sb));
+    let joined: Vec<Value> = parts
+        .iter()
+        .flat_map(|p| p["content"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(&joined, content);
+
+    // Out of range or of the wrong type: 400 naming the parameter.
+    for (path, extra, param) in [
+        ("/v1/completions", json!({"logprobs": 21}), "logprobs"),
+        ("/v1/completions", json!({"logprobs": -1}), "logprobs"),
+        ("/v1/completions", json!({"logprobs": true}), "logprobs"),
+        (
+            "/v1/chat/completions",
+            json!({"logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"top_logprobs": 2}),
+            "top_logprobs",
+        ),
+        ("/v1/chat/completions", json!({"logprobs": 2}), "logprobs"),
+    ] {
+        let mut body = json!({"model": MODEL, "prompt": "a",
+                              "messages": [{"role": "user", "content": "x"}]});
+        for (k, x) in extra.as_object().unwrap() {
+            body[k] = x.clone();
+        }
+        let (got, v, text) = s.post(path, &body.to_string(), None);
+        assert_eq!(
+            (got, &v["error"]["param"]),
+            (400, &json!(param)),
+            "{path} {extra}: {text}"
+        );
+    }
+}
+
+/// `n`: the prompt is read once; choice i samples as a request seeded `seed + i` would.
+#[test]
+fn n_choices_are_the_samples_of_their_seeds() {
+    let s = Server::start(&["--max-batch", "4"]);
+    let prompt = "It is a truth universally";
+    let sampled = |seed: u64, n: usize| {
+        s.ok(
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 1.0,
+                   "top_p": 0.9, "seed": seed, "n": n}),
+        )
+    };
+    let v = sampled(7, 3);
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{v}");
+    // Usage: the prompt once, every choice's tokens.
+    assert_eq!(v["usage"]["prompt_tokens"], prompt.len());
+    assert_eq!(v["usage"]["completion_tokens"], 3 * 24);
+    let texts: Vec<String> = choices
+        .iter()
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .collect();
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["finish_reason"], "length");
+        // The same choice alone: a request with the seed 7 + i (its prompt from the cache).
+        let alone = sampled(7 + i as u64, 1);
+        assert_eq!(texts[i], completion_text(&alone), "choice {i}");
+    }
+    assert!(
+        texts[0] != texts[1] || texts[1] != texts[2],
+        "three equal samples: {texts:?}"
+    );
+    // Streamed: each index's pieces make its choice's text.
+    let events = s.stream(
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 1.0,
+               "top_p": 0.9, "seed": 7, "n": 3, "stream": true}),
+    );
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let mut streamed = vec![String::new(); 3];
+    let mut finished = 0;
+    for e in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        let ch = &c["choices"][0];
+        let i = ch["index"].as_u64().unwrap() as usize;
+        streamed[i].push_str(ch["text"].as_str().unwrap());
+        finished += usize::from(!ch["finish_reason"].is_null());
+    }
+    assert_eq!(streamed, texts);
+    assert_eq!(finished, 3);
+    // Chat: greedy choices are all the same reply.
+    let v = s.ok(
+        "/v1/chat/completions",
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi there"}],
+               "temperature": 0, "max_tokens": 20, "n": 2}),
+    );
+    let c = v["choices"].as_array().unwrap();
+    assert_eq!(c.len(), 2);
+    assert_eq!(c[0]["message"], c[1]["message"]);
+    // More choices than slots, or none: 400.
+    for n in [0, 5, -1] {
+        let body = json!({"model": MODEL, "prompt": "a", "n": n});
+        let (got, v, text) = s.post("/v1/completions", &body.to_string(), None);
+        assert_eq!((got, &v["error"]["param"]), (400, &json!("n")), "{text}");
+    }
 }
 
 #[test]

@@ -184,37 +184,16 @@ fn logprobs_line(
     top: usize,
     tok: &dyn rwkv_cli::tokenizer::Tokenizer,
 ) -> String {
-    let clean = |x: f32| {
-        if x.is_nan() {
-            f64::NEG_INFINITY
-        } else {
-            x as f64
-        }
-    };
-    let (max, sum) = rwkv_cli::sampler::softmax_norm(logits);
-    let lse = max + sum.ln();
-    let lp = |id: u32| clean(logits[id as usize]) - lse;
-    let entry = |id: u32| {
+    let (chosen_lp, best) = rwkv_cli::sampler::top_logprobs(logits, chosen, top);
+    let entry = |id: u32, lp: f64| {
         serde_json::json!({
             "id": id,
             "bytes": super::tokenize::escape_bytes(&tok.token_bytes(id)),
-            "logprob": lp(id),
+            "logprob": lp,
         })
     };
-    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
-    let by_rank = |a: &u32, b: &u32| {
-        clean(logits[*b as usize])
-            .total_cmp(&clean(logits[*a as usize]))
-            .then(a.cmp(b))
-    };
-    let top = top.min(ids.len());
-    if top > 0 && top < ids.len() {
-        ids.select_nth_unstable_by(top - 1, by_rank);
-    }
-    ids.truncate(top);
-    ids.sort_unstable_by(by_rank);
-    let mut v = entry(chosen);
-    v["top_logprobs"] = ids.into_iter().map(entry).collect();
+    let mut v = entry(chosen, chosen_lp);
+    v["top_logprobs"] = best.into_iter().map(|(id, lp)| entry(id, lp)).collect();
     v.to_string()
 }
 

@@ -459,11 +459,6 @@ fn token_shift_rows(xx: &Mat, prevs: &mut [&mut [f32]]) -> Mat {
     out
 }
 
-/// Row `t` of `m` as a one-row matrix.
-fn row_mat(m: &Mat, t: usize) -> Mat {
-    Mat::from_vec(1, m.cols, m.row(t).to_vec())
-}
-
 impl RwkvV7 {
     /// [`RwkvV7::time_mix`] for a batch: row `b` of `xx` is one token of the sequence whose
     /// layer state is `states[b]`. The projections and LoRAs run once over all rows (one read
@@ -483,24 +478,11 @@ impl RwkvV7 {
                 .collect();
             token_shift_rows(xx, &mut prevs)
         };
-        // The recurrence: each row on its own sequence's state.
+        // The recurrence: each row on its own sequence's state, all (row, head) pairs at once.
         self.time_mix_with(l, xx, &prev, v_first, |r, w, k, v, kk, a| {
-            let mut out = Mat::zeros(xx.rows, xx.cols);
-            for (t, s) in states.iter_mut().enumerate() {
-                let o = wkv7(
-                    &mut s.wkv,
-                    h_count,
-                    n,
-                    &row_mat(r, t),
-                    &row_mat(w, t),
-                    &row_mat(k, t),
-                    &row_mat(v, t),
-                    &row_mat(kk, t),
-                    &row_mat(a, t),
-                );
-                out.row_mut(t).copy_from_slice(&o.data);
-            }
-            out
+            let mut wkvs: Vec<&mut [f32]> =
+                states.iter_mut().map(|s| s.wkv.as_mut_slice()).collect();
+            wkv::wkv7_rows(&mut wkvs, h_count, n, [r, w, k, v, kk, a])
         })
     }
 

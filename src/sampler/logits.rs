@@ -75,6 +75,33 @@ pub fn log_softmax_at(logits: &[f32], token: u32) -> f64 {
     xt - max - sum.ln()
 }
 
+/// Log-probabilities under softmax(`logits`) (NaN counting as -inf, as in [`softmax_norm`]):
+/// the `chosen` token's and the `top` most likely tokens' (best first, ties to the lower id),
+/// as `(chosen's, [(id, logprob)])`. What `generate --logprobs` prints and `serve` answers
+/// with.
+pub fn top_logprobs(logits: &[f32], chosen: u32, top: usize) -> (f64, Vec<(u32, f64)>) {
+    let (max, sum) = softmax_norm(logits);
+    let lse = max + sum.ln();
+    let lp = |id: u32| {
+        logits
+            .get(id as usize)
+            .map_or(f64::NEG_INFINITY, |&x| clean(x) - lse)
+    };
+    let by_rank = |a: &u32, b: &u32| {
+        clean(logits[*b as usize])
+            .total_cmp(&clean(logits[*a as usize]))
+            .then(a.cmp(b))
+    };
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    let top = top.min(ids.len());
+    if top > 0 && top < ids.len() {
+        ids.select_nth_unstable_by(top - 1, by_rank);
+    }
+    ids.truncate(top);
+    ids.sort_unstable_by(by_rank);
+    (lp(chosen), ids.into_iter().map(|id| (id, lp(id))).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +144,20 @@ mod tests {
         assert!((log_softmax_at(&with_nan, 0) - 0.5f64.ln()).abs() < 1e-12);
         assert_eq!(log_softmax_at(&with_nan, 1), f64::NEG_INFINITY);
         assert_eq!(log_softmax_at(&with_nan, 3), f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn top_logprobs_are_best_first_and_agree_with_log_softmax_at() {
+        let logits = [0.5f32, 3.0, -1.0, 3.0, f32::NAN, 2.0];
+        let (chosen, top) = top_logprobs(&logits, 5, 3);
+        assert!((chosen - log_softmax_at(&logits, 5)).abs() < 1e-12);
+        let ids: Vec<u32> = top.iter().map(|e| e.0).collect();
+        assert_eq!(ids, [1, 3, 5]); // the tie 1 = 3 goes to the lower id first
+        for (id, lp) in top {
+            assert!((lp - log_softmax_at(&logits, id)).abs() < 1e-12);
+        }
+        assert_eq!(top_logprobs(&logits, 0, 99).1.len(), 6);
+        assert!(top_logprobs(&logits, 0, 0).1.is_empty());
+        assert_eq!(top_logprobs(&logits, 4, 0).0, f64::NEG_INFINITY);
     }
 }

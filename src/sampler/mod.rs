@@ -34,7 +34,7 @@ mod tests;
 use draw::{draw, draw_chunked, exp_with_chunk_sums, pick_infinite};
 use exp::exp_nonpos;
 use logits::max_ignoring_nan;
-pub use logits::{argmax, log_softmax_at, softmax_norm};
+pub use logits::{argmax, log_softmax_at, softmax_norm, top_logprobs};
 pub use rng::SplitMix64;
 use select::{bucket, rank, top_k_candidates, HIST_LEN};
 

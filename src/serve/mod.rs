@@ -93,21 +93,38 @@ pub struct Outcome {
     pub cached_tokens: usize,
 }
 
-/// What a job's sink receives, in order: `Text`* then `Done` or `Failed`.
+/// A sampled token's log-probabilities (jobs that ask for them: [`Job::logprobs`]), under
+/// the model's distribution before any sampling setting, as `generate --logprobs` prints them
+/// ([`crate::sampler::top_logprobs`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    pub id: u32,
+    pub bytes: Vec<u8>,
+    /// Natural log.
+    pub logprob: f64,
+    /// The [`Job::logprobs`] most likely tokens, best first: `(id, bytes, logprob)`.
+    pub top: Vec<(u32, Vec<u8>, f64)>,
+}
+
+/// What a job's sink receives, in order: `Text` and `Token` events, then `Done` or `Failed`.
 #[derive(Clone, Debug)]
 pub enum Event {
     /// The next bytes of the text (raw: may end inside a UTF-8 character). Empty before each
     /// chunk of the prompt: a probe whether anyone still listens.
     Text(Vec<u8>),
+    /// A sampled token's log-probabilities, sent before its text (whose bytes a stop string
+    /// may hold back or cut): one per generated token, when the job asks for them.
+    Token(TokenLogprobs),
     Done(Outcome),
     Failed(String),
 }
 
-/// Receives a job's events; returns `false` when nobody listens any more (the job is then
-/// dropped).
-pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
+/// Receives a job's events, each with the index of its choice (`0..n`); returns `false` when
+/// nobody listens any more (the choice is then dropped).
+pub type Sink = Arc<dyn Fn(usize, Event) -> bool + Send + Sync>;
 
 /// One request.
+#[derive(Clone)]
 pub struct Job {
     /// The prompt's tokens (not empty).
     pub tokens: Vec<u32>,
@@ -118,6 +135,12 @@ pub struct Job {
     pub stops: Vec<Vec<u8>>,
     /// Chat reply: the end-of-text token is never sampled and `\n\n` ends the text.
     pub chat: bool,
+    /// Send a [`Event::Token`] for every generated token, with this many top alternatives.
+    pub logprobs: Option<usize>,
+    /// Independent samples of the prompt (at least 1, at most [`EngineOptions::max_batch`]):
+    /// the prompt is read once, then each choice `i` decodes from a copy of its state with the
+    /// sampler seeded `seed + i`, in a slot of its own (the job waits until it has `n`).
+    pub n: usize,
     pub sink: Sink,
 }
 
@@ -226,9 +249,11 @@ impl Drop for Engine {
     }
 }
 
-/// A job in a slot.
+/// A job's choice in a slot (while the prompt is read, the slot of all its choices).
 struct Seq {
     job: Job,
+    /// The choice this sequence samples (`0..job.n`).
+    choice: usize,
     state: State,
     /// Tokens the state has read: the prompt's first `read`, then the fed reply tokens.
     read: usize,
@@ -257,6 +282,17 @@ struct Worker {
     stats: Arc<Mutex<EngineStats>>,
 }
 
+impl Seq {
+    /// Slots held: all its choices' while the prompt is read, then one.
+    fn slots(&self) -> usize {
+        if self.read < self.job.tokens.len() {
+            self.job.n.max(1)
+        } else {
+            1
+        }
+    }
+}
+
 impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
         let mut waiting: VecDeque<Job> = VecDeque::new();
@@ -282,12 +318,19 @@ impl Worker {
                     }
                 }
             }
-            while active.len() < self.opts.max_batch.max(1) {
-                let Some(job) = waiting.pop_front() else {
+            // A job reading its prompt holds the slots of all its choices.
+            let mut used: usize = active.iter().map(Seq::slots).sum();
+            while let Some(job) = waiting.front() {
+                let n = job.n.max(1);
+                if used > 0 && used + n > self.opts.max_batch.max(1) {
                     break;
-                };
+                }
+                let job = waiting.pop_front().expect("front");
                 self.queued.fetch_sub(1, Ordering::SeqCst);
-                active.push(self.admit(job));
+                used += n;
+                let mut forks = Vec::new();
+                active.push(self.admit(job, &mut forks));
+                active.extend(forks);
             }
             self.publish(active.len());
             self.prefill_step(&mut active);
@@ -306,19 +349,13 @@ impl Worker {
         }
     }
 
-    /// A job in a slot, from the longest cached prefix of its tokens.
-    fn admit(&mut self, job: Job) -> Seq {
+    /// A job in a slot, from the longest cached prefix of its tokens (a job whose whole prompt
+    /// is cached forks its other choices into `forks` at once).
+    fn admit(&mut self, job: Job, forks: &mut Vec<Seq>) -> Seq {
         let hit = self.cache.lookup(&job.tokens);
-        let stops = {
-            let mut s = job.stops.clone();
-            if job.chat {
-                s.push(END_OF_TURN.to_vec());
-            }
-            s
-        };
         let mut seq = Seq {
             sampler: Sampler::new(job.sampler.clone()),
-            filter: StopFilter::new(stops),
+            filter: stop_filter(&job),
             state: match &self.opts.initial_state {
                 Some(s) => s.clone(),
                 None => self.model.new_state(),
@@ -331,6 +368,7 @@ impl Worker {
             next: None,
             finish_after_feed: None,
             done: false,
+            choice: 0,
             job,
         };
         if let Some(hit) = hit {
@@ -338,28 +376,56 @@ impl Worker {
             seq.read = hit.len;
             seq.cached_tokens = hit.len;
             if hit.len == seq.job.tokens.len() {
-                let mut logits = hit.logits;
-                self.after_logits(&mut seq, &mut logits);
+                self.prompt_read(&mut seq, hit.logits, forks);
             }
         }
         seq
     }
 
+    /// The prompt has been read (`logits` after it): its other choices fork from its state,
+    /// and every choice samples its first token.
+    fn prompt_read(&mut self, seq: &mut Seq, mut logits: Vec<f32>, forks: &mut Vec<Seq>) {
+        for choice in 1..seq.job.n.max(1) {
+            let mut cfg = seq.job.sampler.clone();
+            cfg.seed = cfg.seed.wrapping_add(choice as u64);
+            let mut fork = Seq {
+                job: seq.job.clone(),
+                choice,
+                state: seq.state.clone(),
+                read: seq.read,
+                fed: seq.fed.clone(),
+                cached_tokens: seq.cached_tokens,
+                sampler: Sampler::new(cfg),
+                filter: stop_filter(&seq.job),
+                raw: Vec::new(),
+                generated: 0,
+                next: None,
+                finish_after_feed: None,
+                done: false,
+            };
+            let mut l = logits.clone();
+            self.after_logits(&mut fork, &mut l);
+            forks.push(fork);
+        }
+        self.after_logits(seq, &mut logits);
+    }
+
     /// One chunk of every prompt still being read.
-    fn prefill_step(&mut self, active: &mut [Seq]) {
+    fn prefill_step(&mut self, active: &mut Vec<Seq>) {
         let chunk = self.opts.prefill_chunk.max(1);
+        let mut forks = Vec::new();
         for seq in active.iter_mut().filter(|s| !s.done) {
             let n = seq.job.tokens.len();
             if seq.read >= n {
                 continue;
             }
             // Nobody listens any more (a client gone while its long prompt is read).
-            if !(seq.job.sink)(Event::Text(Vec::new())) {
+            if !(seq.job.sink)(seq.choice, Event::Text(Vec::new())) {
                 seq.done = true;
                 continue;
             }
             let end = (seq.read + chunk).min(n);
-            let mut logits =
+            let logits =
                 match self
                     .model
                     .forward_seq(&seq.job.tokens[seq.read..end], &mut seq.state, false)
@@ -373,9 +439,10 @@ impl Worker {
             seq.read = end;
             if end == n {
                 self.cache.insert(&seq.job.tokens, &seq.state, &logits);
-                self.after_logits(seq, &mut logits);
+                self.prompt_read(seq, logits, &mut forks);
             }
         }
+        active.extend(forks);
     }
 
     /// Feeds every decoding sequence's sampled token at once, then samples the next.
@@ -439,9 +506,25 @@ impl Worker {
         seq.sampler.accept(token);
         seq.generated += 1;
         let bytes = self.tok.token_bytes(token);
+        if let Some(n) = seq.job.logprobs {
+            let (logprob, top) = crate::sampler::top_logprobs(logits, token, n);
+            let info = TokenLogprobs {
+                id: token,
+                bytes: bytes.clone(),
+                logprob,
+                top: top
+                    .into_iter()
+                    .map(|(id, lp)| (id, self.tok.token_bytes(id), lp))
+                    .collect(),
+            };
+            if !(seq.job.sink)(seq.choice, Event::Token(info)) {
+                seq.done = true; // the client has gone
+                return;
+            }
+        }
         seq.raw.extend_from_slice(&bytes);
         let (text, stopped) = seq.filter.push(&bytes);
-        if !text.is_empty() && !(seq.job.sink)(Event::Text(text)) {
+        if !text.is_empty() && !(seq.job.sink)(seq.choice, Event::Text(text)) {
             seq.done = true; // the client has gone
             return;
         }
@@ -472,7 +555,7 @@ impl Worker {
             self.cache.insert(&seq.fed, &seq.state, logits);
         }
         let rest = seq.filter.take_pending();
-        if !rest.is_empty() && !(seq.job.sink)(Event::Text(rest)) {
+        if !rest.is_empty() && !(seq.job.sink)(seq.choice, Event::Text(rest)) {
             return;
         }
         let outcome = Outcome {
@@ -481,11 +564,20 @@ impl Worker {
             completion_tokens: seq.generated,
             cached_tokens: seq.cached_tokens,
         };
-        (seq.job.sink)(Event::Done(outcome));
+        (seq.job.sink)(seq.choice, Event::Done(outcome));
     }
+}
+
+/// The job's stop strings (and a chat reply's end of turn).
+fn stop_filter(job: &Job) -> StopFilter {
+    let mut stops = job.stops.clone();
+    if job.chat {
+        stops.push(END_OF_TURN.to_vec());
+    }
+    StopFilter::new(stops)
 }
 
 fn fail(seq: &mut Seq, e: &anyhow::Error) {
     seq.done = true;
-    (seq.job.sink)(Event::Failed(format!("{e:#}")));
+    (seq.job.sink)(seq.choice, Event::Failed(format!("{e:#}")));
 }

@@ -88,6 +88,47 @@ pub(super) struct Parsed {
     pub(super) stops: Vec<Vec<u8>>,
     pub(super) stream: bool,
     pub(super) include_usage: bool,
+    /// Log-probabilities of every generated token, with this many top alternatives.
+    pub(super) logprobs: Option<usize>,
+    /// Choices: independent samples of the prompt.
+    pub(super) n: usize,
+}
+
+/// The most alternatives `logprobs` (completions) and `top_logprobs` (chat) may ask for.
+pub(super) const MAX_TOP_LOGPROBS: i64 = 20;
+
+/// A count of top log-probabilities, `0..=MAX_TOP_LOGPROBS`.
+fn top_count(o: &Map<String, Value>, name: &str) -> Result<Option<usize>, ApiError> {
+    match opt_int(o, name)? {
+        None => Ok(None),
+        Some(n) if (0..=MAX_TOP_LOGPROBS).contains(&n) => Ok(Some(n as usize)),
+        Some(n) => Err(ApiError::bad(
+            format!("Invalid '{name}': {n} is out of range. Expected a value from 0 to {MAX_TOP_LOGPROBS}."),
+            Some(name),
+        )),
+    }
+}
+
+/// `logprobs` as the endpoint takes it: completions `logprobs: N` (N alternatives); chat
+/// `logprobs: true` with `top_logprobs: N` (0 without it).
+fn logprobs(o: &Map<String, Value>, kind: Kind) -> Result<Option<usize>, ApiError> {
+    match kind {
+        Kind::Completion => match o.get("logprobs") {
+            Some(Value::Bool(_)) => Err(type_error("logprobs", "an integer")),
+            _ => top_count(o, "logprobs"),
+        },
+        Kind::Chat => {
+            let top = top_count(o, "top_logprobs")?;
+            match (opt_bool(o, "logprobs")?, top) {
+                (true, top) => Ok(Some(top.unwrap_or(0))),
+                (false, None) => Ok(None),
+                (false, Some(_)) => Err(ApiError::bad(
+                    "'top_logprobs' requires 'logprobs' to be true.",
+                    Some("top_logprobs"),
+                )),
+            }
+        }
+    }
 }
 
 fn type_error(name: &str, what: &str) -> ApiError {
@@ -256,20 +297,20 @@ pub(super) fn parse_request(app: &App, kind: Kind, body: &[u8]) -> Result<Parsed
         }
         Some(_) => return Err(type_error("model", "a string")),
     }
-    if let Some(n) = opt_int(&o, "n")? {
-        if n != 1 {
-            return Err(ApiError::bad("Only n = 1 is supported.", Some("n")));
-        }
-    }
-    match o.get("logprobs") {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-        Some(_) => {
+    let n = match opt_int(&o, "n")? {
+        None => 1,
+        Some(n) if n >= 1 && n as u64 <= app.max_batch as u64 => n as usize,
+        Some(n) => {
             return Err(ApiError::bad(
-                "logprobs are not supported.",
-                Some("logprobs"),
+                format!(
+                    "Invalid 'n': {n}. Expected a value from 1 to {} (--max-batch: every choice decodes in a slot of its own).",
+                    app.max_batch
+                ),
+                Some("n"),
             ))
         }
-    }
+    };
+    let logprobs = logprobs(&o, kind)?;
     let chat = kind == Kind::Chat;
     let sampler = SamplerConfig {
         temperature: opt_f32(&o, "temperature", 1.0)?,
@@ -386,5 +427,7 @@ pub(super) fn parse_request(app: &App, kind: Kind, body: &[u8]) -> Result<Parsed
         stops,
         stream,
         include_usage,
+        logprobs,
+        n,
     })
 }

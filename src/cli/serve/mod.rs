@@ -4,8 +4,8 @@
 //! Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/completions`,
 //! `POST /v1/chat/completions` (messages in the G1 format of `rwkv-cli chat`). Responses carry
 //! `usage` with `prompt_tokens_details.cached_tokens`; `stream: true` answers with server-sent
-//! events ending in `data: [DONE]`. Errors are OpenAI error objects. One line per request on
-//! stderr. SIGINT/SIGTERM: stop accepting, finish the requests in flight, exit 0.
+//! events ending in `data: [DONE]`; `logprobs` and `n` as OpenAI's. Errors are OpenAI error
+//! objects. One line per request on stderr. SIGINT/SIGTERM: stop accepting, finish the requests in flight, exit 0.
 //!
 //! This module holds the flags and the wiring (`run`); [`api`] reads requests into engine jobs
 //! and writes OpenAI error objects, [`reply`] turns the engine's events into whole responses or
@@ -37,6 +37,10 @@ top_p 0.85, no penalties, max_tokens 16, seed 42); chat completions as `chat` do
 settings a reply is the text `generate` or `chat` would write. Chat messages are rendered in
 the G1 format (System:/User:/Assistant:, `\\n\\n` ends a turn); the last message must be the
 user's.
+`logprobs` (completions: an integer N; chat: true, with top_logprobs N; N up to 20) gives each
+generated token's log-probability under the model's distribution, as `generate --logprobs`
+does. `n` (up to --max-batch) samples the prompt n times: it is read once, and choice i samples
+as a request with seed + i would.
 
 After each request the state at the end of its prompt (and of its reply) is kept, up to
 --state-cache bytes (least recently used first out); a request that begins with a kept prefix
@@ -127,6 +131,8 @@ struct App {
     api_key: Option<String>,
     max_prompt_tokens: usize,
     max_completion_tokens: usize,
+    /// `--max-batch`: the most choices (`n`) one request may ask for.
+    max_batch: usize,
     created: u64,
 }
 
@@ -208,6 +214,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         api_key,
         max_prompt_tokens: args.max_prompt_tokens,
         max_completion_tokens: args.max_completion_tokens,
+        max_batch: args.max_batch,
         created: now_secs(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()

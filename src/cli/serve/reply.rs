@@ -8,7 +8,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rwkv_cli::chat::{self, ReplyView, Think};
-use rwkv_cli::serve::{Event, Finish, Outcome};
+use rwkv_cli::serve::{Event, Finish, Outcome, TokenLogprobs};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
@@ -88,6 +88,74 @@ impl Shown {
     }
 }
 
+/// A log-probability as JSON: OpenAI's -9999 for a token without probability (JSON has no -inf).
+fn logprob_json(lp: f64) -> Value {
+    json!(if lp.is_finite() { lp } else { -9999.0 })
+}
+
+/// The generated tokens' log-probabilities as a reply carries them: completions in OpenAI's
+/// legacy form (`tokens`, `token_logprobs`, `top_logprobs` as {token: logprob}, `text_offset`:
+/// where each token's text starts, in characters of the text of all tokens), chat as
+/// `content: [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]`. Streaming
+/// replies take the tokens gathered since their last chunk.
+struct Logprobs {
+    kind: Kind,
+    pending: Vec<TokenLogprobs>,
+    /// Characters of all tokens' text so far (completions' `text_offset`).
+    chars: usize,
+    utf8: Utf8Stream,
+}
+
+impl Logprobs {
+    fn new(kind: Kind) -> Self {
+        Logprobs {
+            kind,
+            pending: Vec::new(),
+            chars: 0,
+            utf8: Utf8Stream::default(),
+        }
+    }
+
+    /// The gathered tokens as a `logprobs` value (`null` when the request asked for none:
+    /// `asked` false), and forgets them.
+    fn take(&mut self, asked: bool) -> Value {
+        if !asked {
+            return Value::Null;
+        }
+        let tokens = std::mem::take(&mut self.pending);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        match self.kind {
+            Kind::Completion => {
+                let mut offsets = Vec::with_capacity(tokens.len());
+                for t in &tokens {
+                    offsets.push(self.chars);
+                    self.chars += self.utf8.push(&t.bytes).chars().count();
+                }
+                json!({
+                    "tokens": tokens.iter().map(|t| text(&t.bytes)).collect::<Vec<_>>(),
+                    "token_logprobs": tokens.iter().map(|t| logprob_json(t.logprob)).collect::<Vec<_>>(),
+                    "top_logprobs": tokens.iter().map(|t| {
+                        t.top.iter().map(|(_, b, lp)| (text(b), logprob_json(*lp))).collect::<serde_json::Map<_, _>>()
+                    }).collect::<Vec<_>>(),
+                    "text_offset": offsets,
+                })
+            }
+            Kind::Chat => {
+                let entry = |b: &[u8], lp: f64| json!({"token": text(b), "logprob": logprob_json(lp), "bytes": b});
+                let content: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        let mut e = entry(&t.bytes, t.logprob);
+                        e["top_logprobs"] = t.top.iter().map(|(_, b, lp)| entry(b, *lp)).collect();
+                        e
+                    })
+                    .collect();
+                json!({"content": content, "refusal": null})
+            }
+        }
+    }
+}
+
 fn usage_json(u: &Outcome) -> Value {
     json!({
         "prompt_tokens": u.prompt_tokens,
@@ -97,34 +165,51 @@ fn usage_json(u: &Outcome) -> Value {
     })
 }
 
+/// What a request's choices used together: the prompt (read once) and every choice's tokens;
+/// the finish reason is the first choice's (for the log line).
+fn total(outcomes: &[Outcome]) -> Outcome {
+    Outcome {
+        completion_tokens: outcomes.iter().map(|o| o.completion_tokens).sum(),
+        ..outcomes[0].clone()
+    }
+}
+
+/// One choice of a reply as it comes in.
+struct Choice {
+    shown: Shown,
+    text: String,
+    logprobs: Logprobs,
+    outcome: Option<Outcome>,
+}
+
+impl Choice {
+    fn new(kind: Kind) -> Self {
+        Choice {
+            shown: Shown::new(kind),
+            text: String::new(),
+            logprobs: Logprobs::new(kind),
+            outcome: None,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn whole_response(
     app: Arc<App>,
     kind: Kind,
     id: String,
-    mut rx: UnboundedReceiver<Event>,
+    mut rx: UnboundedReceiver<(usize, Event)>,
+    n: usize,
+    logprobs_asked: bool,
     t0: Instant,
 ) -> Response {
     let path = kind.path();
-    let mut shown = Shown::new(kind);
-    let mut text = String::new();
-    let outcome = loop {
-        match rx.recv().await {
-            Some(Event::Text(b)) => text.push_str(&shown.push(&b)),
-            Some(Event::Done(o)) => break o,
-            Some(Event::Failed(msg)) => {
-                return fail(
-                    path,
-                    t0,
-                    ApiError {
-                        status: StatusCode::INTERNAL_SERVER_ERROR,
-                        message: msg,
-                        kind: "server_error",
-                        param: None,
-                        code: None,
-                    },
-                )
-            }
-            None => {
+    let mut choices: Vec<Choice> = (0..n).map(|_| Choice::new(kind)).collect();
+    let mut done = 0;
+    while done < n {
+        let (i, event) = match rx.recv().await {
+            Some((i, e)) if i < n => (i, e),
+            Some(_) | None => {
                 return fail(
                     path,
                     t0,
@@ -137,20 +222,54 @@ pub(super) async fn whole_response(
                     },
                 )
             }
+        };
+        let c = &mut choices[i];
+        match event {
+            Event::Text(b) => {
+                let t = c.shown.push(&b);
+                c.text.push_str(&t);
+            }
+            Event::Token(t) => c.logprobs.pending.push(t),
+            Event::Done(o) => {
+                c.outcome = Some(o);
+                done += 1;
+            }
+            Event::Failed(msg) => {
+                return fail(
+                    path,
+                    t0,
+                    ApiError {
+                        status: StatusCode::INTERNAL_SERVER_ERROR,
+                        message: msg,
+                        kind: "server_error",
+                        param: None,
+                        code: None,
+                    },
+                )
+            }
         }
-    };
-    text.push_str(&shown.utf8.finish());
-    let choice = match kind {
-        Kind::Completion => json!({
-            "text": text, "index": 0, "logprobs": null, "finish_reason": outcome.finish.name(),
-        }),
-        Kind::Chat => json!({
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": null,
-            "finish_reason": outcome.finish.name(),
-        }),
-    };
+    }
+    let mut outcomes = Vec::with_capacity(n);
+    let mut list = Vec::with_capacity(n);
+    for (index, mut c) in choices.into_iter().enumerate() {
+        let outcome = c.outcome.take().expect("every choice is done");
+        let text = c.text + &c.shown.utf8.finish();
+        let logprobs = c.logprobs.take(logprobs_asked);
+        list.push(match kind {
+            Kind::Completion => json!({
+                "text": text, "index": index, "logprobs": logprobs,
+                "finish_reason": outcome.finish.name(),
+            }),
+            Kind::Chat => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": logprobs,
+                "finish_reason": outcome.finish.name(),
+            }),
+        });
+        outcomes.push(outcome);
+    }
+    let outcome = total(&outcomes);
     let object = match kind {
         Kind::Completion => "text_completion",
         Kind::Chat => "chat.completion",
@@ -160,7 +279,7 @@ pub(super) async fn whole_response(
         "object": object,
         "created": now_secs(),
         "model": app.model_id,
-        "choices": [choice],
+        "choices": list,
         "usage": usage_json(&outcome),
     });
     log_line(path, 200, Some(&outcome), t0);
@@ -191,9 +310,12 @@ struct StreamState {
     kind: Kind,
     id: String,
     created: u64,
-    rx: UnboundedReceiver<Event>,
-    shown: Shown,
+    rx: UnboundedReceiver<(usize, Event)>,
+    choices: Vec<Choice>,
+    /// Choices finished so far.
+    done: usize,
     include_usage: bool,
+    logprobs_asked: bool,
     /// Events still to send before reading the next engine event.
     out: std::collections::VecDeque<SseEvent>,
     finished: bool,
@@ -201,14 +323,24 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn chunk(&self, delta: Value, finish: Option<Finish>) -> SseEvent {
+    /// A chunk of choice `index`; it carries the log-probabilities of that choice's tokens
+    /// gathered since its last chunk (`with_logprobs`; chat's first chunk, the role, has none).
+    fn chunk(
+        &mut self,
+        index: usize,
+        delta: Value,
+        finish: Option<Finish>,
+        with_logprobs: bool,
+    ) -> SseEvent {
+        let asked = self.logprobs_asked && with_logprobs;
+        let logprobs = self.choices[index].logprobs.take(asked);
         let choice = match self.kind {
             Kind::Completion => json!({
-                "text": delta, "index": 0, "logprobs": null,
+                "text": delta, "index": index, "logprobs": logprobs,
                 "finish_reason": finish.map(Finish::name),
             }),
             Kind::Chat => json!({
-                "index": 0, "delta": delta, "logprobs": null,
+                "index": index, "delta": delta, "logprobs": logprobs,
                 "finish_reason": finish.map(Finish::name),
             }),
         };
@@ -223,20 +355,65 @@ impl StreamState {
         SseEvent::default().data(v.to_string())
     }
 
-    fn text_chunk(&self, text: String) -> SseEvent {
+    fn text_chunk(&mut self, index: usize, text: String) -> SseEvent {
         match self.kind {
-            Kind::Completion => self.chunk(Value::String(text), None),
-            Kind::Chat => self.chunk(json!({"content": text}), None),
+            Kind::Completion => self.chunk(index, Value::String(text), None, true),
+            Kind::Chat => self.chunk(index, json!({"content": text}), None, true),
         }
+    }
+
+    /// Choice `index` is done: the rest of its text, its last chunk; after the last choice,
+    /// the usage (when asked) and `[DONE]`.
+    fn choice_done(&mut self, index: usize, o: Outcome) {
+        let rest = self.choices[index].shown.utf8.finish();
+        if !rest.is_empty() {
+            let c = self.text_chunk(index, rest);
+            self.out.push_back(c);
+        }
+        let empty = match self.kind {
+            Kind::Completion => Value::String(String::new()),
+            Kind::Chat => json!({}),
+        };
+        let last = self.chunk(index, empty, Some(o.finish), true);
+        self.out.push_back(last);
+        self.choices[index].outcome = Some(o);
+        self.done += 1;
+        if self.done < self.choices.len() {
+            return;
+        }
+        let outcomes: Vec<Outcome> = self
+            .choices
+            .iter_mut()
+            .filter_map(|c| c.outcome.take())
+            .collect();
+        let o = total(&outcomes);
+        if self.include_usage {
+            let object = match self.kind {
+                Kind::Completion => "text_completion",
+                Kind::Chat => "chat.completion.chunk",
+            };
+            let v = json!({
+                "id": self.id, "object": object, "created": self.created,
+                "model": self.app.model_id, "choices": [], "usage": usage_json(&o),
+            });
+            self.out.push_back(SseEvent::default().data(v.to_string()));
+        }
+        self.out.push_back(SseEvent::default().data("[DONE]"));
+        self.finished = true;
+        self.log.done = true;
+        log_line(self.kind.path(), 200, Some(&o), self.log.t0);
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn stream_response(
     app: Arc<App>,
     kind: Kind,
     id: String,
-    rx: UnboundedReceiver<Event>,
+    rx: UnboundedReceiver<(usize, Event)>,
+    n: usize,
     include_usage: bool,
+    logprobs_asked: bool,
     t0: Instant,
 ) -> Response {
     let mut st = StreamState {
@@ -245,8 +422,10 @@ pub(super) fn stream_response(
         id,
         created: now_secs(),
         rx,
-        shown: Shown::new(kind),
+        choices: (0..n).map(|_| Choice::new(kind)).collect(),
+        done: 0,
         include_usage,
+        logprobs_asked,
         out: Default::default(),
         finished: false,
         log: StreamLog {
@@ -256,8 +435,10 @@ pub(super) fn stream_response(
         },
     };
     if kind == Kind::Chat {
-        let first = st.chunk(json!({"role": "assistant", "content": ""}), None);
-        st.out.push_back(first);
+        for i in 0..n {
+            let first = st.chunk(i, json!({"role": "assistant", "content": ""}), None, false);
+            st.out.push_back(first);
+        }
     }
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         loop {
@@ -268,42 +449,17 @@ pub(super) fn stream_response(
                 return None;
             }
             match st.rx.recv().await {
-                Some(Event::Text(b)) => {
-                    let t = st.shown.push(&b);
+                Some((i, _)) if i >= st.choices.len() => st.finished = true,
+                Some((i, Event::Token(t))) => st.choices[i].logprobs.pending.push(t),
+                Some((i, Event::Text(b))) => {
+                    let t = st.choices[i].shown.push(&b);
                     if !t.is_empty() {
-                        let c = st.text_chunk(t);
+                        let c = st.text_chunk(i, t);
                         st.out.push_back(c);
                     }
                 }
-                Some(Event::Done(o)) => {
-                    let rest = st.shown.utf8.finish();
-                    if !rest.is_empty() {
-                        let c = st.text_chunk(rest);
-                        st.out.push_back(c);
-                    }
-                    let empty = match st.kind {
-                        Kind::Completion => Value::String(String::new()),
-                        Kind::Chat => json!({}),
-                    };
-                    let last = st.chunk(empty, Some(o.finish));
-                    st.out.push_back(last);
-                    if st.include_usage {
-                        let object = match st.kind {
-                            Kind::Completion => "text_completion",
-                            Kind::Chat => "chat.completion.chunk",
-                        };
-                        let v = json!({
-                            "id": st.id, "object": object, "created": st.created,
-                            "model": st.app.model_id, "choices": [], "usage": usage_json(&o),
-                        });
-                        st.out.push_back(SseEvent::default().data(v.to_string()));
-                    }
-                    st.out.push_back(SseEvent::default().data("[DONE]"));
-                    st.finished = true;
-                    st.log.done = true;
-                    log_line(st.kind.path(), 200, Some(&o), st.log.t0);
-                }
-                Some(Event::Failed(msg)) => {
+                Some((i, Event::Done(o))) => st.choice_done(i, o),
+                Some((_, Event::Failed(msg))) => {
                     let v = json!({"error": {"message": msg, "type": "server_error", "param": null, "code": null}});
                     st.out.push_back(SseEvent::default().data(v.to_string()));
                     st.finished = true;

@@ -46,13 +46,16 @@ async fn handle(app: Arc<App>, kind: Kind, body: Bytes) -> Response {
         Err(e) => return fail(path, t0, e),
     };
     let (tx, rx) = unbounded_channel();
+    let logprobs_asked = p.logprobs.is_some();
     let job = Job {
         tokens: p.tokens,
         sampler: p.sampler,
         max_tokens: p.max_tokens,
         stops: p.stops,
         chat: kind == Kind::Chat,
-        sink: Box::new(move |e| tx.send(e).is_ok()),
+        logprobs: p.logprobs,
+        n: p.n,
+        sink: Arc::new(move |choice, e| tx.send((choice, e)).is_ok()),
     };
     match app.engine.submit(job) {
         Ok(()) => {}
@@ -85,9 +88,9 @@ async fn handle(app: Arc<App>, kind: Kind, body: Bytes) -> Response {
     }
     let id = request_id(kind);
     if p.stream {
-        stream_response(app, kind, id, rx, p.include_usage, t0)
+        stream_response(app, kind, id, rx, p.n, p.include_usage, logprobs_asked, t0)
     } else {
-        whole_response(app, kind, id, rx, t0).await
+        whole_response(app, kind, id, rx, p.n, logprobs_asked, t0).await
     }
 }
 
