@@ -67,52 +67,34 @@ fn full_block_values(w: &[f32; QK], id: f32) -> [u8; QK] {
     q
 }
 
-/// Blocks of a row whose scales are computed before their values: the scales' serial
-/// chains (a reduction, a rounding, a division) of several blocks then overlap.
-const GROUP: usize = 16;
-
 super::pack::wide_packer! {
 pub(super) fn pack_panel(rows, in_dim, dst) {
-    let nb = in_dim.div_ceil(QK);
-    let full = in_dim / QK;
-    let mut scales = [(bf16::ZERO, 0.0f32); GROUP];
     for (j, row) in rows.chunks_exact(in_dim).enumerate() {
         let s = QK * NR / 2 + 2 * bf16_lane_position(j);
-        for g0 in (0..nb).step_by(GROUP) {
-            for (sc, w) in scales
-                .iter_mut()
-                .zip(row[g0 * QK..].chunks_exact(QK).take(full.saturating_sub(g0)))
-            {
-                if let Some(w) = w.first_chunk::<QK>() {
-                    *sc = full_block_scale(w);
-                }
+        let put = |b: usize, d: bf16, q: [u8; QK]| {
+            let blk = &mut dst[b * Q4_BLOCK_BYTES..(b + 1) * Q4_BLOCK_BYTES];
+            // Byte (g, j, i): input 4g + i in the low nibble, 16 + 4g + i in the high one
+            // (four bytes at once: nibbles shifted by 4 stay within their byte).
+            for g in 0..4 {
+                let at = g * 4 * NR + j * 4;
+                let lo = u32::from_le_bytes([q[4 * g], q[4 * g + 1], q[4 * g + 2], q[4 * g + 3]]);
+                let hi = u32::from_le_bytes([
+                    q[16 + 4 * g],
+                    q[17 + 4 * g],
+                    q[18 + 4 * g],
+                    q[19 + 4 * g],
+                ]);
+                blk[at..at + 4].copy_from_slice(&(lo | hi << 4).to_le_bytes());
             }
-            for b in g0..(g0 + GROUP).min(nb) {
-                let (d, q) = match row[b * QK..].first_chunk::<QK>() {
-                    Some(w) if b < full => {
-                        let (d, id) = scales[b - g0];
-                        (d, full_block_values(w, id))
-                    }
-                    _ => quantize_block_q4_0(&row[b * QK..((b + 1) * QK).min(in_dim)]),
-                };
-                let blk = &mut dst[b * Q4_BLOCK_BYTES..(b + 1) * Q4_BLOCK_BYTES];
-                // Byte (g, j, i): input 4g + i in the low nibble, 16 + 4g + i in the high
-                // one (four bytes at once: nibbles shifted by 4 stay within their byte).
-                for g in 0..4 {
-                    let at = g * 4 * NR + j * 4;
-                    let lo =
-                        u32::from_le_bytes([q[4 * g], q[4 * g + 1], q[4 * g + 2], q[4 * g + 3]]);
-                    let hi = u32::from_le_bytes([
-                        q[16 + 4 * g],
-                        q[17 + 4 * g],
-                        q[18 + 4 * g],
-                        q[19 + 4 * g],
-                    ]);
-                    blk[at..at + 4].copy_from_slice(&(lo | hi << 4).to_le_bytes());
-                }
-                blk[s..s + 2].copy_from_slice(&d.to_bits().to_le_bytes());
-            }
-        }
+            blk[s..s + 2].copy_from_slice(&d.to_bits().to_le_bytes());
+        };
+        super::pack::quantize_row(
+            row,
+            full_block_scale,
+            full_block_values,
+            quantize_block_q4_0,
+            put,
+        );
     }
 }
 }

@@ -74,46 +74,24 @@ fn full_block_values(w: &[f32; QK], id: f32) -> [u8; QK] {
     q
 }
 
-/// Blocks of a row whose scales are computed before their values, as in Q4_0.
-const GROUP: usize = 16;
-
 super::pack::wide_packer! {
 pub(super) fn pack_panel(rows, in_dim, dst) {
-    let nb = in_dim.div_ceil(QK);
-    let full = in_dim / QK;
-    let mut scales = [(bf16::ZERO, 0.0f32); GROUP];
     for (j, row) in rows.chunks_exact(in_dim).enumerate() {
         let s = QK * NR + 2 * bf16_lane_position(j);
-        for g0 in (0..nb).step_by(GROUP) {
-            for (sc, w) in scales
-                .iter_mut()
-                .zip(row[g0 * QK..].chunks_exact(QK).take(full.saturating_sub(g0)))
-            {
-                if let Some(w) = w.first_chunk::<QK>() {
-                    *sc = full_block_scale(w);
-                }
+        let put = |b: usize, d: bf16, q: [u8; QK]| {
+            let blk = &mut dst[b * Q8_BLOCK_BYTES..(b + 1) * Q8_BLOCK_BYTES];
+            // Bytes (g, j, 0..4): inputs 4g..4g + 4.
+            for (g, four) in q.chunks_exact(4).enumerate() {
+                let at = g * 4 * NR + j * 4;
+                blk[at..at + 4].copy_from_slice(four);
             }
-            for b in g0..(g0 + GROUP).min(nb) {
-                let (d, q) = match row[b * QK..].first_chunk::<QK>() {
-                    Some(w) if b < full => {
-                        let (d, id) = scales[b - g0];
-                        (d, full_block_values(w, id))
-                    }
-                    _ => {
-                        let (d, q) =
-                            quantize_block_q8_0(&row[b * QK..((b + 1) * QK).min(in_dim)]);
-                        (d, q.map(|v| (v as u8) ^ 0x80))
-                    }
-                };
-                let blk = &mut dst[b * Q8_BLOCK_BYTES..(b + 1) * Q8_BLOCK_BYTES];
-                // Bytes (g, j, 0..4): inputs 4g..4g + 4.
-                for (g, four) in q.chunks_exact(4).enumerate() {
-                    let at = g * 4 * NR + j * 4;
-                    blk[at..at + 4].copy_from_slice(four);
-                }
-                blk[s..s + 2].copy_from_slice(&d.to_bits().to_le_bytes());
-            }
-        }
+            blk[s..s + 2].copy_from_slice(&d.to_bits().to_le_bytes());
+        };
+        let partial = |w: &[f32]| {
+            let (d, q) = quantize_block_q8_0(w);
+            (d, q.map(|v| (v as u8) ^ 0x80))
+        };
+        super::pack::quantize_row(row, full_block_scale, full_block_values, partial, put);
     }
 }
 }
