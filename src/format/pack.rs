@@ -142,6 +142,49 @@ pub fn pack_at(
     Ok(buf)
 }
 
+/// Blocks of a row whose scales [`quantize_row`] computes before their values.
+const GROUP: usize = 16;
+
+/// Quantizes one row of a block-quantized panel: `scale` gives a whole block's scale and its
+/// inverse, `values` the block's stored values for that inverse, `partial` the scale and
+/// values of a row's last, partial block; `put(b, scale, values)` stores block `b`. The scales
+/// of [`GROUP`] blocks are computed before their values, so that the blocks' serial chains (a
+/// reduction, a rounding, a division) overlap.
+#[inline(always)]
+pub(super) fn quantize_row(
+    row: &[f32],
+    scale: impl Fn(&[f32; QK]) -> (half::bf16, f32),
+    values: impl Fn(&[f32; QK], f32) -> [u8; QK],
+    partial: impl Fn(&[f32]) -> (half::bf16, [u8; QK]),
+    mut put: impl FnMut(usize, half::bf16, [u8; QK]),
+) {
+    let in_dim = row.len();
+    let nb = in_dim.div_ceil(QK);
+    let full = in_dim / QK;
+    let mut scales = [(half::bf16::ZERO, 0.0f32); GROUP];
+    for g0 in (0..nb).step_by(GROUP) {
+        for (sc, w) in scales.iter_mut().zip(
+            row[g0 * QK..]
+                .chunks_exact(QK)
+                .take(full.saturating_sub(g0)),
+        ) {
+            if let Some(w) = w.first_chunk::<QK>() {
+                *sc = scale(w);
+            }
+        }
+        for b in g0..(g0 + GROUP).min(nb) {
+            let (d, q) = match row[b * QK..].first_chunk::<QK>() {
+                Some(w) if b < full => {
+                    let (d, id) = scales[b - g0];
+                    (d, values(w, id))
+                }
+                _ => partial(&row[b * QK..((b + 1) * QK).min(in_dim)]),
+            };
+            put(b, d, q);
+        }
+    }
+}
+
 /// Defines a packer `fn NAME(rows: &[f32], in_dim: usize, dst: &mut [u8])` whose body is
 /// compiled three times — for AVX-512, for AVX2 and for baseline x86-64 — and run at the
 /// widest level the kernels use on this CPU, so that the compiler's vectorised loops run 16

@@ -27,16 +27,15 @@ pub fn quantize_block_q4_0(w: &[f32]) -> (bf16, [u8; QK]) {
     (d, q)
 }
 
-/// [`quantize_block_q4_0`] of a whole block, written so that the compiler vectorises it
-/// (fixed lengths, selects rather than branches, no float-to-integer conversions): the same
-/// scale and values, bit for bit.
+/// The scale of a whole block as [`quantize_block_q4_0`] computes it, and its inverse (0 when
+/// the scale is 0 or not finite), written so that the compiler vectorises it.
 #[inline(always)]
-fn quantize_full_block(w: &[f32; QK]) -> (bf16, [u8; QK]) {
+fn full_block_scale(w: &[f32; QK]) -> (bf16, f32) {
     let amax = super::q8_0::max_abs(w);
     // The weight of largest magnitude, the first one if several tie (NaNs never win, and an
-    // all-zero block gives +0), as the fold in `quantize_block_q4_0`.
-    // Its index by a minimum over the lanes rather than a search (whose exit, at a random
-    // place, the branch predictor misses once per block).
+    // all-zero block gives +0), as the fold in `quantize_block_q4_0`; its index by a minimum
+    // over the lanes rather than a search (whose exit, at a random place, the branch
+    // predictor misses once per block).
     let first = w
         .iter()
         .enumerate()
@@ -54,24 +53,26 @@ fn quantize_full_block(w: &[f32; QK]) -> (bf16, [u8; QK]) {
     } else {
         0.0
     };
+    (d, id)
+}
+
+/// The 4-bit values of a whole block for the inverse scale `id`, as
+/// [`quantize_block_q4_0`] computes them (selects, no float-to-integer conversion).
+#[inline(always)]
+fn full_block_values(w: &[f32; QK], id: f32) -> [u8; QK] {
     let mut q = [0u8; QK];
     for (o, v) in q.iter_mut().zip(w) {
         *o = super::q8_0::small_int_bits((round_small(v * id) + 8.0).clamp(0.0, 15.0));
     }
-    (d, q)
+    q
 }
 
 super::pack::wide_packer! {
 pub(super) fn pack_panel(rows, in_dim, dst) {
-    let nb = in_dim.div_ceil(QK);
-    let full = in_dim / QK;
     for (j, row) in rows.chunks_exact(in_dim).enumerate() {
         let s = QK * NR / 2 + 2 * bf16_lane_position(j);
-        for (b, blk) in dst.chunks_exact_mut(Q4_BLOCK_BYTES).take(nb).enumerate() {
-            let (d, q) = match row[b * QK..].first_chunk::<QK>() {
-                Some(w) if b < full => quantize_full_block(w),
-                _ => quantize_block_q4_0(&row[b * QK..((b + 1) * QK).min(in_dim)]),
-            };
+        let put = |b: usize, d: bf16, q: [u8; QK]| {
+            let blk = &mut dst[b * Q4_BLOCK_BYTES..(b + 1) * Q4_BLOCK_BYTES];
             // Byte (g, j, i): input 4g + i in the low nibble, 16 + 4g + i in the high one
             // (four bytes at once: nibbles shifted by 4 stay within their byte).
             for g in 0..4 {
@@ -86,7 +87,14 @@ pub(super) fn pack_panel(rows, in_dim, dst) {
                 blk[at..at + 4].copy_from_slice(&(lo | hi << 4).to_le_bytes());
             }
             blk[s..s + 2].copy_from_slice(&d.to_bits().to_le_bytes());
-        }
+        };
+        super::pack::quantize_row(
+            row,
+            full_block_scale,
+            full_block_values,
+            quantize_block_q4_0,
+            put,
+        );
     }
 }
 }

@@ -49,46 +49,49 @@ pub(super) fn small_int_bits(x: f32) -> u8 {
     (x + 12_582_912.0).to_bits() as u8
 }
 
-/// [`quantize_block_q8_0`] of a whole block, written so that the compiler vectorises it:
-/// the same scale and values, bit for bit, stored offset binary (`q + 128`).
+/// The scale of a whole block as [`quantize_block_q8_0`] computes it, and its inverse (0 when
+/// the scale is 0 or not finite), written so that the compiler vectorises it.
 #[inline(always)]
-fn quantize_full_block(w: &[f32; QK]) -> (bf16, [u8; QK]) {
-    let amax = max_abs(w);
-    let d = bf16::from_f32(amax / 127.0);
+fn full_block_scale(w: &[f32; QK]) -> (bf16, f32) {
+    let d = bf16::from_f32(max_abs(w) / 127.0);
     let df = d.to_f32();
     let id = if df > 0.0 && df.is_finite() {
         1.0 / df
     } else {
         0.0
     };
+    (d, id)
+}
+
+/// The values of a whole block for the inverse scale `id`, as [`quantize_block_q8_0`]
+/// computes them, stored offset binary (`q + 128`).
+#[inline(always)]
+fn full_block_values(w: &[f32; QK], id: f32) -> [u8; QK] {
     let mut q = [0u8; QK];
     for (o, v) in q.iter_mut().zip(w) {
         *o = small_int_bits(round_small(v * id).clamp(-127.0, 127.0)) ^ 0x80;
     }
-    (d, q)
+    q
 }
 
 super::pack::wide_packer! {
 pub(super) fn pack_panel(rows, in_dim, dst) {
-    let nb = in_dim.div_ceil(QK);
-    let full = in_dim / QK;
     for (j, row) in rows.chunks_exact(in_dim).enumerate() {
         let s = QK * NR + 2 * bf16_lane_position(j);
-        for (b, blk) in dst.chunks_exact_mut(Q8_BLOCK_BYTES).take(nb).enumerate() {
-            let (d, q) = match row[b * QK..].first_chunk::<QK>() {
-                Some(w) if b < full => quantize_full_block(w),
-                _ => {
-                    let (d, q) = quantize_block_q8_0(&row[b * QK..((b + 1) * QK).min(in_dim)]);
-                    (d, q.map(|v| (v as u8) ^ 0x80))
-                }
-            };
+        let put = |b: usize, d: bf16, q: [u8; QK]| {
+            let blk = &mut dst[b * Q8_BLOCK_BYTES..(b + 1) * Q8_BLOCK_BYTES];
             // Bytes (g, j, 0..4): inputs 4g..4g + 4.
             for (g, four) in q.chunks_exact(4).enumerate() {
                 let at = g * 4 * NR + j * 4;
                 blk[at..at + 4].copy_from_slice(four);
             }
             blk[s..s + 2].copy_from_slice(&d.to_bits().to_le_bytes());
-        }
+        };
+        let partial = |w: &[f32]| {
+            let (d, q) = quantize_block_q8_0(w);
+            (d, q.map(|v| (v as u8) ^ 0x80))
+        };
+        super::pack::quantize_row(row, full_block_scale, full_block_values, partial, put);
     }
 }
 }

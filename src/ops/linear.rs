@@ -557,6 +557,7 @@ impl RowTable {
         let codec = &format.traits().rows;
         let rb = codec.row_bytes(cols);
         let mut data = vec![0u8; rows * rb];
+        advise_huge_pages(&mut data);
         if rb > 0 {
             data.par_chunks_mut(BLOCK_ROWS * rb)
                 .enumerate()
@@ -593,6 +594,28 @@ impl RowTable {
     pub fn bytes(&self) -> usize {
         self.data.len()
     }
+}
+
+/// Asks the kernel to back the 2 MiB-aligned interior of a large, freshly allocated (not yet
+/// written) buffer with transparent huge pages, as the weight arenas are: a 200 MB embedding
+/// is then faulted in 100 times rather than 50,000. Only speed changes if it declines.
+fn advise_huge_pages(v: &mut [u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (v.as_mut_ptr() as usize).next_multiple_of(HUGE);
+        let end = (v.as_mut_ptr() as usize + v.len()) & !(HUGE - 1);
+        if end > start {
+            // SAFETY: the range lies inside `v`'s allocation, which `v` borrows mutably;
+            // MADV_HUGEPAGE changes only how the kernel backs those pages, never their
+            // contents, and the call cannot fail in a way that matters (its result is ignored).
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
 }
 
 #[cfg(test)]
