@@ -80,9 +80,19 @@ pub fn path() -> Result<PathBuf> {
         if intact {
             return Ok(p);
         }
+        // A missing file is created without replacing one another process put there
+        // meanwhile (ten first runs at once keep one file, whose identity the weight cache's
+        // key holds); a damaged one is replaced.
         let written = std::fs::create_dir_all(&dir)
             .map_err(anyhow::Error::from)
-            .and_then(|_| crate::output_file::write_atomic(&p, WEIGHTS));
+            .and_then(|_| match std::fs::symlink_metadata(&p) {
+                Err(_) => match crate::output_file::write_new(&p, WEIGHTS)? {
+                    true => Ok(()),
+                    false if std::fs::read(&p).is_ok_and(|b| b == WEIGHTS) => Ok(()),
+                    false => crate::output_file::write_atomic(&p, WEIGHTS),
+                },
+                Ok(_) => crate::output_file::write_atomic(&p, WEIGHTS),
+            });
         match written {
             Ok(()) => return Ok(p),
             Err(e) => last_err = Some(e),

@@ -195,9 +195,53 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result.with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Writes `bytes` to `path` only if no file is there: written to a temporary file, synced,
+/// then linked into place, so that of several processes creating the same file at once the
+/// first one's stays (its inode and time unchanged) and the others' are discarded. `Ok(false)`
+/// when a file was already there. Where the file system has no hard links, it is renamed into
+/// place as by [`write_atomic`].
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<bool> {
+    let tmp = temp_path(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let result = (|| -> Result<bool> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        let placed = match std::fs::hard_link(&tmp, path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(_) => {
+                std::fs::rename(&tmp, path)?;
+                true
+            }
+        };
+        if let Ok(d) = std::fs::File::open(parent_dir(path)) {
+            let _ = d.sync_all();
+        }
+        Ok(placed)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_file_is_written_once_and_never_replaced() {
+        let dir = std::env::temp_dir().join(format!("rwkv-new-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.bin");
+        assert!(write_new(&p, b"one").unwrap());
+        assert!(!write_new(&p, b"two").unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"one");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn atomic_write_replaces_the_file() {
