@@ -161,6 +161,44 @@ pub fn count(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// A size in bytes, as coreutils reads them: a number (`1.5` allowed) and a unit — `K`, `M`,
+/// `G`, `T` and `KiB` … `TiB` are powers of 1024, `KB` … `TB` powers of 1000, `B` or none
+/// bytes (case ignored). The one size reader of every flag (`serve --state-cache`,
+/// `--weight-cache-max`, `compare --memory-budget`).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite())
+        .ok_or_else(|| anyhow::anyhow!("cannot read the size '{s}' (e.g. 512MiB, 2GiB, 0)"))?;
+    let unit = unit.to_ascii_lowercase();
+    let (base, power) = match unit.as_str() {
+        "" | "b" => (1024.0, 0),
+        "k" | "kib" => (1024.0, 1),
+        "m" | "mib" => (1024.0, 2),
+        "g" | "gib" => (1024.0, 3),
+        "t" | "tib" => (1024.0, 4),
+        "kb" => (1000.0, 1),
+        "mb" => (1000.0, 2),
+        "gb" => (1000.0, 3),
+        "tb" => (1000.0, 4),
+        _ => anyhow::bail!(
+            "cannot read the size '{s}': unknown unit '{unit}' (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+        ),
+    };
+    let scale = f64::powi(base, power);
+    let bytes = n * scale;
+    if bytes >= u64::MAX as f64 {
+        anyhow::bail!("the size '{s}' is too large");
+    }
+    Ok(bytes as u64)
+}
+
 /// Sets the size of the thread pool used by the matrix kernels.
 pub fn init_threads(threads: Option<usize>) -> Result<()> {
     let cores = std::thread::available_parallelism()
@@ -312,4 +350,34 @@ pub fn exit_with_error(e: &anyhow::Error) -> ! {
     errln!("error: {msg}");
     let usage = e.chain().any(|c| c.downcast_ref::<UsageError>().is_some());
     std::process::exit(if usage { 2 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_coreutils_reads_them() {
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("512 mib").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
+        assert_eq!(parse_size("1.5KiB").unwrap(), 1536);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert_eq!(parse_size("7b").unwrap(), 7);
+        assert_eq!(parse_size("0").unwrap(), 0);
+        for bad in [
+            "lots",
+            "5 parsecs",
+            "GiB",
+            "-1GiB",
+            "1e400",
+            "99999999TiB",
+            "1.2.3M",
+            "1ib",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -39,12 +39,8 @@ pub struct ModelArgs {
     /// Size limit of the weight cache (e.g. 16GiB; 0 turns it off); the least recently used
     /// files are removed beyond it. Default: $RWKV_CLI_WEIGHT_CACHE_MAX, else twice the
     /// machine's memory, at most 64 GiB.
-    #[arg(long, value_name = "SIZE", value_parser = parse_cache_size)]
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_size)]
     pub weight_cache_max: Option<u64>,
-}
-
-fn parse_cache_size(s: &str) -> Result<u64> {
-    Ok(super::serve::parse_size(s)? as u64)
 }
 
 /// Where a run starts: `--init-state`, a state-tuned initial state (flattened into the commands
@@ -203,7 +199,7 @@ impl ModelArgs {
             Some(m) => Some(m),
             None => match std::env::var("RWKV_CLI_WEIGHT_CACHE_MAX") {
                 Ok(v) if !v.trim().is_empty() => Some(
-                    parse_cache_size(&v)
+                    super::parse_size(&v)
                         .map_err(|e| UsageError(format!("RWKV_CLI_WEIGHT_CACHE_MAX: {e:#}")))?,
                 ),
                 _ => None,

@@ -99,33 +99,13 @@ pub struct CompareArgs {
     pub worker_shape: Option<String>,
 }
 
-/// Parses a byte count: a number with an optional binary unit (B, K/KiB, M/MiB, G/GiB, T/TiB;
-/// KB, MB, GB, TB are read as binary too); "none" (or "off") is no limit.
+/// Parses a byte count as every size flag does ([`crate::cli::parse_size`]: K/KiB … binary,
+/// KB … decimal); "none" (or "off") is no limit.
 pub fn parse_bytes(s: &str) -> Result<Option<u64>> {
-    let t = s.trim();
-    if matches!(t.to_ascii_lowercase().as_str(), "none" | "off") {
+    if matches!(s.trim().to_ascii_lowercase().as_str(), "none" | "off") {
         return Ok(None);
     }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = (&t[..split], t[split..].trim());
-    let value: f64 = num
-        .parse()
-        .map_err(|_| anyhow::anyhow!("invalid size \"{s}\": expected e.g. 8GiB, 512MiB or none"))?;
-    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        _ => bail!("invalid size \"{s}\": unknown unit \"{unit}\" (use KiB, MiB, GiB or TiB)"),
-    };
-    let bytes = value * scale as f64;
-    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        bail!("invalid size \"{s}\": too large");
-    }
-    Ok(Some(bytes as u64))
+    crate::cli::parse_size(s).map(Some)
 }
 
 /// Parses a duration: seconds, or a number with `ms`, `s`, `m`/`min` or `h`; "none" (or

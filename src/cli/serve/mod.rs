@@ -97,33 +97,6 @@ pub struct ServeArgs {
     pub chunk: usize,
 }
 
-/// `512MiB`, `2GiB`, `100MB`, `4096`: bytes.
-pub fn parse_size(s: &str) -> Result<usize> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .ok()
-        .filter(|n: &f64| n.is_finite() && *n >= 0.0)
-        .with_context(|| format!("cannot read the size '{s}' (e.g. 512MiB, 2GiB, 0)"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mib" => 1024.0 * 1024.0,
-        "g" | "gb" => 1e9,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        _ => anyhow::bail!(
-            "cannot read the size '{s}': unknown unit '{unit}' (B, KiB, MiB, GiB, KB, MB, GB)"
-        ),
-    };
-    Ok((n * mult) as usize)
-}
-
 struct App {
     engine: Engine,
     tok: Arc<dyn Tokenizer>,
@@ -170,7 +143,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.max_prompt_tokens == 0 {
         rwkv_cli::usage_bail!("--max-prompt-tokens must be at least 1");
     }
-    let cache_bytes = match parse_size(&args.state_cache) {
+    let cache_bytes = match super::parse_size(&args.state_cache).map(|b| b as usize) {
         Ok(n) => n,
         Err(e) => rwkv_cli::usage_bail!("--state-cache: {e:#}"),
     };
@@ -253,20 +226,4 @@ pub fn run(args: ServeArgs) -> Result<()> {
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
-        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
-        assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
-        assert_eq!(parse_size("0").unwrap(), 0);
-        assert_eq!(parse_size("1.5KiB").unwrap(), 1536);
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("5 parsecs").is_err());
-    }
 }
