@@ -541,34 +541,22 @@ impl Checkpoint {
             }
             return Ok(());
         }
-        let (Some(meta), Some(place)) = (self.tensors.get(name), self.places.get(name)) else {
-            bail!("tensor {name} is missing from {}", self.path.display());
-        };
-        if place.view.is_some() || meta.dtype == StoredDType::Other {
+        let Some(r) = self.reader(name)? else {
+            // A strided view (or a type no reader converts): read whole, handed out in runs.
             let v = self.read_f32(name)?;
             for (i, c) in v.chunks(chunk).enumerate() {
                 f(i * chunk, c)?;
             }
             return Ok(());
-        }
-        self.verify_storage(name, place)?;
-        let es = place.elem_size;
-        let n = meta.numel();
-        // Checked at open: base + n × es lies inside the file.
-        let Some(bytes) = self.data.bytes().get(place.base..place.base + n * es) else {
-            bail!("tensor {name}: its data lie outside the file");
         };
-        // One buffer for every run.
+        // In order through the tensor's reader (each run's pages released as it goes), with
+        // one buffer for every run.
+        let n = r.len();
         let mut run = vec![0.0f32; chunk.min(n)];
-        for (i, c) in bytes.chunks(chunk * es).enumerate() {
-            let run = &mut run[..c.len() / es];
-            convert_into(c, meta.dtype, run);
-            f(i * chunk, run)?;
-            if let Data::Mapped(m) = &self.data {
-                // From the page the run starts in, so that pages straddling two runs go too.
-                let start = place.base + i * chunk * es;
-                release_pages(m, start & !4095, start + c.len());
-            }
+        for start in (0..n).step_by(chunk) {
+            let run = &mut run[..chunk.min(n - start)];
+            r.read_into(start, run)?;
+            f(start, run)?;
         }
         Ok(())
     }
