@@ -108,20 +108,18 @@ impl<'a> Weights<'a> {
     /// A tensor whose shape must be `shape` (size-1 dimensions ignored), as f32.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let name = &self.path(name);
-        let got = self.shape_at(name)?;
-        if squeezed(&got) != squeezed(shape) {
-            bail!("tensor {name} has shape {got:?}, expected {shape:?}");
-        }
+        self.check_shape_at(name, shape)?;
         self.f32_at(name)
     }
 
-    /// [`Weights::tensor`] of the tensor whose full name is `name`.
-    fn tensor_at(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    /// That tensor `name` (full name) exists, holds floats and has shape `shape` (size-1
+    /// dimensions ignored).
+    fn check_shape_at(&self, name: &str, shape: &[usize]) -> Result<()> {
         let got = self.shape_at(name)?;
         if squeezed(&got) != squeezed(shape) {
             bail!("tensor {name} has shape {got:?}, expected {shape:?}");
         }
-        self.ckpt.read_f32(name)
+        Ok(())
     }
 
     /// The values of tensor `name` (full name) as f32: from the weight cache when it holds
@@ -162,13 +160,7 @@ impl<'a> Weights<'a> {
     /// runs of 32 rows straight into the packed format, never whole in f32.
     pub fn linear(&self, name: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
         let name = &self.path(name);
-        let got = self.shape_at(name)?;
-        if squeezed(&got) != squeezed(&[out_dim, in_dim]) {
-            bail!(
-                "tensor {name} has shape {got:?}, expected {:?}",
-                [out_dim, in_dim]
-            );
-        }
+        self.check_shape_at(name, &[out_dim, in_dim])?;
         if self.check_only {
             self.ckpt.verify_data(name)?;
             return Ok(Linear::unloaded(out_dim, in_dim));
@@ -219,13 +211,7 @@ impl<'a> Weights<'a> {
     /// converted from the file in runs without an f32 copy of the whole.
     pub fn table(&self, name: &str, rows: usize, cols: usize) -> Result<RowTable> {
         let name = &self.path(name);
-        let got = self.shape_at(name)?;
-        if squeezed(&got) != squeezed(&[rows, cols]) {
-            bail!(
-                "tensor {name} has shape {got:?}, expected {:?}",
-                [rows, cols]
-            );
-        }
+        self.check_shape_at(name, &[rows, cols])?;
         if self.check_only {
             self.ckpt.verify_data(name)?;
             return Ok(RowTable::unloaded(rows, cols));
@@ -259,7 +245,8 @@ impl<'a> Weights<'a> {
             Format::F32,
             |c, key| c.linear(key, out_dim, in_dim, Format::F32),
             || {
-                let v = self.tensor_at(name, &[in_dim, out_dim])?;
+                self.check_shape_at(name, &[in_dim, out_dim])?;
+                let v = self.ckpt.read_f32(name)?;
                 Linear::from_in_out(v, in_dim, out_dim, Format::F32)
                     .with_context(|| format!("tensor {name}"))
             },
