@@ -430,36 +430,9 @@ pub struct RowTable {
     pub rows: usize,
     pub cols: usize,
     codec: &'static format::RowCodec,
-    /// The encoded rows, `codec.row_bytes(cols)` bytes each.
-    data: TableBytes,
-}
-
-/// A [`RowTable`]'s encoded rows: its own, or a read-only piece of the weight cache's mapping.
-enum TableBytes {
-    Owned(Vec<u8>),
-    Shared(AlignedBuf),
-}
-
-impl PartialEq for TableBytes {
-    fn eq(&self, other: &Self) -> bool {
-        **self == **other
-    }
-}
-
-impl From<Vec<u8>> for TableBytes {
-    fn from(v: Vec<u8>) -> Self {
-        Self::Owned(v)
-    }
-}
-
-impl std::ops::Deref for TableBytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Self::Owned(v) => v,
-            Self::Shared(b) => b.bytes(),
-        }
-    }
+    /// The encoded rows, `codec.row_bytes(cols)` bytes each: in huge-page memory of its own,
+    /// or a read-only piece of the weight cache's mapping (as a [`Linear`]'s panels).
+    data: AlignedBuf,
 }
 
 impl RowTable {
@@ -470,7 +443,7 @@ impl RowTable {
             rows,
             cols,
             codec: &Format::F32.traits().rows,
-            data: Vec::new().into(),
+            data: AlignedBuf::zeroed(0),
         }
     }
 
@@ -494,13 +467,13 @@ impl RowTable {
             rows,
             cols,
             codec,
-            data: TableBytes::Shared(data),
+            data,
         })
     }
 
     /// The encoded rows, `rows` × the format's row size.
     pub fn encoded(&self) -> &[u8] {
-        &self.data
+        self.data.bytes()
     }
 
     /// Builds from values (rows × cols, row-major) delivered in runs by `read`, as
@@ -513,8 +486,12 @@ impl RowTable {
     ) -> Result<Self> {
         let total = rows * cols;
         let codec = &format.traits().rows;
-        let mut data = Vec::with_capacity(rows * codec.row_bytes(cols));
+        let rb = codec.row_bytes(cols);
+        let mut data = AlignedBuf::zeroed(rows * rb);
+        let out = data.bytes_mut();
         let mut row = Vec::with_capacity(cols);
+        let mut enc = Vec::with_capacity(rb);
+        let mut done = 0usize;
         let mut next = 0usize;
         read(&mut |start: usize, mut values: &[f32]| -> Result<()> {
             if start != next || start + values.len() > total {
@@ -526,7 +503,10 @@ impl RowTable {
                 row.extend_from_slice(&values[..take]);
                 values = &values[take..];
                 if row.len() == cols {
-                    (codec.encode)(&row, &mut data);
+                    enc.clear();
+                    (codec.encode)(&row, &mut enc);
+                    out[done * rb..(done + 1) * rb].copy_from_slice(&enc);
+                    done += 1;
                     row.clear();
                 }
             }
@@ -539,7 +519,7 @@ impl RowTable {
             rows,
             cols,
             codec,
-            data: data.into(),
+            data,
         })
     }
 
@@ -556,10 +536,10 @@ impl RowTable {
         const BLOCK_ROWS: usize = 64;
         let codec = &format.traits().rows;
         let rb = codec.row_bytes(cols);
-        let mut data = vec![0u8; rows * rb];
-        advise_huge_pages(&mut data);
+        let mut data = AlignedBuf::zeroed(rows * rb);
         if rb > 0 {
-            data.par_chunks_mut(BLOCK_ROWS * rb)
+            data.bytes_mut()
+                .par_chunks_mut(BLOCK_ROWS * rb)
                 .enumerate()
                 .try_for_each_init(
                     || (Vec::new(), Vec::with_capacity(rb)),
@@ -580,42 +560,23 @@ impl RowTable {
             rows,
             cols,
             codec,
-            data: data.into(),
+            data,
         })
     }
 
     /// Row `r` widened to f32 into `out` (`cols` long).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         let rb = self.codec.row_bytes(self.cols);
-        (self.codec.decode)(&self.data[r * rb..(r + 1) * rb], &mut out[..self.cols]);
+        (self.codec.decode)(
+            &self.data.bytes()[r * rb..(r + 1) * rb],
+            &mut out[..self.cols],
+        );
     }
 
     /// Bytes the table holds.
     pub fn bytes(&self) -> usize {
         self.data.len()
     }
-}
-
-/// Asks the kernel to back the 2 MiB-aligned interior of a large, freshly allocated (not yet
-/// written) buffer with transparent huge pages, as the weight arenas are: a 200 MB embedding
-/// is then faulted in 100 times rather than 50,000. Only speed changes if it declines.
-fn advise_huge_pages(v: &mut [u8]) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = (v.as_mut_ptr() as usize).next_multiple_of(HUGE);
-        let end = (v.as_mut_ptr() as usize + v.len()) & !(HUGE - 1);
-        if end > start {
-            // SAFETY: the range lies inside `v`'s allocation, which `v` borrows mutably;
-            // MADV_HUGEPAGE changes only how the kernel backs those pages, never their
-            // contents, and the call cannot fail in a way that matters (its result is ignored).
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = v;
 }
 
 #[cfg(test)]
