@@ -384,15 +384,8 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::spec::tests::hub;
     use super::*;
-
-    fn hub(repo: &str, file: &str, rev: &str) -> HubFile {
-        HubFile {
-            repo: repo.into(),
-            file: file.into(),
-            revision: rev.into(),
-        }
-    }
 
     #[test]
     fn hub_references_parse_with_an_optional_revision() {

@@ -157,10 +157,11 @@ pub(super) fn parse_path_form(spec: &str) -> Option<HubFile> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn hub(repo: &str, file: &str, rev: &str) -> HubFile {
+    /// A reference to `file` in `repo` at `rev` (also for `hub`'s tests).
+    pub(in crate::hub) fn hub(repo: &str, file: &str, rev: &str) -> HubFile {
         HubFile {
             repo: repo.into(),
             file: file.into(),
