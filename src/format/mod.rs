@@ -31,7 +31,7 @@ mod pack;
 mod q4_0;
 mod q8_0;
 
-pub use pack::{pack, pack_at, pack_owned, pack_streamed, unpack, ReadAt};
+pub use pack::{pack, pack_at, pack_at_in, pack_owned, pack_streamed, unpack, ReadAt};
 pub use q4_0::quantize_block_q4_0;
 pub use q8_0::quantize_block_q8_0;
 

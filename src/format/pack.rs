@@ -114,10 +114,29 @@ pub fn pack_at(
     format: Format,
     read: ReadAt<'_>,
 ) -> anyhow::Result<AlignedBuf> {
+    let buf = AlignedBuf::zeroed(format.matrix_bytes(out_dim, in_dim));
+    pack_at_in(buf, out_dim, in_dim, format, read)
+}
+
+/// As [`pack_at`], into `buf`: zero bytes of exactly the matrix's packed size (the weight
+/// cache hands out a region of the file it is writing, so the panels are written once, into
+/// the file's pages).
+pub fn pack_at_in(
+    mut buf: AlignedBuf,
+    out_dim: usize,
+    in_dim: usize,
+    format: Format,
+    read: ReadAt<'_>,
+) -> anyhow::Result<AlignedBuf> {
     use rayon::prelude::*;
     let pb = format.panel_bytes(in_dim);
     let pack_panel = format.traits().pack_panel;
-    let mut buf = AlignedBuf::zeroed(n_panels(out_dim) * pb);
+    anyhow::ensure!(
+        buf.len() == n_panels(out_dim) * pb,
+        "buffer of {} bytes for a matrix packing to {}",
+        buf.len(),
+        n_panels(out_dim) * pb
+    );
     if pb == 0 {
         return Ok(buf);
     }

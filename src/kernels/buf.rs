@@ -1,5 +1,6 @@
 //! [`AlignedBuf`]: the 64-byte aligned, huge-page backed buffers weight panels live in, and
-//! [`FileMap`], the read-only file mapping the weight cache serves them from.
+//! [`FileMap`], the file mappings the weight cache serves them from (read-only) and packs a
+//! first load's panels into (writable until sealed).
 
 /// One cache line; the unit of small [`AlignedBuf`]s.
 #[repr(C, align(64))]
@@ -16,9 +17,10 @@ struct Line([u8; 64]);
 /// ends in a partly used page of its own. Maps are zero until written and cost resident
 /// memory only as they are filled; an arena is unmapped when its last buffer is dropped.
 ///
-/// A buffer may also be a read-only piece of a [`FileMap`] (the weight cache's file, shared
-/// by every process that maps it): reading it reads the file's pages; the `_mut` views first
-/// turn it into a private copy, so a mapped file is never written.
+/// A buffer may also be a piece of a [`FileMap`] (the weight cache's file, shared by every
+/// process that maps it): reading it reads the file's pages. A sealed (read-only) map is never
+/// written: the `_mut` views first turn the buffer into a private copy. A writable map (a
+/// region of a cache file being written, see [`AlignedBuf::in_file`]) is written in place.
 pub struct AlignedBuf {
     store: Store,
     len: usize,
@@ -30,36 +32,66 @@ enum Store {
         arena: std::sync::Arc<Arena>,
         offset: usize,
     },
-    /// A read-only piece of a file mapping (the weight cache): shared with every other
-    /// process that maps the same file. Never written: the `_mut` views copy it first.
+    /// A piece of a file mapping (the weight cache): shared with every other process that
+    /// maps the same file. Written in place only while the map is writable (then this buffer
+    /// is its only one); once sealed, the `_mut` views copy it first.
     Mapped {
         map: std::sync::Arc<FileMap>,
         offset: usize,
     },
 }
 
-/// A whole file mapped read-only and shared (`MAP_SHARED`, `PROT_READ`), at an address
-/// aligned to 2 MiB, so that data at 2 MiB-aligned file offsets may be mapped with huge pages
-/// where the page cache holds them in large folios. Unmapped when the last
-/// [`AlignedBuf`] on it is dropped.
+/// A file, or a region of one, mapped shared (`MAP_SHARED`) at an address aligned to 2 MiB,
+/// so that data at 2 MiB-aligned file offsets may be mapped with huge pages where the page
+/// cache holds them in large folios. Read-only ([`FileMap::new`]), or writable until
+/// [`FileMap::seal`]ed ([`FileMap::writable`]). Unmapped when the last [`AlignedBuf`] on it
+/// is dropped.
 pub struct FileMap {
     base: *const u8,
     len: usize,
+    /// Where the mapping starts in the file.
+    file_offset: usize,
+    /// Writable (`PROT_WRITE`) until sealed.
+    writable: std::sync::atomic::AtomicBool,
 }
 
-// SAFETY: the mapping is read-only for its whole life (PROT_READ) and owned by this value:
-// any number of threads may read it.
+// SAFETY: a read-only map (PROT_READ) may be read by any number of threads. A writable one is
+// reached only through the single `AlignedBuf` that `AlignedBuf::in_file` wraps it in (written
+// through `&mut`, read through `&`, as a `Vec<u8>`), until it is sealed read-only.
 unsafe impl Send for FileMap {}
 // SAFETY: as above.
 unsafe impl Sync for FileMap {}
 
 impl FileMap {
-    /// Maps the first `len` bytes of `file` (which must be at least that long). With
-    /// `populate`, huge pages are asked for and every page is read in and mapped now (one
+    /// Maps the first `len` bytes of `file` (which must be at least that long) read-only.
+    /// With `populate`, huge pages are asked for and every page is read in and mapped now (one
     /// system call instead of a fault per page; the kernel reads a file it has to fetch in
     /// huge-page-sized pieces once asked for huge pages).
     #[cfg(unix)]
     pub fn new(file: &std::fs::File, len: usize, populate: bool) -> std::io::Result<Self> {
+        let map = Self::map(file, 0, len, false)?;
+        if populate {
+            map.populate();
+        }
+        Ok(map)
+    }
+
+    /// Maps `len` bytes of `file` from `offset` (a multiple of the page size; the file must
+    /// already be that long, its blocks allocated — a write to a hole the disk cannot fill
+    /// would kill the process) readable and writable, shared: what is written goes to the
+    /// file's page cache, with no copy of its own. Wrapped by [`AlignedBuf::in_file`].
+    #[cfg(unix)]
+    pub fn writable(file: &std::fs::File, offset: usize, len: usize) -> std::io::Result<Self> {
+        Self::map(file, offset, len, true)
+    }
+
+    #[cfg(unix)]
+    fn map(
+        file: &std::fs::File,
+        offset: usize,
+        len: usize,
+        writable: bool,
+    ) -> std::io::Result<Self> {
         use std::os::unix::io::AsRawFd;
         if len == 0 {
             return Err(std::io::Error::other("empty file"));
@@ -85,16 +117,21 @@ impl FileMap {
         let start = reserved as usize;
         let aligned = start.next_multiple_of(HUGE_PAGE);
         let flags = libc::MAP_SHARED | libc::MAP_FIXED;
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         // SAFETY: `aligned .. aligned + len` lies inside the reservation made above, which this
         // function owns; MAP_FIXED replaces that part of it with the file.
         let p = unsafe {
             libc::mmap(
                 aligned as *mut libc::c_void,
                 len,
-                libc::PROT_READ,
+                prot,
                 flags,
                 file.as_raw_fd(),
-                0,
+                offset as libc::off_t,
             )
         };
         let mapped_end = (aligned + len).next_multiple_of(4096);
@@ -116,18 +153,53 @@ impl FileMap {
         let map = Self {
             base: aligned as *const u8,
             len,
+            file_offset: offset,
+            writable: std::sync::atomic::AtomicBool::new(writable),
         };
-        if populate {
-            map.populate();
+        if writable {
+            map.advise_huge();
         }
         Ok(map)
     }
 
     #[cfg(not(unix))]
     pub fn new(_file: &std::fs::File, _len: usize, _populate: bool) -> std::io::Result<Self> {
-        Err(std::io::Error::other(
-            "read-only file maps need a Unix system",
-        ))
+        Err(std::io::Error::other("file maps need a Unix system"))
+    }
+
+    #[cfg(not(unix))]
+    pub fn writable(_file: &std::fs::File, _offset: usize, _len: usize) -> std::io::Result<Self> {
+        Err(std::io::Error::other("file maps need a Unix system"))
+    }
+
+    /// Where the mapping starts in the file.
+    pub fn file_offset(&self) -> usize {
+        self.file_offset
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the map may still be written (see [`FileMap::seal`]).
+    pub fn is_writable(&self) -> bool {
+        self.writable.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Makes the map read-only for good: from now on a buffer on it copies before a write,
+    /// and a stray write through an old pointer faults instead of changing the file.
+    pub fn seal(&self) {
+        self.writable
+            .store(false, std::sync::atomic::Ordering::Release);
+        #[cfg(unix)]
+        // SAFETY: the mapping made in `new`/`writable`, still mapped; only its protection changes.
+        unsafe {
+            libc::mprotect(self.base as *mut libc::c_void, self.len, libc::PROT_READ);
+        }
     }
 
     /// The mapped bytes.
@@ -136,17 +208,30 @@ impl FileMap {
         unsafe { std::slice::from_raw_parts(self.base, self.len) }
     }
 
-    /// Huge pages, then every page read in and mapped (hints: a refusal changes only speed).
+    /// Asks for huge pages (a hint: a refusal changes only speed).
     #[cfg(unix)]
-    fn populate(&self) {
+    fn advise_huge(&self) {
         #[cfg(target_os = "linux")]
         // SAFETY: advice over this value's own mapping; it changes no contents.
         unsafe {
-            let p = self.base as *mut libc::c_void;
-            libc::madvise(p, self.len, libc::MADV_HUGEPAGE);
+            libc::madvise(
+                self.base as *mut libc::c_void,
+                self.len,
+                libc::MADV_HUGEPAGE,
+            );
+        }
+    }
+
+    /// Huge pages, then every page read in and mapped (hints: a refusal changes only speed).
+    #[cfg(unix)]
+    fn populate(&self) {
+        self.advise_huge();
+        #[cfg(target_os = "linux")]
+        // SAFETY: advice over this value's own mapping; it changes no contents.
+        unsafe {
             // MADV_POPULATE_READ (Linux 5.14); an older kernel refuses it, and the first reads
             // fault the pages in instead.
-            libc::madvise(p, self.len, 22);
+            libc::madvise(self.base as *mut libc::c_void, self.len, 22);
         }
     }
 }
@@ -230,10 +315,12 @@ impl AlignedBuf {
     }
 
     /// `len` bytes at `offset` of a read-only file mapping, shared rather than copied; `None`
-    /// when the range is outside the mapping or `offset` is not a multiple of 64.
+    /// when the range is outside the mapping, `offset` is not a multiple of 64 or the map is
+    /// writable.
     pub fn mapped(map: std::sync::Arc<FileMap>, offset: usize, len: usize) -> Option<Self> {
         let inside = offset.checked_add(len).is_some_and(|end| end <= map.len);
-        if !inside || !offset.is_multiple_of(64) {
+        // A writable map has one buffer, made by `in_file`.
+        if !inside || !offset.is_multiple_of(64) || map.is_writable() {
             return None;
         }
         Some(Self {
@@ -242,9 +329,31 @@ impl AlignedBuf {
         })
     }
 
-    /// Whether the bytes are a shared read-only file mapping (the weight cache's).
+    /// The whole of a fresh writable file map (see [`FileMap::writable`]): written in place,
+    /// into the file, until the map is sealed. Taking the map by value makes this buffer its
+    /// only one.
+    pub fn in_file(map: FileMap) -> Self {
+        let len = map.len;
+        Self {
+            store: Store::Mapped {
+                map: std::sync::Arc::new(map),
+                offset: 0,
+            },
+            len,
+        }
+    }
+
+    /// Whether the bytes are a shared file mapping (the weight cache's).
     pub fn is_mapped(&self) -> bool {
         matches!(self.store, Store::Mapped { .. })
+    }
+
+    /// The file mapping the bytes lie in, and their offset in it.
+    pub fn file_map(&self) -> Option<(&std::sync::Arc<FileMap>, usize)> {
+        match &self.store {
+            Store::Mapped { map, offset } => Some((map, *offset)),
+            _ => None,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -266,8 +375,8 @@ impl AlignedBuf {
     }
 
     fn ptr_mut(&mut self) -> *mut u8 {
-        if let Store::Mapped { .. } = self.store {
-            // A file mapping is never written: the buffer becomes a private copy first.
+        if matches!(&self.store, Store::Mapped { map, .. } if !map.is_writable()) {
+            // A sealed file mapping is never written: the buffer becomes a private copy first.
             let mut copy = Self::zeroed(self.len);
             copy.bytes_mut().copy_from_slice(self.bytes());
             *self = copy;
@@ -276,14 +385,17 @@ impl AlignedBuf {
             Store::Heap(v) => v.as_mut_ptr() as *mut u8,
             // SAFETY: as in `ptr`.
             Store::Arena { arena, offset } => unsafe { arena.base.add(*offset) },
-            Store::Mapped { .. } => unreachable!("copied above"),
+            // SAFETY: `offset + len ≤ map.len`; the map is writable, and this buffer its only
+            // one (`in_file`), borrowed mutably.
+            Store::Mapped { map, offset } => unsafe { (map.base as *mut u8).add(*offset) },
         }
     }
 
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `ptr()` starts `len` initialised bytes (zeroed at creation: a `Line` vector
         // or an anonymous map) that only `self` reaches, borrowed for the slice's lifetime; or
-        // `len` bytes of a read-only file map that no one writes, alive while `self` is.
+        // `len` bytes of a file map alive while `self` is, written (if writable) only through
+        // this buffer's `&mut` views.
         unsafe { std::slice::from_raw_parts(self.ptr(), self.len) }
     }
 
@@ -358,6 +470,43 @@ mod tests {
         assert_eq!(map.bytes(), &data[..]);
         drop((b, map));
         assert_eq!(std::fs::read(&path).unwrap(), data);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_writable_map_is_written_in_place_until_sealed() {
+        let path = std::env::temp_dir().join(format!("rwkv-filemap-w-{}", std::process::id()));
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.set_len(3 * 4096).unwrap();
+        let mut b = AlignedBuf::in_file(FileMap::writable(&file, 4096, 8192).unwrap());
+        let map = b.file_map().unwrap().0.clone();
+        assert!(map.is_writable() && map.file_offset() == 4096);
+        assert!(
+            AlignedBuf::mapped(map.clone(), 0, 64).is_none(),
+            "one buffer only"
+        );
+        b.bytes_mut()
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = i as u8);
+        map.seal();
+        // Sealed: a write now goes to a private copy.
+        b.bytes_mut()[0] = 0xee;
+        assert!(!b.is_mapped());
+        let on_disk = std::fs::read(&path).unwrap();
+        assert!(on_disk[..4096].iter().all(|&v| v == 0));
+        assert!(on_disk[4096..]
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == i as u8));
+        assert_eq!(&map.bytes()[..4], &[0, 1, 2, 3]);
+        drop((b, map));
         std::fs::remove_file(&path).unwrap();
     }
 }

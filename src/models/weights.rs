@@ -6,6 +6,7 @@
 
 use crate::checkpoint::{Checkpoint, StoredDType};
 use crate::format::Format;
+use crate::kernels::AlignedBuf;
 use crate::ops::{Linear, RowTable};
 use crate::weight_cache::Session;
 use anyhow::{bail, Context, Result};
@@ -165,44 +166,54 @@ impl<'a> Weights<'a> {
             self.ckpt.verify_data(name)?;
             return Ok(Linear::unloaded(out_dim, in_dim));
         }
+        let bytes = self.dtype.matrix_bytes(out_dim, in_dim);
         self.through_cache(
             format!("linear:{name}"),
             [out_dim, in_dim],
             self.dtype,
             |c, key| c.linear(key, out_dim, in_dim, self.dtype),
-            || {
+            |reserve| {
                 match self.ckpt.reader(name)? {
-                    // Stored plainly: panels converted on all threads, straight from the map.
-                    Some(r) => Linear::from_values(out_dim, in_dim, self.dtype, &|at, dst| {
-                        r.read_into(at, dst)
-                    }),
+                    // Stored plainly: panels converted on all threads, straight from the map
+                    // (into the cache file being written, when there is one).
+                    Some(r) => {
+                        let read = &|at, dst: &mut [f32]| r.read_into(at, dst);
+                        match reserve(bytes) {
+                            Some(buf) => {
+                                Linear::from_values_in(buf, out_dim, in_dim, self.dtype, read)
+                            }
+                            None => Linear::from_values(out_dim, in_dim, self.dtype, read),
+                        }
+                    }
                     None => Linear::from_streamed(out_dim, in_dim, self.dtype, |sink| {
                         self.ckpt.read_f32_chunks(name, 32 * in_dim, sink)
                     }),
                 }
                 .with_context(|| format!("tensor {name}"))
             },
-            |l| l.packed().bytes(),
+            Linear::packed,
         )
     }
 
     /// What `build` makes, or the weight cache's copy of it under `key` (`hit` looks it up);
-    /// what is built is recorded into a cache file being written (`bytes`: its packed form).
+    /// what is built is recorded into a cache file being written (`packed`: its packed form).
+    /// `build` may pack into a region of that file (`reserve(len)`, see
+    /// [`Session::reserve`]) instead of memory of its own.
     fn through_cache<T>(
         &self,
         key: String,
         dims: [usize; 2],
         format: Format,
         hit: impl FnOnce(&Session, &str) -> Option<T>,
-        build: impl FnOnce() -> Result<T>,
-        bytes: impl FnOnce(&T) -> &[u8],
+        build: impl FnOnce(&dyn Fn(usize) -> Option<AlignedBuf>) -> Result<T>,
+        packed: impl FnOnce(&T) -> &AlignedBuf,
     ) -> Result<T> {
         if let Some(t) = self.cache.and_then(|c| hit(c, &key)) {
             return Ok(t);
         }
-        let t = build()?;
+        let t = build(&|len| self.cache.and_then(|c| c.reserve(len)))?;
         if let Some(c) = self.cache {
-            c.put(&key, dims, format, bytes(&t));
+            c.put_packed(&key, dims, format, packed(&t));
         }
         Ok(t)
     }
@@ -221,18 +232,25 @@ impl<'a> Weights<'a> {
             [rows, cols],
             self.dtype,
             |c, key| c.table(key, rows, cols, self.dtype),
-            || {
+            |reserve| {
                 match self.ckpt.reader(name)? {
-                    Some(r) => RowTable::from_values(rows, cols, self.dtype, &|at, dst| {
-                        r.read_into(at, dst)
-                    }),
+                    Some(r) => {
+                        let read = &|at, dst: &mut [f32]| r.read_into(at, dst);
+                        let bytes = rows * self.dtype.traits().rows.row_bytes(cols);
+                        match reserve(bytes) {
+                            Some(buf) => {
+                                RowTable::from_values_in(buf, rows, cols, self.dtype, read)
+                            }
+                            None => RowTable::from_values(rows, cols, self.dtype, read),
+                        }
+                    }
                     None => RowTable::from_streamed(rows, cols, self.dtype, |sink| {
                         self.ckpt.read_f32_chunks(name, 256 * cols, sink)
                     }),
                 }
                 .with_context(|| format!("tensor {name}"))
             },
-            |t| t.encoded(),
+            RowTable::encoded,
         )
     }
 
@@ -244,13 +262,13 @@ impl<'a> Weights<'a> {
             [out_dim, in_dim],
             Format::F32,
             |c, key| c.linear(key, out_dim, in_dim, Format::F32),
-            || {
+            |_| {
                 self.check_shape_at(name, &[in_dim, out_dim])?;
                 let v = self.ckpt.read_f32(name)?;
                 Linear::from_in_out(v, in_dim, out_dim, Format::F32)
                     .with_context(|| format!("tensor {name}"))
             },
-            |l| l.packed().bytes(),
+            Linear::packed,
         )
     }
 
@@ -265,5 +283,118 @@ impl<'a> Weights<'a> {
             bail!("tensor {name} has an empty dimension: {s:?}");
         }
         Ok(s[dim])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weight_cache::{Session, Settings, Status};
+    use serde_json::{json, Value};
+
+    /// A safetensors file holding f32 tensors (name, rows, cols), values from `pseudo`.
+    fn safetensors(path: &std::path::Path, tensors: &[(&str, usize, usize)]) {
+        let mut header = serde_json::Map::new();
+        let mut data = Vec::new();
+        for (i, &(name, rows, cols)) in tensors.iter().enumerate() {
+            let start = data.len();
+            for v in crate::testing::pseudo(rows * cols, i as u32 + 1) {
+                data.extend_from_slice(&v.to_le_bytes());
+            }
+            header.insert(
+                name.into(),
+                json!({"dtype": "F32", "shape": [rows, cols], "data_offsets": [start, data.len()]}),
+            );
+        }
+        let mut h = serde_json::to_vec(&Value::Object(header)).unwrap();
+        h.resize(h.len().next_multiple_of(8), b' ');
+        let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&h);
+        bytes.extend_from_slice(&data);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_first_load_packs_large_tensors_into_the_file_and_a_second_maps_them() {
+        let dir = std::env::temp_dir().join(format!("rwkv-wc-reserve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let model = dir.join("m.safetensors");
+        // A 4 MiB matrix and a 2 MiB table (packed into file regions), a small matrix (staged).
+        safetensors(
+            &model,
+            &[("w", 1000, 1024), ("e", 1024, 512), ("s", 64, 64)],
+        );
+        let ckpt = Checkpoint::open(&model).unwrap();
+        let settings = Settings {
+            dir: Some(dir.join("weights")),
+            max_bytes: 1 << 30,
+        };
+        let plain = Weights::new(&ckpt, Format::F32);
+        let want = (
+            plain.linear("w", 1000, 1024).unwrap(),
+            plain.table("e", 1024, 512).unwrap(),
+            plain.linear("s", 64, 64).unwrap(),
+        );
+
+        let session = Session::open(&settings, &ckpt, Format::F32);
+        assert!(session.recording());
+        let w = Weights::cached(&ckpt, Format::F32, &session);
+        let got = (
+            w.linear("w", 1000, 1024).unwrap(),
+            w.table("e", 1024, 512).unwrap(),
+            w.linear("s", 64, 64).unwrap(),
+        );
+        // The large ones live in the file, sealed; the small one in memory of its own.
+        for buf in [got.0.packed(), got.1.encoded()] {
+            let (map, _) = buf.file_map().expect("packed into the file");
+            assert!(!map.is_writable(), "sealed after packing");
+            assert_eq!(map.file_offset() % (2 << 20), 0);
+        }
+        assert!(!got.2.packed().is_mapped());
+        let report = session.finish();
+        assert_eq!(report.status, Status::Written, "{:?}", report.warnings);
+        assert_eq!(got.0.packed().bytes(), want.0.packed().bytes());
+        assert_eq!(got.1.encoded().bytes(), want.1.encoded().bytes());
+        assert_eq!(got.2.packed().bytes(), want.2.packed().bytes());
+
+        // A second load maps the file, checks it and serves the same bytes.
+        let session = Session::open(&settings, &ckpt, Format::F32);
+        assert!(!session.recording());
+        let w = Weights::cached(&ckpt, Format::F32, &session);
+        let hit = (
+            w.linear("w", 1000, 1024).unwrap(),
+            w.table("e", 1024, 512).unwrap(),
+            w.linear("s", 64, 64).unwrap(),
+        );
+        assert_eq!(session.finish().status, Status::Hit);
+        assert_eq!(hit.0.packed().bytes(), want.0.packed().bytes());
+        assert_eq!(hit.1.encoded().bytes(), want.1.encoded().bytes());
+        assert_eq!(hit.2.packed().bytes(), want.2.packed().bytes());
+        drop((got, hit));
+
+        // Over the limit: the region is refused, the run goes on with memory of its own.
+        let small = Settings {
+            dir: Some(dir.join("small")),
+            max_bytes: 3 << 20,
+        };
+        let session = Session::open(&small, &ckpt, Format::F32);
+        let w = Weights::cached(&ckpt, Format::F32, &session);
+        let l = w.linear("w", 1000, 1024).unwrap();
+        assert!(!l.packed().is_mapped());
+        assert_eq!(l.packed().bytes(), want.0.packed().bytes());
+        let report = session.finish();
+        assert_eq!(report.status, Status::NotWritten);
+        assert!(
+            report.warnings[0].contains("limit"),
+            "{:?}",
+            report.warnings
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.join("small")).unwrap().collect();
+        assert!(
+            left.is_empty(),
+            "no file and no temporary file left: {left:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -161,12 +161,25 @@ impl Linear {
         format: Format,
         read: format::ReadAt<'_>,
     ) -> Result<Self> {
+        let w = AlignedBuf::zeroed(format.matrix_bytes(out_dim, in_dim));
+        Self::from_values_in(w, out_dim, in_dim, format, read)
+    }
+
+    /// As [`Linear::from_values`], packed into `w`: zero bytes of exactly the packed size (a
+    /// region of the weight cache file being written, so the panels are written once).
+    pub fn from_values_in(
+        w: AlignedBuf,
+        out_dim: usize,
+        in_dim: usize,
+        format: Format,
+        read: format::ReadAt<'_>,
+    ) -> Result<Self> {
         Self::check(out_dim * in_dim, out_dim, in_dim)?;
         Ok(Self {
             out_dim,
             in_dim,
             format,
-            w: format::pack_at(out_dim, in_dim, format, read)?,
+            w: format::pack_at_in(w, out_dim, in_dim, format, read)?,
         })
     }
 
@@ -471,9 +484,9 @@ impl RowTable {
         })
     }
 
-    /// The encoded rows, `rows` × the format's row size.
-    pub fn encoded(&self) -> &[u8] {
-        self.data.bytes()
+    /// The encoded rows, `rows` × the format's row size (as [`Linear::packed`]).
+    pub fn encoded(&self) -> &AlignedBuf {
+        &self.data
     }
 
     /// Builds from values (rows × cols, row-major) delivered in runs by `read`, as
@@ -532,11 +545,29 @@ impl RowTable {
         format: Format,
         read: format::ReadAt<'_>,
     ) -> Result<Self> {
+        let data = AlignedBuf::zeroed(rows * format.traits().rows.row_bytes(cols));
+        Self::from_values_in(data, rows, cols, format, read)
+    }
+
+    /// As [`RowTable::from_values`], into `data`: exactly `rows` encoded rows of zero bytes
+    /// (a region of the weight cache file being written).
+    pub fn from_values_in(
+        mut data: AlignedBuf,
+        rows: usize,
+        cols: usize,
+        format: Format,
+        read: format::ReadAt<'_>,
+    ) -> Result<Self> {
         use rayon::prelude::*;
         const BLOCK_ROWS: usize = 64;
         let codec = &format.traits().rows;
         let rb = codec.row_bytes(cols);
-        let mut data = AlignedBuf::zeroed(rows * rb);
+        if data.len() != rows * rb {
+            bail!(
+                "buffer of {} bytes for a table of {rows} rows of {rb} bytes",
+                data.len()
+            );
+        }
         if rb > 0 {
             data.bytes_mut()
                 .par_chunks_mut(BLOCK_ROWS * rb)
@@ -682,7 +713,10 @@ mod tests {
                 };
                 let a = RowTable::from_values(rows, cols, fmt, &read).unwrap();
                 let b = RowTable::from_streamed(rows, cols, fmt, stream).unwrap();
-                assert!(a.encoded() == b.encoded(), "table {fmt:?} {rows}x{cols}");
+                assert!(
+                    a.encoded().bytes() == b.encoded().bytes(),
+                    "table {fmt:?} {rows}x{cols}"
+                );
                 let a = Linear::from_values(rows, cols, fmt, &read).unwrap();
                 let b = Linear::from_streamed(rows, cols, fmt, stream).unwrap();
                 assert!(a.w.bytes() == b.w.bytes(), "matrix {fmt:?} {rows}x{cols}");

@@ -1,0 +1,364 @@
+//! Writing a cache file: a temporary file beside its final name, renamed once whole; and
+//! the size limit's eviction.
+
+use super::{segment_hashes, HEADER, HUGE, MAGIC, STALE_TEMP_SECS};
+use crate::format::Format;
+use crate::kernels::{AlignedBuf, FileMap};
+use serde_json::{json, Value};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use xxhash_rust::xxh3::xxh3_64;
+
+/// A cache file being written: a temporary file beside its final name.
+pub(super) struct Writer {
+    tmp: PathBuf,
+    dest: PathBuf,
+    dir: PathBuf,
+    file: std::fs::File,
+    /// Bytes not written yet, from file offset `flushed` on: the file is written in whole
+    /// 2 MiB pieces, which the page cache keeps as huge folios (and a later run can map with
+    /// huge pages); large tensors start at 2 MiB offsets.
+    staged: Vec<u8>,
+    flushed: usize,
+    /// The regions handed out by `reserve` (file offset, map), not yet recorded.
+    reserved: Vec<(usize, std::sync::Weak<FileMap>)>,
+    /// The file system cannot reserve space or map the file: every entry is written.
+    no_map: bool,
+    max: u64,
+    key: Value,
+    entries: serde_json::Map<String, Value>,
+    done: bool,
+}
+
+impl Writer {
+    pub(super) fn create(dir: &Path, dest: &Path, key: Value, max: u64) -> std::io::Result<Self> {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        let mut opts = std::fs::OpenOptions::new();
+        // Readable too: a shared writable map of it needs both.
+        opts.read(true).write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+            builder.mode(0o700);
+            opts.mode(0o600);
+        }
+        builder.create(dir)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned());
+        let tmp = dir.join(format!(
+            "{}.tmp.{}.{nanos}",
+            name.unwrap_or_default(),
+            std::process::id()
+        ));
+        let file = opts.open(&tmp)?;
+        Ok(Self {
+            tmp,
+            dest: dest.to_path_buf(),
+            dir: dir.to_path_buf(),
+            file,
+            // The header's page, written last.
+            staged: vec![0; HEADER],
+            flushed: 0,
+            reserved: Vec::new(),
+            no_map: false,
+            max,
+            key,
+            entries: serde_json::Map::new(),
+            done: false,
+        })
+    }
+
+    fn io_error(&self, e: std::io::Error) -> String {
+        format!("cannot write {}: {e}", self.tmp.display())
+    }
+
+    pub(super) fn put(
+        &mut self,
+        key: &str,
+        dims: [usize; 2],
+        format: Format,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        if self.entries.contains_key(key) {
+            return Ok(());
+        }
+        let align = if bytes.len() >= HUGE { HUGE } else { 64 };
+        let offset = (self.flushed + self.staged.len()).next_multiple_of(align);
+        if (offset + bytes.len()) as u64 > self.max {
+            return Err(self.over_limit());
+        }
+        self.staged.resize(offset - self.flushed, 0);
+        if align == HUGE {
+            // The staged bytes end on a 2 MiB boundary: written, then the tensor's whole 2 MiB
+            // pieces straight from its buffer, and its tail staged.
+            self.flush(true).map_err(|e| self.io_error(e))?;
+            let direct = bytes.len() / HUGE * HUGE;
+            self.write_at(offset, &bytes[..direct])
+                .map_err(|e| self.io_error(e))?;
+            self.flushed = offset + direct;
+            self.staged.extend_from_slice(&bytes[direct..]);
+        } else {
+            self.staged.extend_from_slice(bytes);
+            self.flush(false).map_err(|e| self.io_error(e))?;
+        }
+        let hashes = segment_hashes(bytes);
+        self.entries.insert(
+            key.to_string(),
+            json!({
+                "offset": offset,
+                "len": bytes.len(),
+                "dims": dims,
+                "format": format.name(),
+                "hashes": hashes,
+            }),
+        );
+        Ok(())
+    }
+
+    /// A writable map of `len` bytes of the file at the next 2 MiB offset, its blocks
+    /// allocated first (a write into a hole the disk could not fill would kill the process:
+    /// a full disk is an error here instead). `None` where the file system cannot allocate
+    /// or map (the entry is then written by `put`).
+    pub(super) fn reserve(&mut self, len: usize) -> Result<Option<AlignedBuf>, String> {
+        if self.no_map {
+            return Ok(None);
+        }
+        let offset = (self.flushed + self.staged.len()).next_multiple_of(HUGE);
+        if (offset + len) as u64 > self.max {
+            return Err(self.over_limit());
+        }
+        // What is staged is written; the gap up to `offset` stays a hole.
+        self.flush(true).map_err(|e| self.io_error(e))?;
+        match allocate(&self.file, offset, len) {
+            Ok(()) => {}
+            Err(e) if unsupported(&e) => {
+                self.no_map = true;
+                return Ok(None);
+            }
+            Err(e) => return Err(self.io_error(e)),
+        }
+        let map = match FileMap::writable(&self.file, offset, len) {
+            Ok(m) => m,
+            Err(_) => {
+                self.no_map = true;
+                return Ok(None);
+            }
+        };
+        let buf = AlignedBuf::in_file(map);
+        if let Some((m, _)) = buf.file_map() {
+            self.reserved.push((offset, std::sync::Arc::downgrade(m)));
+        }
+        self.flushed = offset + len;
+        Ok(Some(buf))
+    }
+
+    /// Records entry `key`, packed into region `map` (from `reserve`) with these hashes.
+    pub(super) fn adopt(
+        &mut self,
+        key: &str,
+        dims: [usize; 2],
+        format: Format,
+        map: &std::sync::Arc<FileMap>,
+        hashes: Vec<u64>,
+    ) -> Result<(), String> {
+        let at = self
+            .reserved
+            .iter()
+            .position(|(_, w)| w.upgrade().is_some_and(|m| std::sync::Arc::ptr_eq(&m, map)));
+        let Some(at) = at else {
+            return Err("a weight cache region from another file".into());
+        };
+        let (offset, _) = self.reserved.swap_remove(at);
+        if !self.entries.contains_key(key) {
+            self.entries.insert(
+                key.to_string(),
+                json!({
+                    "offset": offset,
+                    "len": map.len(),
+                    "dims": dims,
+                    "format": format.name(),
+                    "hashes": hashes,
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    fn over_limit(&self) -> String {
+        format!(
+            "the model's weights exceed the weight cache's limit of {} MiB",
+            self.max >> 20
+        )
+    }
+
+    fn write_at(&mut self, offset: usize, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.seek(SeekFrom::Start(offset as u64))?;
+        self.file.write_all(bytes)
+    }
+
+    /// Writes the staged bytes' whole 2 MiB pieces (`all`: every staged byte).
+    fn flush(&mut self, all: bool) -> std::io::Result<()> {
+        let n = if all {
+            self.staged.len()
+        } else {
+            self.staged.len() / HUGE * HUGE
+        };
+        if n > 0 {
+            let staged = std::mem::take(&mut self.staged);
+            self.write_at(self.flushed, &staged[..n])?;
+            self.flushed += n;
+            self.staged = staged[n..].to_vec();
+        }
+        Ok(())
+    }
+
+    /// Index, header, rename; then eviction.
+    pub(super) fn finish(mut self) -> Result<(), String> {
+        let index = serde_json::to_vec(&json!({
+            "key": self.key,
+            "entries": Value::Object(std::mem::take(&mut self.entries)),
+        }))
+        .map_err(|e| format!("cannot write the weight cache index: {e}"))?;
+        let at = (self.flushed + self.staged.len()).next_multiple_of(64);
+        let total = at + index.len();
+        if total as u64 > self.max {
+            return Err(self.over_limit());
+        }
+        let mut header = Vec::with_capacity(48);
+        header.extend_from_slice(MAGIC);
+        for v in [total, at, index.len()] {
+            header.extend_from_slice(&(v as u64).to_le_bytes());
+        }
+        header.extend_from_slice(&xxh3_64(&index).to_le_bytes());
+        let h = xxh3_64(&header);
+        header.extend_from_slice(&h.to_le_bytes());
+        self.staged.resize(at - self.flushed, 0);
+        self.staged.extend_from_slice(&index);
+        // Not synced: the kernel writes the pages back in its own time, so that the first run
+        // costs the copy into the page cache, not the disk's speed (syncing 6 GB of 1.5B f32
+        // weights made the first start 4× longer). A file a crash left incomplete is still
+        // never used: the header, index and every 16 MiB of data are checked against their
+        // checksums before a run uses it, and a file that fails is rebuilt.
+        let write = |w: &mut Self| -> std::io::Result<()> {
+            w.flush(true)?;
+            w.write_at(0, &header)
+        };
+        write(&mut self).map_err(|e| self.io_error(e))?;
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| self.io_error(e))?;
+        self.done = true;
+        evict(&self.dir, &self.dest, self.max);
+        Ok(())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Allocates the blocks of `len` bytes of `file` from `offset` (growing the file).
+#[cfg(target_os = "linux")]
+fn allocate(file: &std::fs::File, offset: usize, len: usize) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: a plain system call on an open file descriptor we own.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            0,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn allocate(_file: &std::fs::File, _offset: usize, _len: usize) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+}
+
+/// Whether `e` says the file system cannot allocate (rather than that it is full).
+fn unsupported(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    if let Some(code) = e.raw_os_error() {
+        return code == libc::EOPNOTSUPP || code == libc::ENOSYS || code == libc::EINVAL;
+    }
+    e.kind() == std::io::ErrorKind::Unsupported
+}
+
+/// Removes the least recently used cache files (not `keep`) until `dir` holds at most `max`
+/// bytes of them, and temporary files that crashed writers left long ago.
+fn evict(dir: &Path, keep: &Path, max: u64) {
+    let Ok(list) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    for e in list.flatten() {
+        let (p, Ok(m)) = (e.path(), e.metadata()) else {
+            continue;
+        };
+        let name = e.file_name().to_string_lossy().into_owned();
+        let age = m
+            .modified()
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .map_or(0, |d| d.as_secs());
+        if name.contains(".rwkvw.tmp.") {
+            if age > STALE_TEMP_SECS {
+                let _ = std::fs::remove_file(&p);
+            }
+        } else if name.ends_with(".rwkvw") && m.is_file() {
+            total += m.len();
+            if p != keep {
+                files.push((m.modified().ok(), m.len(), p));
+            }
+        }
+    }
+    files.sort();
+    for (_, len, p) in files {
+        if total <= max {
+            break;
+        }
+        if std::fs::remove_file(&p).is_ok() {
+            total -= len;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_removes_the_oldest_files_first() {
+        let dir = std::env::temp_dir().join(format!("rwkv-wc-evict-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let t0 = std::time::SystemTime::now() - std::time::Duration::from_secs(1000);
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let p = dir.join(format!("{name}.rwkvw"));
+            std::fs::write(&p, vec![0u8; 100]).unwrap();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(t0 + std::time::Duration::from_secs(i as u64 * 10))
+                .unwrap();
+        }
+        // "a" is the oldest but kept (just written); "b" goes first, then "c" is enough.
+        evict(&dir, &dir.join("a.rwkvw"), 200);
+        assert!(dir.join("a.rwkvw").exists());
+        assert!(!dir.join("b.rwkvw").exists());
+        assert!(dir.join("c.rwkvw").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
