@@ -41,9 +41,9 @@ enum Store {
     },
 }
 
-/// A file, or a region of one, mapped shared (`MAP_SHARED`) at an address aligned to 2 MiB,
-/// so that data at 2 MiB-aligned file offsets may be mapped with huge pages where the page
-/// cache holds them in large folios. Read-only ([`FileMap::new`]), or writable until
+/// A file, or a region of one, mapped shared (`MAP_SHARED`) at an address that is aligned to
+/// 2 MiB where the file offset is, so that the file's whole 2 MiB blocks may be mapped with
+/// huge pages where the page cache holds them in large folios. Read-only ([`FileMap::new`]), or writable until
 /// [`FileMap::seal`]ed ([`FileMap::writable`]). Unmapped when the last [`AlignedBuf`] on it
 /// is dropped.
 pub struct FileMap {
@@ -114,8 +114,10 @@ impl FileMap {
         if reserved == libc::MAP_FAILED {
             return Err(err());
         }
+        // The first address that is to a 2 MiB boundary what `offset` is to one: every whole,
+        // aligned 2 MiB block of the file in the map then lies at a 2 MiB-aligned address.
         let start = reserved as usize;
-        let aligned = start.next_multiple_of(HUGE_PAGE);
+        let aligned = start + (offset % HUGE_PAGE + HUGE_PAGE - start % HUGE_PAGE) % HUGE_PAGE;
         let flags = libc::MAP_SHARED | libc::MAP_FIXED;
         let prot = if writable {
             libc::PROT_READ | libc::PROT_WRITE
@@ -487,6 +489,7 @@ mod tests {
         let mut b = AlignedBuf::in_file(FileMap::writable(&file, 4096, 8192).unwrap());
         let map = b.file_map().unwrap().0.clone();
         assert!(map.is_writable() && map.file_offset() == 4096);
+        assert_eq!(map.bytes().as_ptr() as usize % HUGE_PAGE, 4096);
         assert!(
             AlignedBuf::mapped(map.clone(), 0, 64).is_none(),
             "one buffer only"

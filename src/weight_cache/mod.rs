@@ -24,8 +24,8 @@
 //! used. A file that cannot be written (disk full, unwritable directory) is reported and the
 //! run goes on without it.
 //!
-//! Large tensors lie at 2 MiB-aligned offsets and the file is mapped at a 2 MiB-aligned
-//! address ([`FileMap`]), so the kernel may map them with huge pages.
+//! The file is mapped at a 2 MiB-aligned address ([`FileMap`]), so the kernel may map its
+//! whole 2 MiB blocks with huge pages; large tensors start on a page, small ones on 64 bytes.
 //!
 //! The cache is bounded: after a file is written, the least recently used files (the
 //! modification time, refreshed on every hit) are removed until the directory holds at most
