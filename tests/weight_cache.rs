@@ -342,3 +342,32 @@ fn concurrent_first_runs_all_succeed_and_leave_one_valid_file() {
         (runs[0].text.clone(), runs[0].logits.clone())
     );
 }
+
+#[test]
+fn compare_workers_load_through_the_cache_unless_told_not_to() {
+    let model = fixture_path("v7.safetensors");
+    let compare = |cache: &Path, extra: &[&str]| {
+        let mut cmd = bin_with_cache(cache);
+        cmd.env_remove("RWKV_CLI_WEIGHT_CACHE_MAX");
+        cmd.args(["compare", "-m"])
+            .arg(&model)
+            .args(["--baseline", "softmax", "--contexts", "16,32"])
+            .args(["--decode-tokens", "2"])
+            .args(extra);
+        let o = run_with_stdin(&mut cmd, b"");
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("warning:"), "{}", stderr(&o));
+    };
+    let cache = scratch("compare-cached");
+    compare(&cache, &[]);
+    let file = only_file(&cache);
+    let written = std::fs::metadata(&file).unwrap().modified().unwrap();
+    // A second run's workers hit the same file (a hit refreshes its time, never rewrites it).
+    compare(&cache, &[]);
+    assert_eq!(only_file(&cache), file);
+    assert!(std::fs::metadata(&file).unwrap().modified().unwrap() >= written);
+    let off = scratch("compare-uncached");
+    compare(&off, &["--no-weight-cache"]);
+    let (files, temps) = cache_files(&off);
+    assert!(files.is_empty() && temps.is_empty(), "{files:?} {temps:?}");
+}

@@ -32,6 +32,13 @@ pub struct ModelArgs {
     /// Tokenizer (default: chosen from the vocabulary size): world, 20b, bytes.
     #[arg(long)]
     pub tokenizer: Option<TokenizerKind>,
+    #[command(flatten)]
+    pub weight_cache: WeightCacheArgs,
+}
+
+/// The weight cache's flags (in [`ModelArgs`], and `compare`'s own).
+#[derive(Args, Debug, Clone)]
+pub struct WeightCacheArgs {
     /// Neither read nor write the weight cache (packed weights kept in the cache directory
     /// and memory-mapped by later runs; see the README).
     #[arg(long)]
@@ -41,6 +48,40 @@ pub struct ModelArgs {
     /// machine's memory, at most 64 GiB.
     #[arg(long, value_name = "SIZE", value_parser = super::parse_size)]
     pub weight_cache_max: Option<u64>,
+}
+
+impl WeightCacheArgs {
+    /// The weight cache's settings: off with `--no-weight-cache`, else bounded by
+    /// `--weight-cache-max` or `$RWKV_CLI_WEIGHT_CACHE_MAX`.
+    pub fn settings(&self) -> Result<rwkv_cli::weight_cache::Settings> {
+        use rwkv_cli::weight_cache::Settings;
+        if self.no_weight_cache {
+            return Ok(Settings::off());
+        }
+        let max = match self.weight_cache_max {
+            Some(m) => Some(m),
+            None => match std::env::var("RWKV_CLI_WEIGHT_CACHE_MAX") {
+                Ok(v) if !v.trim().is_empty() => Some(
+                    super::parse_size(&v)
+                        .map_err(|e| UsageError(format!("RWKV_CLI_WEIGHT_CACHE_MAX: {e:#}")))?,
+                ),
+                _ => None,
+            },
+        };
+        Ok(Settings::default_with(max))
+    }
+
+    /// The same flags, for a child process's command line.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if self.no_weight_cache {
+            a.push("--no-weight-cache".into());
+        }
+        if let Some(m) = self.weight_cache_max {
+            a.push(format!("--weight-cache-max={m}"));
+        }
+        a
+    }
 }
 
 /// Where a run starts: `--init-state`, a state-tuned initial state (flattened into the commands
@@ -170,7 +211,7 @@ impl ModelArgs {
     pub fn load_from(&self, path: PathBuf) -> Result<Loaded> {
         let checkpoint = Checkpoint::open(&path)?;
         let format = self.format_for(&checkpoint)?;
-        let cache = self.weight_cache_settings()?;
+        let cache = self.weight_cache.settings()?;
         let (model, report) =
             models::load_checkpoint_cached(&checkpoint, LoadOptions { dtype: format }, &cache)
                 .map_err(|e| naming_the_file(e, &path))?;
@@ -186,26 +227,6 @@ impl ModelArgs {
             format,
             weight_cache: report.status,
         })
-    }
-
-    /// The weight cache's settings: off with `--no-weight-cache`, else bounded by
-    /// `--weight-cache-max` or `$RWKV_CLI_WEIGHT_CACHE_MAX`.
-    pub fn weight_cache_settings(&self) -> Result<rwkv_cli::weight_cache::Settings> {
-        use rwkv_cli::weight_cache::Settings;
-        if self.no_weight_cache {
-            return Ok(Settings::off());
-        }
-        let max = match self.weight_cache_max {
-            Some(m) => Some(m),
-            None => match std::env::var("RWKV_CLI_WEIGHT_CACHE_MAX") {
-                Ok(v) if !v.trim().is_empty() => Some(
-                    super::parse_size(&v)
-                        .map_err(|e| UsageError(format!("RWKV_CLI_WEIGHT_CACHE_MAX: {e:#}")))?,
-                ),
-                _ => None,
-            },
-        };
-        Ok(Settings::default_with(max))
     }
 
     /// The tokenizer for a model of this configuration: `--tokenizer`, or the one its

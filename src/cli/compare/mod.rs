@@ -28,8 +28,9 @@ mod worker;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rwkv_cli::baselines::{Kind, Shape};
+use rwkv_cli::checkpoint::Checkpoint;
 use rwkv_cli::format::Format;
-use rwkv_cli::models::{self, LoadOptions};
+use rwkv_cli::models;
 use rwkv_cli::stats::{human_bytes, human_count};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -88,6 +89,8 @@ pub struct CompareArgs {
     /// Seed of the token stream and of the baselines' random weights.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    #[command(flatten)]
+    pub weight_cache: crate::cli::model_args::WeightCacheArgs,
     /// Internal: measure one point in this process (rwkv, softmax or linear).
     #[arg(long, hide = true)]
     pub worker: Option<String>,
@@ -292,13 +295,11 @@ struct Subject {
 }
 
 impl Subject {
-    /// Resolves and loads the RWKV model once, for its configuration (the workers load their
-    /// own).
+    /// Resolves the RWKV model and reads its configuration, checked as loading checks it
+    /// without converting the weights (the workers load the model, through the weight cache).
     fn load(args: &CompareArgs) -> Result<Self> {
         let model_path = super::model_args::resolve_model(args.model.as_deref())?;
-        let cfg = models::load(&model_path, LoadOptions { dtype: args.dtype })?
-            .config()
-            .clone();
+        let cfg = models::inspect(&Checkpoint::open(&model_path)?)?;
         Ok(Subject {
             shape: Shape::like(&cfg),
             model_path,

@@ -5,6 +5,7 @@
 use super::{CompareArgs, Contender, Point};
 use anyhow::{bail, Context, Result};
 use rwkv_cli::baselines::{self, Kind, Shape, Transformer};
+use rwkv_cli::checkpoint::Checkpoint;
 use rwkv_cli::models::{self, LoadOptions};
 use rwkv_cli::stats::{current_rss_bytes, peak_rss_bytes};
 use serde_json::{json, Value};
@@ -59,7 +60,13 @@ pub(super) fn run_worker(args: &CompareArgs, who: &str) -> Result<()> {
     let (mut runner, vocab) = match who {
         "rwkv" => {
             let path = crate::cli::model_args::resolve_model(args.model.as_deref())?;
-            let model = models::load(&path, LoadOptions { dtype: args.dtype })?;
+            let cache = args.weight_cache.settings()?;
+            let ckpt = Checkpoint::open(&path)?;
+            let (model, report) =
+                models::load_checkpoint_cached(&ckpt, LoadOptions { dtype: args.dtype }, &cache)?;
+            for w in &report.warnings {
+                crate::errln!("warning: {w}");
+            }
             let state = model.new_state();
             let vocab = model.config().vocab_size;
             (Runner::Rwkv(model, state), vocab)
@@ -192,7 +199,10 @@ pub(super) fn run_point(plan: &Plan, who: Contender, n: usize) -> Result<Point> 
         .arg("--seed")
         .arg(a.seed.to_string());
     match who {
-        Contender::Rwkv(_) => cmd.arg("--model").arg(&plan.model_path),
+        Contender::Rwkv(_) => cmd
+            .arg("--model")
+            .arg(&plan.model_path)
+            .args(a.weight_cache.to_args()),
         Contender::Baseline(_) => cmd.arg("--worker-shape").arg(shape_arg(&plan.shape)),
     };
     let t = Instant::now();
