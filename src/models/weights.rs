@@ -262,11 +262,24 @@ impl<'a> Weights<'a> {
             [out_dim, in_dim],
             Format::F32,
             |c, key| c.linear(key, out_dim, in_dim, Format::F32),
-            |_| {
+            |reserve| {
                 self.check_shape_at(name, &[in_dim, out_dim])?;
                 let v = self.ckpt.read_f32(name)?;
-                Linear::from_in_out(v, in_dim, out_dim, Format::F32)
-                    .with_context(|| format!("tensor {name}"))
+                // The packer reads (out, in) rows: gathered from the (in, out) values panel by
+                // panel, on all threads, without a transposed copy of the whole.
+                let read = &|at: usize, dst: &mut [f32]| {
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        let (o, i) = ((at + j) / in_dim, (at + j) % in_dim);
+                        *d = v[i * out_dim + o];
+                    }
+                    Ok(())
+                };
+                let f32 = Format::F32;
+                match reserve(f32.matrix_bytes(out_dim, in_dim)) {
+                    Some(buf) => Linear::from_values_in(buf, out_dim, in_dim, f32, read),
+                    None => Linear::from_values(out_dim, in_dim, f32, read),
+                }
+                .with_context(|| format!("tensor {name}"))
             },
             Linear::packed,
         )
