@@ -254,6 +254,17 @@ fn the_size_limit_evicts_the_least_recently_used_file() {
         std::fs::metadata(only_file(&c)).unwrap().len()
     };
     let (size_a, size_b) = (size_of(&a, "limit-a"), size_of(&b, "limit-b"));
+    // A hit applies a limit lowered since its file was written: a's file goes, b's stays.
+    let hit_cache = scratch("limit-hit");
+    assert_eq!(generate(&hit_cache, &a, &[]).cache, "written");
+    assert_eq!(generate(&hit_cache, &b, &[]).cache, "written");
+    assert_eq!(cache_files(&hit_cache).0.len(), 2);
+    let just_b = format!("{}", size_b);
+    let hit = generate(&hit_cache, &b, &["--weight-cache-max", &just_b]);
+    assert_eq!(hit.cache, "hit");
+    let file = only_file(&hit_cache);
+    assert_eq!(generate(&hit_cache, &b, &[]).cache, "hit");
+    assert_eq!(only_file(&hit_cache), file);
     assert_eq!(generate(&cache, &a, &[]).cache, "written");
     // Room for either model's file, not both: writing b's evicts a's.
     let limit = format!("{}", size_a + size_b - 1);

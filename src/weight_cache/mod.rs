@@ -211,6 +211,8 @@ impl Session {
                     if let Ok(f) = std::fs::File::open(&path) {
                         let _ = f.set_modified(std::time::SystemTime::now());
                     }
+                    // A limit lowered since the last write holds from this run on.
+                    writer::evict(dir, &path, settings.max_bytes);
                     return Self {
                         inner: Mutex::new(Mode::Reading { map, entries }),
                         path: Some(path),

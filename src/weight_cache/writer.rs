@@ -313,8 +313,9 @@ fn unsupported(e: &std::io::Error) -> bool {
 }
 
 /// Removes the least recently used cache files (not `keep`) until `dir` holds at most `max`
-/// bytes of them, and temporary files that crashed writers left long ago.
-fn evict(dir: &Path, keep: &Path, max: u64) {
+/// bytes of them, and temporary files that crashed writers left long ago. Run after a write
+/// and on a hit.
+pub(super) fn evict(dir: &Path, keep: &Path, max: u64) {
     let Ok(list) = std::fs::read_dir(dir) else {
         return;
     };
