@@ -28,6 +28,8 @@ pub(super) struct Writer {
     /// The file system cannot reserve space or map the file: every entry is written.
     no_map: bool,
     max: u64,
+    /// What the file may take of the disk's free space (see [`room`]).
+    room: u64,
     key: Value,
     entries: serde_json::Map<String, Value>,
     done: bool,
@@ -57,6 +59,7 @@ impl Writer {
             std::process::id()
         ));
         let file = opts.open(&tmp)?;
+        let room = room(&file);
         Ok(Self {
             tmp,
             dest: dest.to_path_buf(),
@@ -68,6 +71,7 @@ impl Writer {
             reserved: Vec::new(),
             no_map: false,
             max,
+            room,
             key,
             entries: serde_json::Map::new(),
             done: false,
@@ -90,9 +94,7 @@ impl Writer {
         }
         let align = if bytes.len() >= HUGE { HUGE } else { 64 };
         let offset = (self.flushed + self.staged.len()).next_multiple_of(align);
-        if (offset + bytes.len()) as u64 > self.max {
-            return Err(self.over_limit());
-        }
+        self.fits(offset + bytes.len())?;
         self.staged.resize(offset - self.flushed, 0);
         if align == HUGE {
             // The staged bytes end on a 2 MiB boundary: written, then the tensor's whole 2 MiB
@@ -133,9 +135,7 @@ impl Writer {
         // tensors, fall on huge pages (2 MiB-aligned tensors left holes of up to 2 MiB each,
         // 12% of a 0.1B f32 file, that a later run's mapping read in as zero pages).
         let offset = (self.flushed + self.staged.len()).next_multiple_of(PAGE);
-        if (offset + len) as u64 > self.max {
-            return Err(self.over_limit());
-        }
+        self.fits(offset + len)?;
         // What is staged is written; the gap up to `offset` stays a hole.
         self.flush(true).map_err(|e| self.io_error(e))?;
         match allocate(&self.file, offset, len) {
@@ -201,11 +201,22 @@ impl Writer {
         Ok(())
     }
 
-    fn over_limit(&self) -> String {
-        format!(
-            "the model's weights exceed the weight cache's limit of {} MiB",
-            self.max >> 20
-        )
+    /// Whether a file of `len` bytes fits the size limit and the disk's free space.
+    fn fits(&self, len: usize) -> Result<(), String> {
+        if len as u64 > self.max {
+            return Err(format!(
+                "the model's weights exceed the weight cache's limit of {} MiB",
+                self.max >> 20
+            ));
+        }
+        if len as u64 > self.room {
+            return Err(format!(
+                "not enough free disk space for the weight cache in {} ({} MiB may be used)",
+                self.dir.display(),
+                self.room >> 20
+            ));
+        }
+        Ok(())
     }
 
     fn write_at(&mut self, offset: usize, bytes: &[u8]) -> std::io::Result<()> {
@@ -238,9 +249,7 @@ impl Writer {
         .map_err(|e| format!("cannot write the weight cache index: {e}"))?;
         let at = (self.flushed + self.staged.len()).next_multiple_of(64);
         let total = at + index.len();
-        if total as u64 > self.max {
-            return Err(self.over_limit());
-        }
+        self.fits(total)?;
         let mut header = Vec::with_capacity(48);
         header.extend_from_slice(MAGIC);
         for v in [total, at, index.len()] {
@@ -276,6 +285,33 @@ impl Drop for Writer {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// How much of the free space of `file`'s file system a cache file may take: all but 5% of
+/// the file system (at most 1 GiB), so that the cache never fills a disk; unbounded where
+/// the free space cannot be read.
+fn room(file: &std::fs::File) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: fstatvfs fills `st` for an open descriptor we own; read only on success.
+        if unsafe { libc::fstatvfs(file.as_raw_fd(), st.as_mut_ptr()) } == 0 {
+            // SAFETY: initialised by the successful call above.
+            let st = unsafe { st.assume_init() };
+            // The fields' types differ between systems (u32 block counts on some).
+            #[allow(clippy::unnecessary_cast)]
+            let (unit, free, blocks) = (st.f_frsize as u64, st.f_bavail as u64, st.f_blocks as u64);
+            return room_left(free * unit, blocks * unit);
+        }
+    }
+    let _ = file;
+    u64::MAX
+}
+
+/// Free bytes less a margin of 5% of the file system's `size`, at most 1 GiB.
+fn room_left(free: u64, size: u64) -> u64 {
+    free.saturating_sub((size / 20).min(1 << 30))
 }
 
 /// Allocates the blocks of `len` bytes of `file` from `offset` (growing the file).
@@ -357,6 +393,15 @@ pub(super) fn evict(dir: &Path, keep: &Path, max: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cache_file_leaves_a_margin_of_the_disk_free() {
+        const GIB: u64 = 1 << 30;
+        // 1 GiB of a 100 GiB disk, 5% of a small one; nothing when less is free.
+        assert_eq!(room_left(50 * GIB, 100 * GIB), 49 * GIB);
+        assert_eq!(room_left(3 * GIB, 10 * GIB), 3 * GIB - GIB / 2);
+        assert_eq!(room_left(GIB / 4, 10 * GIB), 0);
+    }
 
     #[test]
     fn eviction_removes_the_oldest_files_first() {
