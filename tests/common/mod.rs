@@ -8,6 +8,7 @@ pub mod mock_hub;
 pub mod pth;
 pub mod runs;
 pub mod safetensors;
+pub mod server;
 
 /// The fuzz targets' bodies (and the zip CRC-32 that the `.pth` surgery needs).
 #[path = "../../fuzz/harness.rs"]
