@@ -743,6 +743,13 @@ mod tests {
                     tf(&rows, panel.as_ptr(), blocks, y1.as_mut_ptr(), NR, 29);
                     pf(&rows, panel.as_ptr(), blocks, y2.as_mut_ptr(), NR, 29);
                     close(&y1, &y2, &format!("{name} tile {at}"));
+                    // One row (the matrix–vector product, which the SIMD tiles special-case)
+                    // gives exactly the first row of the three-row product: the integer
+                    // sums and their epilogue are the same.
+                    let one = QRows { rows: 1, ..rows };
+                    let mut y3 = vec![0.0; NR];
+                    tf(&one, panel.as_ptr(), blocks, y3.as_mut_ptr(), NR, 29);
+                    assert_eq!(y3[..29], y1[..29], "{name} one-row tile {at}");
                 }
                 if let Some(f) = t.wkv7_token_x16 {
                     let n = 64;
