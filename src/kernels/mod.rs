@@ -42,7 +42,7 @@ pub use layout::{
     bf16_lane_position, Q4_0Block, Q8_0Block, QuantBlock, NR, Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, QK,
 };
 pub use portable::round_small;
-pub use wkv::wkv7_token;
+pub use wkv::{wkv7_token, wkv7_token_rows};
 
 /// Which instruction set the kernels use on this machine (detected once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +123,8 @@ struct Kernels {
     /// A WKV-7 kernel for head sizes that are a multiple of 16, up to 128 (`None`: the
     /// portable code runs for every head size).
     wkv7_token_x16: Option<Wkv7Fn>,
+    /// The same on the state in the official layout (see [`wkv7_token_rows`]).
+    wkv7_rows_x16: Option<Wkv7Fn>,
 }
 
 impl Kernels {
@@ -741,6 +743,13 @@ mod tests {
                     tf(&rows, panel.as_ptr(), blocks, y1.as_mut_ptr(), NR, 29);
                     pf(&rows, panel.as_ptr(), blocks, y2.as_mut_ptr(), NR, 29);
                     close(&y1, &y2, &format!("{name} tile {at}"));
+                    // One row (the matrix–vector product, which the SIMD tiles special-case)
+                    // gives exactly the first row of the three-row product: the integer
+                    // sums and their epilogue are the same.
+                    let one = QRows { rows: 1, ..rows };
+                    let mut y3 = vec![0.0; NR];
+                    tf(&one, panel.as_ptr(), blocks, y3.as_mut_ptr(), NR, 29);
+                    assert_eq!(y3[..29], y1[..29], "{name} one-row tile {at}");
                 }
                 if let Some(f) = t.wkv7_token_x16 {
                     let n = 64;
@@ -756,6 +765,22 @@ mod tests {
                     );
                     close(&o1, &o2, &format!("wkv7 out {at}"));
                     close(&s1, &s2, &format!("wkv7 state {at}"));
+                }
+                if let Some(f) = t.wkv7_rows_x16 {
+                    for n in [16, 64, 128] {
+                        let (s0, v) = data(n * n);
+                        let (mut s1, mut s2) = (s0.clone(), s0);
+                        let (mut o1, mut o2) = (vec![0.0; n], vec![0.0; n]);
+                        let vs: Vec<&[f32]> = (0..6).map(|i| &v[i * n..(i + 1) * n]).collect();
+                        f(
+                            &mut s1, n, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], &mut o1,
+                        );
+                        wkv::wkv7_token_rows_portable(
+                            &mut s2, n, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], &mut o2,
+                        );
+                        close(&o1, &o2, &format!("wkv7 rows out {n} {at}"));
+                        close(&s1, &s2, &format!("wkv7 rows state {n} {at}"));
+                    }
                 }
             }
         }

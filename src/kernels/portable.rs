@@ -26,6 +26,7 @@ pub(super) const KERNELS: Kernels = Kernels {
     q4_0_tile: q_tile::<Q4_0Block>,
     q_tile_rows: 4,
     wkv7_token_x16: None,
+    wkv7_rows_x16: None,
 };
 
 const L: usize = 16;

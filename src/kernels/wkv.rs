@@ -72,3 +72,61 @@ pub(super) fn wkv7_token_portable(
         }
     }
 }
+
+/// [`wkv7_token`] on the state in the official layout, `st[i·n + j] = S[i][j]`: for a single
+/// token, where transposing the state into [`wkv7_token`]'s layout and back would cost more
+/// than the step itself. Each row is read and written once; `sa_i` and `o_i` are sums along
+/// the row (in another order than [`wkv7_token`]'s, so the two agree to rounding).
+#[allow(clippy::too_many_arguments)]
+pub fn wkv7_token_rows(
+    st: &mut [f32],
+    n: usize,
+    r: &[f32],
+    w: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kk: &[f32],
+    a: &[f32],
+    o: &mut [f32],
+) {
+    assert!(st.len() >= n * n);
+    for s in [r, w, k, v, kk, a] {
+        assert!(s.len() >= n);
+    }
+    assert!(o.len() >= n);
+    if let Some(simd) = kernels().wkv7_rows_x16 {
+        if n.is_multiple_of(16) && n <= 128 {
+            // SAFETY: the table holds only kernels the CPU supports (see `super::Kernels`);
+            // the asserts above bound every access (the state n × n, the vectors n long), and
+            // n is a multiple of 16 up to 128, as the kernel requires.
+            unsafe { simd(st, n, r, w, k, v, kk, a, o) };
+            return;
+        }
+    }
+    wkv7_token_rows_portable(st, n, r, w, k, v, kk, a, o)
+}
+
+/// [`wkv7_token_rows`] in plain Rust, for any head size.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn wkv7_token_rows_portable(
+    st: &mut [f32],
+    n: usize,
+    r: &[f32],
+    w: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kk: &[f32],
+    a: &[f32],
+    o: &mut [f32],
+) {
+    for (i, row) in st.chunks_exact_mut(n).enumerate().take(n) {
+        let sa: f32 = row.iter().zip(kk).map(|(x, kj)| x * kj).sum();
+        let mut out = 0.0f32;
+        for j in 0..n {
+            let x = row[j] * w[j] + sa * (-kk[j] * a[j]) + v[i] * k[j];
+            row[j] = x;
+            out += x * r[j];
+        }
+        o[i] = out;
+    }
+}

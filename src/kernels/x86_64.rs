@@ -39,6 +39,7 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool, bf16: bool) {
             k.gemm_f32_rows = 12;
             k.quantize_block_q8 = quantize_block_q8_avx512;
             k.wkv7_token_x16 = Some(wkv7_token_avx512);
+            k.wkv7_rows_x16 = Some(wkv7_token_rows_avx512);
         }
         Isa::Avx2 => {
             k.dot_f32 = dot_f32_avx2;
@@ -206,6 +207,81 @@ pub unsafe fn wkv7_token_avx512(
         o.as_mut_ptr(),
     );
     by_rows!(n / 16, wkv7_token_512(s, r, w, k, v, kk, a, o), 1 2 3 4 5 6 7 8)
+}
+
+/// One token of one head on the state in the official layout (row i = value channel):
+/// every row is read once, its `sa_i` and `o_i` summed across its `M` vectors and reduced
+/// horizontally, and written back once.
+#[inline]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn wkv7_rows_512<const M: usize>(
+    st: *mut f32,
+    r: *const f32,
+    w: *const f32,
+    k: *const f32,
+    v: *const f32,
+    kk: *const f32,
+    a: *const f32,
+    o: *mut f32,
+) {
+    let n = 16 * M;
+    let ld =
+        |p: *const f32| std::array::from_fn::<__m512, M, _>(|m| _mm512_loadu_ps(p.add(16 * m)));
+    let (rv, wv, kv, kkv) = (ld(r), ld(w), ld(k), ld(kk));
+    let av = ld(a);
+    // b_j = −kk_j·a_j, as the transposed kernel computes it.
+    let bv: [__m512; M] =
+        std::array::from_fn(|m| _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), kkv[m]), av[m]));
+    for i in 0..n {
+        let row = st.add(i * n);
+        let s: [__m512; M] = ld(row);
+        let mut acc = _mm512_mul_ps(s[0], kkv[0]);
+        for m in 1..M {
+            acc = _mm512_fmadd_ps(s[m], kkv[m], acc);
+        }
+        let sa = _mm512_set1_ps(_mm512_reduce_add_ps(acc));
+        let vi = _mm512_set1_ps(*v.add(i));
+        let mut out = _mm512_setzero_ps();
+        for m in 0..M {
+            let x = _mm512_fmadd_ps(
+                s[m],
+                wv[m],
+                _mm512_fmadd_ps(sa, bv[m], _mm512_mul_ps(vi, kv[m])),
+            );
+            _mm512_storeu_ps(row.add(16 * m), x);
+            out = _mm512_fmadd_ps(x, rv[m], out);
+        }
+        *o.add(i) = _mm512_reduce_add_ps(out);
+    }
+}
+
+/// [`wkv7_token_avx512`] on the state in the official layout (see
+/// `super::wkv::wkv7_token_rows`).
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn wkv7_token_rows_avx512(
+    st: &mut [f32],
+    n: usize,
+    r: &[f32],
+    w: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kk: &[f32],
+    a: &[f32],
+    o: &mut [f32],
+) {
+    let (s, r, w, k, v, kk, a, o) = (
+        st.as_mut_ptr(),
+        r.as_ptr(),
+        w.as_ptr(),
+        k.as_ptr(),
+        v.as_ptr(),
+        kk.as_ptr(),
+        a.as_ptr(),
+        o.as_mut_ptr(),
+    );
+    by_rows!(n / 16, wkv7_rows_512(s, r, w, k, v, kk, a, o), 1 2 3 4 5 6 7 8)
 }
 
 #[target_feature(enable = "avx512f")]
@@ -716,6 +792,27 @@ unsafe fn tile_q4_vnni<const R: usize>(
         let blk = panel.add(b * Q4_BLOCK_BYTES);
         let mut i0 = [_mm512_setzero_si512(); R];
         let mut i1 = [_mm512_setzero_si512(); R];
+        if R == 1 {
+            // One row (the matrix–vector product): the high nibbles are used in place, as
+            // 16 × their value (`v & 0xF0`, one operation instead of a shift and a mask),
+            // into accumulators of their own, divided by 16 (exactly: an arithmetic shift of
+            // a multiple of 16) once per block.
+            let hib = _mm512_set1_epi8(0xF0u8 as i8);
+            let (mut j0, mut j1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            for g in 0..QK / 8 {
+                let v0 = _mm512_loadu_si512(blk.add(g * 4 * NR) as *const _);
+                let v1 = _mm512_loadu_si512(blk.add(g * 4 * NR + 64) as *const _);
+                let (xl, xh) = (x4(x, 0, b, 4 * g), x4(x, 0, b, 16 + 4 * g));
+                i0[0] = _mm512_dpbusd_epi32(i0[0], _mm512_and_si512(v0, nib), xl);
+                j0 = _mm512_dpbusd_epi32(j0, _mm512_and_si512(v0, hib), xh);
+                i1[0] = _mm512_dpbusd_epi32(i1[0], _mm512_and_si512(v1, nib), xl);
+                j1 = _mm512_dpbusd_epi32(j1, _mm512_and_si512(v1, hib), xh);
+            }
+            i0[0] = _mm512_add_epi32(i0[0], _mm512_srai_epi32(j0, 4));
+            i1[0] = _mm512_add_epi32(i1[0], _mm512_srai_epi32(j1, 4));
+            q_block_epilogue(x, b, 3, blk.add(QK * NR / 2), &i0, &i1, &mut a0, &mut a1);
+            continue;
+        }
         for g in 0..QK / 8 {
             let v0 = _mm512_loadu_si512(blk.add(g * 4 * NR) as *const _);
             let v1 = _mm512_loadu_si512(blk.add(g * 4 * NR + 64) as *const _);

@@ -11,7 +11,7 @@
 //! [`per_head`] runs the matrix-state recurrences with the heads in parallel.
 
 use super::Config;
-use crate::kernels::wkv7_token;
+use crate::kernels::{wkv7_token, wkv7_token_rows};
 use crate::ops::{par_chunks2_mut, Mat};
 
 /// Floats in one layer's v4 state: `[aa | bb | pp]`, each `n_att` wide.
@@ -175,6 +175,12 @@ fn head_token(s_t: &mut [f32], n: usize, h: usize, ins: [&Mat; 6], t: usize, o: 
     wkv7_token(s_t, n, r, w, k, v, kk, a, o)
 }
 
+/// [`head_token`] on a state in the official layout (a single token: no transposes).
+fn head_token_rows(st: &mut [f32], n: usize, h: usize, ins: [&Mat; 6], t: usize, o: &mut [f32]) {
+    let [r, w, k, v, kk, a] = ins.map(|m| &m.row(t)[h * n..(h + 1) * n]);
+    wkv7_token_rows(st, n, r, w, k, v, kk, a, o)
+}
+
 /// The RWKV-7 recurrence over a chunk, heads in parallel.
 ///
 /// `state` holds `n_head` blocks of `n × n` in the official layout (row i = value channel,
@@ -188,7 +194,9 @@ fn head_token(s_t: &mut [f32], n: usize, h: usize, ins: [&Mat; 6], t: usize, o: 
 ///
 /// Each head's state is transposed into a per-thread buffer for the chunk, so that the
 /// kernel ([`crate::kernels::wkv7_token`]) runs on whole 16-lane vectors with no horizontal
-/// sums, and transposed back at the end.
+/// sums, and transposed back at the end. A single token (the decode step) is computed in
+/// place instead ([`crate::kernels::wkv7_token_rows`]): two transposes would cost more than
+/// the step.
 #[allow(clippy::too_many_arguments)]
 pub fn wkv7(
     state: &mut [f32],
@@ -202,6 +210,12 @@ pub fn wkv7(
     a: &Mat,
 ) -> Mat {
     let t_count = r.rows;
+    if t_count == 1 {
+        // One token: in place, in the official layout (no transposes).
+        return per_head(state, n_head, n, 1, |h, st, out_h| {
+            head_token_rows(st, n, h, [r, w, k, v, kk, a], 0, out_h)
+        });
+    }
     per_head(state, n_head, n, t_count, |h, st, out_h| {
         with_transposed(st, n, |s_t| {
             for t in 0..t_count {
@@ -226,9 +240,7 @@ pub fn wkv7_rows(states: &mut [&mut [f32]], n_head: usize, n: usize, ins: [&Mat;
     let mut out = Mat::zeros(rows, n_head * n);
     // Output piece i (n values) is row b = i / n_head, head h = i % n_head: task i's own.
     par_chunks2_mut(&mut out.data, n, &mut heads, 1, |i, o, st| {
-        with_transposed(st[0], n, |s_t| {
-            head_token(s_t, n, i % n_head, ins, i / n_head, o)
-        })
+        head_token_rows(st[0], n, i % n_head, ins, i / n_head, o)
     });
     out
 }
@@ -264,7 +276,7 @@ mod tests {
 
     #[test]
     fn wkv7_matches_the_row_by_row_recurrence() {
-        for (n_head, n, t_count) in [(2, 16, 5), (3, 64, 7), (1, 8, 3)] {
+        for (n_head, n, t_count) in [(2, 16, 5), (3, 64, 7), (1, 8, 3), (2, 64, 1), (1, 24, 1)] {
             let c = n_head * n;
             let m = |seed| Mat::from_vec(t_count, c, pseudo(t_count * c, seed));
             let (r, k, v, kk) = (m(1), m(2), m(3), m(4));

@@ -29,6 +29,9 @@ pub struct Linear {
 /// to the pool costs more than it saves.
 const SERIAL_BYTES: usize = 96 * 1024;
 
+/// A matrix–vector product is split into tasks of at least this many bytes of weights.
+const GEMV_TASK_BYTES: usize = 256 * 1024;
+
 /// Products with fewer multiply–adds than this run on the calling thread.
 const SERIAL_MACS: usize = 1 << 18;
 
@@ -416,9 +419,14 @@ impl Linear {
         let out = &mut out[..self.out_dim];
         let k = self.in_dim;
         let serial = self.w.len() < SERIAL_BYTES;
-        // Panels per task: about four tasks per thread, for balance when a core is busy.
+        // Panels per task: up to four tasks per thread, for balance when a core is busy, but
+        // no more than one per `GEMV_TASK_BYTES` of weights (at least one per thread): each
+        // task costs a claim and a completion, two transfers of a shared cache line, which
+        // for a small matrix cost about what its weights take to read.
         let n_panels = self.out_dim.div_ceil(NR);
-        let per = n_panels.div_ceil(4 * pool::threads()).max(1);
+        let threads = pool::threads();
+        let tasks = (self.w.len() / GEMV_TASK_BYTES).clamp(threads, 4 * threads);
+        let per = n_panels.div_ceil(tasks).max(1);
         let chunk = per * NR;
         let w = &self.w;
         match self.format.traits().kernel {

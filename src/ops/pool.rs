@@ -49,10 +49,24 @@ struct Job<'a> {
     f: &'a (dyn Fn(usize) + Sync),
 }
 
+/// A value on a cache line of its own: idle workers spin reading the state word, and every
+/// write to a line they read (the caller's counters, the completion count) would cost a
+/// transfer of that line between the cores on every call.
+#[repr(align(64))]
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 struct Pool {
-    state: AtomicU64,
+    state: Line<AtomicU64>,
+    /// Written once per call, before `state`; read by the workers after it.
     job: AtomicPtr<()>,
-    done: AtomicUsize,
+    done: Line<AtomicUsize>,
     panicked: AtomicBool,
     sleeping: Vec<AtomicBool>,
     /// Handles to unpark the workers (set once they are started).
@@ -75,9 +89,9 @@ fn pool() -> &'static Pool {
         // As many threads as the rayon pool (`--threads`), the caller being one of them.
         let n = rayon::current_num_threads().max(1) - 1;
         let p: &'static Pool = Box::leak(Box::new(Pool {
-            state: AtomicU64::new(0),
+            state: Line(AtomicU64::new(0)),
             job: AtomicPtr::new(std::ptr::null_mut()),
-            done: AtomicUsize::new(0),
+            done: Line(AtomicUsize::new(0)),
             panicked: AtomicBool::new(false),
             sleeping: (0..n).map(|_| AtomicBool::new(false)).collect(),
             threads: OnceLock::new(),
@@ -174,9 +188,10 @@ pub fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
         _ => return serial(),
     };
     // Straggler guard: while the pool is benched (see below), run serially.
-    if p.benched
-        .fetch_update(Relaxed, Relaxed, |b| b.checked_sub(1))
-        .is_ok()
+    if p.benched.load(Relaxed) > 0
+        && p.benched
+            .fetch_update(Relaxed, Relaxed, |b| b.checked_sub(1))
+            .is_ok()
     {
         return serial();
     }
@@ -221,7 +236,7 @@ pub fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
             p.strikes.store(0, Relaxed);
             p.benched.store(BENCHED_CALLS, Relaxed);
         }
-    } else {
+    } else if p.strikes.load(Relaxed) != 0 {
         p.strikes.store(0, Relaxed);
     }
     if p.panicked.load(Acquire) {
