@@ -18,8 +18,12 @@ struct Run {
 }
 
 fn generate(cache: &Path, model: &Path, extra: &[&str]) -> Run {
+    generate_by(bin_with_cache(cache), model, extra)
+}
+
+/// As [`generate`], run by `cmd` (another build of the binary).
+fn generate_by(mut cmd: std::process::Command, model: &Path, extra: &[&str]) -> Run {
     let logits = scratch("logits").join(rand_suffix());
-    let mut cmd = bin_with_cache(cache);
     cmd.env_remove("RWKV_CLI_WEIGHT_CACHE_MAX");
     cmd.args(["generate", "-m"])
         .arg(model)
@@ -239,6 +243,39 @@ fn a_touched_or_replaced_checkpoint_makes_the_file_stale() {
     assert_eq!((&r.text, &r.logits), (&truth.text, &truth.logits));
     assert_eq!(generate(&cache, &model, &[]).cache, "hit");
     only_file(&cache);
+}
+
+#[test]
+fn another_build_replaces_the_file_instead_of_adding_one() {
+    let cache = scratch("other-build");
+    let model = fixture_path("v7.safetensors");
+    // A copy of the binary: the same code, another executable (size and time in the key).
+    let other = scratch("other-build-bin").join("rwkv-cli");
+    std::fs::copy(env!("CARGO_BIN_EXE_rwkv-cli"), &other).unwrap();
+    let f = std::fs::File::options().write(true).open(&other).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    drop(f);
+    let by_other = || {
+        let mut c = std::process::Command::new(&other);
+        c.env("RWKV_CLI_CACHE", &cache);
+        c
+    };
+    let first = generate(&cache, &model, &[]);
+    assert_eq!(first.cache, "written");
+    let file = only_file(&cache);
+    let r = generate_by(by_other(), &model, &[]);
+    assert_eq!(r.cache, "rebuilt", "{}", r.stderr);
+    assert!(
+        warnings(&r)
+            .iter()
+            .any(|w| w.contains("stale (written by another build)")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!((&r.text, &r.logits), (&first.text, &first.logits));
+    assert_eq!(only_file(&cache), file, "one file, replaced");
+    assert_eq!(generate_by(by_other(), &model, &[]).cache, "hit");
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //! memory-mapped read-only by later runs, so that a second start costs a map and a check
 //! instead of a conversion, and concurrent processes share the same pages.
 //!
-//! One file per checkpoint path, weight format, instruction set, crate version and
-//! executable (`<cache>/weights/<hash>.rwkvw`). A load that finds no file records every
+//! One file per checkpoint path, weight format and instruction set
+//! (`<cache>/weights/<hash>.rwkvw`; another build of rwkv-cli finds it stale and replaces it). A load that finds no file records every
 //! packed matrix, table and small vector it reads (by full tensor name and kind) into a
 //! temporary file beside it, and renames that over the name once the model is whole.
 //! Concurrent first runs each write their own and the last rename wins, every one of them
@@ -458,11 +458,9 @@ fn key(ckpt: &Checkpoint, format: Format) -> anyhow::Result<Key> {
         }
     );
     let version = env!("CARGO_PKG_VERSION");
-    let name = format!(
-        "{}\0{}\0{isa}\0{version}\0{exe}",
-        path.display(),
-        format.name()
-    );
+    // The build is not in the name: a new build's file replaces the old one's (found stale)
+    // instead of piling up beside it, one per build, until the size limit.
+    let name = format!("{}\0{}\0{isa}", path.display(), format.name());
     let full = json!({
         "layout": LAYOUT,
         "packing": layout_probe(),
