@@ -1,0 +1,345 @@
+use super::*;
+
+fn data(n: usize) -> (Vec<f32>, Vec<f32>) {
+    let a = (0..n)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let b = (0..n)
+        .map(|i| ((i * 53 % 89) as f32 - 44.0) / 30.0)
+        .collect();
+    (a, b)
+}
+
+#[test]
+fn every_kernel_matches_the_plain_sum_at_every_length() {
+    for n in [0, 1, 7, 15, 16, 17, 31, 32, 33, 64, 100, 768, 3072] {
+        let (a, b) = data(n);
+        let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let tol = 1e-4 * (1.0 + exact.abs());
+        assert!((dot_f32(&a, &b) as f64 - exact).abs() < tol, "f32 n={n}");
+        // The portable fallback agrees too.
+        assert!((portable::dot_f32(&a, &b) as f64 - exact).abs() < tol);
+    }
+}
+
+#[test]
+fn activation_quantization_matches_the_portable_code() {
+    for seed in 0..20u32 {
+        let x: Vec<f32> = (0..QK)
+            .map(|i| {
+                (((i as u32 * 2654435761u32) ^ seed.wrapping_mul(40503)) % 1000) as f32 / 37.0
+                    - 13.0
+            })
+            .collect();
+        let (mut q1, mut q2) = ([0i8; QK], [0i8; QK]);
+        let a = quantize_block_q8(&x, &mut q1);
+        let b = portable::quantize_block_q8(&x, &mut q2);
+        assert_eq!(a, b);
+        assert_eq!(q1, q2);
+    }
+    let mut q = [1i8; QK];
+    assert_eq!(quantize_block_q8(&[0.0; QK], &mut q), (0.0, 0));
+    assert!(q.iter().all(|&v| v == 0));
+}
+
+#[test]
+fn small_rounding_matches_round_ties_even() {
+    for i in -100_000..100_000 {
+        let v = i as f32 * 0.00731 + 0.5 * (i % 3) as f32;
+        assert_eq!(round_small(v), v.round_ties_even(), "{v}");
+    }
+    for v in [
+        0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 127.49, -0.0, 3e6, -3e6,
+    ] {
+        assert_eq!(round_small(v), v.round_ties_even(), "{v}");
+    }
+    assert!(round_small(f32::NAN).is_nan());
+}
+
+/// The levels below the detected one that this CPU also runs (the detected one first).
+fn levels() -> Vec<Level> {
+    let top = detect_level();
+    let level = |isa, vnni, bf16| Level { isa, vnni, bf16 };
+    let mut v = Vec::new();
+    if top.isa == Isa::Avx512 {
+        if top.vnni || top.bf16 {
+            v.push(top);
+        }
+        v.push(level(Isa::Avx512, false, false));
+    }
+    if top.isa != Isa::Portable {
+        v.push(level(Isa::Avx2, false, false));
+    }
+    v
+}
+
+fn close(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert!(
+            (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+            "{what}: {x} vs {y}"
+        );
+    }
+}
+
+#[test]
+fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
+    let p = Kernels::build(Level::PORTABLE);
+    let (k, n_out) = (70, 45);
+    let (w, x) = data(2 * k * NR);
+    let x = &x[..3 * k];
+    let bf: Vec<u16> = w
+        .iter()
+        .map(|v| half::bf16::from_f32(*v).to_bits())
+        .collect();
+    let hf: Vec<u16> = w
+        .iter()
+        .map(|v| half::f16::from_f32(*v).to_bits())
+        .collect();
+    // Quantized panels: any weight byte is valid; the scales are 1/64 as bf16.
+    let blocks = k.div_ceil(QK);
+    let mut qp: Vec<u8> = (0..blocks * Q8_BLOCK_BYTES)
+        .map(|i| (i * 89 % 251) as u8)
+        .collect();
+    for blk in qp.chunks_exact_mut(Q8_BLOCK_BYTES) {
+        for s in blk[QK * NR..].chunks_exact_mut(2) {
+            s.copy_from_slice(&half::bf16::from_f32(1.0 / 64.0).to_bits().to_le_bytes());
+        }
+    }
+    let mut q4 = qp[..blocks * Q4_BLOCK_BYTES].to_vec();
+    for blk in q4.chunks_exact_mut(Q4_BLOCK_BYTES) {
+        for s in blk[QK * NR / 2..].chunks_exact_mut(2) {
+            s.copy_from_slice(&half::bf16::from_f32(1.0 / 64.0).to_bits().to_le_bytes());
+        }
+    }
+    let mut xq = QuantizedRows::default();
+    xq.quantize(x, 3, k);
+    for level in levels() {
+        let t = Kernels::build(level);
+        let at = format!("{level:?}");
+        // SAFETY: `levels` lists only levels this CPU runs; every call below stays within
+        // the buffers (2 panels of k inputs; 3 rows of k activations; outputs n_out wide).
+        unsafe {
+            let (a, b) = ((t.dot_f32)(&w, &w), (p.dot_f32)(&w, &w));
+            close(&[a], &[b], &format!("dot {at}"));
+            close(&[(t.sum_f32)(&w)], &[(p.sum_f32)(&w)], &format!("sum {at}"));
+            for (name, tf, pf) in [
+                ("bf16", t.gemv_bf16, p.gemv_bf16),
+                ("f16", t.gemv_f16, p.gemv_f16),
+            ] {
+                let src = if name == "bf16" { &bf } else { &hf };
+                let (mut y1, mut y2) = (vec![0.0; n_out], vec![0.0; n_out]);
+                tf(src, k, x, &mut y1);
+                pf(src, k, x, &mut y2);
+                close(&y1, &y2, &format!("gemv {name} {at}"));
+            }
+            let (mut y1, mut y2) = (vec![0.0; n_out], vec![0.0; n_out]);
+            (t.gemv_f32)(&w, k, x, &mut y1);
+            (p.gemv_f32)(&w, k, x, &mut y2);
+            close(&y1, &y2, &format!("gemv f32 {at}"));
+            let (mut h1, mut h2) = (vec![0.0; hf.len()], vec![0.0; hf.len()]);
+            (t.f16_to_f32)(&hf, &mut h1);
+            (p.f16_to_f32)(&hf, &mut h2);
+            assert_eq!(h1, h2, "f16 widening {at}");
+            let mut v = w.clone();
+            v.extend([
+                f32::NAN,
+                -f32::NAN,
+                f32::INFINITY,
+                1e-40,
+                f32::from_bits(0x3F80_8000),
+            ]);
+            let (mut b1, mut b2) = (vec![0u16; v.len()], vec![1u16; v.len()]);
+            (t.f32_to_bf16)(&v, &mut b1);
+            (p.f32_to_bf16)(&v, &mut b2);
+            assert_eq!(b1, b2, "bf16 rounding {at}");
+            let rows = t.gemm_f32_rows.min(3);
+            let (mut y1, mut y2) = (vec![0.0; rows * NR], vec![0.0; rows * NR]);
+            (t.gemm_f32)(rows, x.as_ptr(), k, k, w.as_ptr(), y1.as_mut_ptr(), NR, 30);
+            (p.gemm_f32)(rows, x.as_ptr(), k, k, w.as_ptr(), y2.as_mut_ptr(), NR, 30);
+            close(&y1, &y2, &format!("gemm f32 {at}"));
+            let (mut q1, mut q2) = ([0i8; QK], [0i8; QK]);
+            let a = (t.quantize_block_q8)(&x[..QK], &mut q1);
+            assert_eq!((a, q1), ((p.quantize_block_q8)(&x[..QK], &mut q2), q2));
+            let rows = QRows {
+                q: xq.q.as_ptr(),
+                ldq: blocks * QK,
+                d: xq.d.as_ptr(),
+                sum: xq.sum.as_ptr(),
+                ldb: blocks,
+                rows: 3,
+            };
+            for (name, tf, pf, panel) in [
+                ("q8_0", t.q8_0_tile, p.q8_0_tile, &qp),
+                ("q4_0", t.q4_0_tile, p.q4_0_tile, &q4),
+            ] {
+                let (mut y1, mut y2) = (vec![0.0; 3 * NR], vec![0.0; 3 * NR]);
+                tf(&rows, panel.as_ptr(), blocks, y1.as_mut_ptr(), NR, 29);
+                pf(&rows, panel.as_ptr(), blocks, y2.as_mut_ptr(), NR, 29);
+                close(&y1, &y2, &format!("{name} tile {at}"));
+                // One row (the matrix–vector product, which the SIMD tiles special-case)
+                // gives exactly the first row of the three-row product: the integer
+                // sums and their epilogue are the same.
+                let one = QRows { rows: 1, ..rows };
+                let mut y3 = vec![0.0; NR];
+                tf(&one, panel.as_ptr(), blocks, y3.as_mut_ptr(), NR, 29);
+                assert_eq!(y3[..29], y1[..29], "{name} one-row tile {at}");
+            }
+            if let Some(f) = t.wkv7_token_x16 {
+                let n = 64;
+                let (s0, v) = data(n * n);
+                let (mut s1, mut s2) = (s0.clone(), s0);
+                let (mut o1, mut o2) = (vec![0.0; n], vec![0.0; n]);
+                let vs: Vec<&[f32]> = (0..6).map(|i| &v[i * n..(i + 1) * n]).collect();
+                f(
+                    &mut s1, n, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], &mut o1,
+                );
+                wkv::wkv7_token_portable(
+                    &mut s2, n, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], &mut o2,
+                );
+                close(&o1, &o2, &format!("wkv7 out {at}"));
+                close(&s1, &s2, &format!("wkv7 state {at}"));
+            }
+            if let Some(f) = t.wkv7_rows_x16 {
+                for n in [16, 64, 128] {
+                    let (s0, v) = data(n * n);
+                    let (mut s1, mut s2) = (s0.clone(), s0);
+                    let (mut o1, mut o2) = (vec![0.0; n], vec![0.0; n]);
+                    let vs: Vec<&[f32]> = (0..6).map(|i| &v[i * n..(i + 1) * n]).collect();
+                    f(
+                        &mut s1, n, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], &mut o1,
+                    );
+                    wkv::wkv7_token_rows_portable(
+                        &mut s2, n, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], &mut o2,
+                    );
+                    close(&o1, &o2, &format!("wkv7 rows out {n} {at}"));
+                    close(&s1, &s2, &format!("wkv7 rows state {n} {at}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_rounding_is_to_nearest_even() {
+    let mut specials = vec![
+        0.0f32,
+        -0.0,
+        1.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        f32::MIN,
+        f32::MIN_POSITIVE,
+        1e-40,
+        -1e-40,
+        // Ties: halfway between two bf16 values, to the even one.
+        f32::from_bits(0x3F80_8000),
+        f32::from_bits(0x3F81_8000),
+        f32::from_bits(0xBF80_8000),
+    ];
+    specials.extend((0..200_000u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761))));
+    for v in specials {
+        let want = half::bf16::from_f32(v).to_bits();
+        let got = bf16_bits(v);
+        if v.is_nan() {
+            assert!(half::bf16::from_bits(got).is_nan(), "{v}");
+        } else {
+            assert_eq!(got, want, "{v} ({:#x})", v.to_bits());
+        }
+    }
+    assert_eq!(bf16_bits(f32::from_bits(0x3F80_8000)), 0x3F80);
+    assert_eq!(bf16_bits(f32::from_bits(0x3F81_8000)), 0x3F82);
+}
+
+/// The bf16 dot-product kernel against a scalar reference of the same rounding: the
+/// activations rounded to bf16, every product exact (a product of two bf16 values fits an
+/// f64 exactly), summed exactly; the kernel sums in f32, so it may differ by k rounding
+/// errors of at most 2^-24 of the running sum, bounded by k · 2^-24 · Σ|products|. Shapes:
+/// rows past a whole tile, odd k and k not a multiple of 32, outputs not a multiple of 32.
+/// Skipped, with a note, where the CPU lacks AVX-512 BF16.
+#[test]
+fn bf16_dot_kernel_matches_a_reference_of_the_same_rounding() {
+    if !has_bf16_dot() {
+        println!(
+            "note: no AVX-512 BF16 here (or RWKV_NO_BF16 is set): the bf16 dot-product kernel is not tested"
+        );
+        return;
+    }
+    let mr = kernels().gemm_bf16_rows;
+    let val = |i: usize, seed: usize| {
+        // Values with more than 8 significant bits, of mixed signs and magnitudes.
+        let h = (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % 100_003;
+        (h as f32 / 100_003.0 - 0.47) * (1.0 + (i % 7) as f32 * 0.37)
+    };
+    for (rows, k, n_out) in [
+        (1, 1, 1usize),
+        (3, 2, 32),
+        (mr, 31, 33),
+        (mr + 1, 33, 45),
+        (2 * mr + 5, 70, 64),
+        (7, 67, 17),
+        (5, 300, 95),
+    ] {
+        let n_panels = n_out.div_ceil(NR);
+        // The weights (out × k), rounded to bf16, packed into panels as the formats do.
+        let w: Vec<u16> = (0..n_out * k).map(|i| bf16_bits(val(i, 1))).collect();
+        let mut panels = vec![0u16; n_panels * k * NR];
+        for o in 0..n_out {
+            let (p, j) = (o / NR, o % NR);
+            for i in 0..k {
+                panels[(p * k + i) * NR + bf16_lane_position(j)] = w[o * k + i];
+            }
+        }
+        let x: Vec<f32> = (0..rows * k).map(|i| val(i, 2)).collect();
+        let ld = k.next_multiple_of(2) + 2;
+        let mut xb = vec![1u16; rows * ld];
+        round_rows_to_bf16(&x, k, ld, &mut xb);
+        let mut y = vec![f32::NAN; rows * n_out];
+        for p in 0..n_panels {
+            // SAFETY: this CPU has AVX-512 BF16 (checked above); `xb` has `rows` rows at
+            // stride `ld` > k, zero past k; the panel has k × 32 values; the output has
+            // `rows` rows of n_out, and this call writes its panel's columns only.
+            unsafe {
+                gemm_panel_bf16(
+                    xb.as_ptr(),
+                    ld,
+                    rows,
+                    k,
+                    panels[p * k * NR..].as_ptr(),
+                    y.as_mut_ptr().add(p * NR),
+                    n_out,
+                    (n_out - p * NR).min(NR),
+                )
+            }
+        }
+        let bf = |h: u16| f32::from_bits((h as u32) << 16) as f64;
+        let mut worst_unrounded = 0.0f64;
+        for r in 0..rows {
+            for o in 0..n_out {
+                let (mut exact, mut mag, mut unrounded) = (0.0f64, 0.0f64, 0.0f64);
+                for i in 0..k {
+                    let p = bf(w[o * k + i]) * bf(bf16_bits(x[r * k + i]));
+                    exact += p;
+                    mag += p.abs();
+                    unrounded += bf(w[o * k + i]) * x[r * k + i] as f64;
+                }
+                let got = y[r * n_out + o] as f64;
+                let tol = k as f64 * 2f64.powi(-24) * mag + 1e-30;
+                assert!(
+                    (got - exact).abs() <= tol,
+                    "rows={rows} k={k} out={n_out} at ({r}, {o}): {got} vs {exact} (±{tol:e})"
+                );
+                worst_unrounded = worst_unrounded.max((exact - unrounded).abs() / tol);
+            }
+        }
+        // The tolerance is tight enough to tell rounded activations from unrounded ones.
+        if k >= 31 {
+            assert!(
+                worst_unrounded > 1.0,
+                "k={k}: rounding the activations moved no sum past the tolerance"
+            );
+        }
+    }
+}
