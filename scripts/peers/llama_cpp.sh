@@ -16,6 +16,8 @@
 #     first as the bench scripts do with our checkpoint. The one-off conversion to GGUF is not
 #     in them;
 #   - peak_rss_bytes: llama-bench's maximum resident set (its mapped GGUF included).
+# Take its figures on an otherwise idle machine: with a third busy process on two cores its
+# decode fell 3-30x here (its threads wait for each other at every op), ours far less.
 #
 # Environment: LLAMA_CPP_BIN, the folder of llama-bench, llama-quantize, llama-completion
 # (default /work/peers/llama-build/bin); PEER_DIR, where the GGUFs live (default
