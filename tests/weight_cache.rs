@@ -419,3 +419,69 @@ fn compare_workers_load_through_the_cache_unless_told_not_to() {
     let (files, temps) = cache_files(&off);
     assert!(files.is_empty() && temps.is_empty(), "{files:?} {temps:?}");
 }
+
+/// Deterministic small weights for the widened FFN below.
+fn wave(i: usize) -> f32 {
+    ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 1000.0 - 0.5) * 0.1
+}
+
+#[test]
+fn large_matrices_packed_into_the_file_compute_exactly_what_an_uncached_run_does() {
+    use common::safetensors::{st_tensors, st_write};
+    // The fixtures' matrices are small (staged and written); here the FFN is widened to
+    // 32,768 so that its matrices (4 MiB in f32, 2 MiB in bf16) are packed straight into
+    // regions of the cache file and the model runs from those pages.
+    const H: usize = 32_768;
+    let model = scratch("wide-ffn").join("v7_wide.safetensors");
+    let mut tensors = st_tensors(&common::read_fixture("v7.safetensors"));
+    for t in tensors.iter_mut() {
+        let v: Vec<f32> = t
+            .bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let wide: Vec<f32> = if t.name.ends_with("ffn.key.weight") {
+            // (hidden, C): new rows after the old.
+            let c = t.shape[1];
+            t.shape = vec![H, c];
+            v.iter()
+                .copied()
+                .chain((v.len()..H * c).map(wave))
+                .collect()
+        } else if t.name.ends_with("ffn.value.weight") {
+            // (C, hidden): new columns after the old ones of each row.
+            let (rows, old) = (t.shape[0], t.shape[1]);
+            t.shape = vec![rows, H];
+            (0..rows)
+                .flat_map(|r| {
+                    let kept = v[r * old..(r + 1) * old].to_vec();
+                    kept.into_iter()
+                        .chain((old..H).map(move |j| wave(r * H + j)))
+                })
+                .collect()
+        } else {
+            continue;
+        };
+        assert_eq!(t.dtype, "F32");
+        t.bytes = wide.iter().flat_map(|x| x.to_le_bytes()).collect();
+    }
+    std::fs::write(&model, st_write(&tensors)).unwrap();
+    for format in ["f32", "bf16"] {
+        let cache = scratch(&format!("wide-ffn-{format}"));
+        let args = ["--dtype", format];
+        let first = generate(&cache, &model, &args);
+        assert_eq!(first.cache, "written", "{}", first.stderr);
+        assert!(warnings(&first).is_empty(), "{}", first.stderr);
+        let second = generate(&cache, &model, &args);
+        assert_eq!(second.cache, "hit", "{}", second.stderr);
+        let uncached = generate(&cache, &model, &["--dtype", format, "--no-weight-cache"]);
+        for r in [&first, &second] {
+            assert_eq!(r.text, uncached.text, "{format}");
+            assert_eq!(r.logits, uncached.logits, "{format}");
+        }
+        // Both layers' two widened matrices are in the file.
+        let per = H * 32 * if format == "f32" { 4 } else { 2 };
+        let len = std::fs::metadata(only_file(&cache)).unwrap().len() as usize;
+        assert!(len >= 4 * per, "{len} bytes");
+    }
+}
