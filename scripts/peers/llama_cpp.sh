@@ -37,7 +37,7 @@
 #     -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
 #     -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF
 #   cmake --build llama-build -j2 --target llama-bench llama-quantize llama-completion
-# (7 min 20 s on two shared Zen 4 cores, 5 min 23 s of CPU.) Greedy decoding of our random
+# (7 min 20 s on two shared Zen 5 cores, 5 min 23 s of CPU.) Greedy decoding of our random
 # 0.1B and 1.5B checkpoints gives the same tokens in llama.cpp (f32, f16, bf16, q8_0 GGUFs) as
 # in rwkv-cli. rwkv.cpp has no RWKV-7 source in the registries (PyPI's rwkv-cpp and
 # rwkv-cpp-python are 0.0.1 of April 2023, RWKV-4 only).
