@@ -87,7 +87,7 @@ type QuantizeFn = unsafe fn(&[f32], &mut [i8]) -> (f32, i32);
 /// `blocks` blocks of the tile's format; `y` as in [`gemm_panel_f32`]; `x.rows` at most the
 /// table's `q_tile_rows`.
 type QTileFn = unsafe fn(&QRows, *const u8, usize, *mut f32, usize, usize);
-type Wkv7Fn =
+pub(super) type Wkv7Fn =
     unsafe fn(&mut [f32], usize, &[f32], &[f32], &[f32], &[f32], &[f32], &[f32], &mut [f32]);
 
 /// The kernels of this machine, one function per operation, chosen once.

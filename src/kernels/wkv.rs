@@ -26,12 +26,36 @@ pub fn wkv7_token(
     a: &[f32],
     o: &mut [f32],
 ) {
+    let simd = kernels().wkv7_token_x16;
+    checked(simd, wkv7_token_portable, st, n, r, w, k, v, kk, a, o)
+}
+
+/// A plain-Rust WKV token kernel (the signature of [`super::Wkv7Fn`], safe).
+type PortableFn = fn(&mut [f32], usize, &[f32], &[f32], &[f32], &[f32], &[f32], &[f32], &mut [f32]);
+
+/// Runs one token through `simd` (where the CPU has it and the head size suits it) or
+/// `portable`, after checking every slice against the head size `n`: what makes the SIMD
+/// kernels' unchecked accesses sound.
+#[allow(clippy::too_many_arguments)]
+fn checked(
+    simd: Option<super::Wkv7Fn>,
+    portable: PortableFn,
+    st: &mut [f32],
+    n: usize,
+    r: &[f32],
+    w: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kk: &[f32],
+    a: &[f32],
+    o: &mut [f32],
+) {
     assert!(st.len() >= n * n);
     for s in [r, w, k, v, kk, a] {
         assert!(s.len() >= n);
     }
     assert!(o.len() >= n);
-    if let Some(simd) = kernels().wkv7_token_x16 {
+    if let Some(simd) = simd {
         if n.is_multiple_of(16) && n <= 128 {
             // SAFETY: the table holds only kernels the CPU supports (see `super::Kernels`);
             // the asserts above bound every access (the state n × n, the vectors n long), and
@@ -40,7 +64,7 @@ pub fn wkv7_token(
             return;
         }
     }
-    wkv7_token_portable(st, n, r, w, k, v, kk, a, o)
+    portable(st, n, r, w, k, v, kk, a, o)
 }
 
 /// [`wkv7_token`] in plain Rust, for any head size.
@@ -89,21 +113,8 @@ pub fn wkv7_token_rows(
     a: &[f32],
     o: &mut [f32],
 ) {
-    assert!(st.len() >= n * n);
-    for s in [r, w, k, v, kk, a] {
-        assert!(s.len() >= n);
-    }
-    assert!(o.len() >= n);
-    if let Some(simd) = kernels().wkv7_rows_x16 {
-        if n.is_multiple_of(16) && n <= 128 {
-            // SAFETY: the table holds only kernels the CPU supports (see `super::Kernels`);
-            // the asserts above bound every access (the state n × n, the vectors n long), and
-            // n is a multiple of 16 up to 128, as the kernel requires.
-            unsafe { simd(st, n, r, w, k, v, kk, a, o) };
-            return;
-        }
-    }
-    wkv7_token_rows_portable(st, n, r, w, k, v, kk, a, o)
+    let simd = kernels().wkv7_rows_x16;
+    checked(simd, wkv7_token_rows_portable, st, n, r, w, k, v, kk, a, o)
 }
 
 /// [`wkv7_token_rows`] in plain Rust, for any head size.
