@@ -172,19 +172,17 @@ impl<'a> Weights<'a> {
             [out_dim, in_dim],
             self.dtype,
             |c, key| c.linear(key, out_dim, in_dim, self.dtype),
-            |reserve| {
+            |dst| {
                 match self.ckpt.reader(name)? {
                     // Stored plainly: panels converted on all threads, straight from the map
                     // (into the cache file being written, when there is one).
-                    Some(r) => {
-                        let read = &|at, dst: &mut [f32]| r.read_into(at, dst);
-                        match reserve(bytes) {
-                            Some(buf) => {
-                                Linear::from_values_in(buf, out_dim, in_dim, self.dtype, read)
-                            }
-                            None => Linear::from_values(out_dim, in_dim, self.dtype, read),
-                        }
-                    }
+                    Some(r) => Linear::from_values_in(
+                        dst(bytes),
+                        out_dim,
+                        in_dim,
+                        self.dtype,
+                        &|at, out| r.read_into(at, out),
+                    ),
                     None => Linear::from_streamed(out_dim, in_dim, self.dtype, |sink| {
                         self.ckpt.read_f32_chunks(name, 32 * in_dim, sink)
                     }),
@@ -197,21 +195,25 @@ impl<'a> Weights<'a> {
 
     /// What `build` makes, or the weight cache's copy of it under `key` (`hit` looks it up);
     /// what is built is recorded into a cache file being written (`packed`: its packed form).
-    /// `build` may pack into a region of that file (`reserve(len)`, see
-    /// [`Session::reserve`]) instead of memory of its own.
+    /// `build` packs into `dst(len)`: a region of that file (see [`Session::reserve`]), or
+    /// zeroed memory of its own when no file is being written.
     fn through_cache<T>(
         &self,
         key: String,
         dims: [usize; 2],
         format: Format,
         hit: impl FnOnce(&Session, &str) -> Option<T>,
-        build: impl FnOnce(&dyn Fn(usize) -> Option<AlignedBuf>) -> Result<T>,
+        build: impl FnOnce(&dyn Fn(usize) -> AlignedBuf) -> Result<T>,
         packed: impl FnOnce(&T) -> &AlignedBuf,
     ) -> Result<T> {
         if let Some(t) = self.cache.and_then(|c| hit(c, &key)) {
             return Ok(t);
         }
-        let t = build(&|len| self.cache.and_then(|c| c.reserve(len)))?;
+        let t = build(&|len| {
+            self.cache
+                .and_then(|c| c.reserve(len))
+                .unwrap_or_else(|| AlignedBuf::zeroed(len))
+        })?;
         if let Some(c) = self.cache {
             c.put_packed(&key, dims, format, packed(&t));
         }
@@ -232,18 +234,15 @@ impl<'a> Weights<'a> {
             [rows, cols],
             self.dtype,
             |c, key| c.table(key, rows, cols, self.dtype),
-            |reserve| {
+            |dst| {
                 match self.ckpt.reader(name)? {
-                    Some(r) => {
-                        let read = &|at, dst: &mut [f32]| r.read_into(at, dst);
-                        let bytes = rows * self.dtype.traits().rows.row_bytes(cols);
-                        match reserve(bytes) {
-                            Some(buf) => {
-                                RowTable::from_values_in(buf, rows, cols, self.dtype, read)
-                            }
-                            None => RowTable::from_values(rows, cols, self.dtype, read),
-                        }
-                    }
+                    Some(r) => RowTable::from_values_in(
+                        dst(rows * self.dtype.traits().rows.row_bytes(cols)),
+                        rows,
+                        cols,
+                        self.dtype,
+                        &|at, out| r.read_into(at, out),
+                    ),
                     None => RowTable::from_streamed(rows, cols, self.dtype, |sink| {
                         self.ckpt.read_f32_chunks(name, 256 * cols, sink)
                     }),
@@ -262,24 +261,21 @@ impl<'a> Weights<'a> {
             [out_dim, in_dim],
             Format::F32,
             |c, key| c.linear(key, out_dim, in_dim, Format::F32),
-            |reserve| {
+            |dst| {
                 self.check_shape_at(name, &[in_dim, out_dim])?;
                 let v = self.ckpt.read_f32(name)?;
                 // The packer reads (out, in) rows: gathered from the (in, out) values panel by
                 // panel, on all threads, without a transposed copy of the whole.
-                let read = &|at: usize, dst: &mut [f32]| {
-                    for (j, d) in dst.iter_mut().enumerate() {
+                let read = &|at: usize, out: &mut [f32]| {
+                    for (j, d) in out.iter_mut().enumerate() {
                         let (o, i) = ((at + j) / in_dim, (at + j) % in_dim);
                         *d = v[i * out_dim + o];
                     }
                     Ok(())
                 };
-                let f32 = Format::F32;
-                match reserve(f32.matrix_bytes(out_dim, in_dim)) {
-                    Some(buf) => Linear::from_values_in(buf, out_dim, in_dim, f32, read),
-                    None => Linear::from_values(out_dim, in_dim, f32, read),
-                }
-                .with_context(|| format!("tensor {name}"))
+                let buf = dst(Format::F32.matrix_bytes(out_dim, in_dim));
+                Linear::from_values_in(buf, out_dim, in_dim, Format::F32, read)
+                    .with_context(|| format!("tensor {name}"))
             },
             Linear::packed,
         )
