@@ -87,21 +87,28 @@ pub fn last_level_cache_bytes() -> u64 {
 }
 
 /// Bytes of weights one decode step reads: every tensor but the embedding (of which a step
-/// reads one row), the weight matrices in the packed layout of `dtype`, the rest (LoRAs,
-/// mixes, norms) in f32 as the models keep them.
-pub fn decode_weight_bytes(ckpt: &Checkpoint, dtype: Format) -> u64 {
-    ckpt.tensors()
+/// reads one row), the weight matrices in the packed layout of `dtype`, the low-rank (LoRA)
+/// matrices in its low-rank format, the rest (mixes, norms) in f32 as the models keep them.
+pub fn decode_weight_bytes(ckpt: &Checkpoint, dtype: Format) -> Result<u64> {
+    let low_rank = rwkv_cli::models::detect_version(ckpt)?.info().low_rank;
+    Ok(ckpt
+        .tensors()
         .iter()
         .filter(|(name, _)| name.as_str() != "emb.weight")
         .map(|(name, meta)| {
             let dims: Vec<usize> = meta.shape.iter().copied().filter(|&d| d != 1).collect();
             if name.ends_with(".weight") && dims.len() == 2 {
                 dtype.matrix_bytes(dims[0], dims[1]) as u64
+            } else if low_rank.iter().any(|s| name.ends_with(s)) {
+                // Kept (out, in) = (last dimension, the others).
+                let out = *dims.last().unwrap_or(&1);
+                let format = dtype.traits().low_rank;
+                format.matrix_bytes(out, meta.numel() / out.max(1)) as u64
             } else {
                 4 * meta.numel() as u64
             }
         })
-        .sum()
+        .sum())
 }
 
 /// One segment of the run.
@@ -199,7 +206,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // What a decode step reads, from the checkpoint's index (the weights are not read).
     let weight_bytes = {
         let ckpt = rwkv_cli::checkpoint::Checkpoint::open(&path)?;
-        decode_weight_bytes(&ckpt, args.model.format_for(&ckpt)?)
+        decode_weight_bytes(&ckpt, args.model.format_for(&ckpt)?)?
     };
     let cache_bytes = last_level_cache_bytes();
     // Before the model is loaded, so that the probes' buffers never add to the model's peak

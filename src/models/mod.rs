@@ -105,6 +105,10 @@ pub struct VersionInfo {
     /// How a state-tuned `time_state` tensor becomes this version's WKV state
     /// ([`init_state`]).
     pub time_state: TimeStateLayout,
+    /// The name endings of the low-rank (LoRA) matrices it keeps in its format's low-rank
+    /// format ([`crate::format::Traits::low_rank`]); every other tensor but the `.weight`
+    /// matrices is kept in f32. For the weight traffic `bench` reports.
+    pub low_rank: &'static [&'static str],
 }
 
 /// How a version takes a state-tuned initial state: a `blocks.N.att.time_state` tensor of

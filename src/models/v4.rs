@@ -31,6 +31,7 @@ pub const INFO: VersionInfo = VersionInfo {
     wkv_len: wkv::wkv4_state_len,
     wkv_init: wkv::wkv4_initial_state,
     time_state: TimeStateLayout::Unsupported,
+    low_rank: &[],
 };
 
 struct Layer {

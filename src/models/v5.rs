@@ -30,6 +30,7 @@ pub const INFO: VersionInfo = VersionInfo {
     wkv_init: wkv::matrix_initial_state,
     // The official package transposes a `time_state` into v5/v6's key × value state.
     time_state: TimeStateLayout::Transposed,
+    low_rank: &[],
 };
 
 /// v5 has `ln_x`; v5.0 no gate; v5.2 a per-channel decay (v5.1 a per-head one).

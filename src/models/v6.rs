@@ -28,6 +28,12 @@ pub const INFO: VersionInfo = VersionInfo {
     wkv_init: wkv::matrix_initial_state,
     // The official package transposes a `time_state` into v5/v6's key × value state.
     time_state: TimeStateLayout::Transposed,
+    low_rank: &[
+        ".att.time_maa_w1",
+        ".att.time_maa_w2",
+        ".att.time_decay_w1",
+        ".att.time_decay_w2",
+    ],
 };
 
 struct Layer {
@@ -90,7 +96,7 @@ impl RwkvV6 {
             let up_all = att.tensor("time_maa_w2", &[5, d, c])?;
             let maa_up = up_all
                 .chunks_exact(d * c)
-                .map(|m| Linear::from_in_out(m.to_vec(), d, c, crate::format::Format::F32))
+                .map(|m| Linear::from_in_out(m.to_vec(), d, c, w.dtype.traits().low_rank))
                 .collect::<Result<Vec<_>>>()?;
             let d2 = att.dim("time_decay_w1", 2, 1)?;
             let v = |n: &str| att.vector(n, c);

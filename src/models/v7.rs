@@ -54,6 +54,10 @@ pub const INFO: VersionInfo = VersionInfo {
     wkv_init: wkv::matrix_initial_state,
     // RWKV-PEFT trains, and RWKV-Runner loads, v7 states in the package's value × key layout.
     time_state: TimeStateLayout::AsStored,
+    low_rank: &[
+        ".att.w1", ".att.w2", ".att.a1", ".att.a2", ".att.v1", ".att.v2", ".att.g1", ".att.g2",
+        ".ffn.s1", ".ffn.s2",
+    ],
 };
 
 /// v7 has `r_k` (or `w0`, `x_r`); DeepEmbed adds `ffn.s_emb`; DEA (`qkv.*`) is refused.

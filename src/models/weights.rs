@@ -253,14 +253,16 @@ impl<'a> Weights<'a> {
         )
     }
 
-    /// A LoRA matrix stored (in, out) and used as `x @ W`; kept in f32 (they are small).
+    /// A LoRA matrix stored (in, out) and used as `x @ W`; kept in the compute format's
+    /// float format for low-rank matrices (`Traits::low_rank`: f32, f16 or bf16).
     pub fn lora(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
         let name = &self.path(name);
+        let format = self.dtype.traits().low_rank;
         self.through_cache(
             format!("lora:{name}"),
             [out_dim, in_dim],
-            Format::F32,
-            |c, key| c.linear(key, out_dim, in_dim, Format::F32),
+            format,
+            |c, key| c.linear(key, out_dim, in_dim, format),
             |dst| {
                 self.check_shape_at(name, &[in_dim, out_dim])?;
                 let v = self.ckpt.read_f32(name)?;
@@ -273,8 +275,8 @@ impl<'a> Weights<'a> {
                     }
                     Ok(())
                 };
-                let buf = dst(Format::F32.matrix_bytes(out_dim, in_dim));
-                Linear::from_values_in(buf, out_dim, in_dim, Format::F32, read)
+                let buf = dst(format.matrix_bytes(out_dim, in_dim));
+                Linear::from_values_in(buf, out_dim, in_dim, format, read)
                     .with_context(|| format!("tensor {name}"))
             },
             Linear::packed,
@@ -321,6 +323,43 @@ mod tests {
         bytes.extend_from_slice(&h);
         bytes.extend_from_slice(&data);
         std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_lora_is_kept_transposed_in_the_low_rank_format_of_each_compute_format() {
+        let dir = std::env::temp_dir().join(format!("rwkv-wc-lora-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let model = dir.join("m.safetensors");
+        // Stored (in, out) = (96, 40), as the checkpoints store a LoRA's down matrix.
+        safetensors(&model, &[("w1", 96, 40)]);
+        let ckpt = Checkpoint::open(&model).unwrap();
+        let stored = crate::testing::pseudo(96 * 40, 1);
+        for (dtype, kept) in [
+            (Format::F32, Format::F32),
+            (Format::F16, Format::F16),
+            (Format::BF16, Format::BF16),
+            (Format::Q8_0, Format::BF16),
+            (Format::Q4_0, Format::BF16),
+        ] {
+            let l = Weights::new(&ckpt, dtype).lora("w1", 96, 40).unwrap();
+            assert_eq!(l.format(), kept, "{dtype:?}");
+            assert_eq!(l.weight_bytes(), kept.matrix_bytes(40, 96));
+            // (out, in) = the stored values transposed, each rounded as the kept format does
+            // (bf16: round to nearest even; f16: the `half` crate's conversion).
+            let got = l.to_f32();
+            for o in 0..40 {
+                for i in 0..96 {
+                    let v = stored[i * 40 + o];
+                    let want = match kept {
+                        Format::F32 => v,
+                        Format::F16 => half::f16::from_f32(v).to_f32(),
+                        _ => half::bf16::from_f32(v).to_f32(),
+                    };
+                    assert_eq!(got[o * 96 + i], want, "{dtype:?} ({o}, {i})");
+                }
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
