@@ -40,7 +40,7 @@ use super::{
 };
 use crate::checkpoint::Checkpoint;
 use crate::ops::{
-    add_row, group_norm, layer_norm, lerp, sigmoid, token_shift, Linear, Mat, RowTable,
+    add_row, for_rows, group_norm, layer_norm, lerp, sigmoid, token_shift, Linear, Mat, RowTable,
 };
 use anyhow::{bail, Result};
 
@@ -160,7 +160,7 @@ impl Lora {
         })
     }
     /// `up(f(down(x)))`.
-    fn apply(&self, x: &Mat, f: impl Fn(f32) -> f32) -> Result<Mat> {
+    fn apply(&self, x: &Mat, f: impl Fn(f32) -> f32 + Sync) -> Result<Mat> {
         self.up.forward(&self.down.forward(x)?.map(f))
     }
 }
@@ -323,10 +323,10 @@ impl RwkvV7 {
         let g = l.g_lora.apply(&lerp(xx, prev, &l.x_g), sigmoid)?;
 
         // κ̂ = normalize(k ⊙ k_k) per head; then k ← k ⊙ (1 + (a − 1) ⊙ k_a).
-        let t_count = xx.rows;
+        // Row by row (rows in parallel when large, as the other elementwise passes).
+        let c = xx.cols;
         let mut kk = k.clone();
-        for t in 0..t_count {
-            let row = kk.row_mut(t);
+        for_rows(&mut kk.data, c, |_, row| {
             for (x, m) in row.iter_mut().zip(&l.k_k) {
                 *x *= m;
             }
@@ -334,20 +334,23 @@ impl RwkvV7 {
                 let norm = h.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
                 h.iter_mut().for_each(|x| *x /= norm);
             }
-            let (kr, ar) = (k.row_mut(t), a.row(t));
-            for ((x, av), ka) in kr.iter_mut().zip(ar).zip(&l.k_a) {
+        });
+        for_rows(&mut k.data, c, |t, kr| {
+            for ((x, av), ka) in kr.iter_mut().zip(a.row(t)).zip(&l.k_a) {
                 *x *= 1.0 + (av - 1.0) * ka;
             }
-        }
+        });
 
         // Value residual: layer 0 keeps its value for the others.
         match (&l.v_mix, v_first.as_ref()) {
             (None, _) => *v_first = Some(v.clone()),
             (Some((v0, lora)), Some(vf)) => {
                 let gate = add_row(lora.apply(&xv, |z| z)?, v0).map(sigmoid);
-                for ((x, f), gt) in v.data.iter_mut().zip(&vf.data).zip(&gate.data) {
-                    *x += (f - *x) * gt;
-                }
+                for_rows(&mut v.data, c, |t, row| {
+                    for ((x, f), gt) in row.iter_mut().zip(vf.row(t)).zip(gate.row(t)) {
+                        *x += (f - *x) * gt;
+                    }
+                });
             }
             (Some(_), None) => anyhow::bail!("v7: layer 0 must run before the value residual"),
         }
@@ -356,9 +359,8 @@ impl RwkvV7 {
 
         group_norm(&mut out, h_count, &l.ln_x_w, &l.ln_x_b, 64e-5);
         // Bonus: + (Σ_head r ⊙ k ⊙ r_k) · v.
-        for t in 0..t_count {
+        for_rows(&mut out.data, c, |t, ot| {
             let (rt, kt, vt) = (r.row(t), k.row(t), v.row(t));
-            let ot = out.row_mut(t);
             for h in 0..h_count {
                 let hs = h * n..(h + 1) * n;
                 let bonus: f32 = hs.clone().map(|j| rt[j] * kt[j] * l.r_k[j]).sum();
@@ -366,7 +368,7 @@ impl RwkvV7 {
                     ot[j] += bonus * vt[j];
                 }
             }
-        }
+        });
         l.output.forward(&out.hadamard(&g))
     }
 

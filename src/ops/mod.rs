@@ -7,7 +7,8 @@
 //! bandwidth), a batch through our register-tiled matrix–matrix kernels (the prefill path,
 //! bound by arithmetic), both SIMD ([`crate::kernels`]) and multi-threaded on a small
 //! fork–join [`pool`]. Embeddings are [`RowTable`]s. Everything else (norms, token shift,
-//! activations) is plain Rust.
+//! activations) is plain Rust, run by rows on the same pool ([`for_rows`]) when the matrix is
+//! large (a prompt's tokens × width).
 //!
 //! - `mat.rs`: [`Mat`].
 //! - `linear.rs`: [`Linear`], [`RowTable`].
@@ -23,4 +24,4 @@ pub use crate::kernels::dot_f32 as dot;
 pub use linear::{Linear, RowTable};
 pub use mat::Mat;
 pub use norm::{add_row, group_norm, layer_norm, layer_norm_row, lerp, sigmoid, silu, token_shift};
-pub use pool::{par_chunks2_mut, par_chunks_mut};
+pub use pool::{for_rows, par_chunks2_mut, par_chunks_mut};

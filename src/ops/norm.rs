@@ -83,11 +83,12 @@ pub fn silu(x: f32) -> f32 {
 
 /// Adds a per-channel vector to every row.
 pub fn add_row(mut x: Mat, v: &[f32]) -> Mat {
-    for t in 0..x.rows {
-        for (a, b) in x.row_mut(t).iter_mut().zip(v) {
+    let cols = x.cols;
+    for_rows(&mut x.data, cols, |_, row| {
+        for (a, b) in row.iter_mut().zip(v) {
             *a += b;
         }
-    }
+    });
     x
 }
 

@@ -331,8 +331,9 @@ fn row_tasks(rows: usize, cols: usize) -> Option<usize> {
     (rows > 1 && rows * cols >= PARALLEL_ELEMENTS).then(|| rows.div_ceil(4 * threads()))
 }
 
-/// `f(row)` for every row of `data` (`cols` long each), in parallel for large matrices.
-pub(super) fn for_rows(data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+/// `f(t, row)` for every row `t` of `data` (`cols` long each), in parallel for large
+/// matrices (the elementwise work of the sequence path).
+pub fn for_rows(data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let rows = data.len() / cols.max(1);
     match row_tasks(rows, cols) {
         Some(per) => par_chunks_mut(data, per * cols, false, |c, block| {
