@@ -3,7 +3,7 @@
 
 use super::super::layout::{NR, Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, QK};
 use super::super::QRows;
-use super::store_rows;
+use super::{prefetch_ahead, store_rows};
 use std::arch::x86_64::*;
 
 #[target_feature(enable = "avx512f,avx512bw")]
@@ -110,6 +110,9 @@ unsafe fn tile_q4_vnni<const R: usize>(
     let mut a1 = [_mm512_setzero_ps(); R];
     for b in 0..blocks {
         let blk = panel.add(b * Q4_BLOCK_BYTES);
+        if R == 1 {
+            prefetch_ahead::<Q4_BLOCK_BYTES>(blk);
+        }
         let mut i0 = [_mm512_setzero_si512(); R];
         let mut i1 = [_mm512_setzero_si512(); R];
         if R == 1 {
