@@ -328,9 +328,10 @@ const PREFETCH_AHEAD: usize = 8192;
 /// interleaved in one run, two pairs each: bf16 75.2 → 72.2 ms, f16 79.8 → 72.8 and q4_0
 /// 24.0 → 23.2 ms with these hints; q8_0 lost (37.7 → 40.3: its blocks carry twice the bytes
 /// per instruction of q4_0's, so the out-of-order window already reaches far enough) and f32
-/// gained nothing in a kernel-only test: those two have none. In that kernel-only test, 4 KiB ahead did less than
-/// 8, 12–24 KiB less again, hints to L2 only less. (Comparing builds through the weight cache
-/// misleads: each build's file sits in the page cache in folios of its own history.)
+/// gained nothing in a kernel-only test (`examples/kernel_speed.rs`): those two have none. In
+/// that test, 4 KiB ahead did less than 8, 12–24 KiB less again, hints to L2 only less.
+/// (Comparing builds through the weight cache misleads: each build's file sits in the page
+/// cache in folios of its own history.)
 #[inline(always)]
 pub(super) unsafe fn prefetch_ahead<const BYTES: usize>(at: *const u8) {
     let ahead = at.wrapping_add(PREFETCH_AHEAD);
