@@ -103,26 +103,49 @@ if [ -n "${EXTERNAL:-}" ]; then
     done <"$EXTERNAL"
 fi
 
+# The memory bandwidth now: the probe of `bench --decode` on the embedded model (0.4 s).
+probe() {
+    "$BIN" --threads "$THREADS" bench --decode --decode-tokens 1 --json 2>/dev/null |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["decode"]["memory_read_bandwidth_bytes_per_second"])' ||
+        true
+}
+
+external() { # label weights command size rep
+    local label=$1 weights=$2 cmd=$3 size=$4 rep=$5 f="$OUT/@$1~$4~$2~$5"
+    # Other engines measure no bandwidth: the host's moves by half within minutes, so their
+    # decode is set against a probe taken just before it, not against our runs' median.
+    probe >"$f.bw"
+    if MODEL="$M" SIZE="$size" THREADS="$THREADS" CONTEXT="$CONTEXT" DECODE_TOKENS="$DECODE_TOKENS" \
+        bash -c "$cmd" >"$OUT/ext" 2>"$OUT/err" && [ -s "$OUT/ext" ]; then
+        tail -1 "$OUT/ext" >"$f.json"
+        echo -n "." >&2
+    else
+        echo "($label $size $weights failed: $(tail -1 "$OUT/err"))" >&2
+    fi
+}
+
 echo -n "running $REPS repetitions" >&2
 for rep in $(seq "$REPS"); do
     for size in $SIZES; do
         M=$(model_of "$size")
         CONTEXT=$(context_of "$size")
+        # Each precision's rows run back to back (ours, the other builds, the other engines
+        # at that precision), so that a change of the host's bandwidth falls between
+        # precisions rather than between the systems compared.
         for p in $PRECISIONS; do
             run rwkv-cli "$BIN" "$size" "$p" "$rep"
             for b in $BUILDS; do
                 run "${b%%=*}" "${b#*=}" "$size" "$p" "$rep"
             done
+            for e in "${EXTERNALS[@]}"; do
+                read -r label weights cmd <<<"$e"
+                [ "$weights" = "$p" ] && external "$label" "$weights" "$cmd" "$size" "$rep"
+            done
         done
+        # Engines at a precision of their own (q5_1, ...), after ours.
         for e in "${EXTERNALS[@]}"; do
             read -r label weights cmd <<<"$e"
-            if MODEL="$M" SIZE="$size" THREADS="$THREADS" CONTEXT="$CONTEXT" DECODE_TOKENS="$DECODE_TOKENS" \
-                bash -c "$cmd" >"$OUT/ext" 2>"$OUT/err" && [ -s "$OUT/ext" ]; then
-                tail -1 "$OUT/ext" >"$OUT/@$label~$size~$weights~$rep.json"
-                echo -n "." >&2
-            else
-                echo "($label $size $weights failed: $(tail -1 "$OUT/err"))" >&2
-            fi
+            case " $PRECISIONS " in *" $weights "*) ;; *) external "$label" "$weights" "$cmd" "$size" "$rep" ;; esac
         done
     done
 done
@@ -163,10 +186,19 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
         bandwidth.setdefault(size, []).append(d["memory_read_bandwidth_bytes_per_second"])
     elif v.get("weight_bytes_per_token"):
         r["wbytes"].append(v["weight_bytes_per_token"])
+        bw = path[: -len(".json")] + ".bw"
+        ms = v.get("decode_ms_per_token")
+        try:
+            probe = float(open(bw).read())
+        except (OSError, ValueError):
+            probe = None
+        if probe and ms:
+            r["frac"].append(100 * v["weight_bytes_per_token"] / (ms / 1e3) / probe)
     if v.get("weight_cache"):
         r["cache"].append(str(v["weight_cache"]))
 
-# Other engines report no bandwidth: theirs is set against what our runs measured.
+# Other engines report no bandwidth: theirs is set against the probe taken just before each
+# of their runs, or (no probe) against the median of what our runs measured.
 for (size, _, _), r in rows.items():
     if r["wbytes"] and not r["frac"] and bandwidth.get(size):
         r["frac"] = [100 * med(r["wbytes"]) / (med(r["ms"]) / 1e3) / med(bandwidth[size])]
