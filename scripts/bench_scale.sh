@@ -129,12 +129,17 @@ for rep in $(seq "$REPS"); do
     for size in $SIZES; do
         M=$(model_of "$size")
         CONTEXT=$(context_of "$size")
-        # Each precision's rows run back to back (ours, the other builds, the other engines
-        # at that precision), so that a change of the host's bandwidth falls between
-        # precisions rather than between the systems compared.
+        # Each precision's rows run back to back (our builds, then the other engines at that
+        # precision), so that a change of the host's bandwidth falls between precisions rather
+        # than between the systems compared.
         for p in $PRECISIONS; do
-            run rwkv-cli "$BIN" "$size" "$p" "$rep"
-            for b in $BUILDS; do
+            # The builds in turn, the first one changing with each repetition: a first run
+            # right after another engine has filled the page cache pays for reclaiming it
+            # (1.5B f32: about twice the time), and every build should take that place as often.
+            systems=("rwkv-cli=$BIN" $BUILDS)
+            n=${#systems[@]}
+            for i in $(seq 0 $((n - 1))); do
+                b=${systems[$(((i + rep - 1) % n))]}
                 run "${b%%=*}" "${b#*=}" "$size" "$p" "$rep"
             done
             for e in "${EXTERNALS[@]}"; do
