@@ -80,6 +80,7 @@ fn main() {
         return;
     }
     let panels = arg(3, 2048);
+    assert!(k.is_multiple_of(32), "k (inputs) must be a multiple of 32");
     let blocks = k / 32;
     let bytes = match kind.as_str() {
         "gemv-f32" => panels * k * 32 * 4,

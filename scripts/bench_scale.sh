@@ -105,7 +105,7 @@ fi
 
 # The memory bandwidth now: the probe of `bench --decode` on the embedded model (0.4 s).
 probe() {
-    "$BIN" --threads "$THREADS" bench --decode --decode-tokens 1 --json 2>/dev/null |
+    "$BIN" --threads "$THREADS" bench --decode --decode-tokens 1 --no-weight-cache --json 2>/dev/null |
         python3 -c 'import json, sys; print(json.load(sys.stdin)["decode"]["memory_read_bandwidth_bytes_per_second"])' ||
         true
 }
@@ -135,7 +135,9 @@ for rep in $(seq "$REPS"); do
         for p in $PRECISIONS; do
             # The builds in turn, the first one changing with each repetition: a first run
             # right after another engine has filled the page cache pays for reclaiming it
-            # (1.5B f32: about twice the time), and every build should take that place as often.
+            # (1.5B f32: about twice the time), and every build should take that place as often
+            # (equally often when REPS is a multiple of the number of builds: REPS=4 with a
+            # BASELINE).
             systems=("rwkv-cli=$BIN" $BUILDS)
             n=${#systems[@]}
             for i in $(seq 0 $((n - 1))); do
@@ -144,7 +146,7 @@ for rep in $(seq "$REPS"); do
             done
             for e in "${EXTERNALS[@]}"; do
                 read -r label weights cmd <<<"$e"
-                [ "$weights" = "$p" ] && external "$label" "$weights" "$cmd" "$size" "$rep"
+                if [ "$weights" = "$p" ]; then external "$label" "$weights" "$cmd" "$size" "$rep"; fi
             done
         done
         # Engines at a precision of their own (q5_1, ...), after ours.

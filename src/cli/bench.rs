@@ -87,8 +87,9 @@ pub fn last_level_cache_bytes() -> u64 {
 }
 
 /// Bytes of weights one decode step reads: every tensor but the embedding (of which a step
-/// reads one row), the weight matrices in the packed layout of `dtype`, the low-rank (LoRA)
-/// matrices in its low-rank format, the rest (mixes, norms) in f32 as the models keep them.
+/// reads one row), the weight matrices in the packed layout of `dtype`, one row of each
+/// per-token table (DeepEmbed's `s_emb`), the low-rank (LoRA) matrices in its low-rank
+/// format, the rest (mixes, norms) in f32 as the models keep them.
 pub fn decode_weight_bytes(ckpt: &Checkpoint, dtype: Format) -> Result<u64> {
     let low_rank = rwkv_cli::models::detect_version(ckpt)?.info().low_rank;
     Ok(ckpt
@@ -97,7 +98,9 @@ pub fn decode_weight_bytes(ckpt: &Checkpoint, dtype: Format) -> Result<u64> {
         .filter(|(name, _)| name.as_str() != "emb.weight")
         .map(|(name, meta)| {
             let dims: Vec<usize> = meta.shape.iter().copied().filter(|&d| d != 1).collect();
-            if name.ends_with(".weight") && dims.len() == 2 {
+            if name.ends_with(".s_emb.weight") && dims.len() == 2 {
+                dtype.traits().rows.row_bytes(dims[1]) as u64
+            } else if name.ends_with(".weight") && dims.len() == 2 {
                 dtype.matrix_bytes(dims[0], dims[1]) as u64
             } else if low_rank.iter().any(|s| name.ends_with(s)) {
                 // Kept (out, in) = (last dimension, the others).

@@ -88,8 +88,8 @@ pub struct Traits {
     /// The float format a model in this format keeps its low-rank (LoRA) matrices in: the
     /// format itself for the float formats, bf16 for the quantized ones (a LoRA's few
     /// thousand weights per output feed the decay and the gates, whose exponentials would
-    /// magnify block-quantization error; as bf16 they read half the bytes of f32 — 13% of a
-    /// q4_0 1.5B decode step's weights, 21% of a 0.1B one).
+    /// magnify block-quantization error). As f32 they were 13% of a q4_0 1.5B decode step's
+    /// weight bytes and 21% of a 0.1B one; as bf16 they read half that.
     pub low_rank: Format,
 }
 

@@ -86,7 +86,8 @@ struct DeepEmbed {
     /// `s_emb_x.weight` (r², C): the part of each token's matrix made from its normalised
     /// embedding, in the compute dtype.
     from_emb: Linear,
-    /// `s1` (C, r) and `s2` (r, F), used as `x @ W` and kept in f32 as the LoRAs.
+    /// `s1` (C, r) and `s2` (r, F), used as `x @ W` and kept as the LoRAs are (the format's
+    /// low-rank format).
     s1: Linear,
     s2: Linear,
     /// `s0` (F): the scale's offset.
@@ -324,8 +325,8 @@ impl RwkvV7 {
 
         // κ̂ = normalize(k ⊙ k_k) per head; then k ← k ⊙ (1 + (a − 1) ⊙ k_a).
         // Row by row (rows in parallel when large, as the other elementwise passes).
-        let c = xx.cols;
         let mut kk = k.clone();
+        let c = k.cols;
         for_rows(&mut kk.data, c, |_, row| {
             for (x, m) in row.iter_mut().zip(&l.k_k) {
                 *x *= m;
@@ -346,6 +347,7 @@ impl RwkvV7 {
             (None, _) => *v_first = Some(v.clone()),
             (Some((v0, lora)), Some(vf)) => {
                 let gate = add_row(lora.apply(&xv, |z| z)?, v0).map(sigmoid);
+                let c = v.cols;
                 for_rows(&mut v.data, c, |t, row| {
                     for ((x, f), gt) in row.iter_mut().zip(vf.row(t)).zip(gate.row(t)) {
                         *x += (f - *x) * gt;
@@ -359,6 +361,7 @@ impl RwkvV7 {
 
         group_norm(&mut out, h_count, &l.ln_x_w, &l.ln_x_b, 64e-5);
         // Bonus: + (Σ_head r ⊙ k ⊙ r_k) · v.
+        let c = out.cols;
         for_rows(&mut out.data, c, |t, ot| {
             let (rt, kt, vt) = (r.row(t), k.row(t), v.row(t));
             for h in 0..h_count {

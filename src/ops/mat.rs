@@ -34,7 +34,7 @@ impl Mat {
     /// `self += other`, elementwise (rows in parallel when large, as every elementwise
     /// operation here: the sequence path's are tokens × width, a few MB per layer).
     pub fn add_assign(&mut self, other: &Mat) {
-        assert_eq!(self.data.len(), other.data.len());
+        assert_eq!((self.rows, self.cols), (other.rows, other.cols));
         for_rows(&mut self.data, self.cols, |t, row| {
             for (a, b) in row.iter_mut().zip(other.row(t)) {
                 *a += b;
@@ -52,7 +52,7 @@ impl Mat {
     }
     /// Elementwise product.
     pub fn hadamard(mut self, other: &Mat) -> Mat {
-        assert_eq!(self.data.len(), other.data.len());
+        assert_eq!((self.rows, self.cols), (other.rows, other.cols));
         for_rows(&mut self.data, self.cols, |t, row| {
             for (a, b) in row.iter_mut().zip(other.row(t)) {
                 *a *= b;

@@ -316,7 +316,8 @@ unsafe fn store_panel_512(y: *mut f32, n: usize, lo: __m512, hi: __m512) {
     _mm512_mask_storeu_ps(y.add(16), m1, hi);
 }
 
-/// How far ahead of the weights being multiplied the matrix–vector kernels prefetch.
+/// How far ahead of the weights being multiplied the AVX-512 matrix–vector kernels prefetch
+/// (bf16, f16, and q4_0's one-row VNNI tile; the AVX2 kernels have no hints).
 const PREFETCH_AHEAD: usize = 8192;
 
 /// Prefetches the `BYTES` bytes (a whole number of cache lines) `PREFETCH_AHEAD` bytes past
