@@ -186,23 +186,20 @@ fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
                 tf(&one, panel.as_ptr(), blocks, y3.as_mut_ptr(), NR, 29);
                 assert_eq!(y3[..29], y1[..29], "{name} one-row tile {at}");
             }
-            if let Some(f) = t.wkv7_token_x16 {
-                let n = 64;
-                let (s0, v) = data(n * n);
-                let (mut s1, mut s2) = (s0.clone(), s0);
-                let (mut o1, mut o2) = (vec![0.0; n], vec![0.0; n]);
-                let vs: Vec<&[f32]> = (0..6).map(|i| &v[i * n..(i + 1) * n]).collect();
-                f(
-                    &mut s1, n, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], &mut o1,
-                );
-                wkv::wkv7_token_portable(
-                    &mut s2, n, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], &mut o2,
-                );
-                close(&o1, &o2, &format!("wkv7 out {at}"));
-                close(&s1, &s2, &format!("wkv7 state {at}"));
-            }
-            if let Some(f) = t.wkv7_rows_x16 {
-                for n in [16, 64, 128] {
+            // Each WKV kernel against its portable twin: the transposed-state one at the
+            // models' head size, the in-place (official layout) one at every size it takes.
+            let wkv_kernels: [(&str, _, wkv::PortableFn, &[usize]); 2] = [
+                ("wkv7", t.wkv7_token_x16, wkv::wkv7_token_portable, &[64]),
+                (
+                    "wkv7 rows",
+                    t.wkv7_rows_x16,
+                    wkv::wkv7_token_rows_portable,
+                    &[16, 64, 128],
+                ),
+            ];
+            for (name, simd, portable, sizes) in wkv_kernels {
+                let Some(f) = simd else { continue };
+                for &n in sizes {
                     let (s0, v) = data(n * n);
                     let (mut s1, mut s2) = (s0.clone(), s0);
                     let (mut o1, mut o2) = (vec![0.0; n], vec![0.0; n]);
@@ -210,11 +207,11 @@ fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
                     f(
                         &mut s1, n, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], &mut o1,
                     );
-                    wkv::wkv7_token_rows_portable(
+                    portable(
                         &mut s2, n, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], &mut o2,
                     );
-                    close(&o1, &o2, &format!("wkv7 rows out {n} {at}"));
-                    close(&s1, &s2, &format!("wkv7 rows state {n} {at}"));
+                    close(&o1, &o2, &format!("{name} out {n} {at}"));
+                    close(&s1, &s2, &format!("{name} state {n} {at}"));
                 }
             }
         }

@@ -31,7 +31,8 @@ pub fn wkv7_token(
 }
 
 /// A plain-Rust WKV token kernel (the signature of [`super::Wkv7Fn`], safe).
-type PortableFn = fn(&mut [f32], usize, &[f32], &[f32], &[f32], &[f32], &[f32], &[f32], &mut [f32]);
+pub(super) type PortableFn =
+    fn(&mut [f32], usize, &[f32], &[f32], &[f32], &[f32], &[f32], &[f32], &mut [f32]);
 
 /// Runs one token through `simd` (where the CPU has it and the head size suits it) or
 /// `portable`, after checking every slice against the head size `n`: what makes the SIMD
