@@ -163,6 +163,8 @@ import glob, json, os, statistics, subprocess, sys
 
 out, reps, threads, ctx01, ctx15 = sys.argv[1:6]
 med = lambda xs: statistics.median(xs) if xs else None
+# Percent of bandwidth `bw` (bytes/s) that `wbytes` read in `ms` milliseconds take.
+pct = lambda wbytes, ms, bw: 100 * wbytes / (ms / 1e3) / bw
 rows = {}
 bandwidth = {}
 for path in sorted(glob.glob(os.path.join(out, "*.json"))):
@@ -200,7 +202,7 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
         except (OSError, ValueError):
             probe = None
         if probe and ms:
-            r["frac"].append(100 * v["weight_bytes_per_token"] / (ms / 1e3) / probe)
+            r["frac"].append(pct(v["weight_bytes_per_token"], ms, probe))
     if v.get("weight_cache"):
         r["cache"].append(str(v["weight_cache"]))
 
@@ -208,7 +210,7 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
 # of their runs, or (no probe) against the median of what our runs measured.
 for (size, _, _), r in rows.items():
     if r["wbytes"] and not r["frac"] and bandwidth.get(size):
-        r["frac"] = [100 * med(r["wbytes"]) / (med(r["ms"]) / 1e3) / med(bandwidth[size])]
+        r["frac"] = [pct(med(r["wbytes"]), med(r["ms"]), med(bandwidth[size]))]
 
 cpu = "unknown CPU"
 try:
