@@ -28,9 +28,10 @@
 //! Stored element types and their conversion to f32 live in `convert.rs`, with
 //! [`TensorReader`] (any range of one tensor, on several threads at once).
 //!
-//! Memory: the file is memory-mapped and tensors are converted straight from the map; after
-//! each tensor is converted, its pages are released (`MADV_DONTNEED`), so a load never holds the
-//! file and the converted weights at once.
+//! Memory: the file is memory-mapped for its header, index and small tensors (their pages
+//! released once converted, `MADV_DONTNEED`); the large, plainly stored tensors are read with
+//! `pread` range by range into a small per-thread buffer and converted from there
+//! ([`TensorReader`]), so a load never holds the file and the converted weights at once.
 
 mod convert;
 pub mod gguf;
@@ -83,14 +84,15 @@ struct GgufView {
 
 /// The bytes of the checkpoint: the mapped file, or a buffer (for tests and fuzzing).
 enum Data {
-    Mapped(memmap2::Mmap),
+    /// The map, and the open file (plainly stored tensors are read from it with `pread`).
+    Mapped(memmap2::Mmap, std::fs::File),
     Owned(Vec<u8>),
 }
 
 impl Data {
     fn bytes(&self) -> &[u8] {
         match self {
-            Data::Mapped(m) => m,
+            Data::Mapped(m, _) => m,
             Data::Owned(v) => v,
         }
     }
@@ -154,7 +156,7 @@ impl Checkpoint {
         // the file and the converted weights in memory at once.
         let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }
             .with_context(|| format!("cannot map {}", path.display()))?;
-        Self::parse(path, Data::Mapped(mmap))
+        Self::parse(path, Data::Mapped(mmap, file))
     }
 
     /// Parses a checkpoint held in memory (`name` stands for its path in messages). The same
@@ -289,7 +291,7 @@ impl Checkpoint {
         };
         let out = gguf_rwkv7::read(&g.file, src, self.data.bytes())
             .with_context(|| format!("tensor {name}"))?;
-        if let (Data::Mapped(m), Some(t)) = (&self.data, g.file.tensors.get(src.tensor)) {
+        if let (Data::Mapped(m, _), Some(t)) = (&self.data, g.file.tensors.get(src.tensor)) {
             release_pages(m, t.start, t.start + t.len);
         }
         Ok(out)
@@ -357,23 +359,20 @@ impl Checkpoint {
         let Some(place) = self.places.get(name) else {
             bail!("tensor {name} is missing from {}", self.path.display());
         };
-        self.verify_storage(name, place)?;
-        // The pages read for the CRC are not needed again: keep the RSS small.
-        if let (Data::Mapped(m), Some(s)) =
-            (&self.data, place.storage.and_then(|i| self.storages.get(i)))
-        {
-            release_pages(m, s.entry.start & !4095, s.entry.start + s.entry.len);
-        }
-        Ok(())
+        self.verify_storage(name, place)
     }
 
-    /// Checks, once, the CRC of the `.pth` storage entry a tensor lies in.
+    /// Checks, once, the CRC of the `.pth` storage entry a tensor lies in. The pages read for
+    /// it are given back (`MADV_DONTNEED`): the values are read again with `pread` (see
+    /// [`TensorReader::read_into`]), and a load must not keep the file resident.
     fn verify_storage(&self, name: &str, place: &Place) -> Result<()> {
         if let Some(s) = place.storage.and_then(|i| self.storages.get(i)) {
             if !s.verified.load(Ordering::Relaxed) {
-                s.entry
-                    .verify(self.data.bytes(), &s.name)
-                    .with_context(|| format!("tensor {name}"))?;
+                let r = s.entry.verify(self.data.bytes(), &s.name);
+                if let Data::Mapped(m, _) = &self.data {
+                    release_pages(m, s.entry.start & !4095, s.entry.start + s.entry.len);
+                }
+                r.with_context(|| format!("tensor {name}"))?;
                 s.verified.store(true, Ordering::Relaxed);
             }
         }
@@ -409,8 +408,8 @@ impl Checkpoint {
             bytes,
             dtype: meta.dtype,
             base: place.base,
-            map: match &self.data {
-                Data::Mapped(m) => Some(m),
+            file: match &self.data {
+                Data::Mapped(_, f) => Some(f),
                 Data::Owned(_) => None,
             },
         }))
@@ -434,7 +433,7 @@ impl Checkpoint {
             };
             gguf_rwkv7::read_chunks(&g.file, src, self.data.bytes(), chunk, f)
                 .with_context(|| format!("tensor {name}"))?;
-            if let (Data::Mapped(m), Some(t)) = (&self.data, g.file.tensors.get(src.tensor)) {
+            if let (Data::Mapped(m, _), Some(t)) = (&self.data, g.file.tensors.get(src.tensor)) {
                 release_pages(m, t.start, t.start + t.len);
             }
             return Ok(());
@@ -484,7 +483,7 @@ impl Checkpoint {
                     bail!("tensor {name}: its data lie outside the file");
                 };
                 let out = bytes_to_f32(bytes, meta.dtype);
-                if let Data::Mapped(m) = &self.data {
+                if let Data::Mapped(m, _) = &self.data {
                     release_pages(m, place.base, place.base + n * es);
                 }
                 out
@@ -637,6 +636,100 @@ mod tests {
             assert!(r.read_into(usize::MAX, &mut [0.0; 2]).is_err());
         }
         assert!(c.reader("missing").is_err());
+    }
+
+    /// Resident bytes of this process's mapping that contains `addr` (`/proc/self/smaps`).
+    #[cfg(target_os = "linux")]
+    fn mapping_rss(addr: usize) -> usize {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((a, b)) = first.split_once('-') {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                {
+                    inside = (a..b).contains(&addr);
+                    continue;
+                }
+            }
+            if inside {
+                if let Some(kb) = line.strip_prefix("Rss:") {
+                    return kb
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<usize>()
+                        .unwrap()
+                        << 10;
+                }
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    #[test]
+    fn a_file_is_read_in_ranges_without_mapping_its_pages() {
+        // 8 MiB of bf16 after a small f32 tensor, so the big one starts inside a page.
+        let (rows, cols) = (2048, 2048);
+        let big: Vec<half::bf16> = (0..rows * cols)
+            .map(|i| half::bf16::from_f32(((i * 7919) % 1999) as f32 * 0.01 - 10.0))
+            .collect();
+        let mut data: Vec<u8> = [0.5f32, -2.0, 3.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        data.extend(big.iter().flat_map(|v| v.to_le_bytes()));
+        let n = data.len();
+        let path = std::env::temp_dir().join(format!(
+            "rwkv-ckpt-pread-{}.safetensors",
+            std::process::id()
+        ));
+        std::fs::write(
+            &path,
+            st(
+                &[
+                    ("small", "F32", &[3], [0, 12]),
+                    ("big", "BF16", &[rows, cols], [12, n]),
+                ],
+                &data,
+            ),
+        )
+        .unwrap();
+        let c = Checkpoint::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(c.read_f32("small").unwrap(), [0.5, -2.0, 3.0]);
+        let r = c.reader("big").unwrap().expect("plainly stored");
+        let mut got = vec![f32::NAN; 32 * cols];
+        for start in (0..rows * cols).step_by(got.len()) {
+            r.read_into(start, &mut got).unwrap();
+            for (j, v) in got.iter().enumerate() {
+                assert_eq!(*v, big[start + j].to_f32(), "value {}", start + j);
+            }
+        }
+        // An odd range, and ranges outside the tensor.
+        let mut odd = vec![0.0; 3];
+        r.read_into(rows * cols - 3, &mut odd).unwrap();
+        assert_eq!(
+            odd,
+            [
+                big[rows * cols - 3].to_f32(),
+                big[rows * cols - 2].to_f32(),
+                big[rows * cols - 1].to_f32()
+            ]
+        );
+        assert!(r.read_into(rows * cols - 2, &mut [0.0; 3]).is_err());
+        assert!(r.read_into(usize::MAX, &mut [0.0; 2]).is_err());
+        // Every value was read, yet the map holds no more than the header's and the small
+        // tensor's pages (a whole 2 MiB folio when the page cache keeps the file in huge
+        // ones): the file was not left resident beside what was converted.
+        #[cfg(target_os = "linux")]
+        {
+            let rss = mapping_rss(c.data.bytes().as_ptr() as usize);
+            assert!(
+                rss <= 2 << 20,
+                "{rss} bytes of the 8 MiB checkpoint resident"
+            );
+        }
     }
 
     #[test]
