@@ -337,3 +337,76 @@ fn deep_embed_stays_close_to_f32_at_every_precision() {
         }
     }
 }
+
+/// Writes every tensor of `from`, read as f32, into an f32 safetensors file at `to`.
+fn write_as_f32(from: &std::path::Path, to: &std::path::Path) {
+    let ckpt = rwkv_cli::checkpoint::Checkpoint::open(from).unwrap();
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, meta) in ckpt.tensors() {
+        let start = data.len();
+        for v in ckpt.read_f32(name).unwrap() {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": meta.shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
+    h.resize(h.len().next_multiple_of(8), b' ');
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&h);
+    bytes.extend_from_slice(&data);
+    std::fs::write(to, bytes).unwrap();
+}
+
+/// An f32 model from a checkpoint stored in bf16 keeps those matrices in bf16 (half the bytes)
+/// yet computes exactly what it computes from the same values stored in f32: the logits of
+/// both paths are equal bit for bit, from the safetensors and the `.pth` file alike.
+#[test]
+fn f32_from_a_bf16_checkpoint_is_f32_bit_for_bit_in_half_the_bytes() {
+    let dir = common::scratch("f32-from-bf16");
+    let as_f32 = dir.join("v7_as_f32.safetensors");
+    write_as_f32(&fixture_path("v7_bf16.safetensors"), &as_f32);
+    let opts = || LoadOptions { dtype: Format::F32 };
+    let reference = models::load(&as_f32, opts()).unwrap();
+    let tokens = prompt();
+    let (ref_seq, ref_steps) = logits(reference.as_ref(), &tokens);
+    for file in ["v7_bf16.safetensors", "v7_bf16.pth"] {
+        let m = models::load(&fixture_path(file), opts()).unwrap();
+        let (seq, steps) = logits(m.as_ref(), &tokens);
+        assert_eq!(seq, ref_seq, "{file}: sequence path");
+        for (i, (a, b)) in steps.iter().zip(&ref_steps).enumerate() {
+            assert_eq!(a, b, "{file}: recurrent path at token {i}");
+        }
+    }
+    // The bytes held: a projection and the embedding take half as many from the bf16 file.
+    use rwkv_cli::checkpoint::Checkpoint;
+    use rwkv_cli::models::Weights;
+    let (bf16, f32) = (
+        Checkpoint::open(&fixture_path("v7_bf16.safetensors")).unwrap(),
+        Checkpoint::open(&as_f32).unwrap(),
+    );
+    let key = "blocks.0.att.key.weight";
+    let dims = &f32.tensors()[key].shape;
+    let bytes = |c: &Checkpoint| {
+        let w = Weights::new(c, Format::F32);
+        let lin = w.linear(key, dims[0], dims[1]).unwrap();
+        let emb = w
+            .table(
+                "emb.weight",
+                c.tensors()["emb.weight"].shape[0],
+                c.tensors()["emb.weight"].shape[1],
+            )
+            .unwrap();
+        (lin.weight_bytes(), emb.bytes())
+    };
+    let ((lb, eb), (lf, ef)) = (bytes(&bf16), bytes(&f32));
+    assert_eq!(
+        (2 * lb, 2 * eb),
+        (lf, ef),
+        "bytes held from bf16 and from f32"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

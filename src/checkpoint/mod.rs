@@ -329,6 +329,18 @@ impl Checkpoint {
             .unwrap_or(StoredDType::F32)
     }
 
+    /// The stored type of tensor `name` when every value it reads as is exactly a value of
+    /// that type (f32, f16 or bf16, as safetensors and `.pth` files store them); `None` for
+    /// other types and for GGUF tensors (which may be transformed when read: rescaled,
+    /// split, dequantized).
+    pub fn exact_type(&self, name: &str) -> Option<StoredDType> {
+        if self.gguf.is_some() {
+            return None;
+        }
+        let t = self.tensors.get(name)?.dtype;
+        matches!(t, StoredDType::F32 | StoredDType::F16 | StoredDType::BF16).then_some(t)
+    }
+
     /// Total number of stored elements.
     pub fn n_elements(&self) -> u64 {
         self.tensors.values().map(|m| m.numel() as u64).sum()

@@ -21,7 +21,7 @@ use rwkv_cli::checkpoint::Checkpoint;
 use rwkv_cli::error::UsageError;
 use rwkv_cli::eval::Score;
 use rwkv_cli::format::Format;
-use rwkv_cli::models::{self, Model};
+use rwkv_cli::models::{self, held_format, Model};
 use rwkv_cli::stats::{current_rss_bytes, human_bytes, human_count, parse_count, peak_rss_bytes};
 use std::time::Instant;
 
@@ -98,14 +98,15 @@ pub fn decode_weight_bytes(ckpt: &Checkpoint, dtype: Format) -> Result<u64> {
         .filter(|(name, _)| name.as_str() != "emb.weight")
         .map(|(name, meta)| {
             let dims: Vec<usize> = meta.shape.iter().copied().filter(|&d| d != 1).collect();
+            let held = |format| held_format(ckpt, format, name);
             if name.ends_with(".s_emb.weight") && dims.len() == 2 {
-                dtype.traits().rows.row_bytes(dims[1]) as u64
+                held(dtype).traits().rows.row_bytes(dims[1]) as u64
             } else if name.ends_with(".weight") && dims.len() == 2 {
-                dtype.matrix_bytes(dims[0], dims[1]) as u64
+                held(dtype).matrix_bytes(dims[0], dims[1]) as u64
             } else if low_rank.iter().any(|s| name.ends_with(s)) {
                 // Kept (out, in) = (last dimension, the others).
                 let out = *dims.last().unwrap_or(&1);
-                let format = dtype.traits().low_rank;
+                let format = held(dtype.traits().low_rank);
                 format.matrix_bytes(out, meta.numel() / out.max(1)) as u64
             } else {
                 4 * meta.numel() as u64

@@ -2,7 +2,8 @@
 //! Activations are always f32.
 //!
 //! A [`Format`] is one of f32, f16, bf16, or the block-quantized Q8_0 and Q4_0 (built at load
-//! time from f32 values). Everything the rest of the code needs to know about a format is in
+//! time from f32 values) — and bf16-exact, the way an f32 model holds a matrix stored in bf16
+//! (half the bytes, f32's products; see [`crate::models::held_format`]). Everything the rest of the code needs to know about a format is in
 //! one row of one table, its [`Traits`] ([`Format::traits`]), in the spirit of ggml's type
 //! traits: its name, bits per weight, block size and panel bytes; how a panel of it is packed
 //! from f32 and unpacked back; which kernels multiply by it; how an embedding table keeps its
@@ -49,6 +50,11 @@ pub enum Format {
     Q8_0,
     /// 4-bit blocks of 32 weights with one bf16 scale each (4.5 bits per weight).
     Q4_0,
+    /// Not a format of its own: how an f32 model holds a matrix whose stored values are all
+    /// bf16 (an official checkpoint's), in half the bytes and without loss — bf16 panels, every
+    /// product in f32 as [`Format::F32`]'s (the weights widened exactly, never the activations
+    /// rounded). Chosen at load time per tensor; never named on the command line.
+    BF16Exact,
 }
 
 /// Everything about one format, as one row of the table.
@@ -91,6 +97,9 @@ pub struct Traits {
     /// magnify block-quantization error). As f32 they were 13% of a q4_0 1.5B decode step's
     /// weight bytes and 21% of a 0.1B one; as bf16 they read half that.
     pub low_rank: Format,
+    /// `Some(f)`: a holding of format `f`'s matrices rather than a format to choose (see
+    /// [`Format::BF16Exact`]): not parsed from a name.
+    pub holds: Option<Format>,
 }
 
 /// Which kernel family multiplies by a format's panels, and its entry points for the format.
@@ -147,7 +156,7 @@ impl RowCodec {
 }
 
 /// The table: one row per format, in the order of the variants.
-const TRAITS: [Traits; 5] = [
+const TRAITS: [Traits; 6] = [
     Traits {
         format: Format::F32,
         name: "f32",
@@ -166,6 +175,7 @@ const TRAITS: [Traits; 5] = [
         rows: float::F32_ROWS,
         gemv_max_rows: 1,
         low_rank: Format::F32,
+        holds: None,
     },
     Traits {
         format: Format::F16,
@@ -185,6 +195,7 @@ const TRAITS: [Traits; 5] = [
         rows: float::F16_ROWS,
         gemv_max_rows: 2,
         low_rank: Format::F16,
+        holds: None,
     },
     Traits {
         format: Format::BF16,
@@ -204,6 +215,7 @@ const TRAITS: [Traits; 5] = [
         rows: float::BF16_ROWS,
         gemv_max_rows: 2,
         low_rank: Format::BF16,
+        holds: None,
     },
     Traits {
         format: Format::Q8_0,
@@ -222,6 +234,7 @@ const TRAITS: [Traits; 5] = [
         rows: q8_0::ROWS,
         gemv_max_rows: 1,
         low_rank: Format::BF16,
+        holds: None,
     },
     Traits {
         format: Format::Q4_0,
@@ -241,17 +254,43 @@ const TRAITS: [Traits; 5] = [
         rows: q8_0::ROWS,
         gemv_max_rows: 2,
         low_rank: Format::BF16,
+        holds: None,
+    },
+    // bf16's panels, rows and matrix–vector kernel (which widens each weight and multiplies
+    // by the f32 activations: the products and sums of f32's kernel, in its order), and the
+    // matrix–matrix product on panels widened to f32, never bf16 dot products.
+    Traits {
+        format: Format::BF16Exact,
+        name: "bf16-exact",
+        aliases: &[],
+        bits_per_weight: 16.0,
+        quantized: false,
+        block_inputs: 1,
+        block_bytes: 2 * NR,
+        pack_panel: float::pack_bf16,
+        unpack_panel: float::unpack_bf16,
+        kernel: Kernel::Float {
+            gemv: float::gemv_bf16,
+            in_place: false,
+            bf16_dot: false,
+        },
+        rows: float::BF16_ROWS,
+        // As bf16: two rows take the matrix–vector kernel twice (each row then as one alone).
+        gemv_max_rows: 2,
+        low_rank: Format::BF16Exact,
+        holds: Some(Format::F32),
     },
 ];
 
 impl Format {
     /// Every format, in the order of the table.
-    pub const ALL: [Format; 5] = [
+    pub const ALL: [Format; 6] = [
         Format::F32,
         Format::F16,
         Format::BF16,
         Format::Q8_0,
         Format::Q4_0,
+        Format::BF16Exact,
     ];
 
     /// Its row of the traits table.
@@ -289,12 +328,13 @@ impl std::str::FromStr for Format {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         let s = s.to_ascii_lowercase();
-        for t in &TRAITS {
+        let named = || TRAITS.iter().filter(|t| t.holds.is_none());
+        for t in named() {
             if t.name == s || t.aliases.contains(&s.as_str()) {
                 return Ok(t.format);
             }
         }
-        let names: Vec<&str> = TRAITS.iter().map(|t| t.name).collect();
+        let names: Vec<&str> = named().map(|t| t.name).collect();
         let (last, rest) = names.split_last().expect("formats");
         bail!(
             "unknown dtype '{s}' (expected {} or {last})",
@@ -339,7 +379,10 @@ mod tests {
             assert_eq!(s.parse::<Format>().unwrap(), f, "{s}");
         }
         for f in Format::ALL {
-            assert_eq!(f.name().parse::<Format>().unwrap(), f);
+            match f.traits().holds {
+                None => assert_eq!(f.name().parse::<Format>().unwrap(), f),
+                Some(_) => assert!(f.name().parse::<Format>().is_err(), "{f:?}"),
+            }
         }
         assert_eq!(
             "Int8".parse::<Format>().unwrap_err().to_string(),

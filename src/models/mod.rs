@@ -30,7 +30,7 @@ pub use embedding::{Embedding, Head};
 pub use registry::{
     detect_version, inspect, load, load_checkpoint, load_checkpoint_cached, VERSIONS,
 };
-pub use weights::Weights;
+pub use weights::{held_format, Weights};
 
 use crate::checkpoint::Checkpoint;
 use crate::format::Format;

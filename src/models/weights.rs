@@ -24,6 +24,20 @@ pub struct Weights<'a> {
     cache: Option<&'a Session>,
 }
 
+/// The format tensor `name` of `ckpt` is kept in, in a model whose matrices are in `format`:
+/// `format` itself, except that an f32 model keeps a tensor stored as bf16 in
+/// [`Format::BF16Exact`] and one stored as f16 in [`Format::F16`] — half the bytes, and the
+/// same products as f32 (both widen each weight exactly and multiply by the f32 activations;
+/// neither rounds the activations). A 1.5B model from an official (bf16) checkpoint then
+/// reads 3 GB per token instead of 6 and first starts with half the memory to fill.
+pub fn held_format(ckpt: &Checkpoint, format: Format, name: &str) -> Format {
+    match (format, ckpt.exact_type(name)) {
+        (Format::F32, Some(StoredDType::BF16)) => Format::BF16Exact,
+        (Format::F32, Some(StoredDType::F16)) => Format::F16,
+        _ => format,
+    }
+}
+
 /// Drops size-1 dimensions (RWKV stores per-channel vectors as (1, 1, C)).
 fn squeezed(shape: &[usize]) -> Vec<usize> {
     shape.iter().copied().filter(|&d| d != 1).collect()
@@ -73,6 +87,12 @@ impl<'a> Weights<'a> {
             prefix: format!("{}{scope}.", self.prefix),
             cache: self.cache,
         }
+    }
+
+    /// The format tensor `name` (full name) is kept in when the model's matrices are in
+    /// `format`: see [`held_format`].
+    fn held(&self, format: Format, name: &str) -> Format {
+        held_format(self.ckpt, format, name)
     }
 
     /// The full name of tensor `name` in this scope, as the checkpoint (and messages) name it.
@@ -166,24 +186,23 @@ impl<'a> Weights<'a> {
             self.ckpt.verify_data(name)?;
             return Ok(Linear::unloaded(out_dim, in_dim));
         }
-        let bytes = self.dtype.matrix_bytes(out_dim, in_dim);
+        let format = self.held(self.dtype, name);
+        let bytes = format.matrix_bytes(out_dim, in_dim);
         self.through_cache(
             format!("linear:{name}"),
             [out_dim, in_dim],
-            self.dtype,
-            |c, key| c.linear(key, out_dim, in_dim, self.dtype),
+            format,
+            |c, key| c.linear(key, out_dim, in_dim, format),
             |dst| {
                 match self.ckpt.reader(name)? {
-                    // Stored plainly: panels converted on all threads, straight from the map
+                    // Stored plainly: panels converted on all threads, straight from the file
                     // (into the cache file being written, when there is one).
-                    Some(r) => Linear::from_values_in(
-                        dst(bytes),
-                        out_dim,
-                        in_dim,
-                        self.dtype,
-                        &|at, out| r.read_into(at, out),
-                    ),
-                    None => Linear::from_streamed(out_dim, in_dim, self.dtype, |sink| {
+                    Some(r) => {
+                        Linear::from_values_in(dst(bytes), out_dim, in_dim, format, &|at, out| {
+                            r.read_into(at, out)
+                        })
+                    }
+                    None => Linear::from_streamed(out_dim, in_dim, format, |sink| {
                         self.ckpt.read_f32_chunks(name, 32 * in_dim, sink)
                     }),
                 }
@@ -229,21 +248,22 @@ impl<'a> Weights<'a> {
             self.ckpt.verify_data(name)?;
             return Ok(RowTable::unloaded(rows, cols));
         }
+        let format = self.held(self.dtype, name);
         self.through_cache(
             format!("table:{name}"),
             [rows, cols],
-            self.dtype,
-            |c, key| c.table(key, rows, cols, self.dtype),
+            format,
+            |c, key| c.table(key, rows, cols, format),
             |dst| {
                 match self.ckpt.reader(name)? {
                     Some(r) => RowTable::from_values_in(
-                        dst(rows * self.dtype.traits().rows.row_bytes(cols)),
+                        dst(rows * format.traits().rows.row_bytes(cols)),
                         rows,
                         cols,
-                        self.dtype,
+                        format,
                         &|at, out| r.read_into(at, out),
                     ),
-                    None => RowTable::from_streamed(rows, cols, self.dtype, |sink| {
+                    None => RowTable::from_streamed(rows, cols, format, |sink| {
                         self.ckpt.read_f32_chunks(name, 256 * cols, sink)
                     }),
                 }
@@ -257,7 +277,7 @@ impl<'a> Weights<'a> {
     /// float format for low-rank matrices (`Traits::low_rank`: f32, f16 or bf16).
     pub fn lora(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
         let name = &self.path(name);
-        let format = self.dtype.traits().low_rank;
+        let format = self.held(self.dtype.traits().low_rank, name);
         self.through_cache(
             format!("lora:{name}"),
             [out_dim, in_dim],
