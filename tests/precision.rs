@@ -338,19 +338,24 @@ fn deep_embed_stays_close_to_f32_at_every_precision() {
     }
 }
 
-/// Writes every tensor of `from`, read as f32, into an f32 safetensors file at `to`.
-fn write_as_f32(from: &std::path::Path, to: &std::path::Path) {
+/// Writes every tensor of `from`, read as f32, into a safetensors file at `to` in `dtype`: "F32"
+/// as read, "F16" scaled by 1.001 and rounded to f16.
+fn write_as(from: &std::path::Path, to: &std::path::Path, dtype: &str) {
     let ckpt = rwkv_cli::checkpoint::Checkpoint::open(from).unwrap();
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
     for (name, meta) in ckpt.tensors() {
         let start = data.len();
         for v in ckpt.read_f32(name).unwrap() {
-            data.extend_from_slice(&v.to_le_bytes());
+            match dtype {
+                // Scaled off the bf16 grid: values with more than bf16's 8 significant bits.
+                "F16" => data.extend_from_slice(&half::f16::from_f32(v * 1.001).to_le_bytes()),
+                _ => data.extend_from_slice(&v.to_le_bytes()),
+            }
         }
         header.insert(
             name.clone(),
-            serde_json::json!({"dtype": "F32", "shape": meta.shape, "data_offsets": [start, data.len()]}),
+            serde_json::json!({"dtype": dtype, "shape": meta.shape, "data_offsets": [start, data.len()]}),
         );
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
@@ -361,52 +366,65 @@ fn write_as_f32(from: &std::path::Path, to: &std::path::Path) {
     std::fs::write(to, bytes).unwrap();
 }
 
-/// An f32 model from a checkpoint stored in bf16 keeps those matrices in bf16 (half the bytes)
-/// yet computes exactly what it computes from the same values stored in f32: the logits of
-/// both paths are equal bit for bit, from the safetensors and the `.pth` file alike.
+/// An f32 model from a checkpoint stored in bf16 (or f16) keeps those matrices in 16 bits
+/// (half the bytes) yet computes exactly what it computes from the same values stored in f32:
+/// the logits of both paths are equal bit for bit — from the bf16 fixture's safetensors and
+/// `.pth` files, and from an f16 copy of it against the f32 copy of that.
 #[test]
-fn f32_from_a_bf16_checkpoint_is_f32_bit_for_bit_in_half_the_bytes() {
-    let dir = common::scratch("f32-from-bf16");
-    let as_f32 = dir.join("v7_as_f32.safetensors");
-    write_as_f32(&fixture_path("v7_bf16.safetensors"), &as_f32);
-    let opts = || LoadOptions { dtype: Format::F32 };
-    let reference = models::load(&as_f32, opts()).unwrap();
+fn f32_from_a_16_bit_checkpoint_is_f32_bit_for_bit_in_half_the_bytes() {
+    let dir = common::scratch("f32-from-16-bit");
+    let (as_f32, as_f16, f16_as_f32) = (
+        dir.join("as_f32.safetensors"),
+        dir.join("as_f16.safetensors"),
+        dir.join("f16_as_f32.safetensors"),
+    );
+    write_as(&fixture_path("v7_bf16.safetensors"), &as_f32, "F32");
+    write_as(&fixture_path("v7_bf16.safetensors"), &as_f16, "F16");
+    write_as(&as_f16, &f16_as_f32, "F32");
+    let load = |p: &std::path::Path| models::load(p, LoadOptions { dtype: Format::F32 }).unwrap();
     let tokens = prompt();
-    let (ref_seq, ref_steps) = logits(reference.as_ref(), &tokens);
-    for file in ["v7_bf16.safetensors", "v7_bf16.pth"] {
-        let m = models::load(&fixture_path(file), opts()).unwrap();
-        let (seq, steps) = logits(m.as_ref(), &tokens);
-        assert_eq!(seq, ref_seq, "{file}: sequence path");
+    for (file, reference) in [
+        (fixture_path("v7_bf16.safetensors"), &as_f32),
+        (fixture_path("v7_bf16.pth"), &as_f32),
+        (as_f16.clone(), &f16_as_f32),
+    ] {
+        let (ref_seq, ref_steps) = logits(load(reference).as_ref(), &tokens);
+        let (seq, steps) = logits(load(&file).as_ref(), &tokens);
+        let what = file.display();
+        assert!(seq == ref_seq, "{what}: the sequence path's logits differ");
         for (i, (a, b)) in steps.iter().zip(&ref_steps).enumerate() {
-            assert_eq!(a, b, "{file}: recurrent path at token {i}");
+            assert!(
+                a == b,
+                "{what}: the recurrent path's logits differ at token {i}"
+            );
         }
     }
-    // The bytes held: a projection and the embedding take half as many from the bf16 file.
+    // The bytes held: a projection and the embedding take half as many from 16 bits.
     use rwkv_cli::checkpoint::Checkpoint;
     use rwkv_cli::models::Weights;
-    let (bf16, f32) = (
-        Checkpoint::open(&fixture_path("v7_bf16.safetensors")).unwrap(),
-        Checkpoint::open(&as_f32).unwrap(),
-    );
-    let key = "blocks.0.att.key.weight";
-    let dims = &f32.tensors()[key].shape;
-    let bytes = |c: &Checkpoint| {
-        let w = Weights::new(c, Format::F32);
-        let lin = w.linear(key, dims[0], dims[1]).unwrap();
-        let emb = w
-            .table(
-                "emb.weight",
-                c.tensors()["emb.weight"].shape[0],
-                c.tensors()["emb.weight"].shape[1],
-            )
-            .unwrap();
-        (lin.weight_bytes(), emb.bytes())
+    let bytes = |p: &std::path::Path| {
+        let c = Checkpoint::open(p).unwrap();
+        let w = Weights::new(&c, Format::F32);
+        let [o, i] = c.tensors()["blocks.0.att.key.weight"].shape[..] else {
+            panic!()
+        };
+        let [r, k] = c.tensors()["emb.weight"].shape[..] else {
+            panic!()
+        };
+        let lin = w.linear("blocks.0.att.key.weight", o, i).unwrap();
+        (
+            lin.weight_bytes(),
+            w.table("emb.weight", r, k).unwrap().bytes(),
+        )
     };
-    let ((lb, eb), (lf, ef)) = (bytes(&bf16), bytes(&f32));
-    assert_eq!(
-        (2 * lb, 2 * eb),
-        (lf, ef),
-        "bytes held from bf16 and from f32"
-    );
+    let (lf, ef) = bytes(&as_f32);
+    for p in [fixture_path("v7_bf16.safetensors"), as_f16] {
+        assert_eq!(
+            bytes(&p),
+            (lf / 2, ef / 2),
+            "bytes held from {}",
+            p.display()
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
