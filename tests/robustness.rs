@@ -315,10 +315,10 @@ fn load_errors_name_the_file_once_and_never_repeat_themselves() {
     let mid = pth.len() / 2;
     pth[mid] ^= 0x55;
     let damaged = write(&dir, "damaged.pth", &pth);
-    for p in [missing, damaged] {
+    for (p, says) in [(missing, "missing"), (damaged, "CRC-32 does not match")] {
         let m = p.display().to_string();
         let o = cli(&["generate", "-m", &m, "-p", "x", "-n", "1"]);
-        let e = one_line_error(&o, &[]);
+        let e = one_line_error(&o, &[says]);
         assert_eq!(e.matches(&m).count(), 1, "the file named once: {e}");
         let words: Vec<&str> = e.split(": ").collect();
         assert!(

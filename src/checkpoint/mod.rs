@@ -374,16 +374,20 @@ impl Checkpoint {
         self.verify_storage(name, place)
     }
 
-    /// Checks, once, the CRC of the `.pth` storage entry a tensor lies in. The pages read for
-    /// it are given back (`MADV_DONTNEED`): the values are read again with `pread` (see
-    /// [`TensorReader::read_into`]), and a load must not keep the file resident.
+    /// Checks, once, the CRC of the `.pth` storage entry a tensor lies in: from a file, read
+    /// with `pread` on all threads ([`convert::file_crc32`]), never mapped, so that a load
+    /// neither keeps the file resident nor pays for mapping it.
     fn verify_storage(&self, name: &str, place: &Place) -> Result<()> {
         if let Some(s) = place.storage.and_then(|i| self.storages.get(i)) {
             if !s.verified.load(Ordering::Relaxed) {
-                let r = s.entry.verify(self.data.bytes(), &s.name);
-                if let Data::Mapped(m, _) = &self.data {
-                    release_pages(m, s.entry.start & !4095, s.entry.start + s.entry.len);
-                }
+                let r = match &self.data {
+                    Data::Mapped(_, f) if cfg!(unix) => {
+                        convert::file_crc32(f, s.entry.start, s.entry.len)
+                            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", s.name))
+                            .and_then(|crc| s.entry.check(crc, &s.name))
+                    }
+                    _ => s.entry.verify(self.data.bytes(), &s.name),
+                };
                 r.with_context(|| format!("tensor {name}"))?;
                 s.verified.store(true, Ordering::Relaxed);
             }
@@ -742,6 +746,26 @@ mod tests {
                 "{rss} bytes of the 8 MiB checkpoint resident"
             );
         }
+    }
+
+    #[test]
+    fn a_file_range_crc_in_pieces_is_the_crc_of_the_range() {
+        // Over 8 MiB pieces, from an odd offset to an odd end.
+        let data: Vec<u8> = (0..(20usize << 20) + 123)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let path = std::env::temp_dir().join(format!("rwkv-ckpt-crc-{}.bin", std::process::id()));
+        std::fs::write(&path, &data).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        for (start, len) in [(5, data.len() - 5), (0, 8 << 20), (4097, 100), (3, 0)] {
+            assert_eq!(
+                convert::file_crc32(&f, start, len).unwrap(),
+                zip::crc32(&data[start..start + len]),
+                "{start}+{len}"
+            );
+        }
+        assert!(convert::file_crc32(&f, data.len() - 10, 11).is_err());
     }
 
     #[test]
