@@ -107,13 +107,16 @@ pub struct Traits {
 pub enum Kernel {
     /// Float weights against f32 activations: the matrix–vector product reads the panels as
     /// they are; the matrix–matrix product runs on f32 panels — read in place when the
-    /// panels are f32 (`in_place`), else widened with `unpack_panel`, one panel at a time —
-    /// or, for panels of bf16 (`bf16_dot`) where the CPU has bf16 dot products
+    /// panels are f32 (`in_place`); for bf16 panels (`bf16_panels`) widened row by row in
+    /// registers where the CPU has that kernel ([`crate::kernels::has_bf16_wide_gemm`], the
+    /// same sums); else widened with `unpack_panel`, one panel at a time — or, for bf16
+    /// panels that may use them (`bf16_dot`) where the CPU has bf16 dot products
     /// ([`crate::kernels::has_bf16_dot`]), on the panels as they are, with the activations
     /// rounded to bf16 for that product.
     Float {
         gemv: FloatGemv,
         in_place: bool,
+        bf16_panels: bool,
         bf16_dot: bool,
     },
     /// Block-quantized weights against activations quantized to 8 bits per block of 32
@@ -170,6 +173,7 @@ const TRAITS: [Traits; 6] = [
         kernel: Kernel::Float {
             gemv: float::gemv_f32,
             in_place: true,
+            bf16_panels: false,
             bf16_dot: false,
         },
         rows: float::F32_ROWS,
@@ -190,6 +194,7 @@ const TRAITS: [Traits; 6] = [
         kernel: Kernel::Float {
             gemv: float::gemv_f16,
             in_place: false,
+            bf16_panels: false,
             bf16_dot: false,
         },
         rows: float::F16_ROWS,
@@ -210,6 +215,7 @@ const TRAITS: [Traits; 6] = [
         kernel: Kernel::Float {
             gemv: float::gemv_bf16,
             in_place: false,
+            bf16_panels: true,
             bf16_dot: true,
         },
         rows: float::BF16_ROWS,
@@ -258,7 +264,8 @@ const TRAITS: [Traits; 6] = [
     },
     // bf16's panels, rows and matrix–vector kernel (which widens each weight and multiplies
     // by the f32 activations: the products and sums of f32's kernel, in its order), and the
-    // matrix–matrix product on panels widened to f32, never bf16 dot products.
+    // matrix–matrix product on the panels widened to f32 (in registers where the CPU has that
+    // kernel: f32's sums again), never bf16 dot products.
     Traits {
         format: Format::BF16Exact,
         name: "bf16-exact",
@@ -272,6 +279,7 @@ const TRAITS: [Traits; 6] = [
         kernel: Kernel::Float {
             gemv: float::gemv_bf16,
             in_place: false,
+            bf16_panels: true,
             bf16_dot: false,
         },
         rows: float::BF16_ROWS,

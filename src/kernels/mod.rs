@@ -76,6 +76,9 @@ type GemvFn<T> = unsafe fn(&[T], usize, &[f32], &mut [f32]);
 type WidenFn = unsafe fn(&[u16], &mut [f32]);
 type NarrowFn = unsafe fn(&[f32], &mut [u16]);
 type GemmF32Fn = unsafe fn(usize, *const f32, usize, usize, *const f32, *mut f32, usize, usize);
+/// As [`GemmF32Fn`] with one bf16 panel as packed (see [`layout`]), widened in registers.
+type GemmBf16WideFn =
+    unsafe fn(usize, *const f32, usize, usize, *const u16, *mut f32, usize, usize);
 /// As [`GemmF32Fn`] over bf16 activations (row stride in u16, even, rows padded with a zero to
 /// an even length) and one bf16 panel as packed (see [`layout`]).
 type GemmBf16Fn = unsafe fn(usize, *const u16, usize, usize, *const u16, *mut f32, usize, usize);
@@ -110,6 +113,10 @@ struct Kernels {
     gemm_f32: GemmF32Fn,
     /// Rows per micro-tile of `gemm_f32` (at most this many per call).
     gemm_f32_rows: usize,
+    /// `gemm_f32` on bf16 panels as packed, widening each row in registers: the same sums as
+    /// `gemm_f32` on the widened panel, with its tile rows (`None`: callers widen the panel
+    /// first).
+    gemm_bf16_wide: Option<GemmBf16WideFn>,
     /// The bf16 dot-product matrix–matrix kernel (`None`: bf16 panels are widened to f32
     /// and go through `gemm_f32`).
     gemm_bf16: Option<GemmBf16Fn>,
@@ -408,16 +415,76 @@ pub unsafe fn gemm_panel_f32(
     n_valid: usize,
 ) {
     let kn = kernels();
-    let mr = kn.gemm_f32_rows;
+    for_row_tiles(rows, kn.gemm_f32_rows, |r, m| {
+        // SAFETY: the table holds only kernels the CPU supports, and `m` is at most its tile
+        // rows; the caller's contract covers rows r..r+m.
+        (kn.gemm_f32)(
+            m,
+            x.add(r * ldx),
+            ldx,
+            k,
+            panel,
+            y.add(r * ldy),
+            ldy,
+            n_valid,
+        );
+    });
+}
+
+/// Calls `tile(r, m)` for consecutive blocks of rows `r .. r + m` (`m` at most `mr`) that
+/// cover `0 .. rows`: a matrix–matrix kernel's calls, one per micro-tile of rows.
+#[inline]
+fn for_row_tiles(rows: usize, mr: usize, mut tile: impl FnMut(usize, usize)) {
     let mut r = 0;
     while r < rows {
         let m = (rows - r).min(mr);
-        let (xr, yr) = (x.add(r * ldx), y.add(r * ldy));
-        // SAFETY: the table holds only kernels the CPU supports, and `m` is at most its tile
-        // rows; the caller's contract covers rows r..r+m.
-        (kn.gemm_f32)(m, xr, ldx, k, panel, yr, ldy, n_valid);
+        tile(r, m);
         r += m;
     }
+}
+
+/// Whether [`gemm_panel_bf16_wide`] has a kernel here (AVX-512; elsewhere bf16 panels are
+/// widened to f32 first and go through [`gemm_panel_f32`], with the same results).
+pub fn has_bf16_wide_gemm() -> bool {
+    kernels().gemm_bf16_wide.is_some()
+}
+
+/// [`gemm_panel_f32`] on one bf16 panel as packed (see [`layout`]), each weight widened to
+/// f32 in registers: the same products and sums, in the same order, as `gemm_panel_f32` on
+/// the panel widened first (bit for bit), without writing the widened panel.
+///
+/// # Safety
+/// [`has_bf16_wide_gemm`] must hold (it panics otherwise); `x` and `y` as in
+/// [`gemm_panel_f32`]; `panel` readable for `k · 32` bf16 values.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_panel_bf16_wide(
+    x: *const f32,
+    ldx: usize,
+    rows: usize,
+    k: usize,
+    panel: *const u16,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    let kn = kernels();
+    let f = kn
+        .gemm_bf16_wide
+        .expect("the widening bf16 matrix-matrix kernel is not available");
+    for_row_tiles(rows, kn.gemm_f32_rows, |r, m| {
+        // SAFETY: the kernel is in the table, so the CPU runs it; `m` is at most its tile rows
+        // (those of `gemm_f32`, installed with it); the caller's contract covers rows r..r+m.
+        f(
+            m,
+            x.add(r * ldx),
+            ldx,
+            k,
+            panel,
+            y.add(r * ldy),
+            ldy,
+            n_valid,
+        );
+    });
 }
 
 /// Rounds rows of `x` (each `k` long) to bf16, round to nearest even (a NaN stays a NaN), into
@@ -471,10 +538,7 @@ pub unsafe fn gemm_panel_bf16(
     let f = kn
         .gemm_bf16
         .expect("the bf16 dot-product kernel is not available");
-    let mr = kn.gemm_bf16_rows;
-    let mut r = 0;
-    while r < rows {
-        let m = (rows - r).min(mr);
+    for_row_tiles(rows, kn.gemm_bf16_rows, |r, m| {
         // SAFETY: the kernel is in the table, so the CPU runs it; `m` is at most its tile
         // rows; the caller's contract covers rows r..r+m.
         f(
@@ -487,8 +551,7 @@ pub unsafe fn gemm_panel_bf16(
             ldy,
             n_valid,
         );
-        r += m;
-    }
+    });
 }
 
 /// One Q8_0 panel of a matrix product over all rows of `xq`: `y[r·ldy + j]` for

@@ -19,6 +19,7 @@ pub(super) const KERNELS: Kernels = Kernels {
     f32_to_bf16,
     gemm_f32,
     gemm_f32_rows: 4,
+    gemm_bf16_wide: None,
     gemm_bf16: None,
     gemm_bf16_rows: 0,
     quantize_block_q8,

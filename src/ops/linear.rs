@@ -286,7 +286,7 @@ impl Linear {
         let y = OutPtr(out.data.as_mut_ptr());
         let serial = rows * k * n_out < SERIAL_MACS;
         let traits = self.format.traits();
-        let in_place = match traits.kernel {
+        let (in_place, wide) = match traits.kernel {
             Kernel::Int8 { gemm_panel, .. } => {
                 let pb = self.format.panel_bytes(k);
                 let mut xq = take_qrows();
@@ -318,7 +318,11 @@ impl Linear {
                 self.gemm_bf16_dot(x, y, serial);
                 return;
             }
-            Kernel::Float { in_place, .. } => in_place,
+            Kernel::Float {
+                in_place,
+                bf16_panels,
+                ..
+            } => (in_place, bf16_panels && kernels::has_bf16_wide_gemm()),
         };
         // Rows whose stride is a multiple of 4 KiB all fall in the same L1 set, and the
         // kernel reads 12 of them at once: give such inputs a padded stride.
@@ -337,6 +341,22 @@ impl Linear {
         };
         let len = k * NR;
         let run = |p: usize| {
+            if wide {
+                // SAFETY: as below, with the bf16 panel p as packed (k × 32 values) and the
+                // widening kernel present (checked with `wide`).
+                return unsafe {
+                    kernels::gemm_panel_bf16_wide(
+                        xs.as_ptr(),
+                        ldx,
+                        rows,
+                        k,
+                        self.w.u16s()[p * len..(p + 1) * len].as_ptr(),
+                        y.at(p * NR),
+                        n_out,
+                        (n_out - p * NR).min(NR),
+                    )
+                };
+            }
             PANEL.with(|buf| {
                 let mut buf = buf.borrow_mut();
                 // Panel p as f32: borrowed for f32 weights, widened into `buf` for the others.

@@ -40,6 +40,7 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool, bf16: bool) {
             k.f32_to_bf16 = f32_to_bf16_avx512;
             k.gemm_f32 = gemm_f32_avx512;
             k.gemm_f32_rows = 12;
+            k.gemm_bf16_wide = Some(gemm_bf16_wide_avx512);
             k.quantize_block_q8 = quantize_block_q8_avx512;
             k.wkv7_token_x16 = Some(wkv7_token_avx512);
             k.wkv7_rows_x16 = Some(wkv7_token_rows_avx512);
@@ -648,6 +649,49 @@ pub unsafe fn gemm_f32_avx512(
     n_valid: usize,
 ) {
     by_rows!(rows, tile_f32_512(x, ldx, k, w, y, ldy, n_valid), 1 2 3 4 5 6 7 8 9 10 11 12)
+}
+
+/// As [`tile_f32_512`] on a bf16 panel as packed, each row widened in registers (exactly:
+/// bf16 is the top half of an f32): the same products and sums in the same order as
+/// `tile_f32_512` on the panel widened first, without writing the widened panel anywhere.
+#[inline]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_bf16_wide_512<const R: usize>(
+    x: *const f32,
+    ldx: usize,
+    k: usize,
+    w: *const u16,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    let mut a0 = [_mm512_setzero_ps(); R];
+    let mut a1 = [_mm512_setzero_ps(); R];
+    for i in 0..k {
+        let (w0, w1) = bf16_row_512(w.add(i * NR));
+        for r in 0..R {
+            let b = _mm512_set1_ps(*x.add(r * ldx + i));
+            a0[r] = _mm512_fmadd_ps(w0, b, a0[r]);
+            a1[r] = _mm512_fmadd_ps(w1, b, a1[r]);
+        }
+    }
+    store_rows(y, ldy, n_valid, &a0, &a1);
+}
+
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_bf16_wide_avx512(
+    rows: usize,
+    x: *const f32,
+    ldx: usize,
+    k: usize,
+    w: *const u16,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    by_rows!(rows, tile_bf16_wide_512(x, ldx, k, w, y, ldy, n_valid), 1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
 #[inline]
