@@ -179,17 +179,6 @@ pub(super) fn convert_into(bytes: &[u8], dtype: StoredDType, dst: &mut [f32]) {
     }
 }
 
-/// Converts little-endian stored values to f32.
-pub(super) fn bytes_to_f32(bytes: &[u8], dtype: StoredDType) -> Vec<f32> {
-    let n = match dtype.size_in_bytes() {
-        0 => 0,
-        es => bytes.len() / es,
-    };
-    let mut out = vec![0.0f32; n];
-    convert_into(bytes, dtype, &mut out);
-    out
-}
-
 /// Converts one stored element (exactly its bytes) to f32.
 pub(super) fn element_to_f32(c: &[u8], dtype: StoredDType) -> f32 {
     match (dtype, c) {
