@@ -18,7 +18,8 @@
 # The checkpoint is read from the page cache in every run (it is read once before the first):
 # "first run" is the cost of converting, not of the disk. MODEL_0_1B and MODEL_1_5B name the
 # checkpoints (built with scripts/make_random_v7.py when missing: 0.4 and 3 GB, bf16; needs
-# numpy); CONTEXT_0_1B and CONTEXT_1_5B the prefill's prompt length (1024 and 256).
+# numpy; a .pth made from one by scripts/safetensors_to_pth.py measures the official format);
+# CONTEXT_0_1B and CONTEXT_1_5B the prefill's prompt length (1024 and 256).
 # EXTERNAL is a file of lines `LABEL WEIGHTS COMMAND...` as in scripts/bench_precisions.sh;
 # each COMMAND runs once per size and repetition with $MODEL, $SIZE, $THREADS, $CONTEXT and
 # $DECODE_TOKENS in its environment and prints one JSON object with
@@ -158,10 +159,10 @@ for rep in $(seq "$REPS"); do
 done
 echo >&2
 
-python3 - "$OUT" "$REPS" "$THREADS" "$CONTEXT_0_1B" "$CONTEXT_1_5B" <<'EOF'
+python3 - "$OUT" "$REPS" "$THREADS" "$CONTEXT_0_1B" "$CONTEXT_1_5B" "$MODEL_0_1B" "$MODEL_1_5B" <<'EOF'
 import glob, json, os, statistics, subprocess, sys
 
-out, reps, threads, ctx01, ctx15 = sys.argv[1:6]
+out, reps, threads, ctx01, ctx15, model01, model15 = sys.argv[1:8]
 med = lambda xs: statistics.median(xs) if xs else None
 # Percent of bandwidth `bw` (bytes/s) that `wbytes` read in `ms` milliseconds take.
 pct = lambda wbytes, ms, bw: 100 * wbytes / (ms / 1e3) / bw
@@ -222,7 +223,7 @@ try:
 except OSError:
     commit = "?"
 print(f"Random RWKV-7 checkpoints of the official shapes (0.1B: 12 × 768; 1.5B: 24 × 2048; vocab 65536; "
-      f"bf16 files), {threads} threads, {cpu} ({os.cpu_count()} CPUs); medians of {reps} runs; "
+      f"{os.path.basename(model01)}, {os.path.basename(model15)}), {threads} threads, {cpu} ({os.cpu_count()} CPUs); medians of {reps} runs; "
       f"prefill = {ctx01}-token (0.1B) / {ctx15}-token (1.5B) prompt; git {commit or '?'} (+ working tree)\n")
 print("| size | system | weights | start to ready, first run | second run | decode tok/s (ms/token) | of measured bandwidth | prefill tok/s | peak RSS |")
 print("|---|---|---|---|---|---|---|---|---|")
