@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Rewrites a safetensors checkpoint as a PyTorch `.pth` archive, the format BlinkDL publishes
-(a stored zip: `archive/data.pkl`, a protocol-2 pickle of the state dict whose tensors name
-their storages by persistent id, and one `archive/data/N` entry per storage), without torch.
+"""Rewrites a safetensors checkpoint as a PyTorch `.pth` archive in the layout of the files
+BlinkDL publishes (a stored zip: `archive/data.pkl`, a protocol-2 pickle of the state dict whose
+tensors name their storages by persistent id, and one `archive/data/N` entry per storage;
+unlike torch.save, storages are not padded to 64-byte offsets), without torch.
 For benchmarks of the official format's load path (`bench_scale.sh` with MODEL_1_5B=x.pth):
 
     python3 scripts/safetensors_to_pth.py IN.safetensors OUT.pth
@@ -70,6 +71,9 @@ for i, (name, m) in enumerate(items):
     with z.open(zipfile.ZipInfo(f'archive/data/{i}'), 'w', force_zip64=True) as w:
         left = b - a
         while left:
-            chunk = f.read(min(left, 1 << 24)); w.write(chunk); left -= len(chunk)
+            chunk = f.read(min(left, 1 << 24))
+            if not chunk:
+                sys.exit(f"{src} ends inside tensor {name}")
+            w.write(chunk); left -= len(chunk)
 z.writestr('archive/version', '3\n')
 z.close()

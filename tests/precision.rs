@@ -388,8 +388,9 @@ fn f32_from_a_16_bit_checkpoint_is_f32_bit_for_bit_in_half_the_bytes() {
         (fixture_path("v7_bf16.pth"), &as_f32),
         (as_f16.clone(), &f16_as_f32),
     ] {
-        let (ref_seq, ref_steps) = logits(load(reference).as_ref(), &tokens);
-        let (seq, steps) = logits(load(&file).as_ref(), &tokens);
+        let (r, m) = (load(reference), load(&file));
+        let (ref_seq, ref_steps) = logits(r.as_ref(), &tokens);
+        let (seq, steps) = logits(m.as_ref(), &tokens);
         let what = file.display();
         assert!(seq == ref_seq, "{what}: the sequence path's logits differ");
         for (i, (a, b)) in steps.iter().zip(&ref_steps).enumerate() {
@@ -398,6 +399,18 @@ fn f32_from_a_16_bit_checkpoint_is_f32_bit_for_bit_in_half_the_bytes() {
                 "{what}: the recurrent path's logits differ at token {i}"
             );
         }
+        // Products of two rows: a two-token chunk, and one step of two streams at once.
+        let two = |m: &dyn Model| {
+            let mut s = m.new_state();
+            let seq = m.forward_seq(&tokens[..2], &mut s, true).unwrap();
+            let (mut a, mut b) = (m.new_state(), m.new_state());
+            let batch = m.step_batch(&tokens[2..4], &mut [&mut a, &mut b]).unwrap();
+            (seq, batch)
+        };
+        assert!(
+            two(m.as_ref()) == two(r.as_ref()),
+            "{what}: the logits of products of two rows differ"
+        );
     }
     // The bytes held: a projection and the embedding take half as many from 16 bits.
     use rwkv_cli::checkpoint::Checkpoint;

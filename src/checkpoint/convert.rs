@@ -1,5 +1,5 @@
 //! Stored element types, their conversion to f32, and [`TensorReader`]: random access to one
-//! plainly stored tensor, converted range by range straight from the memory map.
+//! plainly stored tensor, read range by range with `pread` (or from memory) and converted.
 
 use anyhow::{bail, Result};
 
@@ -18,9 +18,28 @@ pub struct TensorReader<'a> {
 }
 
 thread_local! {
-    /// Per-thread stored bytes of the range being converted by [`TensorReader::read_into`]
-    /// (kept between calls, so that its pages are faulted in once per thread).
+    /// Per-thread stored bytes of the range being read by [`TensorReader::read_into`] or
+    /// [`file_crc32`] (kept between calls, so that its pages are faulted in once per thread,
+    /// unless larger than [`KEEP`]).
     static STORED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The largest buffer a thread keeps in [`STORED`] between reads (a 32-row range of a wide
+/// f32 matrix, a CRC piece); a larger one (a whole tensor) is freed after its read.
+const KEEP: usize = 2 << 20;
+
+/// Runs `f` on this thread's [`STORED`] buffer resized to `len` bytes.
+fn with_stored<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    STORED.with(|cell| {
+        // Taken out of the slot, so a nested use on this thread finds it empty.
+        let mut buf = std::mem::take(&mut *cell.borrow_mut());
+        buf.resize(len, 0);
+        let r = f(&mut buf);
+        if buf.capacity() <= KEEP {
+            *cell.borrow_mut() = buf;
+        }
+        r
+    })
 }
 
 impl TensorReader<'_> {
@@ -44,7 +63,8 @@ impl TensorReader<'_> {
         let es = self.dtype.size_in_bytes();
         let Some(src) = start
             .checked_add(dst.len())
-            .and_then(|end| self.bytes.get(start * es..end * es))
+            .and_then(|end| Some((start.checked_mul(es)?, end.checked_mul(es)?)))
+            .and_then(|(a, b)| self.bytes.get(a..b))
         else {
             bail!(
                 "values {start}..+{} lie outside a tensor of {}",
@@ -56,40 +76,29 @@ impl TensorReader<'_> {
             convert_into(src, self.dtype, dst);
             return Ok(());
         };
-        STORED.with(|cell| {
-            // Taken out of the slot, so a nested use on this thread finds it empty.
-            let mut buf = std::mem::take(&mut *cell.borrow_mut());
-            buf.resize(src.len(), 0);
-            let r = read_exact_at(file, &mut buf, (self.base + start * es) as u64);
-            if r.is_ok() {
-                convert_into(&buf, self.dtype, dst);
-            }
-            *cell.borrow_mut() = buf;
-            r.map_err(|e| anyhow::anyhow!("cannot read the checkpoint: {e}"))
+        with_stored(src.len(), |buf| {
+            read_exact_at(file, buf, (self.base + start * es) as u64)
+                .map(|()| convert_into(buf, self.dtype, dst))
+                .map_err(|e| anyhow::anyhow!("cannot read the checkpoint: {e}"))
         })
     }
 }
 
-/// The CRC-32 of `len` bytes of `file` from `start`, read with `pread` in pieces on all
+/// The CRC-32 of `len` bytes of `file` from `start`, read with `pread` in 1 MiB pieces on all
 /// threads (each piece's CRC combined in order): a `.pth` storage is checked without mapping
 /// its pages, at the speed of copying them out of the page cache.
 pub(super) fn file_crc32(file: &std::fs::File, start: usize, len: usize) -> std::io::Result<u32> {
     use rayon::prelude::*;
-    const PIECE: usize = 8 << 20;
+    const PIECE: usize = 1 << 20;
     let pieces = (0..len.div_ceil(PIECE))
         .into_par_iter()
         .map(|i| {
-            let n = PIECE.min(len - i * PIECE);
-            STORED.with(|cell| {
-                let mut buf = std::mem::take(&mut *cell.borrow_mut());
-                buf.resize(n, 0);
-                let r = read_exact_at(file, &mut buf, (start + i * PIECE) as u64).map(|()| {
+            with_stored(PIECE.min(len - i * PIECE), |buf| {
+                read_exact_at(file, buf, (start + i * PIECE) as u64).map(|()| {
                     let mut h = crc32fast::Hasher::new();
-                    h.update(&buf);
+                    h.update(buf);
                     h
-                });
-                *cell.borrow_mut() = buf;
-                r
+                })
             })
         })
         .collect::<std::io::Result<Vec<_>>>()?;
@@ -199,9 +208,9 @@ pub(super) fn release_pages(mmap: &memmap2::Mmap, start: usize, end: usize) {
     let first = start.div_ceil(PAGE) * PAGE;
     let last = (end / PAGE) * PAGE;
     if last > first {
-        // SAFETY: the mapping is a read-only, file-backed map: dropping its pages only means
-        // they are read again from the file on the next access; no data can be lost, and no
-        // slice borrowed from this range outlives this call (the caller has copied it).
+        // SAFETY: the mapping is a read-only, private, file-backed map that is never written:
+        // dropping its pages only means that the next read of them (through a slice still
+        // borrowed from it, too) faults them in again from the file, with the same contents.
         unsafe {
             let _ = mmap.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,

@@ -28,10 +28,11 @@
 //! Stored element types and their conversion to f32 live in `convert.rs`, with
 //! [`TensorReader`] (any range of one tensor, on several threads at once).
 //!
-//! Memory: the file is memory-mapped for its header, index and small tensors (their pages
-//! released once converted, `MADV_DONTNEED`); the large, plainly stored tensors are read with
-//! `pread` range by range into a small per-thread buffer and converted from there
-//! ([`TensorReader`]), so a load never holds the file and the converted weights at once.
+//! Memory: the file is memory-mapped for its header and index (a `.pth` file's pages are given
+//! back once parsed, `MADV_DONTNEED`); plainly stored tensors are read with `pread`, range by
+//! range into a small per-thread buffer, and converted from there ([`TensorReader`]), so a load
+//! never holds the file and the converted weights at once. GGUF tensors and strided `.pth`
+//! views are read through the map, their pages given back once converted.
 
 mod convert;
 pub mod gguf;
@@ -439,8 +440,8 @@ impl Checkpoint {
     /// Reads one tensor like [`Checkpoint::read_f32`], in runs of at most `chunk` elements
     /// (row-major order), each handed to `f` with the index of its first element — so that a
     /// large matrix can be converted straight to its compute format without an f32 copy of
-    /// the whole (each run's file pages are released once converted). Strided views are read
-    /// whole, then handed out in runs.
+    /// the whole (a GGUF tensor's file pages are released once converted; plain tensors are
+    /// read with `pread`). Strided views are read whole, then handed out in runs.
     pub fn read_f32_chunks(
         &self,
         name: &str,
@@ -467,8 +468,7 @@ impl Checkpoint {
             }
             return Ok(());
         };
-        // In order through the tensor's reader (each run's pages released as it goes), with
-        // one buffer for every run.
+        // In order through the tensor's reader, with one buffer for every run.
         let n = r.len();
         let mut run = vec![0.0f32; chunk.min(n)];
         for start in (0..n).step_by(chunk) {
@@ -517,7 +517,8 @@ impl Checkpoint {
                     },
                 };
                 let mut out = vec![0.0f32; n];
-                r.read_into(0, &mut out)?;
+                r.read_into(0, &mut out)
+                    .with_context(|| format!("tensor {name}"))?;
                 out
             }
             Some((offset, stride)) => {

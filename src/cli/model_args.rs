@@ -22,9 +22,9 @@ pub struct ModelArgs {
     #[arg(long, short)]
     pub model: Option<String>,
     /// Compute dtype of the weight matrices: f32, f16 or bf16 (default f32, which keeps
-    /// matrices stored in bf16 or f16 in those 16 bits, computing exactly as from f32; a GGUF
-    /// file whose matrices are quantized runs in the nearest quantized format, q8_0 or q4_0,
-    /// unless --dtype or --quant says otherwise).
+    /// matrices a safetensors or .pth file stores in bf16 or f16 in those 16 bits, computing
+    /// exactly as from f32; a GGUF file whose matrices are quantized runs in the nearest
+    /// quantized format, q8_0 or q4_0, unless --dtype or --quant says otherwise).
     #[arg(long)]
     pub dtype: Option<Format>,
     /// Quantize the weight matrices at load time: q8_0 or q4_0 (instead of --dtype).

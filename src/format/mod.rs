@@ -2,8 +2,9 @@
 //! Activations are always f32.
 //!
 //! A [`Format`] is one of f32, f16, bf16, or the block-quantized Q8_0 and Q4_0 (built at load
-//! time from f32 values) — and bf16-exact, the way an f32 model holds a matrix stored in bf16
-//! (half the bytes, f32's products; see [`crate::models::held_format`]). Everything the rest of the code needs to know about a format is in
+//! time from f32 values) — and bf16-exact and f16-exact, the way an f32 model holds a matrix
+//! stored in bf16 or f16 (half the bytes, f32's products and sums; see
+//! [`crate::models::held_format`]). Everything the rest of the code needs to know about a format is in
 //! one row of one table, its [`Traits`] ([`Format::traits`]), in the spirit of ggml's type
 //! traits: its name, bits per weight, block size and panel bytes; how a panel of it is packed
 //! from f32 and unpacked back; which kernels multiply by it; how an embedding table keeps its
@@ -55,6 +56,8 @@ pub enum Format {
     /// product in f32 as [`Format::F32`]'s (the weights widened exactly, never the activations
     /// rounded). Chosen at load time per tensor; never named on the command line.
     BF16Exact,
+    /// The same for a matrix stored in f16: f16 panels, every product as [`Format::F32`]'s.
+    F16Exact,
 }
 
 /// Everything about one format, as one row of the table.
@@ -159,7 +162,7 @@ impl RowCodec {
 }
 
 /// The table: one row per format, in the order of the variants.
-const TRAITS: [Traits; 6] = [
+const TRAITS: [Traits; 7] = [
     Traits {
         format: Format::F32,
         name: "f32",
@@ -283,22 +286,47 @@ const TRAITS: [Traits; 6] = [
             bf16_dot: false,
         },
         rows: float::BF16_ROWS,
-        // As bf16: two rows take the matrix–vector kernel twice (each row then as one alone).
-        gemv_max_rows: 2,
+        // As f32's: two rows take the matrix–matrix kernel (whose sums are f32's there too;
+        // the matrix–vector kernel sums in another order).
+        gemv_max_rows: 1,
         low_rank: Format::BF16Exact,
+        holds: Some(Format::F32),
+    },
+    // f16's panels, rows and matrix–vector kernel (widening each weight: f32's products and
+    // sums), f32's row limit, the matrix–matrix product on the panels widened to f32.
+    Traits {
+        format: Format::F16Exact,
+        name: "f16-exact",
+        aliases: &[],
+        bits_per_weight: 16.0,
+        quantized: false,
+        block_inputs: 1,
+        block_bytes: 2 * NR,
+        pack_panel: float::pack_f16,
+        unpack_panel: float::unpack_f16,
+        kernel: Kernel::Float {
+            gemv: float::gemv_f16,
+            in_place: false,
+            bf16_panels: false,
+            bf16_dot: false,
+        },
+        rows: float::F16_ROWS,
+        gemv_max_rows: 1,
+        low_rank: Format::F16Exact,
         holds: Some(Format::F32),
     },
 ];
 
 impl Format {
     /// Every format, in the order of the table.
-    pub const ALL: [Format; 6] = [
+    pub const ALL: [Format; 7] = [
         Format::F32,
         Format::F16,
         Format::BF16,
         Format::Q8_0,
         Format::Q4_0,
         Format::BF16Exact,
+        Format::F16Exact,
     ];
 
     /// Its row of the traits table.

@@ -94,9 +94,10 @@ impl RwkvV6 {
             }
             let d = lora5 / 5;
             let up_all = att.tensor("time_maa_w2", &[5, d, c])?;
+            let up_format = att.low_rank_format("time_maa_w2");
             let maa_up = up_all
                 .chunks_exact(d * c)
-                .map(|m| Linear::from_in_out(m.to_vec(), d, c, w.dtype.traits().low_rank))
+                .map(|m| Linear::from_in_out(m.to_vec(), d, c, up_format))
                 .collect::<Result<Vec<_>>>()?;
             let d2 = att.dim("time_decay_w1", 2, 1)?;
             let v = |n: &str| att.vector(n, c);

@@ -26,14 +26,15 @@ pub struct Weights<'a> {
 
 /// The format tensor `name` of `ckpt` is kept in, in a model whose matrices are in `format`:
 /// `format` itself, except that an f32 model keeps a tensor stored as bf16 in
-/// [`Format::BF16Exact`] and one stored as f16 in [`Format::F16`] — half the bytes, and the
-/// same products as f32 (both widen each weight exactly and multiply by the f32 activations;
-/// neither rounds the activations). A 1.5B model from an official (bf16) checkpoint then
-/// reads 3 GB per token instead of 6 and first starts with half the memory to fill.
+/// [`Format::BF16Exact`] and one stored as f16 in [`Format::F16Exact`] — half the bytes, and
+/// the same products and sums as f32 (each weight widened exactly and multiplied by the f32
+/// activations, in f32's order, with f32's choice of kernel by row count). A 1.5B model from
+/// an official (bf16) checkpoint then reads 3 GB per token instead of 6 and first starts with
+/// half the memory to fill. Not for GGUF files (see [`Checkpoint::exact_type`]).
 pub fn held_format(ckpt: &Checkpoint, format: Format, name: &str) -> Format {
     match (format, ckpt.exact_type(name)) {
         (Format::F32, Some(StoredDType::BF16)) => Format::BF16Exact,
-        (Format::F32, Some(StoredDType::F16)) => Format::F16,
+        (Format::F32, Some(StoredDType::F16)) => Format::F16Exact,
         _ => format,
     }
 }
@@ -93,6 +94,12 @@ impl<'a> Weights<'a> {
     /// `format`: see [`held_format`].
     fn held(&self, format: Format, name: &str) -> Format {
         held_format(self.ckpt, format, name)
+    }
+
+    /// The format the low-rank matrix `name` (in this scope) is kept in: the model format's
+    /// `low_rank` format, held as [`held_format`] says.
+    pub fn low_rank_format(&self, name: &str) -> Format {
+        self.held(self.dtype.traits().low_rank, &self.path(name))
     }
 
     /// The full name of tensor `name` in this scope, as the checkpoint (and messages) name it.
@@ -276,8 +283,8 @@ impl<'a> Weights<'a> {
     /// A LoRA matrix stored (in, out) and used as `x @ W`; kept in the compute format's
     /// float format for low-rank matrices (`Traits::low_rank`: f32, f16 or bf16).
     pub fn lora(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
+        let format = self.low_rank_format(name);
         let name = &self.path(name);
-        let format = self.held(self.dtype.traits().low_rank, name);
         self.through_cache(
             format!("lora:{name}"),
             [out_dim, in_dim],
