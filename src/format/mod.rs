@@ -37,7 +37,7 @@ pub use pack::{pack, pack_at, pack_at_in, pack_owned, pack_streamed, unpack, Rea
 pub use q4_0::quantize_block_q4_0;
 pub use q8_0::quantize_block_q8_0;
 
-use crate::kernels::{AlignedBuf, QuantizedRows, NR, QK};
+use crate::kernels::{AlignedBuf, Half, QuantizedRows, NR, QK};
 use anyhow::{bail, Result};
 
 /// The format weight matrices are kept in for compute (activations are always f32):
@@ -110,16 +110,16 @@ pub struct Traits {
 pub enum Kernel {
     /// Float weights against f32 activations: the matrix–vector product reads the panels as
     /// they are; the matrix–matrix product runs on f32 panels — read in place when the
-    /// panels are f32 (`in_place`); for bf16 panels (`bf16_panels`) widened row by row in
-    /// registers where the CPU has that kernel ([`crate::kernels::has_bf16_wide_gemm`], the
-    /// same sums); else widened with `unpack_panel`, one panel at a time — or, for bf16
+    /// panels are f32 (`in_place`); for 16-bit panels (`wide`) widened row by row in registers
+    /// where the CPU has that kernel ([`crate::kernels::has_wide_gemm`], the same sums); else
+    /// widened with `unpack_panel`, one panel at a time — or, for bf16
     /// panels that may use them (`bf16_dot`) where the CPU has bf16 dot products
     /// ([`crate::kernels::has_bf16_dot`]), on the panels as they are, with the activations
     /// rounded to bf16 for that product.
     Float {
         gemv: FloatGemv,
         in_place: bool,
-        bf16_panels: bool,
+        wide: Option<Half>,
         bf16_dot: bool,
     },
     /// Block-quantized weights against activations quantized to 8 bits per block of 32
@@ -176,7 +176,7 @@ const TRAITS: [Traits; 7] = [
         kernel: Kernel::Float {
             gemv: float::gemv_f32,
             in_place: true,
-            bf16_panels: false,
+            wide: None,
             bf16_dot: false,
         },
         rows: float::F32_ROWS,
@@ -197,7 +197,7 @@ const TRAITS: [Traits; 7] = [
         kernel: Kernel::Float {
             gemv: float::gemv_f16,
             in_place: false,
-            bf16_panels: false,
+            wide: Some(Half::F16),
             bf16_dot: false,
         },
         rows: float::F16_ROWS,
@@ -218,7 +218,7 @@ const TRAITS: [Traits; 7] = [
         kernel: Kernel::Float {
             gemv: float::gemv_bf16,
             in_place: false,
-            bf16_panels: true,
+            wide: Some(Half::Bf16),
             bf16_dot: true,
         },
         rows: float::BF16_ROWS,
@@ -282,7 +282,7 @@ const TRAITS: [Traits; 7] = [
         kernel: Kernel::Float {
             gemv: float::gemv_bf16,
             in_place: false,
-            bf16_panels: true,
+            wide: Some(Half::Bf16),
             bf16_dot: false,
         },
         rows: float::BF16_ROWS,
@@ -293,7 +293,8 @@ const TRAITS: [Traits; 7] = [
         holds: Some(Format::F32),
     },
     // f16's panels, rows and matrix–vector kernel (widening each weight: f32's products and
-    // sums), f32's row limit, the matrix–matrix product on the panels widened to f32.
+    // sums), f32's row limit, the matrix–matrix product on the panels widened to f32 (in
+    // registers where the CPU has that kernel).
     Traits {
         format: Format::F16Exact,
         name: "f16-exact",
@@ -307,7 +308,7 @@ const TRAITS: [Traits; 7] = [
         kernel: Kernel::Float {
             gemv: float::gemv_f16,
             in_place: false,
-            bf16_panels: false,
+            wide: Some(Half::F16),
             bf16_dot: false,
         },
         rows: float::F16_ROWS,

@@ -76,9 +76,9 @@ type GemvFn<T> = unsafe fn(&[T], usize, &[f32], &mut [f32]);
 type WidenFn = unsafe fn(&[u16], &mut [f32]);
 type NarrowFn = unsafe fn(&[f32], &mut [u16]);
 type GemmF32Fn = unsafe fn(usize, *const f32, usize, usize, *const f32, *mut f32, usize, usize);
-/// As [`GemmF32Fn`] with one bf16 panel as packed (see [`layout`]), widened in registers.
-type GemmBf16WideFn =
-    unsafe fn(usize, *const f32, usize, usize, *const u16, *mut f32, usize, usize);
+/// As [`GemmF32Fn`] with one bf16 or f16 panel as packed (see [`layout`]), widened in
+/// registers.
+type GemmWideFn = unsafe fn(usize, *const f32, usize, usize, *const u16, *mut f32, usize, usize);
 /// As [`GemmF32Fn`] over bf16 activations (row stride in u16, even, rows padded with a zero to
 /// an even length) and one bf16 panel as packed (see [`layout`]).
 type GemmBf16Fn = unsafe fn(usize, *const u16, usize, usize, *const u16, *mut f32, usize, usize);
@@ -113,10 +113,11 @@ struct Kernels {
     gemm_f32: GemmF32Fn,
     /// Rows per micro-tile of `gemm_f32` (at most this many per call).
     gemm_f32_rows: usize,
-    /// `gemm_f32` on bf16 panels as packed, widening each row in registers: the same sums as
-    /// `gemm_f32` on the widened panel, with its tile rows (`None`: callers widen the panel
-    /// first).
-    gemm_bf16_wide: Option<GemmBf16WideFn>,
+    /// `gemm_f32` on bf16 (f16) panels as packed, widening each row in registers: the same
+    /// sums as `gemm_f32` on the widened panel, with its tile rows (`None`: callers widen the
+    /// panel first).
+    gemm_bf16_wide: Option<GemmWideFn>,
+    gemm_f16_wide: Option<GemmWideFn>,
     /// The bf16 dot-product matrix–matrix kernel (`None`: bf16 panels are widened to f32
     /// and go through `gemm_f32`).
     gemm_bf16: Option<GemmBf16Fn>,
@@ -443,21 +444,37 @@ fn for_row_tiles(rows: usize, mr: usize, mut tile: impl FnMut(usize, usize)) {
     }
 }
 
-/// Whether [`gemm_panel_bf16_wide`] has a kernel here (AVX-512; elsewhere bf16 panels are
-/// widened to f32 first and go through [`gemm_panel_f32`], with the same results).
-pub fn has_bf16_wide_gemm() -> bool {
-    kernels().gemm_bf16_wide.is_some()
+/// A 16-bit float panel kind whose panels a widening matrix–matrix kernel reads as packed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Half {
+    Bf16,
+    F16,
 }
 
-/// [`gemm_panel_f32`] on one bf16 panel as packed (see [`layout`]), each weight widened to
-/// f32 in registers: the same products and sums, in the same order, as `gemm_panel_f32` on
-/// the panel widened first (bit for bit), without writing the widened panel.
+fn wide_kernel(h: Half) -> Option<GemmWideFn> {
+    let kn = kernels();
+    match h {
+        Half::Bf16 => kn.gemm_bf16_wide,
+        Half::F16 => kn.gemm_f16_wide,
+    }
+}
+
+/// Whether [`gemm_panel_wide`] has a kernel here for `h` panels (AVX-512; elsewhere such panels
+/// are widened to f32 first and go through [`gemm_panel_f32`], with the same results).
+pub fn has_wide_gemm(h: Half) -> bool {
+    wide_kernel(h).is_some()
+}
+
+/// [`gemm_panel_f32`] on one bf16 or f16 panel as packed (see [`layout`]), each weight widened
+/// to f32 in registers (exactly): the same products and sums, in the same order, as
+/// `gemm_panel_f32` on the panel widened first (bit for bit), without writing it anywhere.
 ///
 /// # Safety
-/// [`has_bf16_wide_gemm`] must hold (it panics otherwise); `x` and `y` as in
-/// [`gemm_panel_f32`]; `panel` readable for `k · 32` bf16 values.
+/// [`has_wide_gemm`] must hold for `h` (it panics otherwise); `x` and `y` as in
+/// [`gemm_panel_f32`]; `panel` readable for `k · 32` values of `h`.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_panel_bf16_wide(
+pub unsafe fn gemm_panel_wide(
+    h: Half,
     x: *const f32,
     ldx: usize,
     rows: usize,
@@ -467,11 +484,8 @@ pub unsafe fn gemm_panel_bf16_wide(
     ldy: usize,
     n_valid: usize,
 ) {
-    let kn = kernels();
-    let f = kn
-        .gemm_bf16_wide
-        .expect("the widening bf16 matrix-matrix kernel is not available");
-    for_row_tiles(rows, kn.gemm_f32_rows, |r, m| {
+    let f = wide_kernel(h).expect("no widening matrix-matrix kernel for these panels");
+    for_row_tiles(rows, kernels().gemm_f32_rows, |r, m| {
         // SAFETY: the kernel is in the table, so the CPU runs it; `m` is at most its tile rows
         // (those of `gemm_f32`, installed with it); the caller's contract covers rows r..r+m.
         f(

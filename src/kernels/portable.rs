@@ -20,6 +20,7 @@ pub(super) const KERNELS: Kernels = Kernels {
     gemm_f32,
     gemm_f32_rows: 4,
     gemm_bf16_wide: None,
+    gemm_f16_wide: None,
     gemm_bf16: None,
     gemm_bf16_rows: 0,
     quantize_block_q8,

@@ -250,71 +250,89 @@ fn bf16_rounding_is_to_nearest_even() {
     assert_eq!(bf16_bits(f32::from_bits(0x3F81_8000)), 0x3F82);
 }
 
-/// The widening bf16 matrix–matrix kernel gives, bit for bit, what the f32 kernel gives on
-/// the same panel widened first (the same products and sums in the same order): rows past a
-/// whole tile, odd k, outputs not a multiple of 32. Skipped, with a note, where there is none.
+/// The widening matrix–matrix kernels (bf16 and f16 panels) give, bit for bit, what the f32
+/// kernel gives on the same panel widened first (the same products and sums in the same order):
+/// rows past a whole tile, odd k, outputs not a multiple of 32. Skipped, with a note, where
+/// there is none.
 #[test]
-fn the_widening_bf16_gemm_is_the_f32_gemm_on_the_widened_panel() {
-    if !has_bf16_wide_gemm() {
-        println!("note: no widening bf16 matrix-matrix kernel here: not tested");
-        return;
-    }
+fn the_widening_gemms_are_the_f32_gemm_on_the_widened_panel() {
     let mr = kernels().gemm_f32_rows;
     let val = |i: usize, seed: usize| {
         let h = (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % 100_003;
         (h as f32 / 100_003.0 - 0.47) * (1.0 + (i % 7) as f32 * 0.37)
     };
-    for (rows, k, n_out) in [
-        (1, 1, 1usize),
-        (mr, 31, 33),
-        (mr + 1, 33, 45),
-        (2 * mr + 5, 70, 64),
-    ] {
-        let n_panels = n_out.div_ceil(NR);
-        let mut panels = vec![0u16; n_panels * k * NR];
-        let mut wide = vec![0f32; n_panels * k * NR];
-        for o in 0..n_out {
-            let (p, j) = (o / NR, o % NR);
-            for i in 0..k {
-                let b = bf16_bits(val(o * k + i, 1));
-                panels[(p * k + i) * NR + bf16_lane_position(j)] = b;
-                wide[(p * k + i) * NR + j] = f32::from_bits((b as u32) << 16);
-            }
+    for h in [Half::Bf16, Half::F16] {
+        if !has_wide_gemm(h) {
+            println!("note: no widening {h:?} matrix-matrix kernel here: not tested");
+            continue;
         }
-        let x: Vec<f32> = (0..rows * k).map(|i| val(i, 2)).collect();
-        let (mut got, mut want) = (vec![f32::NAN; rows * n_out], vec![f32::NAN; rows * n_out]);
-        for p in 0..n_panels {
-            let n_valid = (n_out - p * NR).min(NR);
-            // SAFETY: the kernel exists (checked above); `x` has `rows` rows of k; each panel
-            // has k × 32 values; each call writes its panel's columns of `rows` rows of n_out.
-            unsafe {
-                gemm_panel_bf16_wide(
-                    x.as_ptr(),
-                    k,
-                    rows,
-                    k,
-                    panels[p * k * NR..].as_ptr(),
-                    got.as_mut_ptr().add(p * NR),
-                    n_out,
-                    n_valid,
-                );
-                gemm_panel_f32(
-                    x.as_ptr(),
-                    k,
-                    rows,
-                    k,
-                    wide[p * k * NR..].as_ptr(),
-                    want.as_mut_ptr().add(p * NR),
-                    n_out,
-                    n_valid,
+        // A weight's bits in the panel, where it goes in a panel row, and its exact value.
+        let bits = |v: f32| match h {
+            Half::Bf16 => bf16_bits(v),
+            Half::F16 => half::f16::from_f32(v).to_bits(),
+        };
+        let lane = |j: usize| match h {
+            Half::Bf16 => bf16_lane_position(j),
+            Half::F16 => j,
+        };
+        let wide = |b: u16| match h {
+            Half::Bf16 => f32::from_bits((b as u32) << 16),
+            Half::F16 => half::f16::from_bits(b).to_f32(),
+        };
+        for (rows, k, n_out) in [
+            (1, 1, 1usize),
+            (mr, 31, 33),
+            (mr + 1, 33, 45),
+            (2 * mr + 5, 70, 64),
+        ] {
+            let n_panels = n_out.div_ceil(NR);
+            let mut panels = vec![0u16; n_panels * k * NR];
+            let mut widened = vec![0f32; n_panels * k * NR];
+            for o in 0..n_out {
+                let (p, j) = (o / NR, o % NR);
+                for i in 0..k {
+                    let b = bits(val(o * k + i, 1));
+                    panels[(p * k + i) * NR + lane(j)] = b;
+                    widened[(p * k + i) * NR + j] = wide(b);
+                }
+            }
+            let x: Vec<f32> = (0..rows * k).map(|i| val(i, 2)).collect();
+            let (mut got, mut want) = (vec![f32::NAN; rows * n_out], vec![f32::NAN; rows * n_out]);
+            for p in 0..n_panels {
+                let n_valid = (n_out - p * NR).min(NR);
+                // SAFETY: the kernel exists (checked above); `x` has `rows` rows of k; each
+                // panel has k × 32 values; each call writes its panel's columns of `rows` rows
+                // of n_out.
+                unsafe {
+                    gemm_panel_wide(
+                        h,
+                        x.as_ptr(),
+                        k,
+                        rows,
+                        k,
+                        panels[p * k * NR..].as_ptr(),
+                        got.as_mut_ptr().add(p * NR),
+                        n_out,
+                        n_valid,
+                    );
+                    gemm_panel_f32(
+                        x.as_ptr(),
+                        k,
+                        rows,
+                        k,
+                        widened[p * k * NR..].as_ptr(),
+                        want.as_mut_ptr().add(p * NR),
+                        n_out,
+                        n_valid,
+                    );
+                }
+            }
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == w.to_bits(),
+                    "{h:?} rows={rows} k={k} out={n_out} at {i}: {g} vs {w}"
                 );
             }
-        }
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                g.to_bits() == w.to_bits(),
-                "rows={rows} k={k} out={n_out} at {i}: {g} vs {w}"
-            );
         }
     }
 }

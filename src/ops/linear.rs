@@ -318,11 +318,9 @@ impl Linear {
                 self.gemm_bf16_dot(x, y, serial);
                 return;
             }
-            Kernel::Float {
-                in_place,
-                bf16_panels,
-                ..
-            } => (in_place, bf16_panels && kernels::has_bf16_wide_gemm()),
+            Kernel::Float { in_place, wide, .. } => {
+                (in_place, wide.filter(|&h| kernels::has_wide_gemm(h)))
+            }
         };
         // Rows whose stride is a multiple of 4 KiB all fall in the same L1 set, and the
         // kernel reads 12 of them at once: give such inputs a padded stride.
@@ -341,11 +339,12 @@ impl Linear {
         };
         let len = k * NR;
         let run = |p: usize| {
-            if wide {
-                // SAFETY: as below, with the bf16 panel p as packed (k × 32 values) and the
-                // widening kernel present (checked with `wide`).
+            if let Some(h) = wide {
+                // SAFETY: as below, with the 16-bit panel p as packed (k × 32 values) and the
+                // widening kernel for its kind present (checked with `wide`).
                 return unsafe {
-                    kernels::gemm_panel_bf16_wide(
+                    kernels::gemm_panel_wide(
+                        h,
                         xs.as_ptr(),
                         ldx,
                         rows,

@@ -20,6 +20,13 @@ macro_rules! by_rows {
             _ => unreachable!("no kernel for this size"),
         }
     };
+    // A kernel with a const parameter of its own before the rows.
+    ($n:expr, $f:ident::<$g:tt> $args:tt, $($r:literal)*) => {
+        match $n {
+            $($r => $f::<$g, $r> $args,)*
+            _ => unreachable!("no kernel for this size"),
+        }
+    };
 }
 
 mod int8;
@@ -40,7 +47,8 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool, bf16: bool) {
             k.f32_to_bf16 = f32_to_bf16_avx512;
             k.gemm_f32 = gemm_f32_avx512;
             k.gemm_f32_rows = 12;
-            k.gemm_bf16_wide = Some(gemm_bf16_wide_avx512);
+            k.gemm_bf16_wide = Some(gemm_wide_avx512::<false>);
+            k.gemm_f16_wide = Some(gemm_wide_avx512::<true>);
             k.quantize_block_q8 = quantize_block_q8_avx512;
             k.wkv7_token_x16 = Some(wkv7_token_avx512);
             k.wkv7_rows_x16 = Some(wkv7_token_rows_avx512);
@@ -651,13 +659,14 @@ pub unsafe fn gemm_f32_avx512(
     by_rows!(rows, tile_f32_512(x, ldx, k, w, y, ldy, n_valid), 1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
-/// As [`tile_f32_512`] on a bf16 panel as packed, each row widened in registers (exactly:
-/// bf16 is the top half of an f32): the same products and sums in the same order as
-/// `tile_f32_512` on the panel widened first, without writing the widened panel anywhere.
+/// As [`tile_f32_512`] on a bf16 (`F16 = false`) or f16 panel as packed, each row widened in
+/// registers (exactly: bf16 is the top half of an f32, f16 converts without rounding): the
+/// same products and sums in the same order as `tile_f32_512` on the panel widened first,
+/// without writing the widened panel anywhere.
 #[inline]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_bf16_wide_512<const R: usize>(
+unsafe fn tile_wide_512<const F16: bool, const R: usize>(
     x: *const f32,
     ldx: usize,
     k: usize,
@@ -669,7 +678,15 @@ unsafe fn tile_bf16_wide_512<const R: usize>(
     let mut a0 = [_mm512_setzero_ps(); R];
     let mut a1 = [_mm512_setzero_ps(); R];
     for i in 0..k {
-        let (w0, w1) = bf16_row_512(w.add(i * NR));
+        let row = w.add(i * NR);
+        let (w0, w1) = if F16 {
+            (
+                _mm512_cvtph_ps(_mm256_loadu_si256(row as *const __m256i)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16) as *const __m256i)),
+            )
+        } else {
+            bf16_row_512(row)
+        };
         for r in 0..R {
             let b = _mm512_set1_ps(*x.add(r * ldx + i));
             a0[r] = _mm512_fmadd_ps(w0, b, a0[r]);
@@ -679,9 +696,10 @@ unsafe fn tile_bf16_wide_512<const R: usize>(
     store_rows(y, ldy, n_valid, &a0, &a1);
 }
 
+/// The widening matrix–matrix kernel on bf16 (`F16 = false`) or f16 panels.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_bf16_wide_avx512(
+pub unsafe fn gemm_wide_avx512<const F16: bool>(
     rows: usize,
     x: *const f32,
     ldx: usize,
@@ -691,7 +709,7 @@ pub unsafe fn gemm_bf16_wide_avx512(
     ldy: usize,
     n_valid: usize,
 ) {
-    by_rows!(rows, tile_bf16_wide_512(x, ldx, k, w, y, ldy, n_valid), 1 2 3 4 5 6 7 8 9 10 11 12)
+    by_rows!(rows, tile_wide_512::<F16>(x, ldx, k, w, y, ldy, n_valid), 1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
 #[inline]
