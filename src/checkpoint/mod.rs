@@ -417,16 +417,26 @@ impl Checkpoint {
             return Ok(None);
         }
         self.verify_storage(name, place)?;
-        let n = meta.numel();
+        self.plain_reader(name, meta, place).map(Some)
+    }
+
+    /// The reader of a tensor stored whole in row-major order at `place`: from a file, read
+    /// with `pread` (see [`TensorReader::read_into`]).
+    fn plain_reader(
+        &self,
+        name: &str,
+        meta: &TensorMeta,
+        place: &Place,
+    ) -> Result<TensorReader<'_>> {
         // Checked at open: base + n × es lies inside the file.
         let Some(bytes) = self
             .data
             .bytes()
-            .get(place.base..place.base + n * place.elem_size)
+            .get(place.base..place.base + meta.numel() * place.elem_size)
         else {
             bail!("tensor {name}: its data lie outside the file");
         };
-        Ok(Some(TensorReader {
+        Ok(TensorReader {
             bytes,
             dtype: meta.dtype,
             base: place.base,
@@ -434,7 +444,7 @@ impl Checkpoint {
                 Data::Mapped(_, f) => Some(f),
                 Data::Owned(_) => None,
             },
-        }))
+        })
     }
 
     /// Reads one tensor like [`Checkpoint::read_f32`], in runs of at most `chunk` elements
@@ -499,25 +509,13 @@ impl Checkpoint {
         let n = meta.numel();
         let out = match &place.view {
             None => {
-                // Checked at open: base + n × es lies inside the file.
-                if b.get(place.base..place.base + n * es).is_none() {
-                    bail!("tensor {name}: its data lie outside the file");
-                }
                 // Through the tensor's reader: from a file, read with `pread`, its pages never
                 // mapped (touching a page of a file the page cache keeps in 2 MiB folios maps
                 // the whole folio: hundreds of small tensors kept ~240 MB of a 1.5B `.pth`
                 // resident).
-                let r = TensorReader {
-                    bytes: &b[place.base..place.base + n * es],
-                    dtype: meta.dtype,
-                    base: place.base,
-                    file: match &self.data {
-                        Data::Mapped(_, f) => Some(f),
-                        Data::Owned(_) => None,
-                    },
-                };
                 let mut out = vec![0.0f32; n];
-                r.read_into(0, &mut out)
+                self.plain_reader(name, meta, place)?
+                    .read_into(0, &mut out)
                     .with_context(|| format!("tensor {name}"))?;
                 out
             }

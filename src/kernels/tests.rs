@@ -57,6 +57,13 @@ fn small_rounding_matches_round_ties_even() {
 }
 
 /// The levels below the detected one that this CPU also runs (the detected one first).
+/// Value `i` of a pseudo-random sequence `seed` for the matrix–matrix kernels' tests: more
+/// than 8 significant bits, mixed signs and magnitudes.
+fn val(i: usize, seed: usize) -> f32 {
+    let h = (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % 100_003;
+    (h as f32 / 100_003.0 - 0.47) * (1.0 + (i % 7) as f32 * 0.37)
+}
+
 fn levels() -> Vec<Level> {
     let top = detect_level();
     let level = |isa, vnni, bf16| Level { isa, vnni, bf16 };
@@ -257,10 +264,6 @@ fn bf16_rounding_is_to_nearest_even() {
 #[test]
 fn the_widening_gemms_are_the_f32_gemm_on_the_widened_panel() {
     let mr = kernels().gemm_f32_rows;
-    let val = |i: usize, seed: usize| {
-        let h = (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % 100_003;
-        (h as f32 / 100_003.0 - 0.47) * (1.0 + (i % 7) as f32 * 0.37)
-    };
     for h in [Half::Bf16, Half::F16] {
         if !has_wide_gemm(h) {
             println!("note: no widening {h:?} matrix-matrix kernel here: not tested");
@@ -352,11 +355,6 @@ fn bf16_dot_kernel_matches_a_reference_of_the_same_rounding() {
         return;
     }
     let mr = kernels().gemm_bf16_rows;
-    let val = |i: usize, seed: usize| {
-        // Values with more than 8 significant bits, of mixed signs and magnitudes.
-        let h = (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % 100_003;
-        (h as f32 / 100_003.0 - 0.47) * (1.0 + (i % 7) as f32 * 0.37)
-    };
     for (rows, k, n_out) in [
         (1, 1, 1usize),
         (3, 2, 32),
