@@ -75,13 +75,13 @@ type SumFn = unsafe fn(&[f32]) -> f32;
 type GemvFn<T> = unsafe fn(&[T], usize, &[f32], &mut [f32]);
 type WidenFn = unsafe fn(&[u16], &mut [f32]);
 type NarrowFn = unsafe fn(&[f32], &mut [u16]);
-type GemmF32Fn = unsafe fn(usize, *const f32, usize, usize, *const f32, *mut f32, usize, usize);
+type GemmF32Fn = TileFn<f32, f32>;
 /// As [`GemmF32Fn`] with one bf16 or f16 panel as packed (see [`layout`]), widened in
 /// registers.
-type GemmWideFn = unsafe fn(usize, *const f32, usize, usize, *const u16, *mut f32, usize, usize);
+type GemmWideFn = TileFn<f32, u16>;
 /// As [`GemmF32Fn`] over bf16 activations (row stride in u16, even, rows padded with a zero to
 /// an even length) and one bf16 panel as packed (see [`layout`]).
-type GemmBf16Fn = unsafe fn(usize, *const u16, usize, usize, *const u16, *mut f32, usize, usize);
+type GemmBf16Fn = TileFn<u16, u16>;
 type QuantizeFn = unsafe fn(&[f32], &mut [i8]) -> (f32, i32);
 /// `x.rows` rows of quantized activations against one quantized panel of `blocks` blocks.
 ///
@@ -416,10 +416,49 @@ pub unsafe fn gemm_panel_f32(
     n_valid: usize,
 ) {
     let kn = kernels();
-    for_row_tiles(rows, kn.gemm_f32_rows, |r, m| {
-        // SAFETY: the table holds only kernels the CPU supports, and `m` is at most its tile
-        // rows; the caller's contract covers rows r..r+m.
-        (kn.gemm_f32)(
+    // SAFETY: the table holds only kernels the CPU supports, with their tile rows; the
+    // caller's contract covers every row.
+    by_row_tiles(
+        kn.gemm_f32,
+        kn.gemm_f32_rows,
+        x,
+        ldx,
+        rows,
+        k,
+        panel,
+        y,
+        ldy,
+        n_valid,
+    );
+}
+
+/// A table's matrix–matrix kernel over activations of type `X` and a panel of type `W`:
+/// `(rows, x, ldx, k, panel, y, ldy, n_valid)` for at most its tile rows.
+type TileFn<X, W> = unsafe fn(usize, *const X, usize, usize, *const W, *mut f32, usize, usize);
+
+/// Runs `f` over consecutive blocks of at most `mr` rows that cover `0 .. rows`: one call per
+/// micro-tile of rows, the entry points' shared loop.
+///
+/// # Safety
+/// `f` must be a kernel of this CPU's table taking at most `mr` rows; the arguments as the
+/// entry point calling this says.
+#[allow(clippy::too_many_arguments)]
+unsafe fn by_row_tiles<X, W>(
+    f: TileFn<X, W>,
+    mr: usize,
+    x: *const X,
+    ldx: usize,
+    rows: usize,
+    k: usize,
+    panel: *const W,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    let mut r = 0;
+    while r < rows {
+        let m = (rows - r).min(mr);
+        f(
             m,
             x.add(r * ldx),
             ldx,
@@ -429,17 +468,6 @@ pub unsafe fn gemm_panel_f32(
             ldy,
             n_valid,
         );
-    });
-}
-
-/// Calls `tile(r, m)` for consecutive blocks of rows `r .. r + m` (`m` at most `mr`) that
-/// cover `0 .. rows`: a matrix–matrix kernel's calls, one per micro-tile of rows.
-#[inline]
-fn for_row_tiles(rows: usize, mr: usize, mut tile: impl FnMut(usize, usize)) {
-    let mut r = 0;
-    while r < rows {
-        let m = (rows - r).min(mr);
-        tile(r, m);
         r += m;
     }
 }
@@ -485,20 +513,20 @@ pub unsafe fn gemm_panel_wide(
     n_valid: usize,
 ) {
     let f = wide_kernel(h).expect("no widening matrix-matrix kernel for these panels");
-    for_row_tiles(rows, kernels().gemm_f32_rows, |r, m| {
-        // SAFETY: the kernel is in the table, so the CPU runs it; `m` is at most its tile rows
-        // (those of `gemm_f32`, installed with it); the caller's contract covers rows r..r+m.
-        f(
-            m,
-            x.add(r * ldx),
-            ldx,
-            k,
-            panel,
-            y.add(r * ldy),
-            ldy,
-            n_valid,
-        );
-    });
+    // SAFETY: the kernel is in the table, so the CPU runs it, with the tile rows of
+    // `gemm_f32` (installed with it); the caller's contract covers every row.
+    by_row_tiles(
+        f,
+        kernels().gemm_f32_rows,
+        x,
+        ldx,
+        rows,
+        k,
+        panel,
+        y,
+        ldy,
+        n_valid,
+    );
 }
 
 /// Rounds rows of `x` (each `k` long) to bf16, round to nearest even (a NaN stays a NaN), into
@@ -552,20 +580,20 @@ pub unsafe fn gemm_panel_bf16(
     let f = kn
         .gemm_bf16
         .expect("the bf16 dot-product kernel is not available");
-    for_row_tiles(rows, kn.gemm_bf16_rows, |r, m| {
-        // SAFETY: the kernel is in the table, so the CPU runs it; `m` is at most its tile
-        // rows; the caller's contract covers rows r..r+m.
-        f(
-            m,
-            x.add(r * ldx),
-            ldx,
-            k,
-            panel,
-            y.add(r * ldy),
-            ldy,
-            n_valid,
-        );
-    });
+    // SAFETY: the kernel is in the table, so the CPU runs it, with its tile rows; the
+    // caller's contract covers every row.
+    by_row_tiles(
+        f,
+        kn.gemm_bf16_rows,
+        x,
+        ldx,
+        rows,
+        k,
+        panel,
+        y,
+        ldy,
+        n_valid,
+    );
 }
 
 /// One Q8_0 panel of a matrix product over all rows of `xq`: `y[r·ldy + j]` for
