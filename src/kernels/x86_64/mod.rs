@@ -47,8 +47,8 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool, bf16: bool) {
             k.f32_to_bf16 = f32_to_bf16_avx512;
             k.gemm_f32 = gemm_f32_avx512;
             k.gemm_f32_rows = 12;
-            k.gemm_bf16_wide = Some(gemm_wide_avx512::<false>);
-            k.gemm_f16_wide = Some(gemm_wide_avx512::<true>);
+            k.gemm_bf16_wide = Some(gemm_wide_avx512::<PANEL_BF16>);
+            k.gemm_f16_wide = Some(gemm_wide_avx512::<PANEL_F16>);
             k.quantize_block_q8 = quantize_block_q8_avx512;
             k.wkv7_token_x16 = Some(wkv7_token_avx512);
             k.wkv7_rows_x16 = Some(wkv7_token_rows_avx512);
@@ -617,24 +617,44 @@ pub unsafe fn f32_to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
     }
 }
 
-/// The f32 micro-kernel: `R` rows × 32 outputs, accumulated in 2R registers.
+/// Panel kinds of the f32 micro-kernel [`tile_512`]: f32 panels, or bf16 and f16 panels as
+/// packed, widened in registers.
+const PANEL_F32: u8 = 0;
+const PANEL_BF16: u8 = 1;
+const PANEL_F16: u8 = 2;
+
+/// The f32 micro-kernel: `R` rows × 32 outputs, accumulated in 2R registers, over a panel of
+/// kind `KIND` at `w`. A bf16 or f16 panel's rows are widened in registers (exactly: bf16 is
+/// the top half of an f32, f16 converts without rounding), so its products and sums are, in
+/// the same order, those of an f32 panel of the same values, and no widened copy is written.
 #[inline]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_f32_512<const R: usize>(
+unsafe fn tile_512<const KIND: u8, const R: usize>(
     x: *const f32,
     ldx: usize,
     k: usize,
-    w: *const f32,
+    w: *const u8,
     y: *mut f32,
     ldy: usize,
     n_valid: usize,
 ) {
+    let row_bytes = NR * if KIND == PANEL_F32 { 4 } else { 2 };
     let mut a0 = [_mm512_setzero_ps(); R];
     let mut a1 = [_mm512_setzero_ps(); R];
     for i in 0..k {
-        let w0 = _mm512_loadu_ps(w.add(i * NR));
-        let w1 = _mm512_loadu_ps(w.add(i * NR + 16));
+        let row = w.add(i * row_bytes);
+        let (w0, w1) = match KIND {
+            PANEL_F32 => {
+                let row = row as *const f32;
+                (_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16)))
+            }
+            PANEL_BF16 => bf16_row_512(row as *const u16),
+            _ => (
+                _mm512_cvtph_ps(_mm256_loadu_si256(row as *const __m256i)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(row.add(32) as *const __m256i)),
+            ),
+        };
         for r in 0..R {
             let b = _mm512_set1_ps(*x.add(r * ldx + i));
             a0[r] = _mm512_fmadd_ps(w0, b, a0[r]);
@@ -656,50 +676,14 @@ pub unsafe fn gemm_f32_avx512(
     ldy: usize,
     n_valid: usize,
 ) {
-    by_rows!(rows, tile_f32_512(x, ldx, k, w, y, ldy, n_valid), 1 2 3 4 5 6 7 8 9 10 11 12)
+    let w = w as *const u8;
+    by_rows!(rows, tile_512::<PANEL_F32>(x, ldx, k, w, y, ldy, n_valid), 1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
-/// As [`tile_f32_512`] on a bf16 (`F16 = false`) or f16 panel as packed, each row widened in
-/// registers (exactly: bf16 is the top half of an f32, f16 converts without rounding): the
-/// same products and sums in the same order as `tile_f32_512` on the panel widened first,
-/// without writing the widened panel anywhere.
-#[inline]
+/// The widening matrix–matrix kernel on bf16 (`KIND` = [`PANEL_BF16`]) or f16 panels.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_wide_512<const F16: bool, const R: usize>(
-    x: *const f32,
-    ldx: usize,
-    k: usize,
-    w: *const u16,
-    y: *mut f32,
-    ldy: usize,
-    n_valid: usize,
-) {
-    let mut a0 = [_mm512_setzero_ps(); R];
-    let mut a1 = [_mm512_setzero_ps(); R];
-    for i in 0..k {
-        let row = w.add(i * NR);
-        let (w0, w1) = if F16 {
-            (
-                _mm512_cvtph_ps(_mm256_loadu_si256(row as *const __m256i)),
-                _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16) as *const __m256i)),
-            )
-        } else {
-            bf16_row_512(row)
-        };
-        for r in 0..R {
-            let b = _mm512_set1_ps(*x.add(r * ldx + i));
-            a0[r] = _mm512_fmadd_ps(w0, b, a0[r]);
-            a1[r] = _mm512_fmadd_ps(w1, b, a1[r]);
-        }
-    }
-    store_rows(y, ldy, n_valid, &a0, &a1);
-}
-
-/// The widening matrix–matrix kernel on bf16 (`F16 = false`) or f16 panels.
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_wide_avx512<const F16: bool>(
+pub unsafe fn gemm_wide_avx512<const KIND: u8>(
     rows: usize,
     x: *const f32,
     ldx: usize,
@@ -709,7 +693,8 @@ pub unsafe fn gemm_wide_avx512<const F16: bool>(
     ldy: usize,
     n_valid: usize,
 ) {
-    by_rows!(rows, tile_wide_512::<F16>(x, ldx, k, w, y, ldy, n_valid), 1 2 3 4 5 6 7 8 9 10 11 12)
+    let w = w as *const u8;
+    by_rows!(rows, tile_512::<KIND>(x, ldx, k, w, y, ldy, n_valid), 1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
 #[inline]
