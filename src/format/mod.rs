@@ -161,6 +161,52 @@ impl RowCodec {
     }
 }
 
+/// f16's row of the table (also the base of f16-exact's).
+const F16_TRAITS: Traits = Traits {
+    format: Format::F16,
+    name: "f16",
+    aliases: &["fp16", "float16"],
+    bits_per_weight: 16.0,
+    quantized: false,
+    block_inputs: 1,
+    block_bytes: 2 * NR,
+    pack_panel: float::pack_f16,
+    unpack_panel: float::unpack_f16,
+    kernel: Kernel::Float {
+        gemv: float::gemv_f16,
+        in_place: false,
+        wide: Some(Half::F16),
+        bf16_dot: false,
+    },
+    rows: float::F16_ROWS,
+    gemv_max_rows: 2,
+    low_rank: Format::F16,
+    holds: None,
+};
+
+/// bf16's row of the table (also the base of bf16-exact's).
+const BF16_TRAITS: Traits = Traits {
+    format: Format::BF16,
+    name: "bf16",
+    aliases: &["bfloat16"],
+    bits_per_weight: 16.0,
+    quantized: false,
+    block_inputs: 1,
+    block_bytes: 2 * NR,
+    pack_panel: float::pack_bf16,
+    unpack_panel: float::unpack_bf16,
+    kernel: Kernel::Float {
+        gemv: float::gemv_bf16,
+        in_place: false,
+        wide: Some(Half::Bf16),
+        bf16_dot: true,
+    },
+    rows: float::BF16_ROWS,
+    gemv_max_rows: 2,
+    low_rank: Format::BF16,
+    holds: None,
+};
+
 /// The table: one row per format, in the order of the variants.
 const TRAITS: [Traits; 7] = [
     Traits {
@@ -184,48 +230,8 @@ const TRAITS: [Traits; 7] = [
         low_rank: Format::F32,
         holds: None,
     },
-    Traits {
-        format: Format::F16,
-        name: "f16",
-        aliases: &["fp16", "float16"],
-        bits_per_weight: 16.0,
-        quantized: false,
-        block_inputs: 1,
-        block_bytes: 2 * NR,
-        pack_panel: float::pack_f16,
-        unpack_panel: float::unpack_f16,
-        kernel: Kernel::Float {
-            gemv: float::gemv_f16,
-            in_place: false,
-            wide: Some(Half::F16),
-            bf16_dot: false,
-        },
-        rows: float::F16_ROWS,
-        gemv_max_rows: 2,
-        low_rank: Format::F16,
-        holds: None,
-    },
-    Traits {
-        format: Format::BF16,
-        name: "bf16",
-        aliases: &["bfloat16"],
-        bits_per_weight: 16.0,
-        quantized: false,
-        block_inputs: 1,
-        block_bytes: 2 * NR,
-        pack_panel: float::pack_bf16,
-        unpack_panel: float::unpack_bf16,
-        kernel: Kernel::Float {
-            gemv: float::gemv_bf16,
-            in_place: false,
-            wide: Some(Half::Bf16),
-            bf16_dot: true,
-        },
-        rows: float::BF16_ROWS,
-        gemv_max_rows: 2,
-        low_rank: Format::BF16,
-        holds: None,
-    },
+    F16_TRAITS,
+    BF16_TRAITS,
     Traits {
         format: Format::Q8_0,
         name: "q8_0",
@@ -273,48 +279,29 @@ const TRAITS: [Traits; 7] = [
         format: Format::BF16Exact,
         name: "bf16-exact",
         aliases: &[],
-        bits_per_weight: 16.0,
-        quantized: false,
-        block_inputs: 1,
-        block_bytes: 2 * NR,
-        pack_panel: float::pack_bf16,
-        unpack_panel: float::unpack_bf16,
         kernel: Kernel::Float {
             gemv: float::gemv_bf16,
             in_place: false,
             wide: Some(Half::Bf16),
             bf16_dot: false,
         },
-        rows: float::BF16_ROWS,
         // As f32's: two rows take the matrix–matrix kernel (whose sums are f32's there too;
         // the matrix–vector kernel sums in another order).
         gemv_max_rows: 1,
         low_rank: Format::BF16Exact,
         holds: Some(Format::F32),
+        ..BF16_TRAITS
     },
-    // f16's panels, rows and matrix–vector kernel (widening each weight: f32's products and
-    // sums), f32's row limit, the matrix–matrix product on the panels widened to f32 (in
-    // registers where the CPU has that kernel).
+    // f16's panels, rows and kernels (each weight widened: f32's products and sums), with
+    // f32's row limit.
     Traits {
         format: Format::F16Exact,
         name: "f16-exact",
         aliases: &[],
-        bits_per_weight: 16.0,
-        quantized: false,
-        block_inputs: 1,
-        block_bytes: 2 * NR,
-        pack_panel: float::pack_f16,
-        unpack_panel: float::unpack_f16,
-        kernel: Kernel::Float {
-            gemv: float::gemv_f16,
-            in_place: false,
-            wide: Some(Half::F16),
-            bf16_dot: false,
-        },
-        rows: float::F16_ROWS,
         gemv_max_rows: 1,
         low_rank: Format::F16Exact,
         holds: Some(Format::F32),
+        ..F16_TRAITS
     },
 ];
 
