@@ -341,29 +341,30 @@ fn deep_embed_stays_close_to_f32_at_every_precision() {
 /// Writes every tensor of `from`, read as f32, into a safetensors file at `to` in `dtype`: "F32"
 /// as read, "F16" scaled by 1.001 and rounded to f16.
 fn write_as(from: &std::path::Path, to: &std::path::Path, dtype: &str) {
+    use common::safetensors::{st_write, Tensor};
     let ckpt = rwkv_cli::checkpoint::Checkpoint::open(from).unwrap();
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for (name, meta) in ckpt.tensors() {
-        let start = data.len();
-        for v in ckpt.read_f32(name).unwrap() {
-            match dtype {
+    let tensors: Vec<Tensor> = ckpt
+        .tensors()
+        .iter()
+        .map(|(name, meta)| {
+            let values = ckpt.read_f32(name).unwrap();
+            let bytes = match dtype {
                 // Scaled off the bf16 grid: values with more than bf16's 8 significant bits.
-                "F16" => data.extend_from_slice(&half::f16::from_f32(v * 1.001).to_le_bytes()),
-                _ => data.extend_from_slice(&v.to_le_bytes()),
+                "F16" => values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(v * 1.001).to_le_bytes())
+                    .collect(),
+                _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            };
+            Tensor {
+                name: name.clone(),
+                dtype: dtype.to_owned(),
+                shape: meta.shape.clone(),
+                bytes,
             }
-        }
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": dtype, "shape": meta.shape, "data_offsets": [start, data.len()]}),
-        );
-    }
-    let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
-    h.resize(h.len().next_multiple_of(8), b' ');
-    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(&h);
-    bytes.extend_from_slice(&data);
-    std::fs::write(to, bytes).unwrap();
+        })
+        .collect();
+    std::fs::write(to, st_write(&tensors)).unwrap();
 }
 
 /// An f32 model from a checkpoint stored in bf16 (or f16) keeps those matrices in 16 bits
