@@ -40,7 +40,8 @@ use super::{
 };
 use crate::checkpoint::Checkpoint;
 use crate::ops::{
-    add_row, for_rows, group_norm, layer_norm, lerp, sigmoid, token_shift, Linear, Mat, RowTable,
+    add_row, for_rows, forward_all, group_norm, layer_norm, lerp, sigmoid, token_shift, Linear,
+    Mat, RowTable,
 };
 use anyhow::{bail, Result};
 
@@ -159,10 +160,6 @@ impl Lora {
             down: att.lora(down, c, rank)?,
             up: att.lora(up, rank, c)?,
         })
-    }
-    /// `up(f(down(x)))`.
-    fn apply(&self, x: &Mat, f: impl Fn(f32) -> f32 + Sync) -> Result<Mat> {
-        self.up.forward(&self.down.forward(x)?.map(f))
     }
 }
 
@@ -313,15 +310,39 @@ impl RwkvV7 {
         recurrence: impl FnOnce(&Mat, &Mat, &Mat, &Mat, &Mat, &Mat) -> Mat,
     ) -> Result<Mat> {
         let (h_count, n) = (self.cfg.n_head, self.cfg.head_size);
-        let r = l.receptance.forward(&lerp(xx, prev, &l.x_r))?;
-        let mut k = l.key.forward(&lerp(xx, prev, &l.x_k))?;
-        let xv = lerp(xx, prev, &l.x_v);
-        let mut v = l.value.forward(&xv)?;
+        let [xr, xk, xv, xw, xa, xg] =
+            [&l.x_r, &l.x_k, &l.x_v, &l.x_w, &l.x_a, &l.x_g].map(|m| lerp(xx, prev, m));
+        // The projections and the LoRAs' first halves read the same inputs, then the second
+        // halves read those: two groups of independent products (for one token, two calls of
+        // the thread pool rather than eleven).
+        let v_lora = l.v_mix.as_ref().map(|(_, lora)| lora);
+        let mut first = vec![
+            (&l.receptance, &xr),
+            (&l.key, &xk),
+            (&l.value, &xv),
+            (&l.w_lora.down, &xw),
+            (&l.a_lora.down, &xa),
+            (&l.g_lora.down, &xg),
+        ];
+        first.extend(v_lora.map(|lora| (&lora.down, &xv)));
+        let mut first = forward_all(&first)?.into_iter();
+        let mut next = || first.next().expect("one output per product");
+        let (r, mut k, mut v) = (next(), next(), next());
+        let (wd, ad, gd) = (next().map(f32::tanh), next(), next().map(sigmoid));
+        let vd = v_lora.map(|_| next());
+        let mut second = vec![
+            (&l.w_lora.up, &wd),
+            (&l.a_lora.up, &ad),
+            (&l.g_lora.up, &gd),
+        ];
+        second.extend(v_lora.zip(vd.as_ref()).map(|(lora, vd)| (&lora.up, vd)));
+        let mut second = forward_all(&second)?.into_iter();
+        let mut next = || second.next().expect("one output per product");
         // Decay: w = exp(-e^-0.5 · σ(w0 + LoRA(x))), in (e^{-0.607}, 1).
-        let w = add_row(l.w_lora.apply(&lerp(xx, prev, &l.x_w), f32::tanh)?, &l.w0)
-            .map(|z| (-0.606_531_f32 * sigmoid(z)).exp());
-        let a = add_row(l.a_lora.apply(&lerp(xx, prev, &l.x_a), |z| z)?, &l.a0).map(sigmoid);
-        let g = l.g_lora.apply(&lerp(xx, prev, &l.x_g), sigmoid)?;
+        let w = add_row(next(), &l.w0).map(|z| (-0.606_531_f32 * sigmoid(z)).exp());
+        let a = add_row(next(), &l.a0).map(sigmoid);
+        let g = next();
+        let v_up = v_lora.map(|_| next());
 
         // κ̂ = normalize(k ⊙ k_k) per head; then k ← k ⊙ (1 + (a − 1) ⊙ k_a).
         // Row by row (rows in parallel when large, as the other elementwise passes).
@@ -345,8 +366,8 @@ impl RwkvV7 {
         // Value residual: layer 0 keeps its value for the others.
         match (&l.v_mix, v_first.as_ref()) {
             (None, _) => *v_first = Some(v.clone()),
-            (Some((v0, lora)), Some(vf)) => {
-                let gate = add_row(lora.apply(&xv, |z| z)?, v0).map(sigmoid);
+            (Some((v0, _)), Some(vf)) => {
+                let gate = add_row(v_up.expect("v_mix has a LoRA"), v0).map(sigmoid);
                 let c = v.cols;
                 for_rows(&mut v.data, c, |t, row| {
                     for ((x, f), gt) in row.iter_mut().zip(vf.row(t)).zip(gate.row(t)) {

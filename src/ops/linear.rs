@@ -62,6 +62,8 @@ thread_local! {
     static BF16_ROWS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-thread quantized activations, for the Q8_0 and Q4_0 kernels.
     static QROWS: std::cell::RefCell<QuantizedRows> = std::cell::RefCell::new(QuantizedRows::default());
+    /// Per-thread quantized inputs of [`forward_all`].
+    static QROWS_ALL: std::cell::RefCell<Vec<QuantizedRows>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// This thread's activation-quantization buffer, taken out of its slot so that a nested
@@ -72,6 +74,15 @@ fn take_qrows() -> QuantizedRows {
 
 fn put_qrows(xq: QuantizedRows) {
     QROWS.with(|q| *q.borrow_mut() = xq);
+}
+
+/// This thread's quantized inputs of [`forward_all`], one per product (taken out, as above).
+fn take_qrows_all() -> Vec<QuantizedRows> {
+    QROWS_ALL.with(|q| std::mem::take(&mut *q.borrow_mut()))
+}
+
+fn put_qrows_all(xqs: Vec<QuantizedRows>) {
+    QROWS_ALL.with(|q| *q.borrow_mut() = xqs);
 }
 
 /// This thread's buffer for activations rounded to bf16 (taken out, as above).
@@ -460,6 +471,86 @@ impl Linear {
             }
         }
     }
+}
+
+/// `x · Wᵀ` for every pair `(W, x)` of `products`, as [`Linear::forward`] gives each, with
+/// the same results bit for bit.
+///
+/// When every input is one row (a decoded token), all the matrix–vector products run as one
+/// call of the pool, their tasks claimed in turn (so list the large products first): the
+/// independent products of a layer (RWKV-7's r, k, v and its LoRAs' first halves) then cost
+/// one hand-off to the workers and one wait for the last of them instead of one each. For
+/// more rows, each product runs as [`Linear::forward`] (a matrix–matrix product already fills
+/// the threads).
+pub fn forward_all(products: &[(&Linear, &Mat)]) -> Result<Vec<Mat>> {
+    if products.len() < 2 || products.iter().any(|(_, x)| x.rows != 1) {
+        return products.iter().map(|(w, x)| w.forward(x)).collect();
+    }
+    for (w, x) in products {
+        if x.cols != w.in_dim {
+            bail!(
+                "linear: input has {} columns, expected {}",
+                x.cols,
+                w.in_dim
+            );
+        }
+    }
+    let threads = pool::threads();
+    // Per product: panels per task (as `Linear::gemv` splits one), and its first task.
+    let mut per = Vec::with_capacity(products.len());
+    let mut first = Vec::with_capacity(products.len() + 1);
+    first.push(0);
+    for (w, _) in products {
+        let n_panels = w.out_dim.div_ceil(NR);
+        let tasks = if w.w.len() < SERIAL_BYTES {
+            1
+        } else {
+            (w.w.len() / GEMV_TASK_BYTES).clamp(threads, 4 * threads)
+        };
+        let p = n_panels.div_ceil(tasks).max(1);
+        per.push(p);
+        first.push(first.last().unwrap() + n_panels.div_ceil(p));
+    }
+    let n_tasks = *first.last().unwrap();
+    // The inputs of the 8-bit products, quantized once each.
+    let mut xqs = take_qrows_all();
+    xqs.resize_with(products.len(), QuantizedRows::default);
+    for ((w, x), xq) in products.iter().zip(xqs.iter_mut()) {
+        if let Kernel::Int8 { .. } = w.format.traits().kernel {
+            xq.quantize(&x.data, 1, w.in_dim);
+        }
+    }
+    let mut outs: Vec<Mat> = products
+        .iter()
+        .map(|(w, _)| Mat::zeros(1, w.out_dim))
+        .collect();
+    let ptrs: Vec<OutPtr> = outs
+        .iter_mut()
+        .map(|o| OutPtr(o.data.as_mut_ptr()))
+        .collect();
+    let run = |t: usize| {
+        // The product whose tasks include t, and t's place among them.
+        let i = first.partition_point(|&f| f <= t) - 1;
+        let ((w, x), p) = (products[i], per[i]);
+        let start = (t - first[i]) * p * NR;
+        let end = (start + p * NR).min(w.out_dim);
+        // SAFETY: `start..end` lies within output i (`start` < out_dim, as task t - first[i]
+        // < ⌈panels / p⌉); each task runs once and the tasks of one product cover disjoint
+        // ranges of its output, which `outs` holds, unborrowed, until every task is done.
+        let o = unsafe { std::slice::from_raw_parts_mut(ptrs[i].at(start), end - start) };
+        match w.format.traits().kernel {
+            Kernel::Float { gemv, .. } => gemv(&w.w, start / NR, w.in_dim, x.row(0), o),
+            Kernel::Int8 { gemv, .. } => gemv(&w.w, start / NR, &xqs[i], o),
+        }
+    };
+    let bytes: usize = products.iter().map(|(w, _)| w.w.len()).sum();
+    if bytes < SERIAL_BYTES {
+        (0..n_tasks).for_each(run);
+    } else {
+        pool::run(n_tasks, &run);
+    }
+    put_qrows_all(xqs);
+    Ok(outs)
 }
 
 /// A table of rows read one at a time (an embedding), kept in a weight format's row encoding

@@ -180,3 +180,52 @@ fn lora_transpose_is_applied_as_x_times_w() {
     let y = lin.forward(&Mat::from_vec(1, 2, vec![1.0, 10.0])).unwrap();
     assert_eq!(y.data, vec![41.0, 52.0, 63.0]);
 }
+
+/// Independent products in one call give what each gives alone, bit for bit: one-row inputs
+/// (one pool call over all their tasks) in every format, large matrices split into tasks and
+/// small ones whole, with inputs of different lengths; and inputs of several rows (each
+/// product on its own). A wrong input width is refused.
+#[test]
+fn products_in_one_call_equal_each_product_alone() {
+    let shapes = [(768, 700), (64, 768), (768, 64), (70, 45), (300, 33)];
+    let formats = [
+        Format::Q4_0,
+        Format::BF16,
+        Format::F32,
+        Format::Q8_0,
+        Format::F16,
+    ];
+    let linears: Vec<Linear> = shapes
+        .iter()
+        .zip(formats.iter().cycle())
+        .enumerate()
+        .map(|(i, (&(inp, out), &f))| {
+            Linear::new(pseudo(inp * out, 40 + i as u32), out, inp, f).unwrap()
+        })
+        .collect();
+    // The first product is above the size that runs serially, the rest below it.
+    assert!(linears[0].weight_bytes() >= SERIAL_BYTES && linears[3].weight_bytes() < SERIAL_BYTES);
+    for rows in [1, 3] {
+        let xs: Vec<Mat> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &(inp, _))| Mat::from_vec(rows, inp, pseudo(rows * inp, 90 + i as u32)))
+            .collect();
+        let pairs: Vec<(&Linear, &Mat)> = linears.iter().zip(&xs).collect();
+        let together = forward_all(&pairs).unwrap();
+        assert_eq!(together.len(), pairs.len());
+        for (i, ((w, x), y)) in pairs.iter().zip(&together).enumerate() {
+            let alone = w.forward(x).unwrap();
+            assert_eq!((y.rows, y.cols), (alone.rows, alone.cols));
+            let same = y
+                .data
+                .iter()
+                .zip(&alone.data)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "rows {rows}, product {i} ({:?}) differs", w.format());
+        }
+    }
+    let x = Mat::from_vec(1, 69, pseudo(69, 3));
+    let err = forward_all(&[(&linears[3], &x), (&linears[4], &x)]).unwrap_err();
+    assert_eq!(err.to_string(), "linear: input has 69 columns, expected 70");
+}

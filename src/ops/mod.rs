@@ -11,7 +11,7 @@
 //! large (a prompt's tokens × width).
 //!
 //! - `mat.rs`: [`Mat`].
-//! - `linear.rs`: [`Linear`], [`RowTable`].
+//! - `linear.rs`: [`Linear`], [`forward_all`] (independent products in one call), [`RowTable`].
 //! - `norm.rs`: [`layer_norm`], [`group_norm`], [`token_shift`], [`lerp`], activations.
 //! - `pool.rs`: the fork–join [`pool`] and [`par_chunks_mut`].
 
@@ -21,7 +21,7 @@ mod norm;
 pub mod pool;
 
 pub use crate::kernels::dot_f32 as dot;
-pub use linear::{Linear, RowTable};
+pub use linear::{forward_all, Linear, RowTable};
 pub use mat::Mat;
 pub use norm::{add_row, group_norm, layer_norm, layer_norm_row, lerp, sigmoid, silu, token_shift};
 pub use pool::{for_rows, par_chunks2_mut, par_chunks_mut};
