@@ -16,8 +16,8 @@ Examples:
 
 Environment: RWKV_CLI_CACHE, XDG_CACHE_HOME (the embedded model's cache); HF_HOME,
 HF_HUB_CACHE, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_DISABLE_PROGRESS_BARS (the Hugging
-Face Hub); NO_COLOR; RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_BF16, RWKV_NO_SIMD (force slower
-kernels).
+Face Hub); NO_COLOR; RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_BF16, RWKV_NO_AMX, RWKV_NO_SIMD
+(force slower kernels).
 Exit status: 0 success, 1 failure (one line on stderr), 2 usage error, 130 interrupted by
 Ctrl-C. `rwkv-cli COMMAND --help` has each command's details.";
 
@@ -27,7 +27,7 @@ macro_rules! model_env {
         "Environment: RWKV_CLI_CACHE or XDG_CACHE_HOME (the embedded model and the weight cache);
 RWKV_CLI_WEIGHT_CACHE_MAX;
 HF_HOME, HF_HUB_CACHE, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_DISABLE_PROGRESS_BARS (Hub
-models); RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_BF16, RWKV_NO_SIMD (force slower kernels)."
+models); RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_BF16, RWKV_NO_AMX, RWKV_NO_SIMD (force slower kernels)."
     };
 }
 
@@ -163,6 +163,11 @@ fn long_version() -> String {
         (false, true) => ", AVX-512 BF16 for the bf16 dot products",
         (false, false) => "",
     };
+    let amx_tiles = if kernels::has_amx() {
+        ", AMX tiles for the bf16 matrix products"
+    } else {
+        ""
+    };
     let yes = |b: bool| if b { "yes" } else { "no" };
     // AMX: CPUID leaf 7 EDX (is_x86_feature_detected! has no stable AMX names yet); the CPU's
     // word only, not whether the kernel lets a process use the tiles.
@@ -193,7 +198,7 @@ fn long_version() -> String {
         "no detection on this architecture".to_string()
     };
     format!(
-        "{}\ncommit: {}\ntarget: {}-{}\nkernels: {isa}{vnni}\ncpu: {cpu}",
+        "{}\ncommit: {}\ntarget: {}-{}\nkernels: {isa}{vnni}{amx_tiles}\ncpu: {cpu}",
         env!("CARGO_PKG_VERSION"),
         env!("RWKV_CLI_GIT_COMMIT"),
         std::env::consts::ARCH,

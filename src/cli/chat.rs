@@ -62,7 +62,7 @@ Examples:
 Environment: RWKV_CLI_HISTORY, XDG_DATA_HOME, HOME (history); NO_COLOR (dim text);
 RWKV_CLI_CACHE or XDG_CACHE_HOME (the embedded model and the weight cache); RWKV_CLI_WEIGHT_CACHE_MAX; HF_HOME, HF_HUB_CACHE, HF_TOKEN,
 HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_DISABLE_PROGRESS_BARS (Hub models); RWKV_NO_AVX512,
-RWKV_NO_VNNI, RWKV_NO_BF16, RWKV_NO_SIMD (force slower kernels).
+RWKV_NO_VNNI, RWKV_NO_BF16, RWKV_NO_AMX, RWKV_NO_SIMD (force slower kernels).
 Exit status: 0 success, 1 failure (one line on stderr), 2 usage error, 130 interrupted.";
 
 #[derive(Args, Debug, Clone)]

@@ -39,7 +39,7 @@ escaped), \"logprob\" (natural log, of the model's distribution before any sampl
 Environment: RWKV_CLI_CACHE or XDG_CACHE_HOME (the embedded model and the weight cache);
 RWKV_CLI_WEIGHT_CACHE_MAX;
 HF_HOME, HF_HUB_CACHE, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_DISABLE_PROGRESS_BARS (Hub
-models); RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_BF16, RWKV_NO_SIMD (force slower kernels).
+models); RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_BF16, RWKV_NO_AMX, RWKV_NO_SIMD (force slower kernels).
 Exit status: 0 success (also when the reader of stdout goes away), 1 failure (one line on
 stderr), 2 usage error, 130 interrupted by Ctrl-C (the stats are still printed).";
 

@@ -6,11 +6,12 @@
 //! ([`buf`]). The panel layout they all read is in [`layout`].
 //!
 //! Each kernel has a portable version (`portable.rs`) and, per instruction set, faster ones in
-//! a file of their own: `x86_64/` (AVX-512, with VNNI for the integer products; AVX2 + FMA;
-//! F16C) and `aarch64.rs` (a place for NEON, empty for now). The instruction set is detected
-//! **once**, and the kernels for it are put in one table of function pointers (`Kernels`);
-//! every entry point below asserts its bounds and calls through that table, once per panel or
-//! per call, never per element. `RWKV_NO_AVX512`, `RWKV_NO_VNNI`, `RWKV_NO_BF16` and
+//! a file of their own: `x86_64/` (AVX-512, with VNNI for the integer products and BF16 for the
+//! bf16 ones; AMX tiles for bf16 matrix–matrix products, `x86_64/amx.rs`; AVX2 + FMA; F16C) and
+//! `aarch64.rs` (a place for NEON, empty for now). The instruction set is detected **once**,
+//! and the kernels for it are put in one table of function pointers (`Kernels`); every entry
+//! point below asserts its bounds and calls through that table, once per panel or per call,
+//! never per element. `RWKV_NO_AVX512`, `RWKV_NO_VNNI`, `RWKV_NO_BF16`, `RWKV_NO_AMX` and
 //! `RWKV_NO_SIMD` force the lower levels, for testing. 16-bit and quantized weights are widened
 //! in registers, so they stay small in memory.
 //!
@@ -61,6 +62,12 @@ pub fn isa() -> Isa {
 /// `RWKV_NO_VNNI` turns them off, as `RWKV_NO_AVX512` turns off AVX-512).
 pub fn has_vnni() -> bool {
     kernels().vnni
+}
+
+/// Whether bf16 matrix–matrix products run on AMX tiles (Intel; detected once, with the
+/// tile state granted by Linux and a first product checked; `RWKV_NO_AMX` turns them off).
+pub fn has_amx() -> bool {
+    kernels().amx
 }
 
 /// Whether bf16 matrix–matrix products use the bf16 dot-product kernel ([`gemm_panel_bf16`]:
@@ -121,8 +128,10 @@ struct Kernels {
     /// The bf16 dot-product matrix–matrix kernel (`None`: bf16 panels are widened to f32
     /// and go through `gemm_f32`).
     gemm_bf16: Option<GemmBf16Fn>,
-    /// Rows per micro-tile of `gemm_bf16`.
+    /// Rows per micro-tile of `gemm_bf16` (unbounded for the AMX kernel).
     gemm_bf16_rows: usize,
+    /// Whether `gemm_bf16` runs on AMX tiles.
+    amx: bool,
     quantize_block_q8: QuantizeFn,
     q8_0_tile: QTileFn,
     q4_0_tile: QTileFn,

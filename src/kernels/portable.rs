@@ -23,6 +23,7 @@ pub(super) const KERNELS: Kernels = Kernels {
     gemm_f16_wide: None,
     gemm_bf16: None,
     gemm_bf16_rows: 0,
+    amx: false,
     quantize_block_q8,
     q8_0_tile: q_tile::<Q8_0Block>,
     q4_0_tile: q_tile::<Q4_0Block>,

@@ -344,8 +344,8 @@ fn the_widening_gemms_are_the_f32_gemm_on_the_widened_panel() {
 /// activations rounded to bf16, every product exact (a product of two bf16 values fits an
 /// f64 exactly), summed exactly; the kernel sums in f32, so it may differ by k rounding
 /// errors of at most 2^-24 of the running sum, bounded by k · 2^-24 · Σ|products|. Shapes:
-/// rows past a whole tile, odd k and k not a multiple of 32, outputs not a multiple of 32.
-/// Skipped, with a note, where the CPU lacks AVX-512 BF16.
+/// rows past a whole tile, odd k and k not a multiple of 32, outputs not a multiple of 32 (and
+/// on AMX the tiles' shapes). Skipped, with a note, where the CPU lacks AVX-512 BF16.
 #[test]
 fn bf16_dot_kernel_matches_a_reference_of_the_same_rounding() {
     if !has_bf16_dot() {
@@ -354,15 +354,19 @@ fn bf16_dot_kernel_matches_a_reference_of_the_same_rounding() {
         );
         return;
     }
-    let mr = kernels().gemm_bf16_rows;
+    // Rows past the `vdpbf16ps` kernel's tile of 12 and, on AMX, blocks of 32 and 16 rows
+    // with k a multiple of 32 (the tiles) and their leftover rows.
     for (rows, k, n_out) in [
         (1, 1, 1usize),
         (3, 2, 32),
-        (mr, 31, 33),
-        (mr + 1, 33, 45),
-        (2 * mr + 5, 70, 64),
+        (12, 31, 33),
+        (13, 33, 45),
+        (29, 70, 64),
         (7, 67, 17),
         (5, 300, 95),
+        (53, 64, 45),
+        (32, 96, 32),
+        (16, 32, 17),
     ] {
         let n_panels = n_out.div_ceil(NR);
         // The weights (out × k), rounded to bf16, packed into panels as the formats do.

@@ -54,7 +54,7 @@ Examples:
 
 Environment: RWKV_CLI_API_KEY (the API key); RWKV_CLI_CACHE or XDG_CACHE_HOME (where the
 embedded model is unpacked); HF_HOME, HF_HUB_CACHE, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE (Hub
-models); RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_BF16, RWKV_NO_SIMD (force slower kernels).
+models); RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_BF16, RWKV_NO_AMX, RWKV_NO_SIMD (force slower kernels).
 
 Exit status: 0 success (also after SIGINT or SIGTERM, once the requests in flight are done),
 1 failure (one line on stderr), 2 usage error.";

@@ -29,6 +29,7 @@ macro_rules! by_rows {
     };
 }
 
+mod amx;
 mod int8;
 use int8::{q4_tile_vnni, q8_tile_vnni, quantize_block_q8_avx512};
 
@@ -72,6 +73,12 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool, bf16: bool) {
     if bf16 {
         k.gemm_bf16 = Some(gemm_bf16_avx512bf16);
         k.gemm_bf16_rows = BF16_TILE_ROWS;
+        // AMX tiles, where usable, take whole panels (all rows in one call).
+        if isa == Isa::Avx512 && amx::usable() {
+            k.gemm_bf16 = Some(amx::gemm_bf16_amx);
+            k.gemm_bf16_rows = usize::MAX;
+            k.amx = true;
+        }
     }
 }
 
