@@ -2,7 +2,7 @@
 //! is in `v7.rs`).
 
 use super::{LayerState, Weights};
-use crate::ops::{lerp, sigmoid, token_shift, Linear, Mat};
+use crate::ops::{forward_all, lerp, sigmoid, token_shift, Linear, Mat};
 use anyhow::Result;
 
 /// The channel-mix (FFN) block of v4, v5 and v6: `σ(R·xr) ⊙ V·relu(K·xk)²`.
@@ -45,15 +45,16 @@ impl ReceptanceFfn {
     /// `xx` is the block's normalised input.
     pub fn forward(&self, xx: &Mat, s: &mut LayerState) -> Result<Mat> {
         let prev = token_shift(xx, &mut s.ffn_shift);
-        let r = self
-            .receptance
-            .forward(&lerp(xx, &prev, &self.mix_r))?
-            .map(sigmoid);
-        let k = self.key.forward(&lerp(xx, &prev, &self.mix_k))?.map(|z| {
+        let (xk, xr) = (lerp(xx, &prev, &self.mix_k), lerp(xx, &prev, &self.mix_r));
+        // Key and receptance are independent: one call of the thread pool for a token.
+        let [k, r]: [Mat; 2] = forward_all(&[(&self.key, &xk), (&self.receptance, &xr)])?
+            .try_into()
+            .expect("one output per product");
+        let k = k.map(|z| {
             let z = z.max(0.0);
             z * z
         });
-        Ok(self.value.forward(&k)?.hadamard(&r))
+        Ok(self.value.forward(&k)?.hadamard(&r.map(sigmoid)))
     }
 }
 

@@ -11,7 +11,9 @@ use super::{
     Config, Embedding, Head, LayerState, Model, State, TimeStateLayout, Version, VersionInfo,
     Weights,
 };
-use crate::ops::{add_row, group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat};
+use crate::ops::{
+    add_row, forward_all, group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat,
+};
 use anyhow::{bail, Result};
 
 /// v6's row in the registry ([`super::VERSIONS`]).
@@ -157,14 +159,21 @@ impl RwkvV6 {
             .forward(&lerp(xx, &prev, &l.maa_x))?
             .map(f32::tanh);
         let d = l.maa_up[0].in_dim;
+        let parts: Vec<Mat> = (0..l.maa_up.len())
+            .map(|j| {
+                let mut part = Mat::zeros(m.rows, d);
+                for t in 0..m.rows {
+                    part.row_mut(t)
+                        .copy_from_slice(&m.row(t)[j * d..(j + 1) * d]);
+                }
+                part
+            })
+            .collect();
+        // The five up-projections are independent: one call of the thread pool for a token.
+        let ups: Vec<(&Linear, &Mat)> = l.maa_up.iter().zip(&parts).collect();
         let mut mixed = Vec::with_capacity(5);
-        for (j, (up, base)) in l.maa_up.iter().zip(&l.maa).enumerate() {
-            let mut part = Mat::zeros(m.rows, d);
-            for t in 0..m.rows {
-                part.row_mut(t)
-                    .copy_from_slice(&m.row(t)[j * d..(j + 1) * d]);
-            }
-            let dyn_mix = add_row(up.forward(&part)?, base);
+        for (up, base) in forward_all(&ups)?.into_iter().zip(&l.maa) {
+            let dyn_mix = add_row(up, base);
             // x + (prev − x)·(maa + m), the mix varying per token.
             let mut x = xx.clone();
             for t in 0..x.rows {
@@ -178,16 +187,19 @@ impl RwkvV6 {
         let [xw, xk, xv, xr, xg]: [Mat; 5] = mixed
             .try_into()
             .map_err(|_| anyhow::anyhow!("v6: five mixes"))?;
-        let r = l.receptance.forward(&xr)?;
-        let k = l.key.forward(&xk)?;
-        let v = l.value.forward(&xv)?;
-        let g = l.gate.forward(&xg)?.map(silu);
-        let w = add_row(
-            l.decay_up
-                .forward(&l.decay_down.forward(&xw)?.map(f32::tanh))?,
-            &l.decay,
-        )
-        .map(|z| (-z.exp()).exp());
+        // r, k, v, g and the decay LoRA's first half: one call of the thread pool for a token.
+        let [r, k, v, g, wd]: [Mat; 5] = forward_all(&[
+            (&l.receptance, &xr),
+            (&l.key, &xk),
+            (&l.value, &xv),
+            (&l.gate, &xg),
+            (&l.decay_down, &xw),
+        ])?
+        .try_into()
+        .expect("one output per product");
+        let g = g.map(silu);
+        let w =
+            add_row(l.decay_up.forward(&wd.map(f32::tanh))?, &l.decay).map(|z| (-z.exp()).exp());
         let mut out = wkv5(&r, &k, &v, &w, &l.bonus, self.cfg.n_head, &mut s.wkv);
         group_norm(&mut out, self.cfg.n_head, &l.ln_x_w, &l.ln_x_b, 64e-5);
         l.output.forward(&out.hadamard(&g))
