@@ -15,7 +15,7 @@ use super::{
     Config, Embedding, Head, LayerState, Model, State, TimeStateLayout, Version, VersionInfo,
     Weights,
 };
-use crate::ops::{layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
+use crate::ops::{forward_all, layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
 use anyhow::Result;
 
 /// v4's row in the registry ([`super::VERSIONS`]).
@@ -116,13 +116,13 @@ impl RwkvV4 {
 
     fn time_mix(&self, l: &Layer, xx: &Mat, s: &mut LayerState) -> Result<Mat> {
         let prev = token_shift(xx, &mut s.att_shift);
-        let r = l
-            .receptance
-            .forward(&lerp(xx, &prev, &l.mix_r))?
-            .map(sigmoid);
-        let k = l.key.forward(&lerp(xx, &prev, &l.mix_k))?;
-        let v = l.value.forward(&lerp(xx, &prev, &l.mix_v))?;
-        let out = wkv4(&r, &k, &v, &l.decay, &l.bonus, &mut s.wkv);
+        let [xr, xk, xv] = [&l.mix_r, &l.mix_k, &l.mix_v].map(|m| lerp(xx, &prev, m));
+        // r, k, v: one call of the thread pool for a token.
+        let [r, k, v]: [Mat; 3] =
+            forward_all(&[(&l.receptance, &xr), (&l.key, &xk), (&l.value, &xv)])?
+                .try_into()
+                .expect("one output per product");
+        let out = wkv4(&r.map(sigmoid), &k, &v, &l.decay, &l.bonus, &mut s.wkv);
         l.output.forward(&out)
     }
 }

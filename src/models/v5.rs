@@ -17,7 +17,7 @@ use super::{
     Weights,
 };
 use crate::checkpoint::Checkpoint;
-use crate::ops::{group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat};
+use crate::ops::{forward_all, group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat};
 use anyhow::{bail, Result};
 
 /// v5's row in the registry ([`super::VERSIONS`]): v5.0, v5.1 and v5.2.
@@ -177,13 +177,23 @@ impl RwkvV5 {
 
     fn time_mix(&self, l: &Layer, xx: &Mat, s: &mut LayerState) -> Result<Mat> {
         let prev = token_shift(xx, &mut s.att_shift);
-        let r = l.receptance.forward(&lerp(xx, &prev, &l.mix_r))?;
-        let k = l.key.forward(&lerp(xx, &prev, &l.mix_k))?;
-        let v = l.value.forward(&lerp(xx, &prev, &l.mix_v))?;
+        let [xr, xk, xv] = [&l.mix_r, &l.mix_k, &l.mix_v].map(|m| lerp(xx, &prev, m));
+        let xg = l.gate.as_ref().map(|(mix_g, _)| lerp(xx, &prev, mix_g));
+        // r, k, v (and the gate): one call of the thread pool for a token.
+        let mut products = vec![(&l.receptance, &xr), (&l.key, &xk), (&l.value, &xv)];
+        products.extend(
+            l.gate
+                .as_ref()
+                .zip(xg.as_ref())
+                .map(|((_, gate), xg)| (gate, xg)),
+        );
+        let mut outs = forward_all(&products)?.into_iter();
+        let mut next = || outs.next().expect("one output per product");
+        let (r, k, v) = (next(), next(), next());
+        let g = l.gate.as_ref().map(|_| next().map(silu));
         let mut out = wkv5(&r, &k, &v, &l.decay, &l.bonus, self.cfg.n_head, &mut s.wkv);
         group_norm(&mut out, self.cfg.n_head, &l.ln_x_w, &l.ln_x_b, 64e-5);
-        if let Some((mix_g, gate)) = &l.gate {
-            let g = gate.forward(&lerp(xx, &prev, mix_g))?.map(silu);
+        if let Some(g) = g {
             out = out.hadamard(&g);
         }
         l.output.forward(&out)
