@@ -240,7 +240,9 @@ pub(super) unsafe fn panel_tiles<T: Tiles>(
 
 /// The table's bf16 matrix–matrix entry where the tiles are usable (same contract as
 /// `gemm_bf16_avx512bf16`, for any number of rows): blocks of 16 rows on the tiles when `k` is
-/// a multiple of 32, the rest on the `vdpbf16ps` kernel.
+/// a multiple of 32, the rest on the `vdpbf16ps` kernel. The two sum in different orders, so a
+/// row's result may differ in the last bits with its place in the call (a prompt's chunk,
+/// a batch of streams), as it does between any two kernels.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn gemm_bf16_amx(
@@ -334,6 +336,13 @@ unsafe fn xcr0() -> u64 {
 }
 
 /// Asks Linux for the tile data state (off by default for every process since 5.16).
+#[cfg(not(target_os = "linux"))]
+fn request_tile_state() -> bool {
+    false
+}
+
+/// Asks Linux for the tile data state (off by default for every process since 5.16).
+#[cfg(target_os = "linux")]
 fn request_tile_state() -> bool {
     const ARCH_GET_XCOMP_PERM: libc::c_long = 0x1022;
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
@@ -358,49 +367,49 @@ fn request_tile_state() -> bool {
     }
 }
 
-/// One product (48 rows: a block of 32 and one of 16; 96 inputs; a partial panel) on the tiles
-/// and on the `vdpbf16ps` kernel: equal within f32 rounding of the sums.
+/// Products on the tiles and on the `vdpbf16ps` kernel, equal bit for bit: 48 rows (a block of
+/// 32 and one of 16) of 96 inputs, once into a partial panel (27 outputs, through the kernel's
+/// buffer) with the activations packed at stride k, once into a whole panel (stored straight
+/// into a wider output) with activations at a longer stride.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn agrees_with_vdpbf16ps<T: Tiles>(t: &mut T) -> bool {
-    let (rows, k, n_valid) = (48, 96, 27);
+    let (rows, k) = (48, 96);
     let bf = |v: f32| (v.to_bits() >> 16) as u16;
-    let x: Vec<u16> = (0..rows * k)
-        .map(|i| bf(((i * 37 % 101) as f32 - 50.0) / 32.0))
-        .collect();
     let w: Vec<u16> = (0..k * NR)
         .map(|i| bf(((i * 53 % 89) as f32 - 44.0) / 64.0))
         .collect();
-    let mut tiles = vec![0f32; rows * NR];
-    let mut dots = vec![0f32; rows * NR];
-    gemm_bf16_tiles(
-        t,
-        rows,
-        x.as_ptr(),
-        k,
-        k,
-        w.as_ptr(),
-        tiles.as_mut_ptr(),
-        NR,
-        n_valid,
-    );
-    let mut r = 0;
-    while r < rows {
-        let m = (rows - r).min(BF16_TILE_ROWS);
-        let (xp, yp) = (x.as_ptr().add(r * k), dots.as_mut_ptr().add(r * NR));
-        gemm_bf16_avx512bf16(m, xp, k, k, w.as_ptr(), yp, NR, n_valid);
-        r += m;
-    }
-    // Every product is a multiple of 2^-11 and every sum below 2^7 in magnitude: exact in f32
-    // in any order, so the two kernels must agree bit for bit.
-    tiles
-        .iter()
-        .zip(&dots)
-        .all(|(a, b)| a.to_bits() == b.to_bits())
+    [(k, NR, 27), (k + 32, NR + 8, NR)]
+        .into_iter()
+        .all(|(ldx, ldy, n_valid)| {
+            let x: Vec<u16> = (0..rows * ldx)
+                .map(|i| bf(((i * 37 % 101) as f32 - 50.0) / 32.0))
+                .collect();
+            let mut tiles = vec![0f32; rows * ldy];
+            let mut dots = vec![0f32; rows * ldy];
+            let (xp, wp) = (x.as_ptr(), w.as_ptr());
+            gemm_bf16_tiles(t, rows, xp, ldx, k, wp, tiles.as_mut_ptr(), ldy, n_valid);
+            let mut r = 0;
+            while r < rows {
+                let m = (rows - r).min(BF16_TILE_ROWS);
+                let yp = dots.as_mut_ptr().add(r * ldy);
+                gemm_bf16_avx512bf16(m, xp.add(r * ldx), ldx, k, wp, yp, ldy, n_valid);
+                r += m;
+            }
+            // Every product is a multiple of 2^-11 and every sum below 2^7 in magnitude: exact
+            // in f32 in any order, so the two kernels must agree bit for bit.
+            tiles
+                .iter()
+                .zip(&dots)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        })
 }
 
 /// The tile instructions in plain Rust, as the Intel SDM describes them: rows and bytes per
-/// row from the configuration, bf16 inputs below the normal range read as zero, sums in f32
-/// rounded to nearest, results below the normal range flushed to zero.
+/// row from the configuration; `tdpbf16ps` sums, per output and per instruction, the products
+/// of the even inputs and those of the odd inputs in two f32 chains from zero (each step a
+/// fused multiply–add: the bf16 products are exact in f32, so a product then an add rounds
+/// the same), adds the two chains, then adds that to the accumulator; inputs below the normal
+/// range read as zero, every result below it flushed to zero, rounding to nearest even.
 #[cfg(test)]
 pub(super) struct Emulated {
     config: TileConfig,
@@ -471,19 +480,14 @@ impl Tiles for Emulated {
         let (_, a_colsb) = self.shape(A);
         for m in 0..m_rows {
             for n in 0..c_colsb / 4 {
-                let mut c = self.f32_at(C, m * 16 + n);
+                let (mut even, mut odd) = (0f32, 0f32);
                 for q in 0..a_colsb / 4 {
-                    let (a0, a1) = (
-                        self.bf16_at(A, m * 32 + 2 * q),
-                        self.bf16_at(A, m * 32 + 2 * q + 1),
-                    );
-                    let (b0, b1) = (
-                        self.bf16_at(B, q * 32 + 2 * n),
-                        self.bf16_at(B, q * 32 + 2 * n + 1),
-                    );
-                    c = flush(c + a0 * b0);
-                    c = flush(c + a1 * b1);
+                    let a = |i| self.bf16_at(A, m * 32 + 2 * q + i);
+                    let b = |i| self.bf16_at(B, q * 32 + 2 * n + i);
+                    even = flush(even + a(0) * b(0));
+                    odd = flush(odd + a(1) * b(1));
                 }
+                let c = flush(self.f32_at(C, m * 16 + n) + flush(even + odd));
                 self.regs[C as usize][4 * (m * 16 + n)..4 * (m * 16 + n) + 4]
                     .copy_from_slice(&c.to_le_bytes());
             }
@@ -546,8 +550,8 @@ mod tests {
     }
 
     /// The kernel on the emulated instructions gives, bit for bit, the sums the instructions
-    /// define: per output, over the pairs of inputs in order, each product added in f32 (even
-    /// input first), values below the normal range as zero. Blocks of 32 and 16 rows, a row
+    /// define (see `Emulated`): per 32 inputs, the even and the odd products in two f32
+    /// chains, their sum added to the output's; values below the normal range as zero. Blocks of 32 and 16 rows, a row
     /// stride past k, whole and partial panels; the outputs past `n_valid` and past the rows
     /// are left as they were.
     #[test]
@@ -580,10 +584,16 @@ mod tests {
                         assert!(got.is_nan(), "n_valid {n_valid}: ({r}, {j}) was written");
                         continue;
                     }
+                    // Per instruction (32 inputs): even and odd products in two chains.
                     let mut c = 0f32;
-                    for i in 0..k {
-                        let (a, b) = (flush(bf(x[r * ldx + i])), flush(bf(w[j * k + i])));
-                        c = flush(c + a * b);
+                    for block in 0..k / 32 {
+                        let (mut even, mut odd) = (0f32, 0f32);
+                        for i in (block * 32..block * 32 + 32).step_by(2) {
+                            let p = |i: usize| flush(bf(x[r * ldx + i])) * flush(bf(w[j * k + i]));
+                            even = flush(even + p(i));
+                            odd = flush(odd + p(i + 1));
+                        }
+                        c = flush(c + flush(even + odd));
                     }
                     assert_eq!(
                         got.to_bits(),
