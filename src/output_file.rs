@@ -2,7 +2,7 @@
 //! cache copy) so that a failure never leaves a corrupt file and a path is never clobbered:
 //! - [`check`]: before any expensive work, that a path can be written (a directory that
 //!   exists and takes a file; not a directory itself);
-//! - [`write`]: a regular or new file atomically — a temporary file in the directory of the
+//! - [`write`](fn@write): a regular or new file atomically — a temporary file in the directory of the
 //!   real file (symbolic links are followed, never replaced), then a rename; an existing FIFO
 //!   or device (`/dev/stdout`) is opened and written in place;
 //! - [`write_atomic`]: the temporary-file-and-rename step itself (permissions kept, synced).

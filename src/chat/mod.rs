@@ -1,7 +1,7 @@
 //! Conversations in the G1 chat format, on a state that never grows.
 //!
 //! A [`Conversation`] owns a recurrent [`State`] and feeds it the conversation text part by
-//! part ([`format`] says what the text is): each part is tokenized on its own and read through
+//! part ([`format`](mod@format) says what the text is): each part is tokenized on its own and read through
 //! the model's sequence path, the reply is sampled one token at a time through the recurrent
 //! path, and after every turn the state equals the state of reading the conversation so far.
 //! A turn therefore costs only its own tokens, whatever the length of the history.

@@ -3,8 +3,8 @@
 
 use anyhow::{bail, Result};
 
-/// Random access to one plainly stored tensor of a [`Checkpoint`] (see
-/// [`Checkpoint::reader`]): any range of its values converted to f32 into a caller's buffer,
+/// Random access to one plainly stored tensor of a [`Checkpoint`](super::Checkpoint) (see
+/// [`Checkpoint::reader`](super::Checkpoint::reader)): any range of its values converted to f32 into a caller's buffer,
 /// without allocating, from several threads at once.
 pub struct TensorReader<'a> {
     /// The tensor's stored bytes (reached through `file` when there is one).

@@ -7,7 +7,7 @@
 //! snapshots/<commit>/<file> -> ../../blobs/<etag>}`.
 //!
 //! A file already in the cache is used without any request. Otherwise it is downloaded by our
-//! own code on ureq ([`download`]: bounded timeouts, bounded retries, every server-provided
+//! own code on ureq (`download`: bounded timeouts, bounded retries, every server-provided
 //! name checked before it becomes a path) from `$HF_ENDPOINT` (else the Hub), authenticated
 //! with `HF_TOKEN` (or the token file in `$HF_HOME/token`), never printed. With `--offline` or
 //! `HF_HUB_OFFLINE=1` only the cache is consulted and nothing is sent to the network.

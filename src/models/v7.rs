@@ -454,7 +454,7 @@ impl Model for RwkvV7 {
 
     /// One token for each of B independent sequences: the projections, LoRAs, FFN and head
     /// run once over the B rows (one read of the weights); token shift and recurrence on each
-    /// row's own state ([`RwkvV7::time_mix_batch`], [`RwkvV7::channel_mix_batch`]).
+    /// row's own state (`RwkvV7::time_mix_batch`, `RwkvV7::channel_mix_batch`).
     fn step_batch(&self, tokens: &[u32], states: &mut [&mut State]) -> Result<Vec<f32>> {
         super::check_batch(tokens, states)?;
         if tokens.len() == 1 {
