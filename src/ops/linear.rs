@@ -46,9 +46,9 @@ impl OutPtr {
         self.0.wrapping_add(offset)
     }
 }
-// SAFETY: the pointer is only dereferenced inside `Linear::forward`, where each thread
-// writes a disjoint set of columns of the output while the owning `Mat` is borrowed mutably
-// by that call and outlives every thread's work.
+// SAFETY: the pointer is only dereferenced inside `Linear::forward` and `forward_all`, where
+// each thread writes a disjoint set of columns of an output while the owning `Mat` is borrowed
+// mutably by (or owned by) that call and outlives every thread's work.
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
@@ -514,7 +514,9 @@ pub fn forward_all(products: &[(&Linear, &Mat)]) -> Result<Vec<Mat>> {
     let n_tasks = *first.last().unwrap();
     // The inputs of the 8-bit products, quantized once each.
     let mut xqs = take_qrows_all();
-    xqs.resize_with(products.len(), QuantizedRows::default);
+    if xqs.len() < products.len() {
+        xqs.resize_with(products.len(), QuantizedRows::default);
+    }
     for ((w, x), xq) in products.iter().zip(xqs.iter_mut()) {
         if let Kernel::Int8 { .. } = w.format.traits().kernel {
             xq.quantize(&x.data, 1, w.in_dim);

@@ -187,13 +187,24 @@ fn lora_transpose_is_applied_as_x_times_w() {
 /// product on its own). A wrong input width is refused.
 #[test]
 fn products_in_one_call_equal_each_product_alone() {
-    let shapes = [(768, 700), (64, 768), (768, 64), (70, 45), (300, 33)];
+    // The first and the last are split into several tasks whatever the thread count (the
+    // last into a prime number of panels, so that its last task is short); the fourth runs
+    // as one task (below the size that runs serially).
+    let shapes = [
+        (768, 700),
+        (64, 768),
+        (768, 64),
+        (70, 45),
+        (300, 33),
+        (2048, 23 * 32 - 5),
+    ];
     let formats = [
         Format::Q4_0,
         Format::BF16,
         Format::F32,
         Format::Q8_0,
         Format::F16,
+        Format::Q8_0,
     ];
     let linears: Vec<Linear> = shapes
         .iter()
@@ -203,7 +214,7 @@ fn products_in_one_call_equal_each_product_alone() {
             Linear::new(pseudo(inp * out, 40 + i as u32), out, inp, f).unwrap()
         })
         .collect();
-    // The first product is above the size that runs serially, the rest below it.
+    assert!(linears[5].weight_bytes() >= 4 * GEMV_TASK_BYTES);
     assert!(linears[0].weight_bytes() >= SERIAL_BYTES && linears[3].weight_bytes() < SERIAL_BYTES);
     for rows in [1, 3] {
         let xs: Vec<Mat> = shapes
