@@ -100,10 +100,10 @@ for rep in $(seq "$REPS"); do
 done
 echo >&2
 
-python3 - "$OUT" "$REPS" "$THREADS" "$CONTEXT" <<'EOF'
+python3 - "$OUT" "$REPS" "$THREADS" "$CONTEXT" "$BIN" <<'EOF'
 import glob, json, os, statistics, subprocess, sys
 
-out, reps, threads, context = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+out, reps, threads, context, BIN = sys.argv[1:6]
 med = lambda xs: statistics.median(xs) if xs else float("nan")
 rows, others = {}, set()
 for path in sorted(glob.glob(os.path.join(out, "*.json"))):
@@ -161,8 +161,15 @@ try:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 except OSError:
     commit = "?"
+# The kernels our binary runs here (`--version`'s line: AVX-512, VNNI, BF16, AMX tiles …).
+try:
+    kernels = next((l.split(":", 1)[1].strip() for l in subprocess.run(
+        [BIN, "--version"], capture_output=True, text=True).stdout.splitlines()
+        if l.startswith("kernels:")), "?")
+except OSError:
+    kernels = "?"
 print(f"Random RWKV-7 0.1B-shaped checkpoint (12 × 768, vocab 65536), {threads} threads, {cpu} "
-      f"({os.cpu_count()} CPUs); medians of {reps} runs; prefill = {context}-token prompt; git {commit or '?'} (+ working tree)\n")
+      f"({os.cpu_count()} CPUs; our kernels: {kernels}); medians of {reps} runs; prefill = {context}-token prompt; git {commit or '?'} (+ working tree)\n")
 print("| system | weights | decode tok/s (ms/token) | weight traffic | of measured bandwidth | prefill tok/s | peak RSS |")
 print("|---|---|---|---|---|---|---|")
 order = {p: i for i, p in enumerate(["f32", "bf16", "f16", "q8_0", "q4_0"])}
