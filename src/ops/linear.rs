@@ -272,13 +272,7 @@ impl Linear {
 
     /// `x · Wᵀ` for every row of `x`.
     pub fn forward(&self, x: &Mat) -> Result<Mat> {
-        if x.cols != self.in_dim {
-            bail!(
-                "linear: input has {} columns, expected {}",
-                x.cols,
-                self.in_dim
-            );
-        }
+        self.check_input(x)?;
         let mut out = Mat::zeros(x.rows, self.out_dim);
         if x.rows <= self.format.traits().gemv_max_rows {
             for t in 0..x.rows {
@@ -288,6 +282,17 @@ impl Linear {
         }
         self.gemm(x, &mut out);
         Ok(out)
+    }
+
+    fn check_input(&self, x: &Mat) -> Result<()> {
+        if x.cols != self.in_dim {
+            bail!(
+                "linear: input has {} columns, expected {}",
+                x.cols,
+                self.in_dim
+            );
+        }
+        Ok(())
     }
 
     /// The matrix–matrix product into `out` (x.rows × out_dim), parallel over panels.
@@ -447,28 +452,44 @@ impl Linear {
     pub fn gemv(&self, x: &[f32], out: &mut [f32]) {
         assert!(x.len() >= self.in_dim && out.len() >= self.out_dim);
         let out = &mut out[..self.out_dim];
-        let k = self.in_dim;
-        let serial = self.w.len() < SERIAL_BYTES;
-        // Panels per task: up to four tasks per thread, for balance when a core is busy, but
-        // no more than one per `GEMV_TASK_BYTES` of weights (at least one per thread): each
-        // task costs a claim and a completion, two transfers of a shared cache line, which
-        // for a small matrix cost about what its weights take to read.
+        let per = self.gemv_panels_per_task();
+        let mut xq = take_qrows();
+        self.prepare_gemv_input(x, &mut xq);
+        par_chunks_mut(out, per * NR, false, |c, o| {
+            self.gemv_panels(c * per, x, &xq, o)
+        });
+        put_qrows(xq);
+    }
+
+    /// Panels per task of a matrix–vector product: up to four tasks per thread, for balance
+    /// when a core is busy, but no more than one per `GEMV_TASK_BYTES` of weights (at least one
+    /// per thread): each task costs a claim and a completion, two transfers of a shared cache
+    /// line, which for a small matrix cost about what its weights take to read. A matrix of
+    /// fewer than `SERIAL_BYTES` is one task (handing it to the pool costs more than it saves).
+    fn gemv_panels_per_task(&self) -> usize {
         let n_panels = self.out_dim.div_ceil(NR);
+        if self.w.len() < SERIAL_BYTES {
+            return n_panels.max(1);
+        }
         let threads = pool::threads();
         let tasks = (self.w.len() / GEMV_TASK_BYTES).clamp(threads, 4 * threads);
-        let per = n_panels.div_ceil(tasks).max(1);
-        let chunk = per * NR;
-        let w = &self.w;
+        n_panels.div_ceil(tasks).max(1)
+    }
+
+    /// Quantizes the input `x` of a matrix–vector product into `xq` for the 8-bit formats
+    /// (once per product; float formats read `x` itself).
+    fn prepare_gemv_input(&self, x: &[f32], xq: &mut QuantizedRows) {
+        if let Kernel::Int8 { .. } = self.format.traits().kernel {
+            xq.quantize(&x[..self.in_dim], 1, self.in_dim);
+        }
+    }
+
+    /// The outputs of panels `p0 ..` (as many as `out` holds) of the product with `x` (its
+    /// quantized form `xq`, from [`Linear::prepare_gemv_input`], for the 8-bit formats).
+    fn gemv_panels(&self, p0: usize, x: &[f32], xq: &QuantizedRows, out: &mut [f32]) {
         match self.format.traits().kernel {
-            Kernel::Float { gemv, .. } => {
-                par_chunks_mut(out, chunk, serial, |c, o| gemv(w, c * per, k, x, o));
-            }
-            Kernel::Int8 { gemv, .. } => {
-                let mut xq = take_qrows();
-                xq.quantize(&x[..k], 1, k);
-                par_chunks_mut(out, chunk, serial, |c, o| gemv(w, c * per, &xq, o));
-                put_qrows(xq);
-            }
+            Kernel::Float { gemv, .. } => gemv(&self.w, p0, self.in_dim, x, out),
+            Kernel::Int8 { gemv, .. } => gemv(&self.w, p0, xq, out),
         }
     }
 }
@@ -487,29 +508,17 @@ pub fn forward_all(products: &[(&Linear, &Mat)]) -> Result<Vec<Mat>> {
         return products.iter().map(|(w, x)| w.forward(x)).collect();
     }
     for (w, x) in products {
-        if x.cols != w.in_dim {
-            bail!(
-                "linear: input has {} columns, expected {}",
-                x.cols,
-                w.in_dim
-            );
-        }
+        w.check_input(x)?;
     }
-    let threads = pool::threads();
-    // Per product: panels per task (as `Linear::gemv` splits one), and its first task.
-    let mut per = Vec::with_capacity(products.len());
+    // Per product: panels per task (as `Linear::gemv` splits it), and its first task.
+    let per: Vec<usize> = products
+        .iter()
+        .map(|(w, _)| w.gemv_panels_per_task())
+        .collect();
     let mut first = Vec::with_capacity(products.len() + 1);
     first.push(0);
-    for (w, _) in products {
-        let n_panels = w.out_dim.div_ceil(NR);
-        let tasks = if w.w.len() < SERIAL_BYTES {
-            1
-        } else {
-            (w.w.len() / GEMV_TASK_BYTES).clamp(threads, 4 * threads)
-        };
-        let p = n_panels.div_ceil(tasks).max(1);
-        per.push(p);
-        first.push(first.last().unwrap() + n_panels.div_ceil(p));
+    for ((w, _), p) in products.iter().zip(&per) {
+        first.push(first.last().unwrap() + w.out_dim.div_ceil(NR).div_ceil(*p));
     }
     let n_tasks = *first.last().unwrap();
     // The inputs of the 8-bit products, quantized once each.
@@ -518,9 +527,7 @@ pub fn forward_all(products: &[(&Linear, &Mat)]) -> Result<Vec<Mat>> {
         xqs.resize_with(products.len(), QuantizedRows::default);
     }
     for ((w, x), xq) in products.iter().zip(xqs.iter_mut()) {
-        if let Kernel::Int8 { .. } = w.format.traits().kernel {
-            xq.quantize(&x.data, 1, w.in_dim);
-        }
+        w.prepare_gemv_input(x.row(0), xq);
     }
     let mut outs: Vec<Mat> = products
         .iter()
@@ -540,10 +547,7 @@ pub fn forward_all(products: &[(&Linear, &Mat)]) -> Result<Vec<Mat>> {
         // < ⌈panels / p⌉); each task runs once and the tasks of one product cover disjoint
         // ranges of its output, which `outs` holds, unborrowed, until every task is done.
         let o = unsafe { std::slice::from_raw_parts_mut(ptrs[i].at(start), end - start) };
-        match w.format.traits().kernel {
-            Kernel::Float { gemv, .. } => gemv(&w.w, start / NR, w.in_dim, x.row(0), o),
-            Kernel::Int8 { gemv, .. } => gemv(&w.w, start / NR, &xqs[i], o),
-        }
+        w.gemv_panels(start / NR, x.row(0), &xqs[i], o);
     };
     let bytes: usize = products.iter().map(|(w, _)| w.w.len()).sum();
     if bytes < SERIAL_BYTES {
