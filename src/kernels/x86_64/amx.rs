@@ -21,6 +21,7 @@
 //! refuses, or a first product that disagrees with the `vdpbf16ps` kernel, leaves the tiles
 //! unused. `RWKV_NO_AMX` turns them off.
 
+use super::super::by_row_tiles;
 use super::super::layout::NR;
 use super::{gemm_bf16_avx512bf16, BF16_TILE_ROWS};
 use std::arch::asm;
@@ -288,12 +289,20 @@ unsafe fn gemm_bf16_tiles<T: Tiles>(
             panel_tiles(t, x, ldx, tiled, k, p.as_ptr(), y, ldy, n_valid);
         });
     }
-    let mut r = tiled;
-    while r < rows {
-        let m = (rows - r).min(BF16_TILE_ROWS);
-        gemm_bf16_avx512bf16(m, x.add(r * ldx), ldx, k, w, y.add(r * ldy), ldy, n_valid);
-        r += m;
-    }
+    let (r, rest) = (tiled, rows - tiled);
+    let (xr, yr) = (x.add(r * ldx), y.add(r * ldy));
+    by_row_tiles(
+        gemm_bf16_avx512bf16,
+        BF16_TILE_ROWS,
+        xr,
+        ldx,
+        rest,
+        k,
+        w,
+        yr,
+        ldy,
+        n_valid,
+    );
 }
 
 /// Whether this CPU has AMX tiles with bf16 products, Linux gives this process their state,
@@ -367,13 +376,13 @@ fn request_tile_state() -> bool {
     }
 }
 
-/// Products on the tiles and on the `vdpbf16ps` kernel, equal bit for bit: 48 rows (a block of
-/// 32 and one of 16) of 96 inputs, once into a partial panel (27 outputs, through the kernel's
+/// Products on the tiles and on the `vdpbf16ps` kernel, equal bit for bit: 53 rows (a block of
+/// 32, one of 16, and 5 left to `vdpbf16ps`) of 96 inputs, once into a partial panel (27 outputs, through the kernel's
 /// buffer) with the activations packed at stride k, once into a whole panel (stored straight
 /// into a wider output) with activations at a longer stride.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn agrees_with_vdpbf16ps<T: Tiles>(t: &mut T) -> bool {
-    let (rows, k) = (48, 96);
+    let (rows, k) = (53, 96);
     let bf = |v: f32| (v.to_bits() >> 16) as u16;
     let w: Vec<u16> = (0..k * NR)
         .map(|i| bf(((i * 53 % 89) as f32 - 44.0) / 64.0))
@@ -388,13 +397,19 @@ unsafe fn agrees_with_vdpbf16ps<T: Tiles>(t: &mut T) -> bool {
             let mut dots = vec![0f32; rows * ldy];
             let (xp, wp) = (x.as_ptr(), w.as_ptr());
             gemm_bf16_tiles(t, rows, xp, ldx, k, wp, tiles.as_mut_ptr(), ldy, n_valid);
-            let mut r = 0;
-            while r < rows {
-                let m = (rows - r).min(BF16_TILE_ROWS);
-                let yp = dots.as_mut_ptr().add(r * ldy);
-                gemm_bf16_avx512bf16(m, xp.add(r * ldx), ldx, k, wp, yp, ldy, n_valid);
-                r += m;
-            }
+            let yp = dots.as_mut_ptr();
+            by_row_tiles(
+                gemm_bf16_avx512bf16,
+                BF16_TILE_ROWS,
+                xp,
+                ldx,
+                rows,
+                k,
+                wp,
+                yp,
+                ldy,
+                n_valid,
+            );
             // Every product is a multiple of 2^-11 and every sum below 2^7 in magnitude: exact
             // in f32 in any order, so the two kernels must agree bit for bit.
             tiles
