@@ -101,7 +101,7 @@ done
 echo >&2
 
 python3 - "$OUT" "$REPS" "$THREADS" "$CONTEXT" "$BIN" <<'EOF'
-import glob, json, os, statistics, subprocess, sys
+import glob, json, os, statistics, sys
 
 out, reps, threads, context, BIN = sys.argv[1:6]
 med = lambda xs: statistics.median(xs) if xs else float("nan")
@@ -149,27 +149,11 @@ def cls(prec):
         return "4/5-bit"
     return p
 
-cpu = "unknown CPU"
-try:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-except OSError:
-    pass
-try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-except OSError:
-    commit = "?"
-# The kernels our binary runs here (`--version`'s line: AVX-512, VNNI, BF16, AMX tiles …).
-try:
-    kernels = next((l.split(":", 1)[1].strip() for l in subprocess.run(
-        [BIN, "--version"], capture_output=True, text=True).stdout.splitlines()
-        if l.startswith("kernels:")), "?")
-except OSError:
-    kernels = "?"
-print(f"Random RWKV-7 0.1B-shaped checkpoint (12 × 768, vocab 65536), {threads} threads, {cpu} "
-      f"({os.cpu_count()} CPUs; our kernels: {kernels}); medians of {reps} runs; prefill = {context}-token prompt; git {commit or '?'} (+ working tree)\n")
+sys.path.insert(0, "scripts")
+from bench_machine import commit, machine
+
+print(f"Random RWKV-7 0.1B-shaped checkpoint (12 × 768, vocab 65536), {threads} threads, {machine(BIN)}; "
+      f"medians of {reps} runs; prefill = {context}-token prompt; git {commit()} (+ working tree)\n")
 print("| system | weights | decode tok/s (ms/token) | weight traffic | of measured bandwidth | prefill tok/s | peak RSS |")
 print("|---|---|---|---|---|---|---|")
 order = {p: i for i, p in enumerate(["f32", "bf16", "f16", "q8_0", "q4_0"])}

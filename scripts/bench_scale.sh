@@ -160,7 +160,7 @@ done
 echo >&2
 
 python3 - "$OUT" "$REPS" "$THREADS" "$CONTEXT_0_1B" "$CONTEXT_1_5B" "$MODEL_0_1B" "$MODEL_1_5B" "$BIN" <<'EOF'
-import glob, json, os, statistics, subprocess, sys
+import glob, json, os, statistics, sys
 
 out, reps, threads, ctx01, ctx15, model01, model15, BIN = sys.argv[1:9]
 med = lambda xs: statistics.median(xs) if xs else None
@@ -213,25 +213,12 @@ for (size, _, _), r in rows.items():
     if r["wbytes"] and not r["frac"] and bandwidth.get(size):
         r["frac"] = [pct(med(r["wbytes"]), med(r["ms"]), med(bandwidth[size]))]
 
-cpu = "unknown CPU"
-try:
-    cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-except (OSError, StopIteration):
-    pass
-try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-except OSError:
-    commit = "?"
-# The kernels our binary runs here (`--version`'s line: AVX-512, VNNI, BF16, AMX tiles …).
-try:
-    kernels = next((l.split(":", 1)[1].strip() for l in subprocess.run(
-        [BIN, "--version"], capture_output=True, text=True).stdout.splitlines()
-        if l.startswith("kernels:")), "?")
-except OSError:
-    kernels = "?"
+sys.path.insert(0, "scripts")
+from bench_machine import commit, machine
+
 print(f"Random RWKV-7 checkpoints of the official shapes (0.1B: 12 × 768; 1.5B: 24 × 2048; vocab 65536; "
-      f"{os.path.basename(model01)}, {os.path.basename(model15)}), {threads} threads, {cpu} ({os.cpu_count()} CPUs; our kernels: {kernels}); medians of {reps} runs; "
-      f"prefill = {ctx01}-token (0.1B) / {ctx15}-token (1.5B) prompt; git {commit or '?'} (+ working tree)\n")
+      f"{os.path.basename(model01)}, {os.path.basename(model15)}), {threads} threads, {machine(BIN)}; medians of {reps} runs; "
+      f"prefill = {ctx01}-token (0.1B) / {ctx15}-token (1.5B) prompt; git {commit()} (+ working tree)\n")
 print("| size | system | weights | start to ready, first run | second run | decode tok/s (ms/token) | of measured bandwidth | prefill tok/s | peak RSS |")
 print("|---|---|---|---|---|---|---|---|---|")
 order = {p: i for i, p in enumerate(["f32", "bf16", "f16", "q8_0", "q4_0"])}
