@@ -12,6 +12,7 @@
 
 use super::Config;
 use crate::kernels::{wkv7_token, wkv7_token_rows};
+use crate::ops::pool::items_per_thread;
 use crate::ops::{par_chunks2_mut, Mat};
 
 /// Floats in one layer's v4 state: `[aa | bb | pp]`, each `n_att` wide.
@@ -238,9 +239,14 @@ pub fn wkv7_rows(states: &mut [&mut [f32]], n_head: usize, n: usize, ins: [&Mat;
         .flat_map(|s| s[..n_head * n * n].chunks_exact_mut(n * n))
         .collect();
     let mut out = Mat::zeros(rows, n_head * n);
-    // Output piece i (n values) is row b = i / n_head, head h = i % n_head: task i's own.
-    par_chunks2_mut(&mut out.data, n, &mut heads, 1, |i, o, st| {
-        head_token_rows(st[0], n, i % n_head, ins, i / n_head, o)
+    // Output piece i (n values) is row b = i / n_head, head h = i % n_head; each task takes
+    // `per` of them (one token's heads, grouped as in `per_head`).
+    let per = items_per_thread(heads.len());
+    par_chunks2_mut(&mut out.data, per * n, &mut heads, per, |c, o, st| {
+        for (j, (o, st)) in o.chunks_mut(n).zip(st.iter_mut()).enumerate() {
+            let i = c * per + j;
+            head_token_rows(st, n, i % n_head, ins, i / n_head, o)
+        }
     });
     out
 }
@@ -257,14 +263,10 @@ where
     let mut per_head = vec![0.0f32; n_head * t_count * n];
     assert!(state.len() >= n_head * n * n);
     // Heads per task: one for a sequence (much work per head: the tasks balance the cores);
-    // for one token, as few tasks as threads (a whole number of heads each), since a task per
-    // head cost more in claims and in state moving between cores than the heads' work
-    // (1.5B decode, 32 heads: 39.5 µs a layer vs 25.8 on one thread; now 18.4).
+    // for one token, as few tasks as threads (1.5B decode, 32 heads: 39.5 µs a layer with a
+    // task per head, 25.8 on one thread, 18.4 so).
     let hpt = if t_count == 1 {
-        let threads = crate::ops::pool::threads().max(1);
-        (n_head.div_ceil(threads)..=n_head)
-            .find(|d| n_head.is_multiple_of(*d))
-            .unwrap_or(1)
+        items_per_thread(n_head)
     } else {
         1
     };

@@ -323,6 +323,16 @@ pub fn par_chunks2_mut<A: Send, B: Send>(
     });
 }
 
+/// Items per task for `n` small items of equal work (one token's heads): as few tasks as
+/// there are threads, each a whole number of items and all the same size (a divisor of `n`:
+/// [`par_chunks2_mut`] wants whole pieces), since a task per item costs more in claims, and in
+/// data moving between cores, than the items' own work.
+pub fn items_per_thread(n: usize) -> usize {
+    (n.div_ceil(threads()).max(1)..=n)
+        .find(|d| n.is_multiple_of(*d))
+        .unwrap_or(1)
+}
+
 /// Elementwise work on more values than this is spread over the pool, by rows.
 const PARALLEL_ELEMENTS: usize = 1 << 15;
 
