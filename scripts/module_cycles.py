@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Import cycles between sibling modules of the library (src/, less the binary's main.rs and cli/).
+"""Import cycles between sibling modules of the library (src/, less the binary's main.rs and cli/),
+and source files over the line limit (every .rs file under src/, cli/ and main.rs included).
 
     python3 scripts/module_cycles.py [SRC_DIR]
 
@@ -8,13 +9,27 @@ Every reference one module makes to another counts — a `use` or a path written
 between P's descendants are collapsed onto P's direct children, and a cycle among those
 children is reported: two modules that import each other, directly or through others. A
 parent's `mod.rs` re-exporting its children, and children using what their parent defines, is
-the parent–child relation, not a cycle. Prints "sibling cycles: none" and exits 0, or lists
-them and exits 1.
+the parent–child relation, not a cycle. Prints "sibling cycles: none", or lists them.
+
+Every .rs file under src/ must have at most MAX_LINES lines; each one over is named with its
+line count. Exits 0 when there is no cycle and no file over the limit, 1 otherwise.
 """
 import collections, os, re, sys
 
 src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "src")
 src = os.path.normpath(src)
+top = os.path.dirname(os.path.abspath(src))  # files are named relative to src/'s parent
+MAX_LINES = 800
+too_long = []
+for root, dirs, names in os.walk(src):
+    dirs.sort()
+    for n in sorted(names):
+        if n.endswith(".rs"):
+            path = os.path.join(root, n)
+            with open(path, encoding="utf-8") as f:
+                count = sum(1 for _ in f)
+            if count > MAX_LINES:
+                too_long.append((os.path.relpath(path, top), count))
 skip = {"main.rs"}
 files = {}
 for root, dirs, names in os.walk(src):
@@ -110,8 +125,13 @@ for P in sorted(modules):
                     g[ca].add(cb); nodes |= {ca, cb}
     for comp in sccs(sorted(nodes), g):
         bad.append((P, sorted(comp)))
+for path, count in too_long:
+    print(f"{path}: {count} lines, over the {MAX_LINES}-line limit")
 if bad:
     for P, comp in bad:
         print(f"sibling cycle under {P}: {' <-> '.join(comp)}")
-    sys.exit(1)
-print(f"sibling cycles: none ({len(modules)} modules, {sum(len(v) for v in refs.values())} references)")
+else:
+    print(f"sibling cycles: none ({len(modules)} modules, {sum(len(v) for v in refs.values())} references)")
+if not too_long:
+    print(f"files over {MAX_LINES} lines: none")
+sys.exit(1 if bad or too_long else 0)
