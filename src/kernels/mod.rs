@@ -97,6 +97,10 @@ type QuantizeFn = unsafe fn(&[f32], &mut [i8]) -> (f32, i32);
 /// `blocks` blocks of the tile's format; `y` as in [`gemm_panel_f32`]; `x.rows` at most the
 /// table's `q_tile_rows`.
 type QTileFn = unsafe fn(&QRows, *const u8, usize, *mut f32, usize, usize);
+/// An activation applied to every value of a slice in place.
+type ActFn = unsafe fn(&mut [f32]);
+/// `v ← e^(s·v)` on every value of a slice.
+type ExpFn = unsafe fn(&mut [f32], f32);
 pub(super) type Wkv7Fn =
     unsafe fn(&mut [f32], usize, &[f32], &[f32], &[f32], &[f32], &[f32], &[f32], &mut [f32]);
 
@@ -142,6 +146,11 @@ struct Kernels {
     wkv7_token_x16: Option<Wkv7Fn>,
     /// The same on the state in the official layout (see [`wkv7_token_rows`]).
     wkv7_rows_x16: Option<Wkv7Fn>,
+    /// The activations ([`exp`], [`sigmoid`], [`tanh`], [`silu`]).
+    exp: ExpFn,
+    sigmoid: ActFn,
+    tanh: ActFn,
+    silu: ActFn,
 }
 
 impl Kernels {
@@ -536,6 +545,32 @@ pub unsafe fn gemm_panel_wide(
         ldy,
         n_valid,
     );
+}
+
+/// `v ← e^(s·v)`, every value (within 3 units in the last place of the exact value where the
+/// CPU has AVX-512; the standard library's `exp` elsewhere). The activations here are the
+/// models' elementwise work: a value's result does not depend on its place in the slice.
+pub fn exp(v: &mut [f32], s: f32) {
+    // SAFETY: the table holds kernels this CPU runs; each reads and writes `v` only.
+    unsafe { (kernels().exp)(v, s) }
+}
+
+/// `v ← 1 / (1 + e^-v)`, every value (as [`exp`]).
+pub fn sigmoid(v: &mut [f32]) {
+    // SAFETY: as in `exp`.
+    unsafe { (kernels().sigmoid)(v) }
+}
+
+/// `v ← tanh v`, every value (as [`exp`]).
+pub fn tanh(v: &mut [f32]) {
+    // SAFETY: as in `exp`.
+    unsafe { (kernels().tanh)(v) }
+}
+
+/// `v ← v · σ(v)` (SiLU), every value (as [`exp`]).
+pub fn silu(v: &mut [f32]) {
+    // SAFETY: as in `exp`.
+    unsafe { (kernels().silu)(v) }
 }
 
 /// Rounds rows of `x` (each `k` long) to bf16, round to nearest even (a NaN stays a NaN), into

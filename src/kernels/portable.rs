@@ -30,9 +30,31 @@ pub(super) const KERNELS: Kernels = Kernels {
     q_tile_rows: 4,
     wkv7_token_x16: None,
     wkv7_rows_x16: None,
+    exp,
+    sigmoid,
+    tanh,
+    silu,
 };
 
 const L: usize = 16;
+
+// The activations: the standard library's functions, one value at a time.
+
+pub fn exp(v: &mut [f32], s: f32) {
+    v.iter_mut().for_each(|x| *x = (s * *x).exp());
+}
+
+pub fn sigmoid(v: &mut [f32]) {
+    v.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp()));
+}
+
+pub fn tanh(v: &mut [f32]) {
+    v.iter_mut().for_each(|x| *x = x.tanh());
+}
+
+pub fn silu(v: &mut [f32]) {
+    v.iter_mut().for_each(|x| *x *= 1.0 / (1.0 + (-*x).exp()));
+}
 
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; L];

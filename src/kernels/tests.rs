@@ -429,3 +429,181 @@ fn bf16_dot_kernel_matches_a_reference_of_the_same_rounding() {
         }
     }
 }
+
+/// Distance in units in the last place between two f32 of the same sign (the ordered bit
+/// patterns), 0 for two NaNs; `u32::MAX` when only one is a NaN or their signs differ.
+fn ulps(a: f32, b: f32) -> u32 {
+    if a.is_nan() || b.is_nan() {
+        return if a.is_nan() && b.is_nan() {
+            0
+        } else {
+            u32::MAX
+        };
+    }
+    if a == b {
+        return 0;
+    }
+    if a.is_sign_negative() != b.is_sign_negative() {
+        return u32::MAX;
+    }
+    a.abs().to_bits().abs_diff(b.abs().to_bits())
+}
+
+/// Inputs for the activations: a sweep over their whole range (past both ends of the
+/// exponential's), the tanh kernel's switch at 0.625, and the special values.
+fn activation_inputs() -> Vec<f32> {
+    let mut v: Vec<f32> = (0..24_000).map(|i| -120.0 + i as f32 * 0.01).collect();
+    let edges = [
+        0.625f32, 88.72, 88.73, 89.0, 103.9, 104.0, 104.5, 87.3, 87.4,
+    ];
+    for e in edges {
+        for d in -3..=3 {
+            let x = f32::from_bits((e.to_bits() as i32 + d) as u32);
+            v.extend([x, -x]);
+        }
+    }
+    v.extend([
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        1e-40,
+        -1e-40,
+        1e-7,
+        -3e-5,
+        1e30,
+        -1e30,
+        f32::MAX,
+        f32::MIN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ]);
+    v
+}
+
+#[test]
+fn activations_are_within_three_units_in_the_last_place_at_every_level() {
+    let x = activation_inputs();
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let mut all = levels();
+    all.push(Level::PORTABLE);
+    for level in all {
+        let t = Kernels::build(level);
+        // (name, the kernel on a copy of `x`, the exact value of an input in f64)
+        type Exact = Box<dyn Fn(f32) -> f64>;
+        let cases: Vec<(&str, Vec<f32>, Exact)> = {
+            let run = |f: &dyn Fn(&mut [f32])| {
+                let mut y = x.clone();
+                f(&mut y);
+                y
+            };
+            // SAFETY (every call): `levels` lists only levels this CPU runs; the kernels
+            // read and write the slice they are given.
+            let s = -0.606_531_f32;
+            vec![
+                (
+                    "exp",
+                    run(&|v| unsafe { (t.exp)(v, 1.0) }),
+                    Box::new(|x: f32| (x as f64).exp()),
+                ),
+                (
+                    "exp scaled",
+                    run(&|v| unsafe { (t.exp)(v, s) }),
+                    // The kernel's argument is the f32 product.
+                    Box::new(move |x: f32| ((s * x) as f64).exp()),
+                ),
+                (
+                    "sigmoid",
+                    run(&|v| unsafe { (t.sigmoid)(v) }),
+                    Box::new(move |x: f32| sig(x as f64)),
+                ),
+                (
+                    "tanh",
+                    run(&|v| unsafe { (t.tanh)(v) }),
+                    Box::new(|x: f32| (x as f64).tanh()),
+                ),
+                (
+                    "silu",
+                    run(&|v| unsafe { (t.silu)(v) }),
+                    Box::new(move |x: f32| x as f64 * sig(x as f64)),
+                ),
+            ]
+        };
+        for (name, got, exact) in cases {
+            let mut worst = (0, 0.0f32);
+            for (&xi, &yi) in x.iter().zip(&got) {
+                let want = exact(xi) as f32;
+                // SiLU of -inf is -inf · 0, a NaN in f32 as in the formula.
+                let want = if name == "silu" && xi == f32::NEG_INFINITY {
+                    f32::NAN
+                } else {
+                    want
+                };
+                // Near zero, an absolute error under 10^-36: the formulas' own underflow
+                // (σ(-92) is 1 / (1 + ∞) in f32, with the standard library's exp too).
+                let d = if (yi - want).abs() < 1e-36 {
+                    0
+                } else {
+                    ulps(yi, want)
+                };
+                assert!(
+                    d <= 3,
+                    "{name} at {level:?}: x = {xi:e} gives {yi:e}, exactly {want:e} ({d} ulps)"
+                );
+                if d > worst.0 {
+                    worst = (d, xi);
+                }
+            }
+            eprintln!(
+                "{name} {level:?}: at most {} ulps (x = {:e})",
+                worst.0, worst.1
+            );
+        }
+    }
+}
+
+#[test]
+fn an_activation_does_not_depend_on_the_place_of_a_value_in_its_slice() {
+    let mut all = levels();
+    all.push(Level::PORTABLE);
+    let x: Vec<f32> = (0..64).map(|i| val(i, 3) * 9.0).collect();
+    for level in all {
+        let t = Kernels::build(level);
+        type Kernel<'a> = &'a dyn Fn(&mut [f32]);
+        let kernels: [(&str, Kernel); 4] = [
+            // SAFETY (each): a level this CPU runs; the kernel writes the slice it is given.
+            ("exp", &|v| unsafe { (t.exp)(v, -0.5) }),
+            ("sigmoid", &|v| unsafe { (t.sigmoid)(v) }),
+            ("tanh", &|v| unsafe { (t.tanh)(v) }),
+            ("silu", &|v| unsafe { (t.silu)(v) }),
+        ];
+        for (name, f) in kernels {
+            let alone: Vec<f32> = x
+                .iter()
+                .map(|&v| {
+                    let mut one = [v];
+                    f(&mut one);
+                    one[0]
+                })
+                .collect();
+            // Every length and start, and nothing written outside the slice.
+            for start in [0, 1, 5] {
+                for len in 0..=40 {
+                    let mut y = x.clone();
+                    f(&mut y[start..start + len]);
+                    for (i, (&yi, (&xi, &ai))) in y.iter().zip(x.iter().zip(&alone)).enumerate() {
+                        let inside = (start..start + len).contains(&i);
+                        let want = if inside { ai } else { xi };
+                        assert_eq!(
+                            yi.to_bits(),
+                            want.to_bits(),
+                            "{name} {level:?}: value {i} of a slice {start}..{}",
+                            start + len
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

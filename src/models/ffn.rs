@@ -2,7 +2,8 @@
 //! is in `v7.rs`).
 
 use super::{LayerState, Weights};
-use crate::ops::{forward_all, lerp, sigmoid, token_shift, Linear, Mat};
+use crate::kernels;
+use crate::ops::{forward_all, lerp, token_shift, Linear, Mat};
 use anyhow::Result;
 
 /// The channel-mix (FFN) block of v4, v5 and v6: `σ(R·xr) ⊙ V·relu(K·xk)²`.
@@ -54,7 +55,7 @@ impl ReceptanceFfn {
             let z = z.max(0.0);
             z * z
         });
-        Ok(self.value.forward(&k)?.hadamard(&r.map(sigmoid)))
+        Ok(self.value.forward(&k)?.hadamard(&r.apply(kernels::sigmoid)))
     }
 }
 

@@ -15,7 +15,8 @@ use super::{
     Config, Embedding, Head, LayerState, Model, State, TimeStateLayout, Version, VersionInfo,
     Weights,
 };
-use crate::ops::{forward_all, layer_norm, lerp, sigmoid, token_shift, Linear, Mat};
+use crate::kernels;
+use crate::ops::{forward_all, layer_norm, lerp, token_shift, Linear, Mat};
 use anyhow::Result;
 
 /// v4's row in the registry ([`super::VERSIONS`]).
@@ -122,7 +123,14 @@ impl RwkvV4 {
             forward_all(&[(&l.receptance, &xr), (&l.key, &xk), (&l.value, &xv)])?
                 .try_into()
                 .expect("one output per product");
-        let out = wkv4(&r.map(sigmoid), &k, &v, &l.decay, &l.bonus, &mut s.wkv);
+        let out = wkv4(
+            &r.apply(kernels::sigmoid),
+            &k,
+            &v,
+            &l.decay,
+            &l.bonus,
+            &mut s.wkv,
+        );
         l.output.forward(&out)
     }
 }

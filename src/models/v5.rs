@@ -17,7 +17,8 @@ use super::{
     Weights,
 };
 use crate::checkpoint::Checkpoint;
-use crate::ops::{forward_all, group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat};
+use crate::kernels;
+use crate::ops::{forward_all, group_norm, layer_norm, lerp, token_shift, Linear, Mat};
 use anyhow::{bail, Result};
 
 /// v5's row in the registry ([`super::VERSIONS`]): v5.0, v5.1 and v5.2.
@@ -190,7 +191,7 @@ impl RwkvV5 {
         let mut outs = forward_all(&products)?.into_iter();
         let mut next = || outs.next().expect("one output per product");
         let (r, k, v) = (next(), next(), next());
-        let g = l.gate.as_ref().map(|_| next().map(silu));
+        let g = l.gate.as_ref().map(|_| next().apply(kernels::silu));
         let mut out = wkv5(&r, &k, &v, &l.decay, &l.bonus, self.cfg.n_head, &mut s.wkv);
         group_norm(&mut out, self.cfg.n_head, &l.ln_x_w, &l.ln_x_b, 64e-5);
         if let Some(g) = g {

@@ -11,9 +11,8 @@ use super::{
     Config, Embedding, Head, LayerState, Model, State, TimeStateLayout, Version, VersionInfo,
     Weights,
 };
-use crate::ops::{
-    add_row, forward_all, group_norm, layer_norm, lerp, silu, token_shift, Linear, Mat,
-};
+use crate::kernels;
+use crate::ops::{add_row, forward_all, group_norm, layer_norm, lerp, token_shift, Linear, Mat};
 use anyhow::{bail, Result};
 
 /// v6's row in the registry ([`super::VERSIONS`]).
@@ -157,7 +156,7 @@ impl RwkvV6 {
         let m = l
             .maa_down
             .forward(&lerp(xx, &prev, &l.maa_x))?
-            .map(f32::tanh);
+            .apply(kernels::tanh);
         let d = l.maa_up[0].in_dim;
         let parts: Vec<Mat> = (0..l.maa_up.len())
             .map(|j| {
@@ -197,9 +196,12 @@ impl RwkvV6 {
         ])?
         .try_into()
         .expect("one output per product");
-        let g = g.map(silu);
-        let w =
-            add_row(l.decay_up.forward(&wd.map(f32::tanh))?, &l.decay).map(|z| (-z.exp()).exp());
+        let g = g.apply(kernels::silu);
+        // w = exp(−exp(z)).
+        let w = add_row(l.decay_up.forward(&wd.apply(kernels::tanh))?, &l.decay).apply(|z| {
+            kernels::exp(z, 1.0);
+            kernels::exp(z, -1.0);
+        });
         let mut out = wkv5(&r, &k, &v, &w, &l.bonus, self.cfg.n_head, &mut s.wkv);
         group_norm(&mut out, self.cfg.n_head, &l.ln_x_w, &l.ln_x_b, 64e-5);
         l.output.forward(&out.hadamard(&g))

@@ -39,9 +39,10 @@ use super::{
     Weights,
 };
 use crate::checkpoint::Checkpoint;
+use crate::kernels::{exp, sigmoid, tanh};
 use crate::ops::{
-    add_row, for_rows, forward_all, group_norm, layer_norm, lerp, sigmoid, token_shift, Linear,
-    Mat, RowTable,
+    add_row, for_rows, forward_all, group_norm, layer_norm, lerp, token_shift, Linear, Mat,
+    RowTable,
 };
 use anyhow::{bail, Result};
 
@@ -328,7 +329,7 @@ impl RwkvV7 {
         let mut first = forward_all(&first)?.into_iter();
         let mut next = || first.next().expect("one output per product");
         let (r, mut k, mut v) = (next(), next(), next());
-        let (wd, ad, gd) = (next().map(f32::tanh), next(), next().map(sigmoid));
+        let (wd, ad, gd) = (next().apply(tanh), next(), next().apply(sigmoid));
         let vd = v_lora.map(|_| next());
         let mut second = vec![
             (&l.w_lora.up, &wd),
@@ -339,8 +340,11 @@ impl RwkvV7 {
         let mut second = forward_all(&second)?.into_iter();
         let mut next = || second.next().expect("one output per product");
         // Decay: w = exp(-e^-0.5 · σ(w0 + LoRA(x))), in (e^{-0.607}, 1).
-        let w = add_row(next(), &l.w0).map(|z| (-0.606_531_f32 * sigmoid(z)).exp());
-        let a = add_row(next(), &l.a0).map(sigmoid);
+        let w = add_row(next(), &l.w0).apply(|z| {
+            sigmoid(z);
+            exp(z, -0.606_531);
+        });
+        let a = add_row(next(), &l.a0).apply(sigmoid);
         let g = next();
         let v_up = v_lora.map(|_| next());
 
@@ -367,7 +371,7 @@ impl RwkvV7 {
         match (&l.v_mix, v_first.as_ref()) {
             (None, _) => *v_first = Some(v.clone()),
             (Some((v0, _)), Some(vf)) => {
-                let gate = add_row(v_up.expect("v_mix has a LoRA"), v0).map(sigmoid);
+                let gate = add_row(v_up.expect("v_mix has a LoRA"), v0).apply(sigmoid);
                 let c = v.cols;
                 for_rows(&mut v.data, c, |t, row| {
                     for ((x, f), gt) in row.iter_mut().zip(vf.row(t)).zip(gate.row(t)) {

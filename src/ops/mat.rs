@@ -50,6 +50,12 @@ impl Mat {
         });
         self
     }
+    /// Applies `f` to every row in place: an activation kernel over a slice
+    /// ([`crate::kernels::sigmoid`], …), rows in parallel when large.
+    pub fn apply(mut self, f: impl Fn(&mut [f32]) + Sync) -> Mat {
+        for_rows(&mut self.data, self.cols, |_, row| f(row));
+        self
+    }
     /// Elementwise product.
     pub fn hadamard(mut self, other: &Mat) -> Mat {
         assert_eq!((self.rows, self.cols), (other.rows, other.cols));

@@ -23,5 +23,5 @@ pub mod pool;
 pub use crate::kernels::dot_f32 as dot;
 pub use linear::{forward_all, Linear, RowTable};
 pub use mat::Mat;
-pub use norm::{add_row, group_norm, layer_norm, layer_norm_row, lerp, sigmoid, silu, token_shift};
+pub use norm::{add_row, group_norm, layer_norm, layer_norm_row, lerp, token_shift};
 pub use pool::{for_rows, par_chunks2_mut, par_chunks_mut};

@@ -72,15 +72,6 @@ pub fn lerp(x: &Mat, prev: &Mat, mix: &[f32]) -> Mat {
     out
 }
 
-pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-/// `x · sigmoid(x)`.
-pub fn silu(x: f32) -> f32 {
-    x * sigmoid(x)
-}
-
 /// Adds a per-channel vector to every row.
 pub fn add_row(mut x: Mat, v: &[f32]) -> Mat {
     let cols = x.cols;

@@ -5,7 +5,8 @@
 //! nothing else calls them. Each is compiled for its target features with
 //! `#[target_feature]`, so it must only run where `super::Isa` detection found them — which
 //! is what the table guarantees. The integer (q8_0/q4_0, VNNI) kernels are in `int8.rs`, the
-//! WKV-7 recurrence in `wkv.rs` and the AMX tiles in `amx.rs`.
+//! WKV-7 recurrence in `wkv.rs`, the activations (exp, sigmoid, tanh, SiLU) in `activation.rs`
+//! and the AMX tiles in `amx.rs`.
 
 use super::layout::NR;
 use super::{Isa, Kernels};
@@ -30,6 +31,7 @@ macro_rules! by_rows {
     };
 }
 
+mod activation;
 mod amx;
 mod int8;
 mod wkv;
@@ -56,6 +58,10 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool, bf16: bool) {
             k.quantize_block_q8 = quantize_block_q8_avx512;
             k.wkv7_token_x16 = Some(wkv7_token_avx512);
             k.wkv7_rows_x16 = Some(wkv7_token_rows_avx512);
+            k.exp = activation::exp_avx512;
+            k.sigmoid = activation::sigmoid_avx512;
+            k.tanh = activation::tanh_avx512;
+            k.silu = activation::silu_avx512;
         }
         Isa::Avx2 => {
             k.dot_f32 = dot_f32_avx2;

@@ -1,0 +1,148 @@
+//! The activations of the models' elementwise work, sixteen values at a time (AVX-512):
+//! `e^(s·x)`, the sigmoid, tanh and SiLU. RWKV-7 takes four exponentials per channel per layer
+//! and token (its decay is `exp(-e^-0.5 · σ(z))`, its in-context learning rate and value gate
+//! sigmoids), which glibc's scalar `expf` computed one value at a time: 3% of a 1.5B bf16
+//! prefill on this project's Zen 5.
+//!
+//! Written here, not taken from a crate: the SIMD math crates choose their instruction set when
+//! compiled (`wide` would give SSE2 in our one portable binary) or need a nightly compiler
+//! (`sleef`'s `portable_simd`); these run under the table's run-time detection like every
+//! other kernel.
+//!
+//! The exponential is the classic one (Cephes' `expf`, as in most SIMD math libraries):
+//! `x = n·ln 2 + r` with `n` the nearest integer to `x / ln 2` and `|r| ≤ ln 2 / 2`
+//! (`ln 2` split in two so that `n·ln 2` is exact in its high part), a degree-7 polynomial for
+//! `e^r`, then `2^n` applied by `vscalefps`, which also gives infinity past the largest
+//! finite value and gradual underflow below the smallest normal one. Tanh follows Cephes'
+//! `tanhf`: an odd polynomial below 0.625, `1 − 2 / (e^{2|x|} + 1)` above. Within 2–3 units in
+//! the last place of the exact values (tested against f64 over the whole range, with the
+//! special values), where the portable kernels call the standard library's functions.
+//!
+//! The tail of a slice (its last `len % 16` values) goes through the same vector code with a
+//! masked load and store, so a value's result never depends on where in a slice it is: a
+//! row computed alone (decode) and within a block of rows (prefill) agree bit for bit.
+
+use std::arch::x86_64::*;
+
+/// `ln 2` in two parts: `LN2_HI` has few enough significant bits that `n · LN2_HI` is exact
+/// for every `n` the clamped range gives.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Below this `e^x` rounds to zero in f32 (`e^-104 < 2^-149 / 2`), above the other bound to
+/// infinity; clamping keeps `r` finite for infinite inputs.
+const EXP_MIN: f32 = -104.0;
+const EXP_MAX: f32 = 89.0;
+/// `e^r − 1 − r = r²·(P5 + P4·r + … + P0·r⁵)` on `|r| ≤ ln 2 / 2` (Cephes' expf coefficients).
+const EXP_P: [f32; 6] = [
+    1.987_569_2e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
+/// `tanh(x) = x + x³·(T0·x⁸ + … + T4)` for `|x| < TANH_SMALL` (Cephes' tanhf coefficients).
+const TANH_SMALL: f32 = 0.625;
+const TANH_P: [f32; 5] = [
+    -5.704_988_7e-3,
+    2.063_909e-2,
+    -5.373_971_6e-2,
+    0.133_314_42,
+    -0.333_332_8,
+];
+
+/// `e^x` on sixteen lanes; a NaN stays a NaN.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_512(x: __m512) -> __m512 {
+    // `min`/`max` return their second operand when either is a NaN: `x` goes second.
+    let x = _mm512_max_ps(_mm512_set1_ps(EXP_MIN), x);
+    let x = _mm512_min_ps(_mm512_set1_ps(EXP_MAX), x);
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut p = _mm512_set1_ps(EXP_P[0]);
+    for c in &EXP_P[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+    }
+    let e = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    let e = _mm512_add_ps(e, _mm512_set1_ps(1.0));
+    _mm512_scalef_ps(e, n)
+}
+
+/// `1 / (1 + e^-x)`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn sigmoid_512(x: __m512) -> __m512 {
+    let one = _mm512_set1_ps(1.0);
+    let e = exp_512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+    _mm512_div_ps(one, _mm512_add_ps(one, e))
+}
+
+/// `tanh x`: the odd polynomial for small `|x|`, else `1 − 2 / (e^{2|x|} + 1)` with `x`'s sign.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn tanh_512(x: __m512) -> __m512 {
+    let sign = _mm512_set1_epi32(i32::MIN);
+    let xi = _mm512_castps_si512(x);
+    let a = _mm512_castsi512_ps(_mm512_andnot_si512(sign, xi));
+    let z = _mm512_mul_ps(x, x);
+    let mut p = _mm512_set1_ps(TANH_P[0]);
+    for c in &TANH_P[1..] {
+        p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(*c));
+    }
+    let small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
+    let one = _mm512_set1_ps(1.0);
+    let e = exp_512(_mm512_add_ps(a, a));
+    let big = _mm512_sub_ps(
+        one,
+        _mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(e, one)),
+    );
+    let big = _mm512_castsi512_ps(_mm512_or_si512(
+        _mm512_castps_si512(big),
+        _mm512_and_si512(xi, sign),
+    ));
+    let is_small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_set1_ps(TANH_SMALL));
+    _mm512_mask_blend_ps(is_small, big, small)
+}
+
+/// Applies `f` to every value of `v` in place, sixteen at a time; the tail through a mask.
+#[inline(always)]
+unsafe fn each_512(v: &mut [f32], f: impl Fn(__m512) -> __m512) {
+    let (n, p) = (v.len(), v.as_mut_ptr());
+    let mut i = 0;
+    while i + 16 <= n {
+        _mm512_storeu_ps(p.add(i), f(_mm512_loadu_ps(p.add(i))));
+        i += 16;
+    }
+    if i < n {
+        let m: __mmask16 = (1u16 << (n - i)) - 1;
+        let x = _mm512_maskz_loadu_ps(m, p.add(i));
+        _mm512_mask_storeu_ps(p.add(i), m, f(x));
+    }
+}
+
+/// `v ← e^(s·v)`, every value.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn exp_avx512(v: &mut [f32], s: f32) {
+    let s = _mm512_set1_ps(s);
+    each_512(v, |x| exp_512(_mm512_mul_ps(x, s)))
+}
+
+#[target_feature(enable = "avx512f")]
+pub unsafe fn sigmoid_avx512(v: &mut [f32]) {
+    each_512(v, |x| sigmoid_512(x))
+}
+
+#[target_feature(enable = "avx512f")]
+pub unsafe fn tanh_avx512(v: &mut [f32]) {
+    each_512(v, |x| tanh_512(x))
+}
+
+/// `x · σ(x)`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn silu_avx512(v: &mut [f32]) {
+    each_512(v, |x| _mm512_mul_ps(x, sigmoid_512(x)))
+}
