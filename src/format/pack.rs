@@ -128,7 +128,6 @@ pub fn pack_at_in(
     format: Format,
     read: ReadAt<'_>,
 ) -> anyhow::Result<AlignedBuf> {
-    use rayon::prelude::*;
     let pb = format.panel_bytes(in_dim);
     let pack_panel = format.traits().pack_panel;
     anyhow::ensure!(
@@ -140,11 +139,11 @@ pub fn pack_at_in(
     if pb == 0 {
         return Ok(buf);
     }
-    buf.bytes_mut()
-        .par_chunks_mut(pb)
-        .with_max_len(1)
-        .enumerate()
-        .try_for_each(|(p, out)| {
+    // A panel per piece; into the file where `buf` is a region of the weight cache's.
+    buf.fill_pieces(
+        pb,
+        || (),
+        |_, p, out| {
             let rows = NR.min(out_dim - p * NR);
             ROWS.with(|cell| {
                 // Taken out of the slot, so a nested use on this thread finds it empty.
@@ -157,7 +156,8 @@ pub fn pack_at_in(
                 *cell.borrow_mut() = v;
                 r
             })
-        })?;
+        },
+    )?;
     Ok(buf)
 }
 

@@ -682,7 +682,6 @@ impl RowTable {
         format: Format,
         read: format::ReadAt<'_>,
     ) -> Result<Self> {
-        use rayon::prelude::*;
         const BLOCK_ROWS: usize = 64;
         let codec = &format.traits().rows;
         let rb = codec.row_bytes(cols);
@@ -693,23 +692,22 @@ impl RowTable {
             );
         }
         if rb > 0 {
-            data.bytes_mut()
-                .par_chunks_mut(BLOCK_ROWS * rb)
-                .enumerate()
-                .try_for_each_init(
-                    || (Vec::new(), Vec::with_capacity(rb)),
-                    |(values, enc): &mut (Vec<f32>, Vec<u8>), (b, out)| -> Result<()> {
-                        let n = out.len() / rb;
-                        values.resize(n * cols, 0.0);
-                        read(b * BLOCK_ROWS * cols, values)?;
-                        for (row, dst) in values.chunks_exact(cols).zip(out.chunks_exact_mut(rb)) {
-                            enc.clear();
-                            (codec.encode)(row, enc);
-                            dst.copy_from_slice(enc);
-                        }
-                        Ok(())
-                    },
-                )?;
+            // Blocks of rows; into the file where `data` is a region of the weight cache's.
+            data.fill_pieces(
+                BLOCK_ROWS * rb,
+                || (Vec::new(), Vec::with_capacity(rb)),
+                |(values, enc): &mut (Vec<f32>, Vec<u8>), b, out| -> Result<()> {
+                    let n = out.len() / rb;
+                    values.resize(n * cols, 0.0);
+                    read(b * BLOCK_ROWS * cols, values)?;
+                    for (row, dst) in values.chunks_exact(cols).zip(out.chunks_exact_mut(rb)) {
+                        enc.clear();
+                        (codec.encode)(row, enc);
+                        dst.copy_from_slice(enc);
+                    }
+                    Ok(())
+                },
+            )?;
         }
         Ok(Self {
             rows,

@@ -10,11 +10,12 @@
 //! valid. The file is not synced: one a crash left incomplete fails its checksums below.
 //!
 //! A first load packs each large matrix and table straight into the file: a region of it,
-//! its blocks allocated first ([`Session::reserve`]), mapped writable and shared, is filled
-//! on all threads, then checksummed and sealed read-only ([`Session::put_packed`]), and the
-//! model runs from those pages. So the first run writes every byte once and copies none (a
-//! 1.5B model in f32, 6 GB, packed into memory and then written took 4× as long), and the
-//! pages it wrote are the ones a second process maps. Small tensors are staged and written.
+//! its blocks allocated first ([`Session::reserve`]) and mapped, is filled on all threads
+//! through the file in whole 2 MiB blocks ([`AlignedBuf::fill_pieces`]), then checksummed and
+//! sealed read-only ([`Session::put_packed`]), and the model runs from those pages. So the
+//! first run writes every byte once, from small per-thread buffers (a 1.5B model in f32, 6 GB,
+//! packed into memory and then written took 4× as long), and the pages it wrote are the ones a
+//! second process maps, as huge pages. Small tensors are staged and written.
 //!
 //! A load that finds the file maps it and trusts nothing before checking: the header, the
 //! key (the checkpoint's canonical path, size, modification time, inode and
@@ -313,9 +314,10 @@ impl Session {
     }
 
     /// A region of `len` zero bytes in the file being written, for a large matrix or table
-    /// to be packed straight into (then given to [`Session::put_packed`]): its bytes are
-    /// written once, into the file's pages, where packing into memory of its own and then
-    /// writing would zero and copy every page (a 1.5B model's 6 GB in f32 took 4× as long).
+    /// to be packed straight into with [`AlignedBuf::fill_pieces`] (then given to
+    /// [`Session::put_packed`]): its bytes are written once, into the file's pages, where
+    /// packing into memory of its own and then writing would zero and copy every page (a 1.5B
+    /// model's 6 GB in f32 took 4× as long).
     /// `None` when no file is being written, for small tensors, and where the file system
     /// cannot reserve the space or map the file (then the bytes are written as before).
     pub fn reserve(&self, len: usize) -> Option<AlignedBuf> {
