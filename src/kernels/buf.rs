@@ -473,8 +473,8 @@ impl AlignedBuf {
     /// region was faulted in first, read from a block not written yet, which the kernel fills
     /// with zeros: 65% of the CPU time of a 1.5B bf16 first start in one profile on this
     /// project's machine. `Ok(false)` if a write failed (the map's bytes are then not all
-    /// written: the caller fills memory of its own instead, and the weight cache, which then
-    /// cannot write the file either, says so and the run goes on without it).
+    /// written: the caller fills memory of its own instead, which the weight cache then writes
+    /// as it writes small tensors, or reports that it cannot and goes on without the file).
     fn fill_file<S, E: Send>(
         map: &FileMap,
         total: usize,

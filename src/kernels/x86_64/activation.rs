@@ -81,31 +81,32 @@ unsafe fn sigmoid_512(x: __m512) -> __m512 {
     _mm512_div_ps(one, _mm512_add_ps(one, e))
 }
 
-/// `tanh x`: the odd polynomial for small `|x|`, else `1 − 2 / (e^{2|x|} + 1)` with `x`'s sign.
+/// `tanh x`: `tanh |x|` — the odd polynomial for small `|x|`, else `1 − 2 / (e^{2|x|} + 1)` —
+/// with `x`'s sign (so `tanh(−0) = −0`, as the standard library's).
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn tanh_512(x: __m512) -> __m512 {
     let sign = _mm512_set1_epi32(i32::MIN);
     let xi = _mm512_castps_si512(x);
     let a = _mm512_castsi512_ps(_mm512_andnot_si512(sign, xi));
-    let z = _mm512_mul_ps(x, x);
+    let z = _mm512_mul_ps(a, a);
     let mut p = _mm512_set1_ps(TANH_P[0]);
     for c in &TANH_P[1..] {
         p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(*c));
     }
-    let small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
+    let small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), a, a);
     let one = _mm512_set1_ps(1.0);
     let e = exp_512(_mm512_add_ps(a, a));
     let big = _mm512_sub_ps(
         one,
         _mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(e, one)),
     );
-    let big = _mm512_castsi512_ps(_mm512_or_si512(
-        _mm512_castps_si512(big),
-        _mm512_and_si512(xi, sign),
-    ));
     let is_small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_set1_ps(TANH_SMALL));
-    _mm512_mask_blend_ps(is_small, big, small)
+    let t = _mm512_mask_blend_ps(is_small, big, small);
+    _mm512_castsi512_ps(_mm512_or_si512(
+        _mm512_castps_si512(t),
+        _mm512_and_si512(xi, sign),
+    ))
 }
 
 /// Applies `f` to every value of `v` in place, sixteen at a time; the tail through a mask.
