@@ -389,6 +389,15 @@ impl AlignedBuf {
         }
     }
 
+    /// The writable file map this buffer is the whole of (a region of a cache file being
+    /// written, [`AlignedBuf::in_file`]), until it is sealed.
+    pub fn writable_map(&self) -> Option<&std::sync::Arc<FileMap>> {
+        match self.file_map() {
+            Some((map, 0)) if map.is_writable() => Some(map),
+            _ => None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -449,7 +458,7 @@ impl AlignedBuf {
         if self.len == 0 {
             return Ok(());
         }
-        if let Some((map, 0)) = self.file_map().filter(|(m, _)| m.is_writable()) {
+        if let Some(map) = self.writable_map() {
             let map = map.clone();
             if Self::fill_file(&map, self.len, len, &init, &fill)? {
                 return Ok(());
@@ -504,7 +513,6 @@ impl AlignedBuf {
             at += span;
         }
         cuts.push(total);
-        cuts.dedup();
         let failed = AtomicBool::new(false);
         cuts.par_windows(2).with_max_len(1).try_for_each_init(
             || (init(), Vec::new(), Vec::with_capacity(HUGE_PAGE)),

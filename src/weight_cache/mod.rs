@@ -341,7 +341,7 @@ impl Session {
     /// Records entry `key` with its packed bytes `buf`: a region from [`Session::reserve`]
     /// is checksummed and sealed read-only in place; other bytes are copied into the file.
     pub fn put_packed(&self, key: &str, dims: [usize; 2], format: Format, buf: &AlignedBuf) {
-        let Some((map, 0)) = buf.file_map().filter(|(m, _)| m.is_writable()) else {
+        let Some(map) = buf.writable_map() else {
             return self.put(key, dims, format, buf.bytes());
         };
         let hashes = segment_hashes(buf.bytes());
