@@ -157,11 +157,12 @@ fn long_version() -> String {
         Isa::Avx2 => "AVX2 + FMA",
         Isa::Portable => "portable (no x86 SIMD)",
     };
-    let vnni = match (kernels::has_vnni(), kernels::has_bf16_dot()) {
-        (true, true) => ", AVX-512 VNNI for the int8 and BF16 for the bf16 dot products",
-        (true, false) => ", AVX-512 VNNI for the int8 dot products",
-        (false, true) => ", AVX-512 BF16 for the bf16 dot products",
-        (false, false) => "",
+    let vnni = match (kernels::isa(), kernels::has_vnni(), kernels::has_bf16_dot()) {
+        (Isa::Avx2, true, _) => ", AVX-VNNI for the int8 dot products",
+        (_, true, true) => ", AVX-512 VNNI for the int8 and BF16 for the bf16 dot products",
+        (_, true, false) => ", AVX-512 VNNI for the int8 dot products",
+        (_, false, true) => ", AVX-512 BF16 for the bf16 dot products",
+        (_, false, false) => "",
     };
     let amx_tiles = if kernels::has_amx() {
         ", AMX tiles for the bf16 matrix products"
@@ -176,8 +177,9 @@ fn long_version() -> String {
     let amx = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx;
     #[cfg(target_arch = "x86_64")]
     let cpu = format!(
-        "avx2 {}, avx512f {}, avx512vnni {}, avx512bf16 {}, amx-tile {}, amx-bf16 {}, amx-int8 {}",
+        "avx2 {}, avx-vnni {}, avx512f {}, avx512vnni {}, avx512bf16 {}, amx-tile {}, amx-bf16 {}, amx-int8 {}",
         yes(is_x86_feature_detected!("avx2")),
+        yes(is_x86_feature_detected!("avxvnni")),
         yes(is_x86_feature_detected!("avx512f")),
         yes(is_x86_feature_detected!("avx512vnni")),
         yes(is_x86_feature_detected!("avx512bf16")),

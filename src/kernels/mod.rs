@@ -7,7 +7,8 @@
 //!
 //! Each kernel has a portable version (`portable.rs`) and, per instruction set, faster ones in
 //! a file of their own: `x86_64/` (AVX-512, with VNNI for the integer products and BF16 for the
-//! bf16 ones; AMX tiles for bf16 matrix–matrix products, `x86_64/amx.rs`; AVX2 + FMA; F16C) and
+//! bf16 ones; AMX tiles for bf16 matrix–matrix products, `x86_64/amx.rs`; AVX2 + FMA, with
+//! AVX-VNNI for the integer products where the CPU has it; F16C) and
 //! `aarch64.rs` (a place for NEON, empty for now). The instruction set is detected **once**,
 //! and the kernels for it are put in one table of function pointers (`Kernels`); every entry
 //! point below asserts its bounds and calls through that table, once per panel or per call,
@@ -58,8 +59,9 @@ pub fn isa() -> Isa {
     kernels().isa
 }
 
-/// Whether the int8 dot-product instructions (AVX-512 VNNI) are used (detected once;
-/// `RWKV_NO_VNNI` turns them off, as `RWKV_NO_AVX512` turns off AVX-512).
+/// Whether the int8 dot-product instructions (AVX-512 VNNI, or AVX-VNNI at the AVX2 level)
+/// are used (detected once; `RWKV_NO_VNNI` turns them off, as `RWKV_NO_AVX512` turns off
+/// AVX-512).
 pub fn has_vnni() -> bool {
     kernels().vnni
 }
@@ -188,7 +190,8 @@ impl Kernels {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Level {
     isa: Isa,
-    /// AVX-512 VNNI (the int8 dot products).
+    /// The int8 dot products (`vpdpbusd`) at the instruction set's width: AVX-512 VNNI at the
+    /// AVX-512 level, AVX-VNNI at the AVX2 level.
     vnni: bool,
     /// AVX-512 BF16 (the bf16 dot products).
     bf16: bool,
@@ -220,9 +223,12 @@ fn detect_level() -> Level {
     } else {
         Isa::Portable
     };
-    let vnni = isa == Isa::Avx512
-        && std::env::var_os("RWKV_NO_VNNI").is_none()
-        && is_x86_feature_detected!("avx512vnni");
+    let vnni = std::env::var_os("RWKV_NO_VNNI").is_none()
+        && match isa {
+            Isa::Avx512 => is_x86_feature_detected!("avx512vnni"),
+            Isa::Avx2 => is_x86_feature_detected!("avxvnni"),
+            Isa::Portable => false,
+        };
     let bf16 = isa == Isa::Avx512
         && std::env::var_os("RWKV_NO_BF16").is_none()
         && is_x86_feature_detected!("avx512bf16");

@@ -75,6 +75,10 @@ fn levels() -> Vec<Level> {
         v.push(level(Isa::Avx512, false, false));
     }
     if top.isa != Isa::Portable {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avxvnni") {
+            v.push(level(Isa::Avx2, true, false));
+        }
         v.push(level(Isa::Avx2, false, false));
     }
     v
@@ -95,7 +99,7 @@ fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
     let p = Kernels::build(Level::PORTABLE);
     let (k, n_out) = (70, 45);
     let (w, x) = data(2 * k * NR);
-    let x = &x[..3 * k];
+    let x = &x[..6 * k];
     let bf: Vec<u16> = w
         .iter()
         .map(|v| half::bf16::from_f32(*v).to_bits())
@@ -121,7 +125,7 @@ fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
         }
     }
     let mut xq = QuantizedRows::default();
-    xq.quantize(x, 3, k);
+    xq.quantize(x, 6, k);
     for level in levels() {
         let t = Kernels::build(level);
         let at = format!("{level:?}");
@@ -166,37 +170,50 @@ fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
             (t.gemm_f32)(rows, x.as_ptr(), k, k, w.as_ptr(), y1.as_mut_ptr(), NR, 30);
             (p.gemm_f32)(rows, x.as_ptr(), k, k, w.as_ptr(), y2.as_mut_ptr(), NR, 30);
             close(&y1, &y2, &format!("gemm f32 {at}"));
-            let (mut q1, mut q2) = ([0i8; QK], [0i8; QK]);
-            let a = (t.quantize_block_q8)(&x[..QK], &mut q1);
-            assert_eq!((a, q1), ((p.quantize_block_q8)(&x[..QK], &mut q2), q2));
-            let rows = QRows {
-                q: xq.q.as_ptr(),
-                ldq: blocks * QK,
-                d: xq.d.as_ptr(),
-                sum: xq.sum.as_ptr(),
-                ldb: blocks,
-                rows: 3,
-            };
-            for (name, tf, pf, panel) in [
-                ("q8_0", t.q8_0_tile, p.q8_0_tile, &qp),
-                ("q4_0", t.q4_0_tile, p.q4_0_tile, &q4),
-            ] {
-                let (mut y1, mut y2) = (vec![0.0; 3 * NR], vec![0.0; 3 * NR]);
-                tf(&rows, panel.as_ptr(), blocks, y1.as_mut_ptr(), NR, 29);
-                pf(&rows, panel.as_ptr(), blocks, y2.as_mut_ptr(), NR, 29);
-                close(&y1, &y2, &format!("{name} tile {at}"));
-                // One row (the matrix–vector product, which the SIMD tiles special-case)
-                // gives exactly the first row of the three-row product: the integer
-                // sums and their epilogue are the same.
-                let one = QRows { rows: 1, ..rows };
-                let mut y3 = vec![0.0; NR];
-                tf(&one, panel.as_ptr(), blocks, y3.as_mut_ptr(), NR, 29);
-                assert_eq!(y3[..29], y1[..29], "{name} one-row tile {at}");
+            for xb in x.chunks_exact(QK).chain([&[0.0; QK][..]]) {
+                let (mut q1, mut q2) = ([0i8; QK], [0i8; QK]);
+                let a = (t.quantize_block_q8)(xb, &mut q1);
+                assert_eq!((a, q1), ((p.quantize_block_q8)(xb, &mut q2), q2), "{at}");
+            }
+            // Every row count a tile takes (the table's `q_tile_rows` at most), each against
+            // the portable tile.
+            for m in 1..=t.q_tile_rows {
+                let rows = QRows {
+                    q: xq.q.as_ptr(),
+                    ldq: blocks * QK,
+                    d: xq.d.as_ptr(),
+                    sum: xq.sum.as_ptr(),
+                    ldb: blocks,
+                    rows: m,
+                };
+                for (name, tf, pf, panel) in [
+                    ("q8_0", t.q8_0_tile, p.q8_0_tile, &qp),
+                    ("q4_0", t.q4_0_tile, p.q4_0_tile, &q4),
+                ] {
+                    let (mut y1, mut y2) = (vec![0.0; m * NR], vec![0.0; m * NR]);
+                    tf(&rows, panel.as_ptr(), blocks, y1.as_mut_ptr(), NR, 29);
+                    pf(&rows, panel.as_ptr(), blocks, y2.as_mut_ptr(), NR, 29);
+                    close(&y1, &y2, &format!("{name} tile of {m} rows {at}"));
+                    // Outputs past `n_valid` are left alone.
+                    assert!(y1.chunks(NR).all(|r| r[29..].iter().all(|v| *v == 0.0)));
+                    // One row (the matrix–vector product, which the SIMD tiles
+                    // special-case) gives exactly the first row of the m-row product: the
+                    // integer sums and their epilogue are the same.
+                    let one = QRows { rows: 1, ..rows };
+                    let mut y3 = vec![0.0; NR];
+                    tf(&one, panel.as_ptr(), blocks, y3.as_mut_ptr(), NR, 29);
+                    assert_eq!(y3[..29], y1[..29], "{name} one-row tile {at}");
+                }
             }
             // Each WKV kernel against its portable twin: the transposed-state one at the
             // models' head size, the in-place (official layout) one at every size it takes.
             let wkv_kernels: [(&str, _, wkv::PortableFn, &[usize]); 2] = [
-                ("wkv7", t.wkv7_token_x16, wkv::wkv7_token_portable, &[64]),
+                (
+                    "wkv7",
+                    t.wkv7_token_x16,
+                    wkv::wkv7_token_portable,
+                    &[16, 64, 128],
+                ),
                 (
                     "wkv7 rows",
                     t.wkv7_rows_x16,

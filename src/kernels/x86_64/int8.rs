@@ -181,3 +181,250 @@ pub unsafe fn q4_tile_vnni(
 ) {
     by_rows!(x.rows, tile_q4_vnni(x, panel, blocks, y, ldy, n_valid), 1 2 3 4 5 6)
 }
+
+// ---------------------------------------------------------------------------------------
+// 256 bits: the same tiles, 8 outputs per register. With AVX-VNNI (the VEX form of
+// `vpdpbusd`: Intel's client cores since Alder Lake, AMD's since Zen 5) as the 512-bit ones;
+// on plain AVX2 through `vpmaddubsw` (u8 × i8 pairs summed into i16) and `vpmaddwd` against
+// ones (i16 pairs into i32). Every CPU of the AVX2 level runs one of the two, and so do
+// AVX-512 CPUs without AVX-512 VNNI.
+
+/// Quantizes 32 activations as `super::super::portable::quantize_block_q8` (bit for bit: the
+/// conversion rounds to nearest, ties to even, as the portable code).
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_block_q8_avx2(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let p = x.as_ptr();
+    let v = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(p.add(o)));
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+    let m = v.iter().fold(_mm256_setzero_ps(), |m, v| {
+        _mm256_max_ps(m, _mm256_and_ps(*v, abs))
+    });
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+    let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    let s = _mm256_set1_ps(id);
+    let [q0, q1, q2, q3] = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, s)));
+    // Packing works within 128-bit halves: the dwords come out as a0 b0 c0 d0 | a1 b1 c1 d1
+    // (each four values of q0..q3); the permutation puts them back in order.
+    let packed = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+    let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, ordered);
+    let s = _mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3));
+    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    (amax / 127.0, _mm_cvtsi128_si32(s))
+}
+
+/// Four activations of row `r` at input `k` of block `b`, as one broadcast 32-bit lane.
+#[inline(always)]
+unsafe fn x4_256(x: &QRows, r: usize, b: usize, k: usize) -> __m256i {
+    _mm256_set1_epi32(std::ptr::read_unaligned(
+        x.q.add(r * x.ldq + b * QK + k) as *const i32
+    ))
+}
+
+/// The 8 bf16 block scales of output chunk `c` (outputs 8c..8c+8) as f32: chunks 0 and 1 are
+/// the low halves of the scale row's first sixteen 32-bit lanes, chunks 2 and 3 their high
+/// halves (see `layout::bf16_lane_position`).
+#[inline(always)]
+unsafe fn chunk_scales(scales: *const u8, c: usize) -> __m256 {
+    let v = _mm256_loadu_si256(scales.add(32 * (c % 2)) as *const __m256i);
+    _mm256_castsi256_ps(if c < 2 {
+        _mm256_slli_epi32(v, 16)
+    } else {
+        _mm256_and_si256(v, _mm256_set1_epi32(-65536))
+    })
+}
+
+/// The AVX2 block epilogue: row `r`'s integer sums of chunk `c` (already free of the weights'
+/// offset), converted and scaled by weight scale × activation scale into its accumulator —
+/// the operations of the VNNI epilogue, so both give the same values.
+#[inline(always)]
+unsafe fn q_block_epilogue_256(isum: __m256i, d: __m256, dx: f32, acc: &mut __m256) {
+    let f = _mm256_cvtepi32_ps(isum);
+    *acc = _mm256_fmadd_ps(f, _mm256_mul_ps(d, _mm256_set1_ps(dx)), *acc);
+}
+
+/// Stores row `r`'s accumulators of chunks `c0..c0 + C` (outputs `8·c0..`), of which outputs
+/// below `n_valid` are real.
+#[inline(always)]
+unsafe fn store_chunks<const C: usize>(y: *mut f32, c0: usize, n_valid: usize, acc: &[__m256; C]) {
+    for (c, a) in acc.iter().enumerate() {
+        let j = 8 * (c0 + c);
+        if j + 8 <= n_valid {
+            _mm256_storeu_ps(y.add(j), *a);
+        } else if j < n_valid {
+            let mut tmp = [0.0f32; 8];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), *a);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), y.add(j), n_valid - j);
+        }
+    }
+}
+
+/// The Q8_0 micro-kernel on 256 bits: `R` rows × the `C` output chunks from `c0` (8 outputs
+/// each). With `VNNI`, `vpdpbusd` on the stored (offset) bytes, the offset removed per block as
+/// in the 512-bit kernel. Without, `vpmaddubsw` multiplies unsigned by signed bytes and
+/// saturates its pair sums at 16 bits, so the weights go in as magnitudes and the activations
+/// take their signs (`|w| · sign(w)·x`): |w| ≤ 128 (the stored byte 0 is −128) and |x| ≤ 127
+/// keep each pair below 2¹⁵ and every product exact, and the sums are the signed ones. Both
+/// give the same integers, hence the same values.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+// Indexing [row][chunk] by both loop counters reads as the tile does.
+#[allow(clippy::needless_range_loop)]
+unsafe fn tile_q8_256<const R: usize, const C: usize, const VNNI: bool>(
+    x: &QRows,
+    panel: *const u8,
+    blocks: usize,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+    c0: usize,
+) {
+    let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(i8::MIN);
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    for b in 0..blocks {
+        let blk = panel.add(b * Q8_BLOCK_BYTES);
+        let mut isum = [[_mm256_setzero_si256(); C]; R];
+        for g in 0..QK / 4 {
+            let xv: [__m256i; R] = std::array::from_fn(|r| x4_256(x, r, b, 4 * g));
+            for c in 0..C {
+                let at = blk.add(g * 4 * NR + 32 * (c0 + c)) as *const __m256i;
+                let stored = _mm256_loadu_si256(at);
+                if VNNI {
+                    for r in 0..R {
+                        isum[r][c] = _mm256_dpbusd_avx_epi32(isum[r][c], stored, xv[r]);
+                    }
+                    continue;
+                }
+                let w = _mm256_xor_si256(stored, flip);
+                let mag = _mm256_abs_epi8(w);
+                for r in 0..R {
+                    let p = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(xv[r], w));
+                    isum[r][c] = _mm256_add_epi32(isum[r][c], _mm256_madd_epi16(p, ones));
+                }
+            }
+        }
+        let scales = blk.add(QK * NR);
+        for c in 0..C {
+            let d = chunk_scales(scales, c0 + c);
+            for r in 0..R {
+                let mut i = isum[r][c];
+                if VNNI {
+                    let off = _mm256_set1_epi32(*x.sum.add(r * x.ldb + b) << 7);
+                    i = _mm256_sub_epi32(i, off);
+                }
+                q_block_epilogue_256(i, d, *x.d.add(r * x.ldb + b), &mut acc[r][c]);
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        store_chunks(y.add(r * ldy), c0, n_valid, a);
+    }
+}
+
+/// The Q4_0 micro-kernel on 256 bits: as Q8_0, the nibbles (0..=15, unsigned) going straight
+/// into `vpdpbusd` or `vpmaddubsw` against the signed activations. Without VNNI, a block's
+/// eight pair sums per lane (low and high nibbles of four groups) stay within 16 bits
+/// (8 · 2 · 15 · 127 = 30,480), so they are added as i16 and widened once per block. The
+/// storage offset (8) is removed per block.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+// Indexing [row][chunk] by both loop counters reads as the tile does.
+#[allow(clippy::needless_range_loop)]
+unsafe fn tile_q4_256<const R: usize, const C: usize, const VNNI: bool>(
+    x: &QRows,
+    panel: *const u8,
+    blocks: usize,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+    c0: usize,
+) {
+    let ones = _mm256_set1_epi16(1);
+    let nib = _mm256_set1_epi8(0x0F);
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    for b in 0..blocks {
+        let blk = panel.add(b * Q4_BLOCK_BYTES);
+        // i16 pair sums (plain AVX2) or i32 sums (VNNI).
+        let mut part = [[_mm256_setzero_si256(); C]; R];
+        for g in 0..QK / 8 {
+            let xl: [__m256i; R] = std::array::from_fn(|r| x4_256(x, r, b, 4 * g));
+            let xh: [__m256i; R] = std::array::from_fn(|r| x4_256(x, r, b, 16 + 4 * g));
+            for c in 0..C {
+                let at = blk.add(g * 4 * NR + 32 * (c0 + c)) as *const __m256i;
+                let v = _mm256_loadu_si256(at);
+                let lo = _mm256_and_si256(v, nib);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+                for r in 0..R {
+                    part[r][c] = if VNNI {
+                        let i = _mm256_dpbusd_avx_epi32(part[r][c], lo, xl[r]);
+                        _mm256_dpbusd_avx_epi32(i, hi, xh[r])
+                    } else {
+                        let p = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, xl[r]),
+                            _mm256_maddubs_epi16(hi, xh[r]),
+                        );
+                        _mm256_add_epi16(part[r][c], p)
+                    };
+                }
+            }
+        }
+        let scales = blk.add(QK * NR / 2);
+        for c in 0..C {
+            let d = chunk_scales(scales, c0 + c);
+            for r in 0..R {
+                let i = if VNNI {
+                    part[r][c]
+                } else {
+                    _mm256_madd_epi16(part[r][c], ones)
+                };
+                let off = _mm256_set1_epi32(*x.sum.add(r * x.ldb + b) << 3);
+                let i = _mm256_sub_epi32(i, off);
+                q_block_epilogue_256(i, d, *x.d.add(r * x.ldb + b), &mut acc[r][c]);
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        store_chunks(y.add(r * ldy), c0, n_valid, a);
+    }
+}
+
+/// Rows per call of the 256-bit integer tiles.
+pub const Q_TILE_ROWS_256: usize = 4;
+
+/// A table entry over a 256-bit tile: one row takes all four chunks in one pass over the panel
+/// (the matrix–vector product streams it once); several rows one chunk at a time, each weight
+/// load serving every row.
+macro_rules! tile_256 {
+    ($name:ident, $tile:ident, $vnni:literal, $features:literal) => {
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(
+            x: &QRows,
+            panel: *const u8,
+            blocks: usize,
+            y: *mut f32,
+            ldy: usize,
+            n_valid: usize,
+        ) {
+            if x.rows == 1 {
+                return $tile::<1, 4, $vnni>(x, panel, blocks, y, ldy, n_valid, 0);
+            }
+            for c0 in 0..4 {
+                match x.rows {
+                    2 => $tile::<2, 1, $vnni>(x, panel, blocks, y, ldy, n_valid, c0),
+                    3 => $tile::<3, 1, $vnni>(x, panel, blocks, y, ldy, n_valid, c0),
+                    4 => $tile::<4, 1, $vnni>(x, panel, blocks, y, ldy, n_valid, c0),
+                    _ => unreachable!("no kernel for this size"),
+                }
+            }
+        }
+    };
+}
+tile_256!(q8_tile_avx2, tile_q8_256, false, "avx2,fma");
+tile_256!(q4_tile_avx2, tile_q4_256, false, "avx2,fma");
+tile_256!(q8_tile_avxvnni, tile_q8_256, true, "avx2,fma,avxvnni");
+tile_256!(q4_tile_avxvnni, tile_q4_256, true, "avx2,fma,avxvnni");

@@ -35,11 +35,14 @@ mod activation;
 mod amx;
 mod int8;
 mod wkv;
-use int8::{q4_tile_vnni, q8_tile_vnni, quantize_block_q8_avx512};
-use wkv::{wkv7_token_avx512, wkv7_token_rows_avx512};
+use int8::{
+    q4_tile_avx2, q4_tile_avxvnni, q4_tile_vnni, q8_tile_avx2, q8_tile_avxvnni, q8_tile_vnni,
+    quantize_block_q8_avx2, quantize_block_q8_avx512, Q_TILE_ROWS_256,
+};
+use wkv::{wkv7_token_avx2, wkv7_token_avx512, wkv7_token_rows_avx2, wkv7_token_rows_avx512};
 
 /// Replaces the portable entries of `k` with the kernels of `isa` (and the VNNI integer
-/// kernels when `vnni`, the bf16 dot-product kernel when `bf16`).
+/// kernels of its width when `vnni`, the bf16 dot-product kernel when `bf16`).
 pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool, bf16: bool) {
     match isa {
         Isa::Avx512 => {
@@ -56,6 +59,9 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool, bf16: bool) {
             k.gemm_bf16_wide = Some(gemm_wide_avx512::<PANEL_BF16>);
             k.gemm_f16_wide = Some(gemm_wide_avx512::<PANEL_F16>);
             k.quantize_block_q8 = quantize_block_q8_avx512;
+            k.q8_0_tile = q8_tile_avx2;
+            k.q4_0_tile = q4_tile_avx2;
+            k.q_tile_rows = Q_TILE_ROWS_256;
             k.wkv7_token_x16 = Some(wkv7_token_avx512);
             k.wkv7_rows_x16 = Some(wkv7_token_rows_avx512);
             k.exp = activation::exp_avx512;
@@ -71,13 +77,27 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool, bf16: bool) {
             k.f16_to_f32 = f16_to_f32_f16c;
             k.gemm_f32 = gemm_f32_avx2;
             k.gemm_f32_rows = 3;
+            k.quantize_block_q8 = quantize_block_q8_avx2;
+            k.q8_0_tile = q8_tile_avx2;
+            k.q4_0_tile = q4_tile_avx2;
+            k.q_tile_rows = Q_TILE_ROWS_256;
+            k.sum_f32 = sum_f32_avx2;
+            k.wkv7_token_x16 = Some(wkv7_token_avx2);
+            k.wkv7_rows_x16 = Some(wkv7_token_rows_avx2);
+            k.exp = activation::exp_avx2;
+            k.sigmoid = activation::sigmoid_avx2;
+            k.tanh = activation::tanh_avx2;
+            k.silu = activation::silu_avx2;
         }
         Isa::Portable => {}
     }
-    if vnni {
+    if vnni && isa == Isa::Avx512 {
         k.q8_0_tile = q8_tile_vnni;
         k.q4_0_tile = q4_tile_vnni;
         k.q_tile_rows = 6;
+    } else if vnni && isa == Isa::Avx2 {
+        k.q8_0_tile = q8_tile_avxvnni;
+        k.q4_0_tile = q4_tile_avxvnni;
     }
     if bf16 {
         k.gemm_bf16 = Some(gemm_bf16_avx512bf16);
@@ -175,6 +195,28 @@ pub unsafe fn sum_f32_avx512(v: &[f32]) -> f32 {
     let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
         _mm512_add_ps(a[0], a[1]),
         _mm512_add_ps(a[2], a[3]),
+    ));
+    while i < n {
+        s += *p.add(i);
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx2")]
+pub unsafe fn sum_f32_avx2(v: &[f32]) -> f32 {
+    let (n, p) = (v.len(), v.as_ptr());
+    let mut a = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (u, acc) in a.iter_mut().enumerate() {
+            *acc = _mm256_add_ps(*acc, _mm256_loadu_ps(p.add(i + 8 * u)));
+        }
+        i += 32;
+    }
+    let mut s = hsum256(_mm256_add_ps(
+        _mm256_add_ps(a[0], a[1]),
+        _mm256_add_ps(a[2], a[3]),
     ));
     while i < n {
         s += *p.add(i);
