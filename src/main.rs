@@ -155,10 +155,12 @@ fn long_version() -> String {
     let isa = match kernels::isa() {
         Isa::Avx512 => "AVX-512",
         Isa::Avx2 => "AVX2 + FMA",
-        Isa::Portable => "portable (no x86 SIMD)",
+        Isa::Neon => "NEON",
+        Isa::Portable => "portable (no SIMD)",
     };
     let vnni = match (kernels::isa(), kernels::has_vnni(), kernels::has_bf16_dot()) {
         (Isa::Avx2, true, _) => ", AVX-VNNI for the int8 dot products",
+        (Isa::Neon, true, _) => ", sdot for the int8 dot products",
         (_, true, true) => ", AVX-512 VNNI for the int8 and BF16 for the bf16 dot products",
         (_, true, false) => ", AVX-512 VNNI for the int8 dot products",
         (_, false, true) => ", AVX-512 BF16 for the bf16 dot products",

@@ -254,7 +254,7 @@ fn tile(q: &[f32], qpos0: usize, kt: &[f32], v: &[f32], d: usize, out: &mut [f32
         crate::kernels::Isa::Avx512 => return unsafe { tile_avx512(q, qpos0, kt, v, d, out) },
         // SAFETY: as above, for AVX2 and FMA.
         crate::kernels::Isa::Avx2 => return unsafe { tile_avx2_fma(q, qpos0, kt, v, d, out) },
-        crate::kernels::Isa::Portable => {}
+        crate::kernels::Isa::Neon | crate::kernels::Isa::Portable => {}
     }
     tile_generic::<false>(q, qpos0, kt, v, d, out)
 }

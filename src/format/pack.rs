@@ -230,7 +230,7 @@ macro_rules! wide_packer {
                     $crate::kernels::Isa::Avx512 => return unsafe { avx512($rows, $in_dim, $dst) },
                     // SAFETY: as above.
                     $crate::kernels::Isa::Avx2 => return unsafe { avx2($rows, $in_dim, $dst) },
-                    $crate::kernels::Isa::Portable => {}
+                    $crate::kernels::Isa::Neon | $crate::kernels::Isa::Portable => {}
                 }
             }
             body($rows, $in_dim, $dst)

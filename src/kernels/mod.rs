@@ -9,7 +9,7 @@
 //! a file of their own: `x86_64/` (AVX-512, with VNNI for the integer products and BF16 for the
 //! bf16 ones; AMX tiles for bf16 matrix–matrix products, `x86_64/amx.rs`; AVX2 + FMA, with
 //! AVX-VNNI for the integer products where the CPU has it; F16C) and
-//! `aarch64.rs` (a place for NEON, empty for now). The instruction set is detected **once**,
+//! `aarch64.rs` (NEON, with `sdot` for the integer products). The instruction set is detected **once**,
 //! and the kernels for it are put in one table of function pointers (`Kernels`); every entry
 //! point below asserts its bounds and calls through that table, once per panel or per call,
 //! never per element. `RWKV_NO_AVX512`, `RWKV_NO_VNNI`, `RWKV_NO_BF16`, `RWKV_NO_AMX` and
@@ -51,6 +51,8 @@ pub use wkv::{wkv7_token, wkv7_token_rows};
 pub enum Isa {
     Avx512,
     Avx2,
+    /// AArch64's Advanced SIMD (every AArch64 CPU has it).
+    Neon,
     Portable,
 }
 
@@ -181,7 +183,7 @@ impl Kernels {
         #[cfg(not(target_arch = "x86_64"))]
         let _ = bf16;
         #[cfg(target_arch = "aarch64")]
-        aarch64::install(&mut k, isa);
+        aarch64::install(&mut k, isa, vnni);
         k
     }
 }
@@ -190,8 +192,9 @@ impl Kernels {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Level {
     isa: Isa,
-    /// The int8 dot products (`vpdpbusd`) at the instruction set's width: AVX-512 VNNI at the
-    /// AVX-512 level, AVX-VNNI at the AVX2 level.
+    /// The int8 dot products at the instruction set's width: AVX-512 VNNI at the AVX-512
+    /// level, AVX-VNNI at the AVX2 level (`vpdpbusd` both), `dotprod` at the NEON level
+    /// (`sdot`).
     vnni: bool,
     /// AVX-512 BF16 (the bf16 dot products).
     bf16: bool,
@@ -227,7 +230,7 @@ fn detect_level() -> Level {
         && match isa {
             Isa::Avx512 => is_x86_feature_detected!("avx512vnni"),
             Isa::Avx2 => is_x86_feature_detected!("avxvnni"),
-            Isa::Portable => false,
+            Isa::Neon | Isa::Portable => false,
         };
     let bf16 = isa == Isa::Avx512
         && std::env::var_os("RWKV_NO_BF16").is_none()
@@ -235,8 +238,20 @@ fn detect_level() -> Level {
     Level { isa, vnni, bf16 }
 }
 
+/// The best level this CPU runs: NEON, with `sdot` where the CPU has the dot products
+/// (`RWKV_NO_VNNI` turns them off).
+#[cfg(target_arch = "aarch64")]
+fn detect_level() -> Level {
+    Level {
+        isa: Isa::Neon,
+        vnni: std::env::var_os("RWKV_NO_VNNI").is_none()
+            && std::arch::is_aarch64_feature_detected!("dotprod"),
+        bf16: false,
+    }
+}
+
 /// The best level this CPU runs: portable code only, on this architecture (for now).
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn detect_level() -> Level {
     Level::PORTABLE
 }

@@ -68,18 +68,27 @@ fn levels() -> Vec<Level> {
     let top = detect_level();
     let level = |isa, vnni, bf16| Level { isa, vnni, bf16 };
     let mut v = Vec::new();
-    if top.isa == Isa::Avx512 {
-        if top.vnni || top.bf16 {
-            v.push(top);
+    match top.isa {
+        Isa::Avx512 | Isa::Avx2 => {
+            if top.isa == Isa::Avx512 {
+                if top.vnni || top.bf16 {
+                    v.push(top);
+                }
+                v.push(level(Isa::Avx512, false, false));
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avxvnni") {
+                v.push(level(Isa::Avx2, true, false));
+            }
+            v.push(level(Isa::Avx2, false, false));
         }
-        v.push(level(Isa::Avx512, false, false));
-    }
-    if top.isa != Isa::Portable {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avxvnni") {
-            v.push(level(Isa::Avx2, true, false));
+        Isa::Neon => {
+            if top.vnni {
+                v.push(top);
+            }
+            v.push(level(Isa::Neon, false, false));
         }
-        v.push(level(Isa::Avx2, false, false));
+        Isa::Portable => {}
     }
     v
 }

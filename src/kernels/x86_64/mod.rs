@@ -89,7 +89,7 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool, bf16: bool) {
             k.tanh = activation::tanh_avx2;
             k.silu = activation::silu_avx2;
         }
-        Isa::Portable => {}
+        Isa::Neon | Isa::Portable => {}
     }
     if vnni && isa == Isa::Avx512 {
         k.q8_0_tile = q8_tile_vnni;
