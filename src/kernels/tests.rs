@@ -179,6 +179,34 @@ fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
             (t.gemm_f32)(rows, x.as_ptr(), k, k, w.as_ptr(), y1.as_mut_ptr(), NR, 30);
             (p.gemm_f32)(rows, x.as_ptr(), k, k, w.as_ptr(), y2.as_mut_ptr(), NR, 30);
             close(&y1, &y2, &format!("gemm f32 {at}"));
+            // The widening matrix–matrix kernels: exactly this level's f32 kernel on the
+            // widened panel, at every tile row count.
+            for (name, wide, src) in [
+                ("bf16", t.gemm_bf16_wide, &bf),
+                ("f16", t.gemm_f16_wide, &hf),
+            ] {
+                let Some(wide) = wide else { continue };
+                // Output order: a bf16 panel row interleaves its two halves (see `layout`).
+                let widened: Vec<f32> = (0..src.len())
+                    .map(|at| {
+                        let (row, j) = (at / NR, at % NR);
+                        match name {
+                            "bf16" => {
+                                let b = src[row * NR + bf16_lane_position(j)];
+                                half::bf16::from_bits(b).to_f32()
+                            }
+                            _ => half::f16::from_bits(src[at]).to_f32(),
+                        }
+                    })
+                    .collect();
+                for rows in 1..=t.gemm_f32_rows {
+                    let (mut y1, mut y2) = (vec![0.0; rows * NR], vec![0.0; rows * NR]);
+                    let (xp, y1p, y2p) = (x.as_ptr(), y1.as_mut_ptr(), y2.as_mut_ptr());
+                    wide(rows, xp, k, k, src.as_ptr(), y1p, NR, 30);
+                    (t.gemm_f32)(rows, xp, k, k, widened.as_ptr(), y2p, NR, 30);
+                    assert_eq!(y1, y2, "gemm {name} widened, {rows} rows {at}");
+                }
+            }
             for xb in x.chunks_exact(QK).chain([&[0.0; QK][..]]) {
                 let (mut q1, mut q2) = ([0i8; QK], [0i8; QK]);
                 let a = (t.quantize_block_q8)(xb, &mut q1);
