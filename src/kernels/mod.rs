@@ -9,7 +9,7 @@
 //! a file of their own: `x86_64/` (AVX-512, with VNNI for the integer products and BF16 for the
 //! bf16 ones; AMX tiles for bf16 matrix–matrix products, `x86_64/amx.rs`; AVX2 + FMA, with
 //! AVX-VNNI for the integer products where the CPU has it; F16C) and
-//! `aarch64.rs` (NEON, with `sdot` for the integer products). The instruction set is detected **once**,
+//! `aarch64/` (NEON, with `sdot` for the integer products). The instruction set is detected **once**,
 //! and the kernels for it are put in one table of function pointers (`Kernels`); every entry
 //! point below asserts its bounds and calls through that table, once per panel or per call,
 //! never per element. `RWKV_NO_AVX512`, `RWKV_NO_VNNI`, `RWKV_NO_BF16`, `RWKV_NO_AMX` and
@@ -35,6 +35,8 @@ pub mod wkv;
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod activation_constants;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
@@ -721,7 +723,9 @@ unsafe fn gemm_panel_q(
 }
 
 /// Up to six rows of quantized activations, as raw pointers for the tile kernels: row `r`'s
-/// values at `q + r·ldq`, its block scales and sums at `d + r·ldb`, `sum + r·ldb`.
+/// values at `q + r·ldq`, its block scales and sums at `d + r·ldb`, `sum + r·ldb`. The values
+/// are in −127..=127 (the quantizers clamp; −128 never occurs), which the tiles without a
+/// dot-product instruction rely on to keep their 16-bit pair sums exact.
 struct QRows {
     q: *const i8,
     ldq: usize,

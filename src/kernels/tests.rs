@@ -117,20 +117,19 @@ fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
         .iter()
         .map(|v| half::f16::from_f32(*v).to_bits())
         .collect();
-    // Quantized panels: any weight byte is valid; the scales are 1/64 as bf16.
+    // Quantized panels: any weight byte is valid; the scales differ from one output and block
+    // to the next (1/64 to 13/64, exact in bf16), so a scale read for the wrong output shows.
     let blocks = k.div_ceil(QK);
     let mut qp: Vec<u8> = (0..blocks * Q8_BLOCK_BYTES)
         .map(|i| (i * 89 % 251) as u8)
         .collect();
-    for blk in qp.chunks_exact_mut(Q8_BLOCK_BYTES) {
-        for s in blk[QK * NR..].chunks_exact_mut(2) {
-            s.copy_from_slice(&half::bf16::from_f32(1.0 / 64.0).to_bits().to_le_bytes());
-        }
-    }
     let mut q4 = qp[..blocks * Q4_BLOCK_BYTES].to_vec();
-    for blk in q4.chunks_exact_mut(Q4_BLOCK_BYTES) {
-        for s in blk[QK * NR / 2..].chunks_exact_mut(2) {
-            s.copy_from_slice(&half::bf16::from_f32(1.0 / 64.0).to_bits().to_le_bytes());
+    for (panel, block_bytes) in [(&mut qp, Q8_BLOCK_BYTES), (&mut q4, Q4_BLOCK_BYTES)] {
+        for (b, blk) in panel.chunks_exact_mut(block_bytes).enumerate() {
+            for (t, s) in blk[block_bytes - 2 * NR..].chunks_exact_mut(2).enumerate() {
+                let v = (1 + (t + 5 * b) % 13) as f32 / 64.0;
+                s.copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
+            }
         }
     }
     let mut xq = QuantizedRows::default();
@@ -143,7 +142,10 @@ fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
         unsafe {
             let (a, b) = ((t.dot_f32)(&w, &w), (p.dot_f32)(&w, &w));
             close(&[a], &[b], &format!("dot {at}"));
-            close(&[(t.sum_f32)(&w)], &[(p.sum_f32)(&w)], &format!("sum {at}"));
+            for n in [w.len(), 45, 7, 0] {
+                let (a, b) = ((t.sum_f32)(&w[..n]), (p.sum_f32)(&w[..n]));
+                close(&[a], &[b], &format!("sum of {n} {at}"));
+            }
             for (name, tf, pf) in [
                 ("bf16", t.gemv_bf16, p.gemv_bf16),
                 ("f16", t.gemv_f16, p.gemv_f16),
@@ -174,11 +176,12 @@ fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
             (t.f32_to_bf16)(&v, &mut b1);
             (p.f32_to_bf16)(&v, &mut b2);
             assert_eq!(b1, b2, "bf16 rounding {at}");
-            let rows = t.gemm_f32_rows.min(3);
-            let (mut y1, mut y2) = (vec![0.0; rows * NR], vec![0.0; rows * NR]);
-            (t.gemm_f32)(rows, x.as_ptr(), k, k, w.as_ptr(), y1.as_mut_ptr(), NR, 30);
-            (p.gemm_f32)(rows, x.as_ptr(), k, k, w.as_ptr(), y2.as_mut_ptr(), NR, 30);
-            close(&y1, &y2, &format!("gemm f32 {at}"));
+            for rows in 1..=t.gemm_f32_rows.min(6) {
+                let (mut y1, mut y2) = (vec![0.0; rows * NR], vec![0.0; rows * NR]);
+                (t.gemm_f32)(rows, x.as_ptr(), k, k, w.as_ptr(), y1.as_mut_ptr(), NR, 30);
+                (p.gemm_f32)(rows, x.as_ptr(), k, k, w.as_ptr(), y2.as_mut_ptr(), NR, 30);
+                close(&y1, &y2, &format!("gemm f32 {rows} rows {at}"));
+            }
             // The widening matrix–matrix kernels: exactly this level's f32 kernel on the
             // widened panel, at every tile row count.
             for (name, wide, src) in [
@@ -207,10 +210,32 @@ fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
                     assert_eq!(y1, y2, "gemm {name} widened, {rows} rows {at}");
                 }
             }
-            for xb in x.chunks_exact(QK).chain([&[0.0; QK][..]]) {
+            // The activation quantizer, bit for bit, on the data and on degenerate blocks:
+            // ties (amax 127: the scale is 1), a largest magnitude so small that 127 / amax
+            // overflows, subnormals, a NaN, an infinity.
+            let odd: Vec<Vec<f32>> = vec![
+                vec![0.0; QK],
+                (1..QK).map(|i| i as f32 - 15.5).chain([127.0]).collect(),
+                (0..QK).map(|i| (i as f32 - 16.0) * 1e-39).collect(),
+                (0..QK).map(|i| (i as f32 - 16.0) * 1e-45).collect(),
+                (0..QK)
+                    .map(|i| if i == 5 { f32::NAN } else { i as f32 - 9.0 })
+                    .collect(),
+                (0..QK)
+                    .map(|i| if i == 7 { f32::NEG_INFINITY } else { i as f32 })
+                    .collect(),
+            ];
+            for xb in x.chunks_exact(QK).chain(odd.iter().map(|b| &b[..])) {
                 let (mut q1, mut q2) = ([0i8; QK], [0i8; QK]);
-                let a = (t.quantize_block_q8)(xb, &mut q1);
-                assert_eq!((a, q1), ((p.quantize_block_q8)(xb, &mut q2), q2), "{at}");
+                let (a, b) = (
+                    (t.quantize_block_q8)(xb, &mut q1),
+                    (p.quantize_block_q8)(xb, &mut q2),
+                );
+                assert_eq!(
+                    (a.0.to_bits(), a.1, q1),
+                    (b.0.to_bits(), b.1, q2),
+                    "{at}: {xb:?}"
+                );
             }
             // Every row count a tile takes (the table's `q_tile_rows` at most), each against
             // the portable tile.
@@ -227,19 +252,21 @@ fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
                     ("q8_0", t.q8_0_tile, p.q8_0_tile, &qp),
                     ("q4_0", t.q4_0_tile, p.q4_0_tile, &q4),
                 ] {
-                    let (mut y1, mut y2) = (vec![0.0; m * NR], vec![0.0; m * NR]);
-                    tf(&rows, panel.as_ptr(), blocks, y1.as_mut_ptr(), NR, 29);
-                    pf(&rows, panel.as_ptr(), blocks, y2.as_mut_ptr(), NR, 29);
-                    close(&y1, &y2, &format!("{name} tile of {m} rows {at}"));
-                    // Outputs past `n_valid` are left alone.
-                    assert!(y1.chunks(NR).all(|r| r[29..].iter().all(|v| *v == 0.0)));
-                    // One row (the matrix–vector product, which the SIMD tiles
-                    // special-case) gives exactly the first row of the m-row product: the
-                    // integer sums and their epilogue are the same.
-                    let one = QRows { rows: 1, ..rows };
-                    let mut y3 = vec![0.0; NR];
-                    tf(&one, panel.as_ptr(), blocks, y3.as_mut_ptr(), NR, 29);
-                    assert_eq!(y3[..29], y1[..29], "{name} one-row tile {at}");
+                    for nv in [1, 8, 9, 29, 32] {
+                        let (mut y1, mut y2) = (vec![0.0; m * NR], vec![0.0; m * NR]);
+                        tf(&rows, panel.as_ptr(), blocks, y1.as_mut_ptr(), NR, nv);
+                        pf(&rows, panel.as_ptr(), blocks, y2.as_mut_ptr(), NR, nv);
+                        close(&y1, &y2, &format!("{name} tile of {m} rows, {nv} out {at}"));
+                        // Outputs past `n_valid` are left alone.
+                        assert!(y1.chunks(NR).all(|r| r[nv..].iter().all(|v| *v == 0.0)));
+                        // One row (the matrix–vector product, which the SIMD tiles
+                        // special-case) gives exactly the first row of the m-row product:
+                        // the integer sums and their epilogue are the same.
+                        let one = QRows { rows: 1, ..rows };
+                        let mut y3 = vec![0.0; NR];
+                        tf(&one, panel.as_ptr(), blocks, y3.as_mut_ptr(), NR, nv);
+                        assert_eq!(y3[..nv], y1[..nv], "{name} one-row tile {at}");
+                    }
                 }
             }
             // Each WKV kernel against its portable twin: the transposed-state one at the

@@ -10,47 +10,17 @@
 //! (`sleef`'s `portable_simd`); these run under the table's run-time detection like every
 //! other kernel.
 //!
-//! The exponential is the classic one (Cephes' `expf`, as in most SIMD math libraries):
-//! `x = n·ln 2 + r` with `n` the nearest integer to `x / ln 2` and `|r| ≤ ln 2 / 2`
-//! (`ln 2` split in two so that `n·ln 2` is exact in its high part), a degree-7 polynomial for
-//! `e^r`, then `2^n` applied by `vscalefps`, which also gives infinity past the largest
-//! finite value and gradual underflow below the smallest normal one. Tanh follows Cephes'
-//! `tanhf`: an odd polynomial below 0.625, `1 − 2 / (e^{2|x|} + 1)` above. Within 2–3 units in
-//! the last place of the exact values (tested against f64 over the whole range, with the
-//! special values), where the portable kernels call the standard library's functions.
+//! The algorithms and their constants are in `super::super::activation_constants` (shared with
+//! the AArch64 kernels); here `2^n` is applied by `vscalefps` (AVX-512), which also gives
+//! infinity past the largest finite value and gradual underflow below the smallest normal one,
+//! or as two normal factors (AVX2, below).
 //!
 //! The tail of a slice (its last `len % 16` values) goes through the same vector code with a
 //! masked load and store, so a value's result never depends on where in a slice it is: a
 //! row computed alone (decode) and within a block of rows (prefill) agree bit for bit.
 
+use super::super::activation_constants::*;
 use std::arch::x86_64::*;
-
-/// `ln 2` in two parts: `LN2_HI` has few enough significant bits that `n · LN2_HI` is exact
-/// for every `n` the clamped range gives.
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
-/// Below this `e^x` rounds to zero in f32 (`e^-104 < 2^-149 / 2`), above the other bound to
-/// infinity; clamping keeps `r` finite for infinite inputs.
-const EXP_MIN: f32 = -104.0;
-const EXP_MAX: f32 = 89.0;
-/// `e^r − 1 − r = r²·(P5 + P4·r + … + P0·r⁵)` on `|r| ≤ ln 2 / 2` (Cephes' expf coefficients).
-const EXP_P: [f32; 6] = [
-    1.987_569_2e-4,
-    1.398_199_9e-3,
-    8.333_452e-3,
-    4.166_579_6e-2,
-    0.166_666_65,
-    0.5,
-];
-/// `tanh(x) = x + x³·(T0·x⁸ + … + T4)` for `|x| < TANH_SMALL` (Cephes' tanhf coefficients).
-const TANH_SMALL: f32 = 0.625;
-const TANH_P: [f32; 5] = [
-    -5.704_988_7e-3,
-    2.063_909e-2,
-    -5.373_971_6e-2,
-    0.133_314_42,
-    -0.333_332_8,
-];
 
 /// `e^x` on sixteen lanes; a NaN stays a NaN.
 #[inline]

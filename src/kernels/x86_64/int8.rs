@@ -10,12 +10,25 @@ use std::arch::x86_64::*;
 pub unsafe fn quantize_block_q8_avx512(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     let v0 = _mm512_loadu_ps(x.as_ptr());
     let v1 = _mm512_loadu_ps(x.as_ptr().add(16));
-    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    // `max` returns its second operand when either is a NaN: NaNs are passed over, as the
+    // portable code's `f32::max` does.
+    let m = _mm512_max_ps(_mm512_abs_ps(v0), _mm512_setzero_ps());
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v1), m));
     let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
     let s = _mm512_set1_ps(id);
-    // Round to nearest, ties to even (the default rounding mode), as the portable code.
-    let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, s));
-    let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, s));
+    // A NaN product (NaN input, or 0 · ∞ when `amax` is tiny) becomes 0 and the rest is held
+    // to ±127, as the portable code's conversion and clamp; then round to nearest, ties to
+    // even (the default rounding mode).
+    let to_int = |v: __m512| {
+        let p = _mm512_mul_ps(v, s);
+        let p = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(p, p), p);
+        let p = _mm512_min_ps(
+            _mm512_max_ps(p, _mm512_set1_ps(-127.0)),
+            _mm512_set1_ps(127.0),
+        );
+        _mm512_cvtps_epi32(p)
+    };
+    let (q0, q1) = (to_int(v0), to_int(v1));
     _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtsepi32_epi8(q0));
     _mm_storeu_si128(
         q.as_mut_ptr().add(16) as *mut __m128i,
@@ -196,15 +209,26 @@ pub unsafe fn quantize_block_q8_avx2(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     let p = x.as_ptr();
     let v = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(p.add(o)));
     let abs = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+    // `max` returns its second operand when either is a NaN: NaNs are passed over, as the
+    // portable code's `f32::max` does.
     let m = v.iter().fold(_mm256_setzero_ps(), |m, v| {
-        _mm256_max_ps(m, _mm256_and_ps(*v, abs))
+        _mm256_max_ps(_mm256_and_ps(*v, abs), m)
     });
     let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
     let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
     let s = _mm256_set1_ps(id);
-    let [q0, q1, q2, q3] = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, s)));
+    // A NaN product becomes 0 and the rest is held to ±127 (as in the AVX-512 quantizer).
+    let [q0, q1, q2, q3] = v.map(|v| {
+        let p = _mm256_mul_ps(v, s);
+        let p = _mm256_and_ps(p, _mm256_cmp_ps::<_CMP_ORD_Q>(p, p));
+        let p = _mm256_min_ps(
+            _mm256_max_ps(p, _mm256_set1_ps(-127.0)),
+            _mm256_set1_ps(127.0),
+        );
+        _mm256_cvtps_epi32(p)
+    });
     // Packing works within 128-bit halves: the dwords come out as a0 b0 c0 d0 | a1 b1 c1 d1
     // (each four values of q0..q3); the permutation puts them back in order.
     let packed = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));

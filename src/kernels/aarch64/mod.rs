@@ -11,7 +11,9 @@
 //!   32-bit lane, the operand shape of the blocks' `[g][j][i: 4]` layout) or, without it,
 //!   `smull` and pairwise adds; both give the integer sums of the x86 kernels and the same
 //!   epilogue, so the same values;
-//! - the activation quantizer and the WKV-7 token kernels (both state layouts).
+//! - the f32 matrix–matrix product (3 rows × 32 outputs), the activation quantizer;
+//! - the WKV-7 token kernels (both state layouts, `wkv.rs`) and the activations (exp, sigmoid,
+//!   tanh, SiLU, `activation.rs`).
 //!
 //! `sdot` is written as inline assembly: its intrinsic (`vdotq_s32`) is not stable in Rust.
 //!
@@ -21,6 +23,10 @@
 use super::layout::{NR, Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, QK};
 use super::{Isa, Kernels, QRows};
 use std::arch::aarch64::*;
+
+mod activation;
+mod wkv;
+use wkv::{wkv7_token_neon, wkv7_token_rows_neon};
 
 /// Puts the AArch64 kernels of level `isa` into the table (`dotprod`: the int8 dot products).
 pub(super) fn install(k: &mut Kernels, isa: Isa, dotprod: bool) {
@@ -37,6 +43,12 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, dotprod: bool) {
     k.quantize_block_q8 = quantize_block_q8_neon;
     k.wkv7_token_x16 = Some(wkv7_token_neon);
     k.wkv7_rows_x16 = Some(wkv7_token_rows_neon);
+    k.gemm_f32 = gemm_f32_neon;
+    k.gemm_f32_rows = GEMM_ROWS;
+    k.exp = activation::exp_neon;
+    k.sigmoid = activation::sigmoid_neon;
+    k.tanh = activation::tanh_neon;
+    k.silu = activation::silu_neon;
     k.q_tile_rows = Q_TILE_ROWS;
     if dotprod {
         k.q8_0_tile = q8_tile_sdot;
@@ -198,18 +210,81 @@ unsafe fn gemv_f16_neon(w: &[u16], k: usize, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// Rows per call of the f32 matrix–matrix micro-kernel: 3 × 8 accumulators, a weight vector
+/// and the three activations fit the 32 registers.
+const GEMM_ROWS: usize = 3;
+
+/// The f32 micro-kernel: `R` rows × 32 outputs in 8R registers; per input, each of the
+/// panel row's eight vectors is loaded once and serves every row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn tile_f32<const R: usize>(
+    x: *const f32,
+    ldx: usize,
+    k: usize,
+    w: *const f32,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    let mut a = [[vdupq_n_f32(0.0); 8]; R];
+    for i in 0..k {
+        let b: [f32; R] = std::array::from_fn(|r| *x.add(r * ldx + i));
+        let row = w.add(i * NR);
+        for c in 0..8 {
+            let wc = vld1q_f32(row.add(4 * c));
+            for r in 0..R {
+                a[r][c] = vfmaq_n_f32(a[r][c], wc, b[r]);
+            }
+        }
+    }
+    for r in 0..R {
+        store_panel(y.add(r * ldy), n_valid, &a[r]);
+    }
+}
+
+#[target_feature(enable = "neon")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32_neon(
+    rows: usize,
+    x: *const f32,
+    ldx: usize,
+    k: usize,
+    w: *const f32,
+    y: *mut f32,
+    ldy: usize,
+    n_valid: usize,
+) {
+    match rows {
+        1 => tile_f32::<1>(x, ldx, k, w, y, ldy, n_valid),
+        2 => tile_f32::<2>(x, ldx, k, w, y, ldy, n_valid),
+        3 => tile_f32::<3>(x, ldx, k, w, y, ldy, n_valid),
+        _ => unreachable!("tile rows"),
+    }
+}
+
 /// Quantizes 32 activations as `super::portable::quantize_block_q8` (bit for bit: `fcvtns`
 /// rounds to nearest, ties to even, as the portable code).
 #[target_feature(enable = "neon")]
 unsafe fn quantize_block_q8_neon(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     let p = x.as_ptr();
     let v: [float32x4_t; 8] = std::array::from_fn(|u| vld1q_f32(p.add(4 * u)));
+    // `fmaxnm` passes over NaNs, as the portable code's `f32::max` does.
     let m = v
         .iter()
-        .fold(vdupq_n_f32(0.0), |m, v| vmaxq_f32(m, vabsq_f32(*v)));
-    let amax = vmaxvq_f32(m);
+        .fold(vdupq_n_f32(0.0), |m, v| vmaxnmq_f32(m, vabsq_f32(*v)));
+    let amax = vmaxnmvq_f32(m);
     let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-    let qi: [int32x4_t; 8] = std::array::from_fn(|u| vcvtnq_s32_f32(vmulq_n_f32(v[u], id)));
+    // The rest is held to ±127 first, as the portable code's clamp; a NaN product (NaN input,
+    // or 0 · ∞ when `amax` is tiny) stays a NaN through `fmax`/`fmin` and converts to 0, as
+    // the portable code's `as i32`.
+    let qi: [int32x4_t; 8] = std::array::from_fn(|u| {
+        let p = vmulq_n_f32(v[u], id);
+        vcvtnq_s32_f32(vminq_f32(
+            vmaxq_f32(p, vdupq_n_f32(-127.0)),
+            vdupq_n_f32(127.0),
+        ))
+    });
     let narrow = |a: usize| {
         let lo = vcombine_s16(vqmovn_s32(qi[a]), vqmovn_s32(qi[a + 1]));
         let hi = vcombine_s16(vqmovn_s32(qi[a + 2]), vqmovn_s32(qi[a + 3]));
@@ -425,110 +500,3 @@ tile_entry!(q8_tile_neon, tile_q8, false, "neon");
 tile_entry!(q4_tile_neon, tile_q4, false, "neon");
 tile_entry!(q8_tile_sdot, tile_q8, true, "neon,dotprod");
 tile_entry!(q4_tile_sdot, tile_q4, true, "neon,dotprod");
-
-/// The WKV-7 token on the transposed state (see `super::wkv::wkv7_token`), in strips of
-/// sixteen value channels (four vectors), each strip's columns independent of the others'.
-#[target_feature(enable = "neon")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn wkv7_token_neon(
-    st: &mut [f32],
-    n: usize,
-    r: &[f32],
-    w: &[f32],
-    k: &[f32],
-    v: &[f32],
-    kk: &[f32],
-    a: &[f32],
-    o: &mut [f32],
-) {
-    let st = st.as_mut_ptr();
-    for i0 in (0..n).step_by(16) {
-        let mut sa = [vdupq_n_f32(0.0); 4];
-        for (j, kkj) in kk[..n].iter().enumerate() {
-            let row = st.add(j * n + i0);
-            for (m, s) in sa.iter_mut().enumerate() {
-                *s = vfmaq_n_f32(*s, vld1q_f32(row.add(4 * m)), *kkj);
-            }
-        }
-        let vv: [float32x4_t; 4] = std::array::from_fn(|m| vld1q_f32(v.as_ptr().add(i0 + 4 * m)));
-        let mut acc = [vdupq_n_f32(0.0); 4];
-        for j in 0..n {
-            let bj = -kk[j] * a[j];
-            let row = st.add(j * n + i0);
-            for m in 0..4 {
-                let p = row.add(4 * m);
-                let x = vfmaq_n_f32(
-                    vfmaq_n_f32(vmulq_n_f32(vv[m], k[j]), sa[m], bj),
-                    vld1q_f32(p),
-                    w[j],
-                );
-                vst1q_f32(p, x);
-                acc[m] = vfmaq_n_f32(acc[m], x, r[j]);
-            }
-        }
-        for (m, x) in acc.iter().enumerate() {
-            vst1q_f32(o.as_mut_ptr().add(i0 + 4 * m), *x);
-        }
-    }
-}
-
-/// The WKV-7 token on the state in the official layout (see `super::wkv::wkv7_token_rows`):
-/// each row read once for `sa_i`, then updated and summed into `o_i`.
-#[target_feature(enable = "neon")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn wkv7_token_rows_neon(
-    st: &mut [f32],
-    n: usize,
-    r: &[f32],
-    w: &[f32],
-    k: &[f32],
-    v: &[f32],
-    kk: &[f32],
-    a: &[f32],
-    o: &mut [f32],
-) {
-    // b_j = −kk_j·a_j, as the transposed kernel computes it.
-    let mut b = [0.0f32; 128];
-    for ((bj, kkj), aj) in b.iter_mut().zip(&kk[..n]).zip(&a[..n]) {
-        *bj = -kkj * aj;
-    }
-    let (r, w, k, kk, b) = (r.as_ptr(), w.as_ptr(), k.as_ptr(), kk.as_ptr(), b.as_ptr());
-    let st = st.as_mut_ptr();
-    for (i, oi) in o[..n].iter_mut().enumerate() {
-        let row = st.add(i * n);
-        let mut acc = [vdupq_n_f32(0.0); 4];
-        for m in (0..n).step_by(16) {
-            for (u, s) in acc.iter_mut().enumerate() {
-                let at = m + 4 * u;
-                *s = vfmaq_f32(*s, vld1q_f32(row.add(at)), vld1q_f32(kk.add(at)));
-            }
-        }
-        let sa = vaddvq_f32(vaddq_f32(
-            vaddq_f32(acc[0], acc[1]),
-            vaddq_f32(acc[2], acc[3]),
-        ));
-        let vi = v[i];
-        let mut out = [vdupq_n_f32(0.0); 4];
-        for m in (0..n).step_by(16) {
-            for (u, s) in out.iter_mut().enumerate() {
-                let at = m + 4 * u;
-                let p = row.add(at);
-                let x = vfmaq_f32(
-                    vfmaq_n_f32(
-                        vmulq_n_f32(vld1q_f32(k.add(at)), vi),
-                        vld1q_f32(b.add(at)),
-                        sa,
-                    ),
-                    vld1q_f32(p),
-                    vld1q_f32(w.add(at)),
-                );
-                vst1q_f32(p, x);
-                *s = vfmaq_f32(*s, x, vld1q_f32(r.add(at)));
-            }
-        }
-        *oi = vaddvq_f32(vaddq_f32(
-            vaddq_f32(out[0], out[1]),
-            vaddq_f32(out[2], out[3]),
-        ));
-    }
-}
