@@ -23,8 +23,9 @@
 # the machine touches every precision alike): a 1024-token prompt through the sequence path
 # (prefill) and 32 tokens decoded one at a time (the median step is kept), with the weight
 # traffic of a decode step next to the memory bandwidth measured in the same process. The
-# table gives the median over repetitions of each figure. Needs python3 (and numpy, to build
-# the checkpoint once).
+# table gives the median over repetitions of each figure (with three or more repetitions, runs
+# whose weights come from the weight cache: each build has one of its own, in a temporary
+# folder, written by its first run). Needs python3 (and numpy, to build the checkpoint once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,7 +51,10 @@ fi
 run() { # label binary precision rep
     local label=$1 bin=$2 p=$3 rep=$4 flag=(--dtype "$p")
     case $p in q*) flag=(--quant "$p") ;; esac
-    if "$bin" --threads "$THREADS" bench --model "$MODEL" --context "$CONTEXT" --segments 1 \
+    # Each build its own weight cache (the first repetition writes it, the others map it):
+    # builds sharing one would each find the other's file stale and rewrite it every run.
+    if RWKV_CLI_CACHE="$OUT/cache-$label" "$bin" --threads "$THREADS" bench --model "$MODEL" \
+        --context "$CONTEXT" --segments 1 \
         --decode-tokens "$DECODE_TOKENS" "${flag[@]}" --json >"$OUT/$label~$p~$rep.json" 2>"$OUT/err"; then
         echo -n "." >&2
     else
