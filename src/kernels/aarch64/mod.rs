@@ -5,8 +5,7 @@
 //! run time and plays the part of x86's VNNI (`RWKV_NO_VNNI` turns it off). The kernels read
 //! the panel layouts of `super::layout` as the x86 ones do, four outputs per 128-bit register:
 //! - `gemv_f32`, `gemv_bf16`, `gemv_f16` stream 32-output panels into eight accumulators (bf16
-//!   widened by a shift or a mask of its interleaved pairs, f16 by `fcvtl` where the CPU has
-//!   the half-precision conversions);
+//!   widened by a shift or a mask of its interleaved pairs, f16 by `fcvtl`);
 //! - `q8_0_tile`, `q4_0_tile`: the int8 products, through `sdot` (four i8 × i8 products per
 //!   32-bit lane, the operand shape of the blocks' `[g][j][i: 4]` layout) or, without it,
 //!   `smull` and pairwise adds; both give the integer sums of the x86 kernels and the same
@@ -37,9 +36,7 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, dotprod: bool) {
     k.sum_f32 = sum_f32_neon;
     k.gemv_f32 = gemv_f32_neon;
     k.gemv_bf16 = gemv_bf16_neon;
-    if std::arch::is_aarch64_feature_detected!("fp16") {
-        k.gemv_f16 = gemv_f16_neon;
-    }
+    k.gemv_f16 = gemv_f16_neon;
     k.quantize_block_q8 = quantize_block_q8_neon;
     k.wkv7_token_x16 = Some(wkv7_token_neon);
     k.wkv7_rows_x16 = Some(wkv7_token_rows_neon);
@@ -196,8 +193,24 @@ unsafe fn gemv_bf16_neon(w: &[u16], k: usize, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// f16 panels (output order), widened four at a time by the half-precision conversion.
-#[target_feature(enable = "neon,fp16")]
+/// Four f16 values widened to f32 (`fcvtl`, exact). The instruction is part of every
+/// AArch64 CPU's Advanced SIMD, but its Rust intrinsic (`vcvt_f32_f16`) asks for FEAT_FP16,
+/// which cores such as the Cortex-A72 lack: written as inline assembly instead.
+#[inline(always)]
+unsafe fn widen_f16(h: uint16x4_t) -> float32x4_t {
+    let out: float32x4_t;
+    // SAFETY: a register-only instruction of the base Advanced SIMD set.
+    std::arch::asm!(
+        "fcvtl {o:v}.4s, {h:v}.4h",
+        o = lateout(vreg) out,
+        h = in(vreg) h,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    out
+}
+
+/// f16 panels (output order), widened four at a time.
+#[target_feature(enable = "neon")]
 unsafe fn gemv_f16_neon(w: &[u16], k: usize, x: &[f32], y: &mut [f32]) {
     let (w, x) = (w.as_ptr(), x.as_ptr());
     let n_out = y.len();
@@ -205,7 +218,7 @@ unsafe fn gemv_f16_neon(w: &[u16], k: usize, x: &[f32], y: &mut [f32]) {
         let wp = w.add(p * k * NR);
         gemv_with(k, x, y.as_mut_ptr().add(p * NR), n_out - p * NR, |i| {
             let r = wp.add(i * NR);
-            std::array::from_fn(|c| vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(r.add(4 * c)))))
+            std::array::from_fn(|c| widen_f16(vld1_u16(r.add(4 * c))))
         });
     }
 }
