@@ -25,7 +25,8 @@
 # traffic of a decode step next to the memory bandwidth measured in the same process. The
 # table gives the median over repetitions of each figure (with three or more repetitions, runs
 # whose weights come from the weight cache: each build has one of its own, in a temporary
-# folder, written by its first run). Needs python3 (and numpy, to build the checkpoint once).
+# folder, written by its first run: for a 1.5B MODEL that is ~15 GB of TMPDIR per build).
+# Needs python3 (and numpy, to build the checkpoint once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The AArch64 kernels (src/kernels/aarch64.rs: NEON, with and without sdot), tested on an x86
+# The AArch64 kernels (src/kernels/aarch64/: NEON, with and without sdot), tested on an x86
 # machine: the library's tests (every kernel level against the portable code) and the
 # reference tests (logits of every RWKV version against the official package's), built for
 # aarch64-unknown-linux-gnu and run under qemu-aarch64 (user mode; its default CPU has the dot

@@ -276,8 +276,9 @@ unsafe fn gemm_f32_neon(
     }
 }
 
-/// Quantizes 32 activations as `super::portable::quantize_block_q8` (bit for bit: `fcvtns`
-/// rounds to nearest, ties to even, as the portable code).
+/// Quantizes 32 activations as `super::portable::quantize_block_q8` (bit for bit, quiet NaNs
+/// and infinities included: `fcvtns` rounds to nearest, ties to even, as the portable code; a
+/// signalling NaN, which no arithmetic produces, may be passed over in another order).
 #[target_feature(enable = "neon")]
 unsafe fn quantize_block_q8_neon(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     let p = x.as_ptr();

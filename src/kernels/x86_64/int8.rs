@@ -202,8 +202,9 @@ pub unsafe fn q4_tile_vnni(
 // ones (i16 pairs into i32). Every CPU of the AVX2 level runs one of the two, and so do
 // AVX-512 CPUs without AVX-512 VNNI.
 
-/// Quantizes 32 activations as `super::super::portable::quantize_block_q8` (bit for bit: the
-/// conversion rounds to nearest, ties to even, as the portable code).
+/// Quantizes 32 activations as `super::super::portable::quantize_block_q8` (bit for bit, quiet
+/// NaNs and infinities included: the conversion rounds to nearest, ties to even, as the
+/// portable code).
 #[target_feature(enable = "avx2")]
 pub unsafe fn quantize_block_q8_avx2(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     let p = x.as_ptr();
