@@ -571,8 +571,9 @@ pub unsafe fn gemm_panel_wide(
 }
 
 /// `v ← e^(s·v)`, every value (within 3 units in the last place of the exact value with the
-/// AVX-512, AVX2 and NEON kernels; the standard library's `exp` at the portable level). The activations here are the
-/// models' elementwise work: a value's result does not depend on its place in the slice.
+/// AVX-512, AVX2 and NEON kernels; the standard library's `exp` at the portable level). The
+/// activations here are the models' elementwise work: a value's result does not depend on its
+/// place in the slice.
 pub fn exp(v: &mut [f32], s: f32) {
     // SAFETY: the table holds kernels this CPU runs; each reads and writes `v` only.
     unsafe { (kernels().exp)(v, s) }

@@ -64,6 +64,22 @@ fn val(i: usize, seed: usize) -> f32 {
     (h as f32 / 100_003.0 - 0.47) * (1.0 + (i % 7) as f32 * 0.37)
 }
 
+/// Where output `j` sits in a row of an `h` panel (see `layout`), and the exact value of a
+/// stored weight: what the widening kernels undo.
+fn half_lane(h: Half, j: usize) -> usize {
+    match h {
+        Half::Bf16 => bf16_lane_position(j),
+        Half::F16 => j,
+    }
+}
+
+fn half_value(h: Half, b: u16) -> f32 {
+    match h {
+        Half::Bf16 => f32::from_bits((b as u32) << 16),
+        Half::F16 => half::f16::from_bits(b).to_f32(),
+    }
+}
+
 fn levels() -> Vec<Level> {
     let top = detect_level();
     let level = |isa, vnni, bf16| Level { isa, vnni, bf16 };
@@ -184,30 +200,21 @@ fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
             }
             // The widening matrix–matrix kernels: exactly this level's f32 kernel on the
             // widened panel, at every tile row count.
-            for (name, wide, src) in [
-                ("bf16", t.gemm_bf16_wide, &bf),
-                ("f16", t.gemm_f16_wide, &hf),
+            for (h, wide, src) in [
+                (Half::Bf16, t.gemm_bf16_wide, &bf),
+                (Half::F16, t.gemm_f16_wide, &hf),
             ] {
                 let Some(wide) = wide else { continue };
-                // Output order: a bf16 panel row interleaves its two halves (see `layout`).
+                // The panel in output order, each weight widened.
                 let widened: Vec<f32> = (0..src.len())
-                    .map(|at| {
-                        let (row, j) = (at / NR, at % NR);
-                        match name {
-                            "bf16" => {
-                                let b = src[row * NR + bf16_lane_position(j)];
-                                half::bf16::from_bits(b).to_f32()
-                            }
-                            _ => half::f16::from_bits(src[at]).to_f32(),
-                        }
-                    })
+                    .map(|at| half_value(h, src[at - at % NR + half_lane(h, at % NR)]))
                     .collect();
                 for rows in 1..=t.gemm_f32_rows {
                     let (mut y1, mut y2) = (vec![0.0; rows * NR], vec![0.0; rows * NR]);
                     let (xp, y1p, y2p) = (x.as_ptr(), y1.as_mut_ptr(), y2.as_mut_ptr());
                     wide(rows, xp, k, k, src.as_ptr(), y1p, NR, 30);
                     (t.gemm_f32)(rows, xp, k, k, widened.as_ptr(), y2p, NR, 30);
-                    assert_eq!(y1, y2, "gemm {name} widened, {rows} rows {at}");
+                    assert_eq!(y1, y2, "gemm {h:?} widened, {rows} rows {at}");
                 }
             }
             // The activation quantizer, bit for bit, on the data and on degenerate blocks:
@@ -269,8 +276,8 @@ fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
                     }
                 }
             }
-            // Each WKV kernel against its portable twin: the transposed-state one at the
-            // models' head size, the in-place (official layout) one at every size it takes.
+            // Each WKV kernel against its portable twin, both layouts, at head sizes from the
+            // smallest the kernels take to the largest.
             let wkv_kernels: [(&str, _, wkv::PortableFn, &[usize]); 2] = [
                 (
                     "wkv7",
@@ -350,18 +357,10 @@ fn the_widening_gemms_are_the_f32_gemm_on_the_widened_panel() {
             println!("note: no widening {h:?} matrix-matrix kernel here: not tested");
             continue;
         }
-        // A weight's bits in the panel, where it goes in a panel row, and its exact value.
+        // A weight's bits in the panel.
         let bits = |v: f32| match h {
             Half::Bf16 => bf16_bits(v),
             Half::F16 => half::f16::from_f32(v).to_bits(),
-        };
-        let lane = |j: usize| match h {
-            Half::Bf16 => bf16_lane_position(j),
-            Half::F16 => j,
-        };
-        let wide = |b: u16| match h {
-            Half::Bf16 => f32::from_bits((b as u32) << 16),
-            Half::F16 => half::f16::from_bits(b).to_f32(),
         };
         for (rows, k, n_out) in [
             (1, 1, 1usize),
@@ -376,8 +375,8 @@ fn the_widening_gemms_are_the_f32_gemm_on_the_widened_panel() {
                 let (p, j) = (o / NR, o % NR);
                 for i in 0..k {
                     let b = bits(val(o * k + i, 1));
-                    panels[(p * k + i) * NR + lane(j)] = b;
-                    widened[(p * k + i) * NR + j] = wide(b);
+                    panels[(p * k + i) * NR + half_lane(h, j)] = b;
+                    widened[(p * k + i) * NR + j] = half_value(h, b);
                 }
             }
             let x: Vec<f32> = (0..rows * k).map(|i| val(i, 2)).collect();

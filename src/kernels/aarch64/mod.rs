@@ -108,23 +108,6 @@ unsafe fn sum_f32_neon(v: &[f32]) -> f32 {
     s
 }
 
-/// Stores eight 4-lane accumulators (outputs 0..4, …, 28..32) of which the first `n` outputs
-/// are real.
-#[inline(always)]
-unsafe fn store_panel(y: *mut f32, n: usize, acc: &[float32x4_t; 8]) {
-    if n >= NR {
-        for (c, a) in acc.iter().enumerate() {
-            vst1q_f32(y.add(4 * c), *a);
-        }
-    } else {
-        let mut tmp = [0.0f32; NR];
-        for (c, a) in acc.iter().enumerate() {
-            vst1q_f32(tmp.as_mut_ptr().add(4 * c), *a);
-        }
-        std::ptr::copy_nonoverlapping(tmp.as_ptr(), y, n);
-    }
-}
-
 /// The matrix–vector product over one panel: `row(i)` gives input i's 32 weights as eight
 /// 4-lane vectors in output order; two inputs at a time into two sets of accumulators.
 #[inline(always)]
@@ -154,7 +137,7 @@ unsafe fn gemv_with(
         }
     }
     let acc: [float32x4_t; 8] = std::array::from_fn(|c| vaddq_f32(a[0][c], a[1][c]));
-    store_panel(y, n, &acc);
+    store_chunks(y, 0, n, &acc);
 }
 
 #[target_feature(enable = "neon")]
@@ -252,7 +235,7 @@ unsafe fn tile_f32<const R: usize>(
         }
     }
     for r in 0..R {
-        store_panel(y.add(r * ldy), n_valid, &a[r]);
+        store_chunks(y.add(r * ldy), 0, n_valid, &a[r]);
     }
 }
 
@@ -369,8 +352,9 @@ unsafe fn epilogue(acc: &mut float32x4_t, isum: int32x4_t, d: float32x4_t, dx: f
     *acc = vfmaq_f32(*acc, vcvtq_f32_s32(isum), vmulq_n_f32(d, dx));
 }
 
-/// Stores row accumulators of chunks `c0..c0 + C` (outputs `4·c0..`), of which outputs below
-/// `n_valid` are real.
+/// Stores the 4-lane accumulators of output chunks `c0..c0 + C` of a panel (outputs `4·c0..`),
+/// of which outputs below `n_valid` are real: the whole panel (`c0` = 0, `C` = 8) or the chunks
+/// of one integer tile pass.
 #[inline(always)]
 unsafe fn store_chunks<const C: usize>(
     y: *mut f32,

@@ -3,7 +3,7 @@
 
 use super::super::layout::{NR, Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, QK};
 use super::super::QRows;
-use super::{prefetch_ahead, store_rows};
+use super::{prefetch_ahead, store_chunks_256, store_rows};
 use std::arch::x86_64::*;
 
 #[target_feature(enable = "avx512f,avx512bw")]
@@ -272,22 +272,6 @@ unsafe fn q_block_epilogue_256(isum: __m256i, d: __m256, dx: f32, acc: &mut __m2
     *acc = _mm256_fmadd_ps(f, _mm256_mul_ps(d, _mm256_set1_ps(dx)), *acc);
 }
 
-/// Stores row `r`'s accumulators of chunks `c0..c0 + C` (outputs `8·c0..`), of which outputs
-/// below `n_valid` are real.
-#[inline(always)]
-unsafe fn store_chunks<const C: usize>(y: *mut f32, c0: usize, n_valid: usize, acc: &[__m256; C]) {
-    for (c, a) in acc.iter().enumerate() {
-        let j = 8 * (c0 + c);
-        if j + 8 <= n_valid {
-            _mm256_storeu_ps(y.add(j), *a);
-        } else if j < n_valid {
-            let mut tmp = [0.0f32; 8];
-            _mm256_storeu_ps(tmp.as_mut_ptr(), *a);
-            std::ptr::copy_nonoverlapping(tmp.as_ptr(), y.add(j), n_valid - j);
-        }
-    }
-}
-
 /// The Q8_0 micro-kernel on 256 bits: `R` rows × the `C` output chunks from `c0` (8 outputs
 /// each). With `VNNI`, `vpdpbusd` on the stored (offset) bytes, the offset removed per block as
 /// in the 512-bit kernel. Without, `vpmaddubsw` multiplies unsigned by signed bytes and
@@ -347,7 +331,7 @@ unsafe fn tile_q8_256<const R: usize, const C: usize, const VNNI: bool>(
         }
     }
     for (r, a) in acc.iter().enumerate() {
-        store_chunks(y.add(r * ldy), c0, n_valid, a);
+        store_chunks_256(y.add(r * ldy), c0, n_valid, a);
     }
 }
 
@@ -414,7 +398,7 @@ unsafe fn tile_q4_256<const R: usize, const C: usize, const VNNI: bool>(
         }
     }
     for (r, a) in acc.iter().enumerate() {
-        store_chunks(y.add(r * ldy), c0, n_valid, a);
+        store_chunks_256(y.add(r * ldy), c0, n_valid, a);
     }
 }
 

@@ -9,7 +9,7 @@
 //! and the AMX tiles in `amx.rs`.
 
 use super::layout::NR;
-use super::{Isa, Kernels};
+use super::{Isa, Kernels, QTileFn};
 use half::f16;
 use std::arch::x86_64::*;
 
@@ -59,9 +59,6 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool, bf16: bool) {
             k.gemm_bf16_wide = Some(gemm_wide_avx512::<PANEL_BF16>);
             k.gemm_f16_wide = Some(gemm_wide_avx512::<PANEL_F16>);
             k.quantize_block_q8 = quantize_block_q8_avx512;
-            k.q8_0_tile = q8_tile_avx2;
-            k.q4_0_tile = q4_tile_avx2;
-            k.q_tile_rows = Q_TILE_ROWS_256;
             k.wkv7_token_x16 = Some(wkv7_token_avx512);
             k.wkv7_rows_x16 = Some(wkv7_token_rows_avx512);
             k.exp = activation::exp_avx512;
@@ -78,9 +75,6 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool, bf16: bool) {
             k.gemm_f32 = gemm_f32_avx2;
             k.gemm_f32_rows = 3;
             k.quantize_block_q8 = quantize_block_q8_avx2;
-            k.q8_0_tile = q8_tile_avx2;
-            k.q4_0_tile = q4_tile_avx2;
-            k.q_tile_rows = Q_TILE_ROWS_256;
             k.sum_f32 = sum_f32_avx2;
             k.wkv7_token_x16 = Some(wkv7_token_avx2);
             k.wkv7_rows_x16 = Some(wkv7_token_rows_avx2);
@@ -91,13 +85,18 @@ pub(super) fn install(k: &mut Kernels, isa: Isa, vnni: bool, bf16: bool) {
         }
         Isa::Neon | Isa::Portable => {}
     }
-    if vnni && isa == Isa::Avx512 {
-        k.q8_0_tile = q8_tile_vnni;
-        k.q4_0_tile = q4_tile_vnni;
-        k.q_tile_rows = 6;
-    } else if vnni && isa == Isa::Avx2 {
-        k.q8_0_tile = q8_tile_avxvnni;
-        k.q4_0_tile = q4_tile_avxvnni;
+    // The int8 tiles: VNNI at the ISA's width, else the 256-bit ones through `vpmaddubsw`
+    // (which AVX-512 CPUs without VNNI run too).
+    let int8: Option<(QTileFn, QTileFn, usize)> = match (isa, vnni) {
+        (Isa::Avx512, true) => Some((q8_tile_vnni, q4_tile_vnni, 6)),
+        (Isa::Avx2, true) => Some((q8_tile_avxvnni, q4_tile_avxvnni, Q_TILE_ROWS_256)),
+        (Isa::Avx512 | Isa::Avx2, false) => Some((q8_tile_avx2, q4_tile_avx2, Q_TILE_ROWS_256)),
+        (Isa::Neon | Isa::Portable, _) => None,
+    };
+    if let Some((q8, q4, rows)) = int8 {
+        k.q8_0_tile = q8;
+        k.q4_0_tile = q4;
+        k.q_tile_rows = rows;
     }
     if bf16 {
         k.gemm_bf16 = Some(gemm_bf16_avx512bf16);
@@ -366,20 +365,25 @@ pub unsafe fn gemv_f16_avx512(w: &[u16], k: usize, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// Stores four 8-lane accumulators (outputs 0..8, 8..16, 16..24, 24..32) of which the first
-/// `n` outputs are real.
-#[target_feature(enable = "avx2")]
-unsafe fn store_panel_256(y: *mut f32, n: usize, acc: [__m256; 4]) {
-    if n >= NR {
-        for (q, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(y.add(8 * q), *a);
+/// Stores the 8-lane accumulators of output chunks `c0..c0 + C` of a panel (outputs
+/// `8·c0..`), of which outputs below `n_valid` are real: the whole panel (`c0` = 0, `C` = 4) or
+/// the chunks of one integer tile pass.
+#[inline(always)]
+pub(super) unsafe fn store_chunks_256<const C: usize>(
+    y: *mut f32,
+    c0: usize,
+    n_valid: usize,
+    acc: &[__m256; C],
+) {
+    for (c, a) in acc.iter().enumerate() {
+        let j = 8 * (c0 + c);
+        if j + 8 <= n_valid {
+            _mm256_storeu_ps(y.add(j), *a);
+        } else if j < n_valid {
+            let mut tmp = [0.0f32; 8];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), *a);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), y.add(j), n_valid - j);
         }
-    } else {
-        let mut tmp = [0.0f32; NR];
-        for (q, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(tmp.as_mut_ptr().add(8 * q), *a);
-        }
-        std::ptr::copy_nonoverlapping(tmp.as_ptr(), y, n);
     }
 }
 
@@ -419,7 +423,7 @@ unsafe fn gemv_avx2_with(
         _mm256_add_ps(a[2], a[6]),
         _mm256_add_ps(a[3], a[7]),
     ];
-    store_panel_256(y, n, acc);
+    store_chunks_256(y, 0, n, &acc);
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -630,7 +634,7 @@ unsafe fn tile_f32_256<const R: usize>(
         }
     }
     for r in 0..R {
-        store_panel_256(y.add(r * ldy), n_valid, a[r]);
+        store_chunks_256(y.add(r * ldy), 0, n_valid, &a[r]);
     }
 }
 
