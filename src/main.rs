@@ -160,7 +160,9 @@ fn long_version() -> String {
     };
     let vnni = match (kernels::isa(), kernels::has_vnni(), kernels::has_bf16_dot()) {
         (Isa::Avx2, true, _) => ", AVX-VNNI for the int8 dot products",
-        (Isa::Neon, true, _) => ", sdot for the int8 dot products",
+        (Isa::Neon, true, true) => ", sdot for the int8 and bfdot for the bf16 dot products",
+        (Isa::Neon, true, false) => ", sdot for the int8 dot products",
+        (Isa::Neon, false, true) => ", bfdot for the bf16 dot products",
         (_, true, true) => ", AVX-512 VNNI for the int8 and BF16 for the bf16 dot products",
         (_, true, false) => ", AVX-512 VNNI for the int8 dot products",
         (_, false, true) => ", AVX-512 BF16 for the bf16 dot products",

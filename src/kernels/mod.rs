@@ -9,18 +9,19 @@
 //! a file of their own: `x86_64/` (AVX-512, with VNNI for the integer products and BF16 for the
 //! bf16 ones; AMX tiles for bf16 matrix–matrix products, `x86_64/amx.rs`; AVX2 + FMA, with
 //! AVX-VNNI for the integer products where the CPU has it; F16C) and
-//! `aarch64/` (NEON, with `sdot` for the integer products). The instruction set is detected **once**,
-//! and the kernels for it are put in one table of function pointers (`Kernels`); every entry
+//! `aarch64/` (NEON, with `sdot` for the integer products and `bfdot` for the bf16 ones). The
+//! instruction set is detected **once**, and the kernels for it are put in one table of function pointers (`Kernels`); every entry
 //! point below asserts its bounds and calls through that table, once per panel or per call,
 //! never per element. `RWKV_NO_AVX512`, `RWKV_NO_VNNI`, `RWKV_NO_BF16`, `RWKV_NO_AMX` and
 //! `RWKV_NO_SIMD` force the lower levels, for testing. 16-bit and quantized weights are widened
 //! in registers, so they stay small in memory.
 //!
-//! bf16 weights have a second matrix–matrix kernel where the CPU has the AVX-512 BF16
-//! dot-product instruction (`vdpbf16ps`, detected at run time): the activations are rounded to
-//! bf16 once per product ([`round_rows_to_bf16`], round to nearest even) and each instruction
-//! sums two exact bf16 × bf16 products per lane into f32, reading the packed panels as they
-//! are — twice the multiply–adds of an f32 FMA per instruction, and no f32 copy of the panel.
+//! bf16 weights have a second matrix–matrix kernel where the CPU has a bf16 dot-product
+//! instruction (AVX-512 BF16's `vdpbf16ps`, AArch64 FEAT_BF16's `bfdot`; detected at run
+//! time): the activations are rounded to bf16 once per product ([`round_rows_to_bf16`], round
+//! to nearest even) and each instruction sums two exact bf16 × bf16 products per lane into
+//! f32, reading the packed panels as they are — twice the multiply–adds of an f32 FMA per
+//! instruction, and no f32 copy of the panel.
 //! Only the matrix–matrix product (prefill) uses it: the matrix–vector product (decode) keeps
 //! f32 activations.
 //!
@@ -77,7 +78,7 @@ pub fn has_amx() -> bool {
 }
 
 /// Whether bf16 matrix–matrix products use the bf16 dot-product kernel ([`gemm_panel_bf16`]:
-/// AVX-512 BF16, detected once; `RWKV_NO_BF16` turns it off). Where it is off they widen the
+/// AVX-512 BF16 or AArch64 FEAT_BF16, detected once; `RWKV_NO_BF16` turns it off). Where it is off they widen the
 /// panels to f32 and keep the activations in f32.
 pub fn has_bf16_dot() -> bool {
     kernels().gemm_bf16.is_some()
@@ -182,10 +183,10 @@ impl Kernels {
         };
         #[cfg(target_arch = "x86_64")]
         x86_64::install(&mut k, isa, vnni, bf16);
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = bf16;
         #[cfg(target_arch = "aarch64")]
-        aarch64::install(&mut k, isa, vnni);
+        aarch64::install(&mut k, isa, vnni, bf16);
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let _ = bf16;
         k
     }
 }
@@ -198,7 +199,7 @@ struct Level {
     /// level, AVX-VNNI at the AVX2 level (`vpdpbusd` both), `dotprod` at the NEON level
     /// (`sdot`).
     vnni: bool,
-    /// AVX-512 BF16 (the bf16 dot products).
+    /// The bf16 dot products: AVX-512 BF16 (`vdpbf16ps`), FEAT_BF16 on AArch64 (`bfdot`).
     bf16: bool,
 }
 
@@ -240,15 +241,17 @@ fn detect_level() -> Level {
     Level { isa, vnni, bf16 }
 }
 
-/// The best level this CPU runs: NEON, with `sdot` where the CPU has the dot products
-/// (`RWKV_NO_VNNI` turns them off).
+/// The best level this CPU runs: NEON, with `sdot` where the CPU has the int8 dot products
+/// (`RWKV_NO_VNNI` turns them off) and `bfdot` where it has the bf16 ones (FEAT_BF16;
+/// `RWKV_NO_BF16` turns them off).
 #[cfg(target_arch = "aarch64")]
 fn detect_level() -> Level {
     Level {
         isa: Isa::Neon,
         vnni: std::env::var_os("RWKV_NO_VNNI").is_none()
             && std::arch::is_aarch64_feature_detected!("dotprod"),
-        bf16: false,
+        bf16: std::env::var_os("RWKV_NO_BF16").is_none()
+            && std::arch::is_aarch64_feature_detected!("bf16"),
     }
 }
 

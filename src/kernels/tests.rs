@@ -180,14 +180,19 @@ fn every_level_this_cpu_runs_agrees_with_the_portable_kernels() {
             (t.f16_to_f32)(&hf, &mut h1);
             (p.f16_to_f32)(&hf, &mut h2);
             assert_eq!(h1, h2, "f16 widening {at}");
-            let mut v = w.clone();
-            v.extend([
+            // The odd values at the front (where a SIMD kernel's full vectors take them) and
+            // at the end (its tail).
+            let odd = [
                 f32::NAN,
                 -f32::NAN,
                 f32::INFINITY,
                 1e-40,
                 f32::from_bits(0x3F80_8000),
-            ]);
+                f32::from_bits(0x3F81_8000),
+                -f32::from_bits(0x3F80_8001),
+                f32::from_bits(0x7F7F_FFFF),
+            ];
+            let v: Vec<f32> = odd.iter().chain(&w).chain(&odd).copied().collect();
             let (mut b1, mut b2) = (vec![0u16; v.len()], vec![1u16; v.len()]);
             (t.f32_to_bf16)(&v, &mut b1);
             (p.f32_to_bf16)(&v, &mut b2);
@@ -423,14 +428,15 @@ fn the_widening_gemms_are_the_f32_gemm_on_the_widened_panel() {
 /// The bf16 dot-product kernel against a scalar reference of the same rounding: the
 /// activations rounded to bf16, every product exact (a product of two bf16 values fits an
 /// f64 exactly), summed exactly; the kernel sums in f32, so it may differ by k rounding
-/// errors of at most 2^-24 of the running sum, bounded by k · 2^-24 · Σ|products|. Shapes:
+/// errors of at most 2^-24 of the running sum (round to nearest; 2^-23 for AArch64's `bfdot`,
+/// which rounds to odd), bounded by k · 2^-24 · Σ|products| (k · 2^-23 · …). Shapes:
 /// rows past a whole tile, odd k and k not a multiple of 32, outputs not a multiple of 32 (and
 /// on AMX the tiles' shapes). Skipped, with a note, where the CPU lacks AVX-512 BF16.
 #[test]
 fn bf16_dot_kernel_matches_a_reference_of_the_same_rounding() {
     if !has_bf16_dot() {
         println!(
-            "note: no AVX-512 BF16 here (or RWKV_NO_BF16 is set): the bf16 dot-product kernel is not tested"
+            "note: no bf16 dot products here (AVX-512 BF16, AArch64 FEAT_BF16) or RWKV_NO_BF16 is set: the bf16 dot-product kernel is not tested"
         );
         return;
     }
@@ -464,7 +470,7 @@ fn bf16_dot_kernel_matches_a_reference_of_the_same_rounding() {
         round_rows_to_bf16(&x, k, ld, &mut xb);
         let mut y = vec![f32::NAN; rows * n_out];
         for p in 0..n_panels {
-            // SAFETY: this CPU has AVX-512 BF16 (checked above); `xb` has `rows` rows at
+            // SAFETY: this CPU has the bf16 dot products (checked above); `xb` has `rows` rows at
             // stride `ld` > k, zero past k; the panel has k × 32 values; the output has
             // `rows` rows of n_out, and this call writes its panel's columns only.
             unsafe {
@@ -481,6 +487,11 @@ fn bf16_dot_kernel_matches_a_reference_of_the_same_rounding() {
             }
         }
         let bf = |h: u16| f32::from_bits((h as u32) << 16) as f64;
+        let unit = 2f64.powi(if cfg!(target_arch = "aarch64") {
+            -23
+        } else {
+            -24
+        });
         let mut worst_unrounded = 0.0f64;
         for r in 0..rows {
             for o in 0..n_out {
@@ -492,7 +503,7 @@ fn bf16_dot_kernel_matches_a_reference_of_the_same_rounding() {
                     unrounded += bf(w[o * k + i]) * x[r * k + i] as f64;
                 }
                 let got = y[r * n_out + o] as f64;
-                let tol = k as f64 * 2f64.powi(-24) * mag + 1e-30;
+                let tol = k as f64 * unit * mag + 1e-30;
                 assert!(
                     (got - exact).abs() <= tol,
                     "rows={rows} k={k} out={n_out} at ({r}, {o}): {got} vs {exact} (±{tol:e})"

@@ -11,10 +11,14 @@
 //!   `smull` and pairwise adds; both give the integer sums of the x86 kernels and the same
 //!   epilogue, so the same values;
 //! - the f32 matrix–matrix product (3 rows × 32 outputs), the activation quantizer;
+//! - with FEAT_BF16, the bf16 matrix–matrix product through `bfdot` (`bf16.rs`: two exact
+//!   bf16 products per lane, as AVX-512 BF16's `vdpbf16ps`), `RWKV_NO_BF16` turning it off;
+//! - f16 to f32 (`fcvtl`) and f32 to bf16 (round to nearest even) conversions;
 //! - the WKV-7 token kernels (both state layouts, `wkv.rs`) and the activations (exp, sigmoid,
 //!   tanh, SiLU, `activation.rs`).
 //!
-//! `sdot` is written as inline assembly: its intrinsic (`vdotq_s32`) is not stable in Rust.
+//! `sdot` and `bfdot` are written as inline assembly: their intrinsics (`vdotq_s32`,
+//! `vbfdotq_f32`) are not stable in Rust.
 //!
 //! Tested (against the portable kernels, at both levels) by running the test suite for
 //! `aarch64-unknown-linux-gnu` under `qemu-aarch64`; see the README ("Other CPUs").
@@ -24,13 +28,21 @@ use super::{Isa, Kernels, QRows};
 use std::arch::aarch64::*;
 
 mod activation;
+mod bf16;
 mod wkv;
 use wkv::{wkv7_token_neon, wkv7_token_rows_neon};
 
-/// Puts the AArch64 kernels of level `isa` into the table (`dotprod`: the int8 dot products).
-pub(super) fn install(k: &mut Kernels, isa: Isa, dotprod: bool) {
+/// Puts the AArch64 kernels of level `isa` into the table (`dotprod`: the int8 dot products;
+/// `bf16`: the bf16 dot products).
+pub(super) fn install(k: &mut Kernels, isa: Isa, dotprod: bool, bf16: bool) {
     if isa != Isa::Neon {
         return;
+    }
+    k.f16_to_f32 = f16_to_f32_neon;
+    k.f32_to_bf16 = bf16::f32_to_bf16_neon;
+    if bf16 {
+        k.gemm_bf16 = Some(bf16::gemm_bf16_bfdot);
+        k.gemm_bf16_rows = bf16::GEMM_BF16_ROWS;
     }
     k.dot_f32 = dot_f32_neon;
     k.sum_f32 = sum_f32_neon;
@@ -190,6 +202,22 @@ unsafe fn widen_f16(h: uint16x4_t) -> float32x4_t {
         options(pure, nomem, nostack, preserves_flags)
     );
     out
+}
+
+/// f16 values widened to f32 (`fcvtl`), four at a time.
+#[target_feature(enable = "neon")]
+unsafe fn f16_to_f32_neon(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + 4 <= n {
+        vst1q_f32(d.add(i), widen_f16(vld1_u16(s.add(i))));
+        i += 4;
+    }
+    while i < n {
+        *d.add(i) = half::f16::from_bits(*s.add(i)).to_f32();
+        i += 1;
+    }
 }
 
 /// f16 panels (output order), widened four at a time.
