@@ -211,6 +211,26 @@ fn piped_replies_equal_generate_over_the_whole_conversation() {
     }
 }
 
+/// `--undo-depth 0` keeps no snapshot, yet every turn runs and ends as with the default depth,
+/// and `--state-out` is written (it once read each turn as interrupted: the turn was trimmed
+/// away before its stats were read).
+#[test]
+fn undo_depth_zero_still_runs_every_turn() {
+    let state = scratch("undo0").join("talk.state");
+    let _ = std::fs::remove_file(&state);
+    let mut args = vec!["--max-tokens", "40"];
+    args.extend(SAMPLING);
+    let want = replies(&chat(&args, &MESSAGES));
+    let s = state.to_str().unwrap();
+    args.extend(["--undo-depth", "0", "--state-out", s]);
+    let got = replies(&chat(&args, &MESSAGES));
+    assert_eq!(got, want);
+    assert!(
+        std::fs::metadata(&state).unwrap().len() > 0,
+        "state written"
+    );
+}
+
 /// The v7 fixture with a World-sized vocabulary (65536): its embedding and head rows beyond the
 /// 256 it has are new random rows, so the World tokenizer is chosen and any id can come out.
 fn world_model() -> PathBuf {

@@ -143,6 +143,41 @@ fn info_check_names_the_tensors_that_hold_non_finite_values() {
     assert_eq!(v["weights_finite"], true);
 }
 
+/// `info --check` reads a state-tuning file's values too (it once described the file and
+/// exited 0 without reading them).
+#[test]
+fn info_check_reads_the_values_of_a_state_tuning_file() {
+    let dir = scratch("robust-check-state");
+    let nan = st_edit("v7.state.safetensors", "blocks.1.att.time_state", |t| {
+        assert_eq!(t.dtype, "F16");
+        t.bytes[2..4].copy_from_slice(&0x7E00u16.to_le_bytes());
+        true
+    });
+    let s = write(&dir, "nan.state.safetensors", &nan)
+        .display()
+        .to_string();
+    let o = cli(&["info", &s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cli(&["info", "--check", &s]);
+    one_line_error(
+        &o,
+        &[
+            "1 tensors hold non-finite values",
+            "blocks.1.att.time_state (1 NaN",
+        ],
+    );
+    let good = fixture("v7.state.safetensors");
+    let o = cli(&["info", "--check", &good]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("every value is finite (2 tensors read)"));
+    let o = cli(&["info", "--check", "--json", &good]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["kind"].as_str(), v["values_finite"].as_bool()),
+        (Some("state"), Some(true))
+    );
+}
+
 #[test]
 fn a_state_file_holding_nan_is_refused() {
     use rwkv_cli::checkpoint::Checkpoint;

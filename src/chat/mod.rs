@@ -137,8 +137,9 @@ pub struct Turn {
     pub stats: TurnStats,
     /// The think mode the reply was generated with.
     pub think: Think,
-    /// The conversation just before this turn's user part.
-    before: Snapshot,
+    /// The conversation just before this turn's user part (`None` past the undo depth: the
+    /// last turn is kept for its text and stats even at depth 0, without a snapshot).
+    before: Option<Snapshot>,
 }
 
 impl Turn {
@@ -225,9 +226,15 @@ impl Conversation {
 
     /// The turns that can still be undone, oldest first.
     pub fn turns(&self) -> impl Iterator<Item = &Turn> {
-        self.turns.iter()
+        self.turns.iter().filter(|t| t.before.is_some())
     }
 
+    /// Whether there is a turn to undo (or retry).
+    pub fn can_undo(&self) -> bool {
+        self.turns.back().is_some_and(|t| t.before.is_some())
+    }
+
+    /// The last turn, also when the undo depth keeps none to undo.
     pub fn last_turn(&self) -> Option<&Turn> {
         self.turns.back()
     }
@@ -352,8 +359,12 @@ impl Conversation {
         match self.run_turn(message, &mut before, sampler, cancel, on_piece) {
             Ok(Some(turn)) => {
                 self.turns.push_back(turn);
-                while self.turns.len() > self.opts.undo_depth {
+                // The last turn stays (for its stats), its snapshot only within the depth.
+                while self.turns.len() > self.opts.undo_depth.max(1) {
                     self.turns.pop_front();
+                }
+                if self.opts.undo_depth == 0 {
+                    self.turns.iter_mut().for_each(|t| t.before = None);
                 }
                 self.turn_count += 1;
                 Ok(self.turns.back())
@@ -481,7 +492,7 @@ impl Conversation {
             stats,
             think,
             // Taken only here, once nothing can fail any more.
-            before: before.take().expect("taken once"),
+            before: Some(before.take().expect("taken once")),
         }))
     }
 
@@ -499,8 +510,11 @@ impl Conversation {
     /// Takes back the last turn: the state is again that of before its message. `None` when
     /// there is no turn to undo (none yet, or older than the undo depth).
     pub fn undo(&mut self) -> Option<Turn> {
+        if !self.can_undo() {
+            return None;
+        }
         let turn = self.turns.pop_back()?;
-        self.now = turn.before.clone();
+        self.now = turn.before.clone().expect("checked by can_undo");
         self.turn_count -= 1;
         self.unreported = (0, 0.0);
         Some(turn)

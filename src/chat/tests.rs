@@ -362,6 +362,29 @@ fn the_undo_depth_bounds_the_snapshots() {
 }
 
 #[test]
+fn at_undo_depth_zero_turns_run_and_none_can_be_undone() {
+    let mut c = conv(&[b('a'), NN], 100);
+    c.options_mut().undo_depth = 0;
+    for m in ["1", "2"] {
+        let (shown, _, stop) = say(&mut c, m);
+        assert_eq!((shown.as_str(), stop), ("a", StopReason::EndOfTurn));
+    }
+    assert_eq!(c.turn_count(), 2);
+    assert_eq!(
+        c.last_turn().map(|t| t.message.clone()),
+        Some(b"2".to_vec())
+    );
+    assert_eq!(c.turns().count(), 0);
+    assert!(!c.can_undo() && c.undo().is_none());
+    let no = AtomicBool::new(false);
+    assert!(c
+        .retry(&mut greedy(), &no, &mut |_| Ok(()))
+        .unwrap()
+        .is_none());
+    assert_eq!(c.turn_count(), 2);
+}
+
+#[test]
 fn saved_states_round_trip() {
     let mut c = conv(&[b('a'), NN], 100);
     assert!(c.saved_state().is_none(), "nothing read yet");

@@ -622,7 +622,7 @@ fn say(s: &mut Session, message: Option<&str>) -> Result<()> {
     };
     let turn = match message {
         Some(m) => conv.turn(m.as_bytes(), sampler, super::interrupt_flag(), &mut show)?,
-        None if conv.last_turn().is_none() => {
+        None if !conv.can_undo() => {
             style.note("(nothing to retry)");
             return Ok(());
         }

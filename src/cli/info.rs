@@ -23,8 +23,8 @@ pub struct InfoArgs {
     /// it, an uncached model shows the catalogue's facts and its cache status, offline).
     #[arg(long)]
     pub download: bool,
-    /// Also read every weight and check that none is NaN or infinite (reads the whole file);
-    /// exit 1 naming the tensors that hold such values.
+    /// Also read every weight (or every value of a state-tuning file) and check that none is
+    /// NaN or infinite (reads the whole file); exit 1 naming the tensors that hold such values.
     #[arg(long)]
     pub check: bool,
 }
@@ -98,6 +98,31 @@ description   {}
     crate::cli::print_out(&out)
 }
 
+/// `--check`: every value of every tensor (model weights or a state) is finite, or one error
+/// naming the tensors that are not.
+fn check_finite(path: &std::path::Path, ckpt: &Checkpoint) -> Result<()> {
+    let bad = non_finite_tensors(ckpt)?;
+    if !bad.is_empty() {
+        let list: Vec<String> = bad
+            .iter()
+            .take(5)
+            .map(|(n, nan, inf)| format!("{n} ({nan} NaN, {inf} infinite)"))
+            .collect();
+        let more = if bad.len() > 5 {
+            format!(" and {} more", bad.len() - 5)
+        } else {
+            String::new()
+        };
+        anyhow::bail!(
+            "{}: {} tensors hold non-finite values: {}{more}",
+            path.display(),
+            bad.len(),
+            list.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// A state-tuning file: its shape, what it fits, how it is stored.
 fn describe_state(
     path: &std::path::Path,
@@ -105,9 +130,10 @@ fn describe_state(
     ckpt: &Checkpoint,
     st: &models::init_state::StateInfo,
     json: bool,
+    checked: bool,
 ) -> Result<()> {
     if json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "path": path.display().to_string(),
             "source": source,
             "kind": "state",
@@ -118,14 +144,25 @@ fn describe_state(
             "stored_dtype": st.dtype.name(),
             "file_bytes": ckpt.file_size,
         });
+        if checked {
+            v["values_finite"] = true.into();
+        }
         return crate::outln!("{v}");
     }
+    let check = if checked {
+        format!(
+            "check         every value is finite ({} tensors read)\n",
+            ckpt.tensors().len()
+        )
+    } else {
+        String::new()
+    };
     crate::cli::print_out(&format!(
         "path          {}\nsource        {source}\n\
          kind          state-tuned initial state (no model weights; use it with --init-state)\n\
          layers        {}\nheads         {} × {}\n\
          fits          RWKV v5, v6 or v7 models of {} layers and width {}\n\
-         stored dtype  {}\nfile size     {}\n",
+         stored dtype  {}\nfile size     {}\n{check}",
         path.display(),
         st.n_layer,
         st.n_head,
@@ -163,33 +200,15 @@ pub fn run(args: InfoArgs) -> Result<()> {
         }
     };
     let ckpt = Checkpoint::open(&path)?;
+    if args.check {
+        check_finite(&path, &ckpt)?;
+    }
     // A state-tuning file (`--init-state`) holds no model: describe the state.
     let state = models::init_state::inspect(&ckpt)?;
     if let Some(st) = state.as_ref().filter(|s| !s.in_model) {
-        return describe_state(&path, &source, &ckpt, st, args.json);
+        return describe_state(&path, &source, &ckpt, st, args.json, args.check);
     }
     let c = &models::inspect(&ckpt)?;
-    if args.check {
-        let bad = non_finite_tensors(&ckpt)?;
-        if !bad.is_empty() {
-            let list: Vec<String> = bad
-                .iter()
-                .take(5)
-                .map(|(n, nan, inf)| format!("{n} ({nan} NaN, {inf} infinite)"))
-                .collect();
-            let more = if bad.len() > 5 {
-                format!(" and {} more", bad.len() - 5)
-            } else {
-                String::new()
-            };
-            anyhow::bail!(
-                "{}: {} tensors hold non-finite values: {}{more}",
-                path.display(),
-                bad.len(),
-                list.join(", ")
-            );
-        }
-    }
     let stored = ckpt.stored_dtype().name();
     // v4 has no heads: its recurrence runs channel by channel.
     let headed = c.version != models::Version::V4;
