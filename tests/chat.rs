@@ -517,6 +517,44 @@ fn pty(args: &[&str], history: &Path) -> OsSession {
     s
 }
 
+/// With stdout redirected to a file, the line editor still draws on the terminal, and the file
+/// gets the replies only (it once got the prompt, the echo and the editor's escape sequences).
+#[test]
+fn a_redirected_stdout_gets_replies_not_the_line_editor() {
+    let dir = scratch("pty-redirect");
+    let out = dir.join("replies.txt");
+    let mut c = Command::new("sh");
+    c.env("RWKV_CLI_CACHE", scratch("cache"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RWKV_CLI_HISTORY", dir.join("history"))
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1")
+        .args(["-c", "exec \"$0\" chat --max-tokens 40 \"$@\" > \"$OUT\""])
+        .arg(env!("CARGO_BIN_EXE_rwkv-cli"))
+        .args(SAMPLING)
+        .env("OUT", &out);
+    let mut s = Session::spawn(c).unwrap();
+    s.set_expect_timeout(Some(Duration::from_secs(60)));
+    s.expect(PROMPT).unwrap();
+    let shown = send(&mut s, "Good morning, Miss Bennet.");
+    assert!(
+        shown.contains("Good morning"),
+        "the echo on the terminal: {shown:?}"
+    );
+    s.send_line("/quit").unwrap();
+    assert_eq!(exit_code(&s), 0);
+    let mut args = vec!["--max-tokens", "40"];
+    args.extend(SAMPLING);
+    // Piped mode ends a reply with a blank line; the terminal's ends it with one newline.
+    let mut want = chat(&args, &["Good morning, Miss Bennet."]).stdout;
+    assert_eq!(want.pop(), Some(b'\n'));
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&want)
+    );
+}
+
 /// Terminal text without escape sequences and carriage returns.
 fn plain(bytes: &[u8]) -> String {
     let mut out = Vec::new();

@@ -517,9 +517,12 @@ const PROMPT: &str = "> ";
 fn interactive_loop(s: &mut Session) -> Result<()> {
     use rustyline::error::ReadlineError;
     use rustyline::{Cmd, EventHandler, KeyCode, KeyEvent, Modifiers};
+    // The editor draws on the terminal itself (/dev/tty), so that `chat > log.txt` or
+    // `chat | tee log.txt` keeps its prompt and echo on the screen and only replies in stdout.
     let config = rustyline::Config::builder()
         .max_history_size(1000)?
         .auto_add_history(false)
+        .behavior(rustyline::Behavior::PreferTerm)
         .build();
     let mut rl: rustyline::Editor<InputHelper, rustyline::history::FileHistory> =
         rustyline::Editor::with_config(config)?;
