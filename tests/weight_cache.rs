@@ -319,6 +319,22 @@ fn the_size_limit_evicts_the_least_recently_used_file() {
     let w = warnings(&r);
     assert!(w.len() == 1 && w[0].contains("limit"), "{}", r.stderr);
     assert_eq!(only_file(&cache), file_b);
+    // A hit on a file larger than a lowered limit reads it once more and removes it.
+    let r = generate(&cache, &b, &["--weight-cache-max", "1KiB"]);
+    assert_eq!(r.cache, "hit", "{}", r.stderr);
+    let w = warnings(&r);
+    assert!(
+        w.len() == 1 && w[0].contains("larger than the cache's limit"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        cache_files(&cache).0.len(),
+        0,
+        "the directory within its limit"
+    );
+    assert_eq!(r.text, rb.text);
+    assert_eq!(generate(&cache, &b, &[]).cache, "written");
     // The environment variable sets the limit too, and 0 turns the cache off.
     let mut cmd = bin_with_cache(&cache);
     cmd.env("RWKV_CLI_WEIGHT_CACHE_MAX", "0");

@@ -213,7 +213,14 @@ impl Session {
                         let _ = f.set_modified(std::time::SystemTime::now());
                     }
                     // A limit lowered since the last write holds from this run on.
-                    writer::evict(dir, &path, settings.max_bytes);
+                    if writer::evict(dir, &path, settings.max_bytes) {
+                        warnings.push(format!(
+                            "weight cache file {} is larger than the cache's limit ({} bytes); \
+                             removed (this run still reads it)",
+                            path.display(),
+                            settings.max_bytes
+                        ));
+                    }
                     return Self {
                         inner: Mutex::new(Mode::Reading { map, entries }),
                         path: Some(path),

@@ -274,7 +274,7 @@ impl Writer {
         write(&mut self).map_err(|e| self.io_error(e))?;
         std::fs::rename(&self.tmp, &self.dest).map_err(|e| self.io_error(e))?;
         self.done = true;
-        evict(&self.dir, &self.dest, self.max);
+        let _ = evict(&self.dir, &self.dest, self.max);
         Ok(())
     }
 }
@@ -348,16 +348,17 @@ fn unsupported(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::Unsupported
 }
 
-/// Removes the least recently used cache files (not `keep`) until `dir` holds at most `max`
+/// Removes the least recently used cache files (`keep` last) until `dir` holds at most `max`
 /// bytes of them, and temporary files that crashed writers left long ago. Run after a write
-/// and on a hit.
-pub(super) fn evict(dir: &Path, keep: &Path, max: u64) {
+/// and on a hit. Returns whether `keep` itself was removed: larger than the limit alone (a
+/// limit lowered since it was written), it goes too; a process reading it keeps its mapping.
+pub(super) fn evict(dir: &Path, keep: &Path, max: u64) -> bool {
     let Ok(list) = std::fs::read_dir(dir) else {
-        return;
+        return false;
     };
     let now = std::time::SystemTime::now();
     let mut files = Vec::new();
-    let mut total = 0u64;
+    let (mut total, mut kept) = (0u64, None);
     for e in list.flatten() {
         let (p, Ok(m)) = (e.path(), e.metadata()) else {
             continue;
@@ -374,7 +375,9 @@ pub(super) fn evict(dir: &Path, keep: &Path, max: u64) {
             }
         } else if name.ends_with(".rwkvw") && m.is_file() {
             total += m.len();
-            if p != keep {
+            if p == keep {
+                kept = Some(m.len());
+            } else {
                 files.push((m.modified().ok(), m.len(), p));
             }
         }
@@ -388,6 +391,7 @@ pub(super) fn evict(dir: &Path, keep: &Path, max: u64) {
             total -= len;
         }
     }
+    total > max && kept.is_some() && std::fs::remove_file(keep).is_ok()
 }
 
 #[cfg(test)]
@@ -417,10 +421,13 @@ mod tests {
                 .unwrap();
         }
         // "a" is the oldest but kept (just written); "b" goes first, then "c" is enough.
-        evict(&dir, &dir.join("a.rwkvw"), 200);
+        assert!(!evict(&dir, &dir.join("a.rwkvw"), 200));
         assert!(dir.join("a.rwkvw").exists());
         assert!(!dir.join("b.rwkvw").exists());
         assert!(dir.join("c.rwkvw").exists());
+        // A limit under the kept file alone removes it too, last.
+        assert!(evict(&dir, &dir.join("a.rwkvw"), 50));
+        assert!(!dir.join("a.rwkvw").exists() && !dir.join("c.rwkvw").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
