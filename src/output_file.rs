@@ -100,6 +100,11 @@ pub fn check(option: &str, path: &str) -> Result<()> {
     if path.is_empty() {
         crate::usage_bail!("{option} needs a file name");
     }
+    if path == "-" {
+        crate::usage_bail!(
+            "{option} - would write to stdout, where the text goes: name a file (./- for a file named -)"
+        );
+    }
     let fail = |why: String| -> Result<()> { bail!("cannot write {option} {path}: {why}") };
     if path.ends_with('/') {
         return fail("the path names a directory, not a file".into());

@@ -201,8 +201,20 @@ pub fn save(path: &Path, cfg: &Config, fingerprint: u64, saved: &SavedState) -> 
 
 /// Reads and checks a state file.
 pub fn load(path: &Path, cfg: &Config, fingerprint: u64) -> Result<SavedState> {
-    let bytes = std::fs::read(path)
+    use std::io::Read;
+    // No state of this model is longer than this: a longer file (or an endless one such as
+    // /dev/zero) is refused after reading that much, not read to the end.
+    let most = (cfg.state_bytes() + cfg.vocab_size * 4 + MAGIC.len() + 16 + MAX_HEADER) as u64;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(most + 1).read_to_end(&mut bytes))
         .with_context(|| format!("cannot read state file {}", path.display()))?;
+    if bytes.len() as u64 > most {
+        bail!(
+            "{}: not a state of this model (longer than its state, logits and header could be)",
+            path.display()
+        );
+    }
     decode(&bytes, cfg, fingerprint).with_context(|| format!("{}", path.display()))
 }
 

@@ -491,6 +491,16 @@ fn a_bad_output_path_fails_before_anything_runs() {
     // The checks leave nothing behind.
     assert_eq!(std::fs::read_dir(&a_dir).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
+    // `-` is not a file name for the state (it made a file named "-" in the current
+    // directory): a usage error, in generate and chat alike.
+    for cmd in [&["generate", "-p", "x"][..], &["chat"]] {
+        let mut args = cmd.to_vec();
+        args.extend(["--model", &model, "--state-out", "-"]);
+        let o = run_offline(&args);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{cmd:?}: {e}");
+        assert!(e.contains("--state-out -") && e.contains("stdout"), "{e}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -249,6 +249,25 @@ fn a_state_file_holding_nan_is_refused() {
         "3",
     ]);
     one_line_error(&o, &["truncated"]);
+    // An endless file is refused after a state's length, not read until memory runs out
+    // (and a file longer than any state of the model the same way).
+    let mut long = good.clone();
+    long.resize(good.len() + (1 << 21), 0);
+    let p = write(&dir, "long.state", &long);
+    for path in ["/dev/zero", p.to_str().unwrap()] {
+        let o = cli(&[
+            "generate",
+            "-m",
+            &model,
+            "-p",
+            "x",
+            "--state-in",
+            path,
+            "-n",
+            "3",
+        ]);
+        one_line_error(&o, &[path, "not a state of this model"]);
+    }
 }
 
 #[cfg(unix)]
