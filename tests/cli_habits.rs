@@ -389,6 +389,28 @@ fn completion_scripts_are_generated_and_bash_accepts_its_own() {
         stderr(&o)
     );
     assert!(words.lines().any(|w| w == "--logprobs-out"), "{words:?}");
+    // A flag's values, not file names (they were files for --dtype, --quant, --tokenizer and
+    // --think).
+    for (cmd, flag, want) in [
+        ("generate", "--dtype", "bf16 f16 f32"),
+        ("bench", "--quant", "q4_0 q8_0"),
+        ("tokenize", "--tokenizer", "20b bytes world"),
+        ("chat", "--think", "off on skip"),
+    ] {
+        let probe = format!(
+            "source {}; f=$(complete -p rwkv-cli | sed 's/.*-F \\([^ ]*\\).*/\\1/'); \
+             COMP_WORDS=(rwkv-cli {cmd} {flag} ''); COMP_CWORD=3; COMP_LINE='rwkv-cli {cmd} {flag} '; \
+             COMP_POINT=${{#COMP_LINE}}; \"$f\" rwkv-cli '' {flag}; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            s(&script)
+        );
+        let o = Command::new("bash").arg("-c").arg(&probe).output().unwrap();
+        let mut words: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(String::from)
+            .collect();
+        words.sort();
+        assert_eq!(words.join(" "), want, "{cmd} {flag}: {}", stderr(&o));
+    }
     fails(&run_offline(&["completions", "tcsh"]), 2, "invalid value");
 }
 

@@ -249,6 +249,13 @@ fn a_state_file_holding_nan_is_refused() {
         "3",
     ]);
     one_line_error(&o, &["truncated"]);
+    // A state file where a model is expected says what it is (it was read as safetensors,
+    // "its header length says … bytes").
+    let p = write(&dir, "good.state", &good);
+    let o = cli(&["info", p.to_str().unwrap()]);
+    one_line_error(&o, &["is a state saved by rwkv-cli", "--state-in"]);
+    let o = cli(&["generate", "-m", p.to_str().unwrap(), "-p", "x"]);
+    one_line_error(&o, &["is a state saved by rwkv-cli", "--state-in"]);
     // An endless file is refused after a state's length, not read until memory runs out
     // (and a file longer than any state of the model the same way).
     let mut long = good.clone();

@@ -183,6 +183,13 @@ impl Checkpoint {
         if gguf::is_gguf(b) {
             return Self::parse_gguf(path, data);
         }
+        // The magic of `crate::state_file` (repeated: that module builds on this one).
+        if b.starts_with(b"RWKVSTATE\0") {
+            bail!(
+                "{} is a state saved by rwkv-cli (--state-out), not a checkpoint: resume it with --state-in, with the model it was saved from",
+                path.display()
+            );
+        }
         let parsed = if b.starts_with(b"PK\x03\x04") || b.starts_with(b"PK\x05\x06") {
             pth::parse(b).map(|(t, s)| (Format::Pth, t, s))
         } else if b[0] == 0x80 && (2..=5).contains(&b[1]) {

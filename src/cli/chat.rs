@@ -75,7 +75,7 @@ pub struct ChatArgs {
     pub system: Option<String>,
     /// Reasoning: off (`Assistant:`), on (`Assistant: <think`), skip (G1's empty reasoning
     /// block, `Assistant: <think>\n</think`).
-    #[arg(long, default_value = "off")]
+    #[arg(long, default_value = "off", value_parser = super::named::<Think>(&["off", "on", "skip"]), hide_possible_values = true)]
     pub think: Think,
     /// Show the reasoning on stdout when piped (--think on); it is always shown on a terminal.
     #[arg(long)]

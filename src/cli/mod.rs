@@ -161,6 +161,50 @@ pub fn count(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// A flag's value parsed by its type's `FromStr` (its messages, aliases and case), with the
+/// usual names offered to shell completions (see [`named`]).
+#[derive(Clone)]
+pub struct Named<T> {
+    names: &'static [&'static str],
+    parse: fn(&str) -> Result<T>,
+}
+
+/// The value parser of a flag that takes one of `names` (clap `value_parser`): completions
+/// offer the names, parsing stays the type's own. Give the flag `hide_possible_values = true`
+/// where its help already lists them.
+pub fn named<T>(names: &'static [&'static str]) -> Named<T>
+where
+    T: std::str::FromStr<Err = anyhow::Error>,
+{
+    Named {
+        names,
+        parse: T::from_str,
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Named<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<T, clap::Error> {
+        self.parse.parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            self.names
+                .iter()
+                .map(|n| clap::builder::PossibleValue::new(*n)),
+        ))
+    }
+}
+
 /// A size in bytes, as coreutils reads them: a number (`1.5` allowed) and a unit — `K`, `M`,
 /// `G`, `T` and `KiB` … `TiB` are powers of 1024, `KB` … `TB` powers of 1000, `B` or none
 /// bytes (case ignored). The one size reader of every flag (`serve --state-cache`,

@@ -12,6 +12,9 @@ use rwkv_cli::models::{self, Config, LoadOptions, Model, State};
 use rwkv_cli::tokenizer::{self, Tokenizer, TokenizerKind};
 use std::path::{Path, PathBuf};
 
+/// The tokenizer names completions offer (`20b` also answers to `neox`).
+pub const TOKENIZERS: [&str; 3] = ["world", "20b", "bytes"];
+
 /// The model-loading flags (flattened into a command's own).
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -25,13 +28,13 @@ pub struct ModelArgs {
     /// matrices a safetensors or .pth file stores in bf16 or f16 in those 16 bits, computing
     /// exactly as from f32; a GGUF file whose matrices are quantized runs in the nearest
     /// quantized format, q8_0 or q4_0, unless --dtype or --quant says otherwise).
-    #[arg(long)]
+    #[arg(long, value_parser = super::named::<Format>(&["f32", "f16", "bf16"]), hide_possible_values = true)]
     pub dtype: Option<Format>,
     /// Quantize the weight matrices at load time: q8_0 or q4_0 (instead of --dtype).
-    #[arg(long, conflicts_with = "dtype")]
+    #[arg(long, conflicts_with = "dtype", value_parser = super::named::<Format>(&["q8_0", "q4_0"]), hide_possible_values = true)]
     pub quant: Option<Format>,
     /// Tokenizer (default: chosen from the vocabulary size): world, 20b, bytes.
-    #[arg(long)]
+    #[arg(long, value_parser = super::named::<TokenizerKind>(&TOKENIZERS), hide_possible_values = true)]
     pub tokenizer: Option<TokenizerKind>,
     #[command(flatten)]
     pub weight_cache: WeightCacheArgs,

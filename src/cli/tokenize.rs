@@ -46,7 +46,7 @@ pub struct TokenizerArgs {
     #[arg(long, short, conflicts_with = "tokenizer")]
     pub model: Option<String>,
     /// A tokenizer by name, without any model: world, 20b, bytes.
-    #[arg(long)]
+    #[arg(long, value_parser = super::named::<TokenizerKind>(&super::model_args::TOKENIZERS), hide_possible_values = true)]
     pub tokenizer: Option<TokenizerKind>,
 }
 
