@@ -40,7 +40,8 @@ const BENCH_HELP: &str = concat!(
 ",
     model_env!(),
     "
-Exit status: 0 success, 1 failure (one line on stderr), 2 usage error."
+Exit status: 0 success, 1 failure (one line on stderr), 2 usage error, 130 interrupted by
+Ctrl-C (the segments measured so far are still reported)."
 );
 
 const COMPARE_HELP: &str = concat!(
@@ -65,14 +66,15 @@ const EVAL_HELP: &str = concat!(
 ",
     model_env!(),
     "
-Exit status: 0 success, 1 failure (one line on stderr), 2 usage error."
+Exit status: 0 success, 1 failure (one line on stderr), 2 usage error, 130 interrupted by
+Ctrl-C (the score of the text read so far is still reported)."
 );
 
 const INFO_HELP: &str = "\
 Examples:
   rwkv-cli info                                      the embedded model
   rwkv-cli info model.pth --json
-  rwkv-cli info rwkv7-g1-1.5b                       a catalogue alias (downloaded if needed)
+  rwkv-cli info rwkv7-g1-1.5b                       a catalogue alias (--download fetches it)
 
 Environment: RWKV_CLI_CACHE or XDG_CACHE_HOME (the embedded model); HF_HOME, HF_HUB_CACHE,
 HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_DISABLE_PROGRESS_BARS (Hub models).

@@ -301,6 +301,11 @@ fn file_prompt_comes_first_then_the_prompt() {
         ids(&["--file", &s(&f)], b"ignored"),
         ids(&["-p", "A document.\n"], b"")
     );
+    // A prompt may begin with a dash (it was taken for an unknown flag).
+    assert!(
+        ids(&["-p", "- item"], b"").contains("45 32 105"),
+        "the dash, then ' i'"
+    );
     // `-` reads stdin, for the file or for the prompt.
     assert_eq!(ids(&["-f", "-", "-p", "Question?"], b"A document.\n"), both);
     assert_eq!(ids(&["-f", &s(&f), "-p", "-"], b"Question?"), both);

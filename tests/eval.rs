@@ -78,6 +78,11 @@ fn eval_text_dash_reads_stdin_and_scores_it_like_the_file() {
     assert_eq!(from_stdin["tokens"], 4000);
     assert_eq!(from_stdin["scored_bytes"], 3999);
     assert_eq!(from_stdin["tokens"], from_file["tokens"]);
+    // The model object says where the weights came from, as generate's does.
+    let cache = from_file["model"]["weight_cache"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(["hit", "written", "rebuilt"].contains(&cache), "{cache:?}");
     let (a, b) = (
         from_stdin["bits_per_byte"].as_f64().unwrap(),
         from_file["bits_per_byte"].as_f64().unwrap(),

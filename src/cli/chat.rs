@@ -71,7 +71,7 @@ pub struct ChatArgs {
     #[command(flatten)]
     pub load: ModelArgs,
     /// System prompt: `System: TEXT\n\n` is read before the first turn.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub system: Option<String>,
     /// Reasoning: off (`Assistant:`), on (`Assistant: <think`), skip (G1's empty reasoning
     /// block, `Assistant: <think>\n</think`).
@@ -648,6 +648,19 @@ fn say(s: &mut Session, message: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// A path typed at the prompt with a leading `~/` read as the home directory's, as a shell
+/// would have expanded it on the command line.
+fn home_expanded(path: &str) -> String {
+    expand_home(path, std::env::var("HOME").ok().as_deref())
+}
+
+fn expand_home(path: &str, home: Option<&str>) -> String {
+    match (path.strip_prefix("~/"), home) {
+        (Some(rest), Some(h)) if !h.is_empty() => format!("{}/{rest}", h.trim_end_matches('/')),
+        _ => path.to_string(),
+    }
+}
+
 /// Runs one line typed at the prompt. Returns `false` to quit.
 fn command(s: &mut Session, line: &str) -> Result<bool> {
     if let Some(rest) = line.strip_prefix("//") {
@@ -695,11 +708,11 @@ fn command(s: &mut Session, line: &str) -> Result<bool> {
         },
         "retry" => say(s, None)?,
         "save" | "load" if arg.is_empty() => style.note(&format!("(usage: /{name} FILE)")),
-        "save" => match s.save(arg) {
+        "save" => match s.save(&home_expanded(arg)) {
             Ok(n) => style.note(&format!("(saved the state after {n} tokens to {arg})")),
             Err(e) => style.note(&format!("(not saved: {e:#})")),
         },
-        "load" => match s.load(arg) {
+        "load" => match s.load(&home_expanded(arg)) {
             Ok(n) => style.note(&format!(
                 "(loaded the state after {n} tokens from {arg}; the conversation continues from it)"
             )),
@@ -735,6 +748,17 @@ mod tests {
     fn control_characters_are_shown_not_obeyed() {
         assert_eq!(terminal_safe(b"a\x1b[2Jb\n\tc\x7f"), b"a^[[2Jb\n\tc^?");
         assert_eq!(terminal_safe("é".as_bytes()), "é".as_bytes());
+    }
+
+    #[test]
+    fn a_typed_path_starts_at_home_with_a_tilde() {
+        assert_eq!(
+            expand_home("~/x.state", Some("/home/e/")),
+            "/home/e/x.state"
+        );
+        assert_eq!(expand_home("~/x.state", None), "~/x.state");
+        assert_eq!(expand_home("~x/y", Some("/h")), "~x/y");
+        assert_eq!(expand_home("a/~/b", Some("/h")), "a/~/b");
     }
 
     #[test]

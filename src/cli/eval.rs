@@ -51,11 +51,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     args.model.format()?;
     let text = read_text(&args.text)?;
     let (loaded, tok) = args.model.load()?;
+    let model_json = loaded.json();
     // The model holds its weights: the checkpoint is closed before the run.
     let Loaded {
-        path,
         model,
-        config: cfg,
         format: dtype,
         ..
     } = loaded;
@@ -96,7 +95,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         crate::outln!(
             "{}",
             serde_json::json!({
-                "model": super::model_args::model_json(&path, &cfg, dtype),
+                "model": model_json,
                 "tokenizer": tok.name(),
                 "tokens": tokens.len(),
                 "scored_tokens": score.tokens,

@@ -50,8 +50,8 @@ pub struct GenerateArgs {
     pub model: ModelArgs,
     /// The prompt; `-` reads it from stdin (as does a piped stdin when --prompt and --file are
     /// absent). A prompt read from stdin must not be empty; `--prompt ""` generates
-    /// unconditionally.
-    #[arg(long, short)]
+    /// unconditionally. A prompt may begin with a dash (`-p "- item"`).
+    #[arg(long, short, allow_hyphen_values = true)]
     pub prompt: Option<std::ffi::OsString>,
     /// Read the prompt from this file (`-`: stdin); with --prompt too, the file comes first
     /// and the prompt follows it.
