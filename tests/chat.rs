@@ -231,6 +231,56 @@ fn undo_depth_zero_still_runs_every_turn() {
     );
 }
 
+/// When the reader of the replies goes away, `--state-out` still gets the conversation up to
+/// the last whole turn (it was skipped without a word), as `generate --state-out` writes its
+/// state when its reader goes.
+#[test]
+fn a_reader_going_away_still_gets_the_state_of_the_whole_turns() {
+    let state = scratch("reader-gone").join("talk.state");
+    let _ = std::fs::remove_file(&state);
+    let mut c = bin();
+    c.args(["chat", "--max-tokens", "40", "--stats-json", "--state-out"])
+        .arg(&state)
+        .args(SAMPLING)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let input_text: String = MESSAGES.iter().map(|m| format!("{m}\n")).collect();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(input_text.as_bytes());
+    });
+    let mut err = child.stderr.take().unwrap();
+    let errs = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    // Read the first reply (up to its blank line), then go away.
+    let mut out = child.stdout.take().unwrap();
+    let (mut seen, mut buf) = (Vec::new(), [0u8; 256]);
+    let start = Instant::now();
+    while !seen.windows(2).any(|w| w == b"\n\n") {
+        assert!(start.elapsed() < LIMIT, "no first reply");
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "stdout closed before the first reply ended");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(out);
+    let status = common::wait_or_kill(&mut child, LIMIT).expect("chat ended");
+    let _ = writer.join();
+    let errs = String::from_utf8_lossy(&errs.join().unwrap()).into_owned();
+    assert_eq!(status.code(), Some(0), "{errs}");
+    // Each whole turn printed its stats line; the turn cut off printed none.
+    let last: serde_json::Value = serde_json::from_str(errs.lines().last().unwrap()).unwrap();
+    let bytes = std::fs::read(&state).expect("--state-out written");
+    // The state file's header holds the tokens read: those up to the last whole turn.
+    let header = String::from_utf8_lossy(&bytes[..bytes.len().min(400)]).into_owned();
+    let tokens = format!("\"tokens\":{}", last["context_tokens"]);
+    assert!(header.contains(&tokens), "{tokens} in {header:?}");
+}
+
 /// The v7 fixture with a World-sized vocabulary (65536): its embedding and head rows beyond the
 /// 256 it has are new random rows, so the World tokenizer is chosen and any id can come out.
 fn world_model() -> PathBuf {

@@ -383,7 +383,23 @@ pub fn run(args: ChatArgs) -> Result<()> {
         interactive_loop(&mut s)?;
         false
     } else {
-        piped(&mut s)?
+        match piped(&mut s) {
+            // The reader of the replies went away: the conversation up to the last whole turn
+            // (the one cut off is taken back) is still saved, as generate saves its state.
+            Err(e) if e.chain().any(|c| c.is::<super::ReaderGone>()) => {
+                if let Some(p) = s.args.state_out.clone() {
+                    if s.conv.saved_state().is_some() {
+                        s.save(&p).context("--state-out")?;
+                    } else {
+                        crate::errln!(
+                            "note: --state-out not written: the reader of stdout went away before a turn ended"
+                        );
+                    }
+                }
+                return Err(e);
+            }
+            r => r?,
+        }
     };
     if let Some(p) = s.args.state_out.clone() {
         if interrupted {
