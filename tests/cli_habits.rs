@@ -469,6 +469,17 @@ fn man_pages_have_every_section_and_render_with_man() {
         check_roff(&text, page.trim_end_matches(".1"));
     }
     fails(&run_offline(&["man", "nope"]), 2, "no command 'nope'");
+    let page = s(&dir.join("rwkv-cli.1"));
+    fails(&run_offline(&["man", "--dir", &page]), 1, "not a directory");
+    // Lines after a table or an example, and the exit status, start a line of their own
+    // (roff ran them into the line before).
+    let chat = std::fs::read_to_string(dir.join("rwkv-cli-chat.1")).unwrap();
+    for line in ["History: ", "Exit status: ", "The reply ends"] {
+        assert!(
+            chat.contains(&format!(".br\n{line}")),
+            "no break before {line:?}"
+        );
+    }
     if !have_man() {
         eprintln!("man is not installed: checked the roff structure only");
         return;

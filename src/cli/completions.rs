@@ -70,7 +70,25 @@ fn render(cmd: clap::Command, name: &str) -> Result<Vec<u8>> {
     clap_mangen::Man::new(cmd.name(name))
         .render(&mut buf)
         .context("cannot render the manual page")?;
-    Ok(buf)
+    Ok(keep_breaks(&String::from_utf8_lossy(&buf)).into_bytes())
+}
+
+/// The help's text after the options keeps its lines as written where they matter: roff fills
+/// a line that follows an indented one (a table row, an example) into it, and the `Exit
+/// status:` line into the environment's. A break (`.br`) goes before each such line.
+fn keep_breaks(page: &str) -> String {
+    let mut out = String::with_capacity(page.len() + 256);
+    let mut prev_indented = false;
+    for line in page.lines() {
+        let text = !line.is_empty() && !line.starts_with('.') && !line.starts_with(' ');
+        if text && (prev_indented || line.starts_with("Exit status:")) {
+            out.push_str(".br\n");
+        }
+        out.push_str(line);
+        out.push('\n');
+        prev_indented = line.starts_with(' ');
+    }
+    out
 }
 
 pub fn run_man(args: ManArgs) -> Result<()> {
@@ -81,6 +99,9 @@ pub fn run_man(args: ManArgs) -> Result<()> {
             let path = dir.join(&file);
             std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))
         };
+        if dir.exists() && !dir.is_dir() {
+            anyhow::bail!("--dir {}: not a directory", dir.display());
+        }
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut n = 1;
         write("rwkv-cli.1".into(), render(root.clone(), "rwkv-cli")?)?;
