@@ -77,6 +77,47 @@ fn seeded_sampling_equals_generate() {
     assert_eq!(completion_text(&v), String::from_utf8(o.stdout).unwrap());
 }
 
+/// `logit_bias` adds to the logits as `generate --logit-bias` does; -100 bans a token (as
+/// `--logit-bias ID=-inf`). The byte vocabulary: a token's id is its byte.
+#[test]
+fn logit_bias_acts_as_the_cli_flag() {
+    let s = Server::start(&[]);
+    let prompt = "It is a truth";
+    let plain = generate(prompt, 20);
+    let first = plain.as_bytes()[0];
+    let ask = |bias: Value| {
+        let v = s.ok(
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": prompt, "max_tokens": 20, "temperature": 0,
+                   "logit_bias": bias}),
+        );
+        completion_text(&v)
+    };
+    let banned = ask(json!({first.to_string(): -100}));
+    assert!(!banned.as_bytes().contains(&first), "{banned:?}");
+    assert_eq!(
+        banned,
+        generate_with(prompt, 20, &["--logit-bias", &format!("{first}=-inf")])
+    );
+    // A smaller bias shifts without banning: the flag's text again, not the plain one.
+    let e = b'e';
+    let shifted = ask(json!({e.to_string(): 3.5}));
+    assert_ne!(shifted, plain);
+    assert_eq!(
+        shifted,
+        generate_with(prompt, 20, &["--logit-bias", &format!("{e}=3.5")])
+    );
+    // 100 makes one token all there is.
+    assert_eq!(ask(json!({"120": 100})), "x".repeat(20));
+    // Chat takes it too.
+    let v = s.ok(
+        "/v1/chat/completions",
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+               "max_tokens": 6, "temperature": 0, "logit_bias": {"122": 100}}),
+    );
+    assert_eq!(chat_text(&v), "z".repeat(6));
+}
+
 #[test]
 fn chat_completions_equal_the_chat_command() {
     let s = Server::start(&[]);

@@ -1,8 +1,8 @@
 //! `rwkv-cli serve`: the server on a free loopback port (it binds port 0 and prints the
 //! address), talked to with a real HTTP client (ureq); every wait is bounded and every server
 //! is killed when its handle drops. The model is the embedded default (v7, byte vocabulary)
-//! unless a test says otherwise. Errors, the API key, a full queue, shutdown, the batched step and
-//! initial states.
+//! unless a test says otherwise. Errors, the API key, a full queue, read timeouts, the body
+//! limit, shutdown, the batched step and initial states.
 
 mod common;
 
@@ -66,7 +66,7 @@ fn bad_requests_get_openai_errors() {
             "/v1/completions",
             r#"{"model": "rwkv-cli-default", "prompt": "a", "temperature": -1}"#,
             400,
-            None,
+            Some("temperature"),
         ),
         (
             "/v1/completions",
@@ -157,6 +157,223 @@ fn bad_requests_get_openai_errors() {
     );
 }
 
+/// Each field's error: status, `param` and a part of the message (parameters this server does
+/// not implement are refused by name; the sampler's checks name the field and keep its sign).
+#[test]
+fn unsupported_and_malformed_fields_are_named() {
+    let s = Server::start(&[]);
+    let cases: &[(&str, Value, &str, &str)] = &[
+        (
+            "/v1/completions",
+            json!({"temperature": -1}),
+            "temperature",
+            "'temperature' must be a finite number >= 0 (got -1).",
+        ),
+        (
+            "/v1/completions",
+            json!({"top_p": 0}),
+            "top_p",
+            "'top_p' must be in (0, 1] (got 0; use 1 to disable).",
+        ),
+        (
+            "/v1/completions",
+            json!({"echo": true}),
+            "echo",
+            "not supported",
+        ),
+        (
+            "/v1/completions",
+            json!({"best_of": 3}),
+            "best_of",
+            "not supported",
+        ),
+        (
+            "/v1/completions",
+            json!({"suffix": "end"}),
+            "suffix",
+            "not supported",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tools",
+            "not supported",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"tool_choice": "auto"}),
+            "tool_choice",
+            "not supported",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"functions": [{"name": "f"}]}),
+            "functions",
+            "not supported",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+            "not supported",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": ["a", "b"]}),
+            "prompt",
+            "holds 2 prompts; this server takes one per request",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": [1, 2, 3]}),
+            "prompt",
+            "Token-id prompts are not supported",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": [[1, 2]]}),
+            "prompt",
+            "Token-id prompts are not supported",
+        ),
+        (
+            "/v1/completions",
+            json!({"seed": 1.5}),
+            "seed",
+            "expected an integer",
+        ),
+        (
+            "/v1/completions",
+            json!({"seed": 1e30}),
+            "seed",
+            "out of range (an integer from -9223372036854775808 to 18446744073709551615)",
+        ),
+        (
+            "/v1/completions",
+            json!({"max_tokens": u64::MAX}),
+            "max_tokens",
+            "18446744073709551615 is more than this server generates",
+        ),
+        (
+            "/v1/completions",
+            json!({"logit_bias": {"256": 1}}),
+            "logit_bias",
+            "'256' is not a token id of this model (0 to 255)",
+        ),
+        (
+            "/v1/completions",
+            json!({"logit_bias": {"-1": 1}}),
+            "logit_bias",
+            "'-1' is not a token id",
+        ),
+        (
+            "/v1/completions",
+            json!({"logit_bias": {"5": -101}}),
+            "logit_bias",
+            "Expected a number from -100 to 100",
+        ),
+        (
+            "/v1/completions",
+            json!({"logit_bias": [5]}),
+            "logit_bias",
+            "expected an object",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": null}),
+            "messages",
+            "You must provide messages.",
+        ),
+    ];
+    for (path, extra, param, message) in cases {
+        let mut body = json!({"model": MODEL, "prompt": "a",
+                              "messages": [{"role": "user", "content": "x"}]});
+        for (k, x) in extra.as_object().unwrap() {
+            body[k] = x.clone();
+        }
+        let (got, v, text) = s.post(path, &body.to_string(), None);
+        assert_eq!(
+            (got, &v["error"]["param"]),
+            (400, &json!(param)),
+            "{path} {extra}: {text}"
+        );
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(m.contains(message), "{path} {extra}: {m}");
+    }
+    // Harmless values and unknown fields that change nothing pass; a u64 seed is a seed.
+    let body = json!({"model": MODEL, "prompt": "a", "max_tokens": 2, "echo": false,
+                      "best_of": 1, "suffix": null, "tools": [], "tool_choice": "none",
+                      "response_format": {"type": "text"}, "user": "u", "metadata": {"k": "v"},
+                      "store": false, "logit_bias": {}, "seed": u64::MAX});
+    assert_eq!(
+        s.ok("/v1/completions", body)["usage"]["completion_tokens"],
+        2
+    );
+    let body = json!({"model": MODEL, "prompt": "a", "max_tokens": 2, "n": 2, "best_of": 2});
+    assert_eq!(
+        s.ok("/v1/completions", body)["choices"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+/// `max_tokens` left out: the endpoint's default (16, chat 1000) but never more than
+/// `--max-completion-tokens`; `null` counts as left out (so `max_completion_tokens: null`
+/// leaves `max_tokens` in charge).
+#[test]
+fn the_default_max_tokens_stays_within_the_cap_and_null_is_absent() {
+    let s = Server::start(&["--max-completion-tokens", "5"]);
+    // The byte vocabulary has no end-of-text token: a completion runs to its limit.
+    let v = s.ok("/v1/completions", json!({"model": MODEL, "prompt": "Once"}));
+    assert_eq!(v["usage"]["completion_tokens"], 5, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    let v = s.ok(
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "Once", "max_tokens": null}),
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 5, "{v}");
+    let chat = |extra: Value| {
+        let mut body = json!({"model": MODEL, "temperature": 0,
+                              "messages": [{"role": "user", "content": "Tell me a story."}]});
+        for (k, x) in extra.as_object().unwrap() {
+            body[k] = x.clone();
+        }
+        s.ok("/v1/chat/completions", body)
+    };
+    let v = chat(json!({}));
+    assert!(
+        v["usage"]["completion_tokens"].as_u64().unwrap() <= 5,
+        "{v}"
+    );
+    let three = chat(json!({"max_tokens": 3}));
+    assert_eq!(three["usage"]["completion_tokens"], 3, "{three}");
+    let v = chat(json!({"max_completion_tokens": null, "max_tokens": 3}));
+    assert_eq!(v["usage"], three["usage"], "{v}");
+    assert_eq!(chat_text(&v), chat_text(&three));
+    let v = chat(json!({"max_completion_tokens": 2, "max_tokens": 3}));
+    assert_eq!(v["usage"]["completion_tokens"], 2, "{v}");
+}
+
+/// `GET /v1/models/{id}`: the model object of the model served; another id is 404.
+#[test]
+fn a_model_is_found_by_its_id() {
+    let s = Server::start(&[]);
+    let (st, v) = s.get(&format!("/v1/models/{MODEL}"), None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!((&v["id"], &v["object"]), (&json!(MODEL), &json!("model")));
+    let (_, list) = s.get("/v1/models", None);
+    assert_eq!(list["data"][0], v);
+    for other in ["gpt-4", "rwkv-cli-default2", "%20"] {
+        let (st, v) = s.get(&format!("/v1/models/{other}"), None);
+        assert_eq!(
+            (st, &v["error"]["code"]),
+            (404, &json!("model_not_found")),
+            "{v}"
+        );
+    }
+}
+
 #[test]
 fn the_api_key_is_required_when_set() {
     for (args, env) in [
@@ -174,6 +391,28 @@ fn the_api_key_is_required_when_set() {
         let (st, v) = s.get("/v1/models", Some("s3cret"));
         assert_eq!((st, &v["data"][0]["id"]), (200, &json!(MODEL)));
         assert_eq!(s.get("/health", None).0, 200);
+        let (st, v) = s.get(&format!("/v1/models/{MODEL}"), Some("s3cret"));
+        assert_eq!((st, &v["id"]), (200, &json!(MODEL)));
+        assert_eq!(s.get(&format!("/v1/models/{MODEL}"), None).0, 401);
+    }
+    // The scheme is case-insensitive and may be followed by several spaces (RFC 7235); the
+    // key is not.
+    let s = Server::start(&["--api-key", "s3cret"]);
+    for (header, want) in [
+        ("bearer s3cret", 200),
+        ("BEARER s3cret", 200),
+        ("Bearer   s3cret", 200),
+        ("Bearer S3CRET", 401),
+        ("Basic s3cret", 401),
+        ("Bearers3cret", 401),
+        ("s3cret", 401),
+    ] {
+        let resp = agent()
+            .get(&s.url("/v1/models"))
+            .header("Authorization", header)
+            .call()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{header}");
     }
 }
 
@@ -270,6 +509,121 @@ fn sigterm_finishes_in_flight_requests_and_exits_0() {
     assert!(status.success(), "{status:?}");
     let v = pending.join().unwrap();
     assert_eq!(v["usage"]["completion_tokens"], 300, "{v}");
+}
+
+/// Reads what the server sends until it closes the connection (or resets it); bounded by the
+/// socket's read timeout ([`LIMIT`]).
+fn read_to_close(c: &mut TcpStream) -> String {
+    c.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("no close from the server: {e} (read so far: {seen:?})"),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// A request cut short (headers never finished, a body shorter than its Content-Length) is
+/// disconnected after --read-timeout (the body's with a 408), so it does not hold the server
+/// after SIGTERM: --shutdown-timeout is far away, and the server still exits, with 0.
+#[test]
+fn stalled_requests_are_cut_and_do_not_hold_the_shutdown() {
+    for bad in ["0", "86401"] {
+        let o = run(&["serve", "--port", "0", "--read-timeout", bad]);
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("--read-timeout must be from 1 to 86400"),
+            "{err}"
+        );
+    }
+    let s = Server::start(&["--read-timeout", "1", "--shutdown-timeout", "100000"]);
+    let connect = |bytes: &[u8]| {
+        let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        c.write_all(bytes).unwrap();
+        c
+    };
+    let mut headers = connect(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n");
+    let mut body = connect(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\"",
+    );
+    // Both connections are the server's (an answer to a request after them has come back).
+    assert_eq!(s.get("/health", None).0, 200);
+    s.signal("TERM");
+    let answer = read_to_close(&mut body);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert_eq!(read_to_close(&mut headers), "");
+    s.wait_for_log(|l| l.starts_with("POST /v1/completions 408 "));
+    let status = s.exit_status();
+    assert!(status.success(), "{status:?}");
+}
+
+/// The requests in flight get --shutdown-timeout to finish, then the server exits anyway (0); a
+/// second SIGINT during the wait exits at once with 130 (a second SIGTERM: 143).
+#[test]
+fn the_shutdown_wait_is_bounded_and_a_second_signal_ends_it() {
+    for (flags, second, want) in [
+        (["--shutdown-timeout", "1"], None, 0),
+        (["--shutdown-timeout", "100000"], Some("INT"), 130),
+        (["--shutdown-timeout", "100000"], Some("TERM"), 143),
+    ] {
+        let s = Server::start(&[&flags[..], &["--max-completion-tokens", "100000000"]].concat());
+        // A request that would hold its slot for a hundred million tokens.
+        let hog = open_stream(&s, 100_000_000);
+        wait_for_health(&s, "active", 1);
+        s.signal(second.unwrap_or("TERM"));
+        if let Some(sig) = second {
+            s.wait_for_log(|l| l.starts_with("shutting down: finishing"));
+            s.signal(sig);
+        }
+        let status = s.exit_status();
+        assert_eq!(
+            status.code(),
+            Some(want),
+            "{flags:?} {second:?}: {status:?}"
+        );
+        drop(hog);
+    }
+}
+
+/// A body over the limit (--max-prompt-tokens 100: the floor, 1 MiB) gets 413 as an OpenAI
+/// error, refused by its Content-Length before it is sent, with `Connection: close` and a log
+/// line; a body of exactly the limit is read.
+#[test]
+fn a_body_over_the_limit_gets_413_as_an_openai_error() {
+    let s = Server::start(&["--max-prompt-tokens", "100"]);
+    let limit = 1 << 20;
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(
+        c,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        limit + 1
+    )
+    .unwrap();
+    let answer = read_to_close(&mut c);
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    let json = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let v: Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["error"]["code"], "request_too_large", "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("1048576 bytes"));
+    s.wait_for_log(|l| l.starts_with("POST /v1/completions 413 "));
+    // Exactly the limit: read and answered (JSON may be padded with spaces).
+    let mut body = json!({"model": MODEL, "prompt": "a", "max_tokens": 2}).to_string();
+    body.push_str(&" ".repeat(limit - body.len()));
+    let (st, v, _) = s.post("/v1/completions", &body, None);
+    assert_eq!((st, &v["usage"]["completion_tokens"]), (200, &json!(2)));
 }
 
 #[test]

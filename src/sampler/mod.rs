@@ -76,46 +76,56 @@ impl Default for SamplerConfig {
 impl SamplerConfig {
     /// Checks every field; the error names the command-line flag at fault.
     pub fn validate(&self) -> Result<()> {
+        match self.invalid_field() {
+            Some((field, why)) => bail!("--{} {why}", field.replace('_', "-")),
+            None => Ok(()),
+        }
+    }
+
+    /// The first field out of range: its name as this struct spells it (`top_p`) and what is
+    /// wrong with it, without the name ("must be in (0, 1] (got 2; use 1 to disable)").
+    /// [`validate`](Self::validate) puts the command-line flag in front; a server, its field.
+    pub fn invalid_field(&self) -> Option<(&'static str, String)> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            bail!(
-                "--temperature must be a finite number >= 0 (got {})",
-                self.temperature
-            );
+            return Some((
+                "temperature",
+                format!("must be a finite number >= 0 (got {})", self.temperature),
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            bail!(
-                "--top-p must be in (0, 1] (got {}; use 1 to disable)",
-                self.top_p
-            );
+            return Some((
+                "top_p",
+                format!("must be in (0, 1] (got {}; use 1 to disable)", self.top_p),
+            ));
         }
         if !(self.min_p >= 0.0 && self.min_p <= 1.0) {
-            bail!(
-                "--min-p must be in [0, 1] (got {}; 0 disables it)",
-                self.min_p
-            );
+            return Some((
+                "min_p",
+                format!("must be in [0, 1] (got {}; 0 disables it)", self.min_p),
+            ));
         }
         if let Some((id, b)) = self.logit_bias.iter().find(|(_, b)| b.is_nan()) {
-            bail!("--logit-bias {id}={b}: the bias must be a number");
+            return Some(("logit_bias", format!("{id}={b}: the bias must be a number")));
         }
         if !self.presence_penalty.is_finite() {
-            bail!(
-                "--presence-penalty must be a finite number (got {})",
-                self.presence_penalty
-            );
+            return Some((
+                "presence_penalty",
+                format!("must be a finite number (got {})", self.presence_penalty),
+            ));
         }
         if !self.frequency_penalty.is_finite() {
-            bail!(
-                "--frequency-penalty must be a finite number (got {})",
-                self.frequency_penalty
-            );
+            return Some((
+                "frequency_penalty",
+                format!("must be a finite number (got {})", self.frequency_penalty),
+            ));
         }
         if !(self.penalty_decay > 0.0 && self.penalty_decay <= 1.0) {
-            bail!(
-                "--penalty-decay must be in (0, 1] (got {})",
-                self.penalty_decay
-            );
+            return Some((
+                "penalty_decay",
+                format!("must be in (0, 1] (got {})", self.penalty_decay),
+            ));
         }
-        Ok(())
+        None
     }
 
     fn has_penalties(&self) -> bool {

@@ -463,7 +463,16 @@ fn validate_rejects_bad_values() {
         let e = c.validate().expect_err(flag).to_string();
         assert!(e.contains(flag), "{e}");
         assert!(!e.contains('\n'), "{e}");
+        // The field as the struct (and the server's API) spells it; the reason without it.
+        let (field, why) = c.invalid_field().expect(flag);
+        assert_eq!(format!("--{}", field.replace('_', "-")), flag);
+        assert_eq!(e, format!("{flag} {why}"));
     }
+    // Signs are kept as they are (a minus sign is no flag's hyphen).
+    let (field, why) = cfg(-1.0, 0, 1.0, 0).invalid_field().unwrap();
+    assert_eq!(field, "temperature");
+    assert_eq!(why, "must be a finite number >= 0 (got -1)");
+    assert!(SamplerConfig::default().invalid_field().is_none());
 }
 
 #[test]

@@ -134,14 +134,34 @@ impl Server {
     }
 
     /// SIGTERM, then the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.exit_status()
+    }
+
+    /// Sends a signal (`TERM`, `INT`, ...).
+    pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
         assert!(std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{name}"), &pid])
             .status()
             .unwrap()
             .success());
-        wait_or_kill(&mut self.child, LIMIT).expect("the server did not exit")
+    }
+
+    /// Waits (at most [`LIMIT`]) for the server to exit; its status.
+    pub fn exit_status(mut self) -> std::process::ExitStatus {
+        wait_or_kill(&mut self.child, LIMIT)
+            .unwrap_or_else(|| panic!("the server did not exit within {LIMIT:?}: {:?}", self.log()))
+    }
+
+    /// Waits (at most [`LIMIT`]) for a log line that `matches`.
+    pub fn wait_for_log(&self, matches: impl Fn(&str) -> bool) {
+        let t0 = std::time::Instant::now();
+        while !self.log().iter().any(|l| matches(l)) {
+            assert!(t0.elapsed() < LIMIT, "no such log line: {:?}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

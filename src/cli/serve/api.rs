@@ -3,15 +3,17 @@
 //! with (logged, one line per request).
 
 use super::App;
+use axum::body::{Body, HttpBody};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
 use rwkv_cli::chat::{self, Think};
 use rwkv_cli::sampler::SamplerConfig;
 use rwkv_cli::serve::Outcome;
 use rwkv_cli::tokenizer::Tokenizer;
 use serde_json::{json, Map, Value};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// An OpenAI error object with its status.
 pub(super) struct ApiError {
@@ -64,6 +66,59 @@ pub(super) fn fail(path: &str, t0: Instant, e: ApiError) -> Response {
     e.response()
 }
 
+/// The bytes of a request body: at most `limit` (a larger body gets 413, refused by its
+/// Content-Length before any of it is read when it has one), each part arriving within
+/// `timeout` of the one before (a stalled body gets 408). Either way the rest of the body is
+/// not read, so the answer closes the connection.
+pub(super) async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, ApiError> {
+    let too_large = || ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        code: Some("request_too_large"),
+        ..ApiError::bad(
+            format!(
+                "The request body is over {limit} bytes, the most this server reads ({}).",
+                "64 per token of --max-prompt-tokens, at least 1 MiB"
+            ),
+            None,
+        )
+    };
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    let mut parts = body.into_data_stream();
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(timeout, parts.next()).await {
+            Ok(None) => return Ok(out),
+            Ok(Some(Ok(part))) if out.len() + part.len() > limit => return Err(too_large()),
+            Ok(Some(Ok(part))) => out.extend_from_slice(&part),
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::bad(
+                    format!("The request body could not be read: {e}."),
+                    None,
+                ))
+            }
+            Err(_) => {
+                return Err(ApiError {
+                    status: StatusCode::REQUEST_TIMEOUT,
+                    code: Some("request_timeout"),
+                    ..ApiError::bad(
+                        format!(
+                            "The request body stopped arriving: nothing for {}s (--read-timeout).",
+                            timeout.as_secs()
+                        ),
+                        None,
+                    )
+                })
+            }
+        }
+    }
+}
+
 /// Which endpoint a request came through.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -101,7 +156,7 @@ pub(super) const MAX_TOP_LOGPROBS: i64 = 20;
 fn top_count(o: &Map<String, Value>, name: &str) -> Result<Option<usize>, ApiError> {
     match opt_int(o, name)? {
         None => Ok(None),
-        Some(n) if (0..=MAX_TOP_LOGPROBS).contains(&n) => Ok(Some(n as usize)),
+        Some(n) if (0..=MAX_TOP_LOGPROBS.into()).contains(&n) => Ok(Some(n as usize)),
         Some(n) => Err(ApiError::bad(
             format!("Invalid '{name}': {n} is out of range. Expected a value from 0 to {MAX_TOP_LOGPROBS}."),
             Some(name),
@@ -154,15 +209,139 @@ fn opt_bool(o: &Map<String, Value>, name: &str) -> Result<bool, ApiError> {
     }
 }
 
-fn opt_int(o: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
+/// An integer field: any JSON integer from -2^63 to 2^64 - 1 (the callers say which are in
+/// range); `null` counts as absent.
+fn opt_int(o: &Map<String, Value>, name: &str) -> Result<Option<i128>, ApiError> {
     match o.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| type_error(name, "an integer")),
+        Some(Value::Number(n)) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Ok(Some(i.into())),
+            (None, Some(u)) => Ok(Some(u.into())),
+            (None, None) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => Err(ApiError::bad(
+                format!(
+                    "Invalid '{name}': {n} is out of range (an integer from {} to {}).",
+                    i64::MIN,
+                    u64::MAX
+                ),
+                Some(name),
+            )),
+            (None, None) => Err(type_error(name, "an integer")),
+        },
         Some(_) => Err(type_error(name, "an integer")),
     }
+}
+
+/// `seed`: any integer of `opt_int`'s range; a negative one as its two's complement (as a
+/// cast from i64 would give it), so every value names one of the sampler's u64 seeds.
+fn opt_seed(o: &Map<String, Value>) -> Result<Option<u64>, ApiError> {
+    Ok(opt_int(o, "seed")?.map(|s| match u64::try_from(s) {
+        Ok(u) => u,
+        Err(_) => s as i64 as u64,
+    }))
+}
+
+/// Whether a field is present: `null` counts as absent, as everywhere in a request.
+fn given<'a>(o: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    o.get(name).filter(|v| !v.is_null())
+}
+
+/// Fields that would change the answer but are not implemented: refused (400 naming the field)
+/// rather than ignored. Their harmless values pass (`echo: false`, `best_of` 1 or `n`,
+/// `tools: []`, `tool_choice: "none"`, `response_format: {"type": "text"}`), as does any
+/// field not listed here (`user`, `metadata`, `store`, ...).
+fn refuse_unsupported(o: &Map<String, Value>, n: usize) -> Result<(), ApiError> {
+    let unsupported = |name: &str, what: &str| {
+        Err(ApiError::bad(
+            format!("'{name}' is not supported by this server{what}."),
+            Some(name),
+        ))
+    };
+    if opt_bool(o, "echo")? {
+        return unsupported("echo", " (the reply never repeats the prompt)");
+    }
+    if let Some(b) = opt_int(o, "best_of")? {
+        if b != 1 && b != n as i128 {
+            return unsupported(
+                "best_of",
+                " (only 1 or `n`: every choice sampled is returned)",
+            );
+        }
+    }
+    if given(o, "suffix").is_some() {
+        return unsupported(
+            "suffix",
+            " (no insertion: the model only continues the prompt)",
+        );
+    }
+    for name in ["tools", "functions"] {
+        match given(o, name) {
+            None => {}
+            Some(Value::Array(a)) if a.is_empty() => {}
+            Some(_) => return unsupported(name, " (no tool or function calling)"),
+        }
+    }
+    for name in ["tool_choice", "function_call"] {
+        match given(o, name) {
+            None => {}
+            Some(Value::String(s)) if s == "none" => {}
+            Some(_) => return unsupported(name, " (no tool or function calling; only \"none\")"),
+        }
+    }
+    if let Some(v) = given(o, "response_format") {
+        if v.get("type").and_then(Value::as_str) != Some("text") {
+            return unsupported(
+                "response_format",
+                " (no JSON mode or schema; only {\"type\": \"text\"})",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// OpenAI's most negative bias, which bans a token; any other bias from -100 to 100 is added
+/// to its logit as `--logit-bias` adds it.
+const BAN: f64 = -100.0;
+
+/// `logit_bias`: `{"token id": bias}`, the ids below the model's vocabulary size `vocab`, the
+/// biases from -100 to 100 (-100: the token is never sampled).
+fn logit_bias(o: &Map<String, Value>, vocab: usize) -> Result<Vec<(u32, f32)>, ApiError> {
+    let map = match given(o, "logit_bias") {
+        None => return Ok(Vec::new()),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(type_error(
+                "logit_bias",
+                "an object mapping token ids to numbers",
+            ))
+        }
+    };
+    map.iter()
+        .map(|(key, v)| {
+            let id = key
+                .parse::<u32>()
+                .ok()
+                .filter(|&id| (id as usize) < vocab)
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        format!(
+                            "Invalid key in 'logit_bias': '{key}' is not a token id of this model (0 to {}).",
+                            vocab.saturating_sub(1)
+                        ),
+                        Some("logit_bias"),
+                    )
+                })?;
+            let bias = v
+                .as_f64()
+                .filter(|b| (BAN..=-BAN).contains(b))
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        format!("Invalid value for 'logit_bias' token {key}: {v}. Expected a number from -100 to 100."),
+                        Some("logit_bias"),
+                    )
+                })?;
+            Ok((id, if bias == BAN { f32::NEG_INFINITY } else { bias as f32 }))
+        })
+        .collect()
 }
 
 /// The text of a message's `content`: a string, or an array of `{"type": "text", "text"}`.
@@ -299,7 +478,7 @@ pub(super) fn parse_request(app: &App, kind: Kind, body: &[u8]) -> Result<Parsed
     }
     let n = match opt_int(&o, "n")? {
         None => 1,
-        Some(n) if n >= 1 && n as u64 <= app.max_batch as u64 => n as usize,
+        Some(n) if n >= 1 && n <= app.max_batch as i128 => n as usize,
         Some(n) => {
             return Err(ApiError::bad(
                 format!(
@@ -310,6 +489,7 @@ pub(super) fn parse_request(app: &App, kind: Kind, body: &[u8]) -> Result<Parsed
             ))
         }
     };
+    refuse_unsupported(&o, n)?;
     let logprobs = logprobs(&o, kind)?;
     let chat = kind == Kind::Chat;
     let sampler = SamplerConfig {
@@ -318,33 +498,29 @@ pub(super) fn parse_request(app: &App, kind: Kind, body: &[u8]) -> Result<Parsed
         top_k: 0,
         presence_penalty: opt_f32(&o, "presence_penalty", if chat { 0.5 } else { 0.0 })?,
         frequency_penalty: opt_f32(&o, "frequency_penalty", if chat { 0.5 } else { 0.0 })?,
-        seed: opt_int(&o, "seed")?.map_or(42, |s| s as u64),
+        logit_bias: logit_bias(&o, app.vocab)?,
+        seed: opt_seed(&o)?.unwrap_or(42),
         ..SamplerConfig::default()
     };
-    if let Err(e) = sampler.validate() {
-        let msg = format!("{e:#}").replace("--", "").replace('-', "_");
-        return Err(ApiError::bad(msg, None));
+    // The fields set above are the API's own (same names), so the one at fault is a parameter.
+    if let Some((field, why)) = sampler.invalid_field() {
+        return Err(ApiError::bad(format!("'{field}' {why}."), Some(field)));
     }
-    let max_name = if chat && o.contains_key("max_completion_tokens") {
+    let max_name = if chat && given(&o, "max_completion_tokens").is_some() {
         "max_completion_tokens"
     } else {
         "max_tokens"
     };
     let max_tokens = match opt_int(&o, max_name)? {
-        None => {
-            if chat {
-                1000
-            } else {
-                16
-            }
-        }
+        // The endpoint's default (as `generate` and `chat`), within --max-completion-tokens.
+        None => (if chat { 1000 } else { 16 }).min(app.max_completion_tokens),
         Some(n) if n < 0 => {
             return Err(ApiError::bad(
                 format!("Invalid '{max_name}': integer below minimum value. Expected a value >= 0, but got {n} instead."),
                 Some(max_name),
             ))
         }
-        Some(n) if n as u64 > app.max_completion_tokens as u64 => {
+        Some(n) if n > app.max_completion_tokens as i128 => {
             return Err(ApiError::bad(
                 format!(
                     "Invalid '{max_name}': {n} is more than this server generates for one request ({}, --max-completion-tokens).",
@@ -381,14 +557,34 @@ pub(super) fn parse_request(app: &App, kind: Kind, body: &[u8]) -> Result<Parsed
     };
     let tokens = match kind {
         Kind::Completion => {
-            let prompt = match o.get("prompt") {
+            let prompt = match given(&o, "prompt") {
                 Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-                    a[0].as_str().unwrap_or_default().to_string()
-                }
-                None | Some(Value::Null) => {
-                    return Err(ApiError::bad("You must provide a prompt.", Some("prompt")))
-                }
+                Some(Value::Array(a)) => match a.as_slice() {
+                    [Value::String(s)] => s.clone(),
+                    [] => {
+                        return Err(ApiError::bad(
+                            "'prompt' is an empty array: send the prompt as a string.",
+                            Some("prompt"),
+                        ))
+                    }
+                    [Value::Number(_), ..] | [Value::Array(_), ..] => {
+                        return Err(ApiError::bad(
+                            "Token-id prompts are not supported: send the prompt as a string.",
+                            Some("prompt"),
+                        ))
+                    }
+                    [_, _, ..] if a.iter().all(Value::is_string) => {
+                        return Err(ApiError::bad(
+                            format!(
+                                "'prompt' holds {} prompts; this server takes one per request (send the others as requests of their own).",
+                                a.len()
+                            ),
+                            Some("prompt"),
+                        ))
+                    }
+                    _ => return Err(type_error("prompt", "a string (or an array of one string)")),
+                },
+                None => return Err(ApiError::bad("You must provide a prompt.", Some("prompt"))),
                 Some(_) => return Err(type_error("prompt", "a string")),
             };
             let mut t = app
@@ -403,7 +599,7 @@ pub(super) fn parse_request(app: &App, kind: Kind, body: &[u8]) -> Result<Parsed
         }
         Kind::Chat => chat_tokens(
             app.tok.as_ref(),
-            o.get("messages")
+            given(&o, "messages")
                 .ok_or_else(|| ApiError::bad("You must provide messages.", Some("messages")))?,
         )?,
     };

@@ -1,12 +1,14 @@
-//! The axum handlers: the two generation endpoints (a request checked, queued on the engine,
-//! answered whole or streamed), `/health`, `/v1/models`, unknown URLs, and the API-key check.
+//! The axum handlers: the two generation endpoints (a request read, checked, queued on the
+//! engine, answered whole or streamed), `/health`, `/v1/models` and `/v1/models/{id}`, unknown
+//! URLs, and the API-key check.
 
-use super::api::{fail, parse_request, ApiError, Kind};
+use super::api::{fail, parse_request, read_body, ApiError, Kind};
 use super::reply::{stream_response, whole_response};
 use super::{now_secs, App};
-use axum::body::Bytes;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -30,17 +32,27 @@ fn request_id(kind: Kind) -> String {
     )
 }
 
-pub(super) async fn completions(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    handle(app, Kind::Completion, body).await
+pub(super) async fn completions(State(app): State<Arc<App>>, req: Request) -> Response {
+    handle(app, Kind::Completion, req.into_body()).await
 }
 
-pub(super) async fn chat_completions(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    handle(app, Kind::Chat, body).await
+pub(super) async fn chat_completions(State(app): State<Arc<App>>, req: Request) -> Response {
+    handle(app, Kind::Chat, req.into_body()).await
 }
 
-async fn handle(app: Arc<App>, kind: Kind, body: Bytes) -> Response {
+async fn handle(app: Arc<App>, kind: Kind, body: Body) -> Response {
     let t0 = Instant::now();
     let path = kind.path();
+    let body = match read_body(body, app.max_body_bytes, app.read_timeout).await {
+        Ok(b) => b,
+        Err(e) => {
+            // The rest of the body is still on its way (or never comes): no next request.
+            let mut r = fail(path, t0, e);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+    };
     let p = match parse_request(&app, kind, &body) {
         Ok(p) => p,
         Err(e) => return fail(path, t0, e),
@@ -107,12 +119,38 @@ pub(super) async fn health(State(app): State<Arc<App>>) -> Response {
     .into_response()
 }
 
+fn model_object(app: &App) -> serde_json::Value {
+    json!({"id": app.model_id, "object": "model", "created": app.created, "owned_by": "rwkv-cli"})
+}
+
 pub(super) async fn list_models(State(app): State<Arc<App>>) -> Response {
-    Json(json!({
-        "object": "list",
-        "data": [{"id": app.model_id, "object": "model", "created": app.created, "owned_by": "rwkv-cli"}],
-    }))
-    .into_response()
+    Json(json!({"object": "list", "data": [model_object(&app)]})).into_response()
+}
+
+/// `GET /v1/models/{id}`: the model object of the model served, 404 for any other id.
+pub(super) async fn get_model(
+    State(app): State<Arc<App>>,
+    id: Result<Path<String>, PathRejection>,
+    uri: Uri,
+) -> Response {
+    // The id percent-decoded; one that is not UTF-8 names no model either.
+    let id = match id {
+        Ok(Path(id)) if id == app.model_id => return Json(model_object(&app)).into_response(),
+        Ok(Path(id)) => id,
+        Err(_) => uri.path().trim_start_matches("/v1/models/").to_string(),
+    };
+    crate::errln!("GET {} 404", uri.path());
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!(
+            "The model `{id}` does not exist (this server runs `{}`).",
+            app.model_id
+        ),
+        kind: "invalid_request_error",
+        param: Some("model".into()),
+        code: Some("model_not_found"),
+    }
+    .response()
 }
 
 pub(super) async fn not_found(req: Request) -> Response {
@@ -154,8 +192,8 @@ pub(super) async fn auth(
     if let Some(key) = &app.api_key {
         use subtle::ConstantTimeEq;
         let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .get(header::AUTHORIZATION)
+            .and_then(|v| bearer_token(v.as_bytes()))
             .unwrap_or(b"");
         if !bool::from(given.ct_eq(key.as_bytes())) {
             crate::errln!("{} {} 401", req.method(), req.uri().path());
@@ -170,4 +208,15 @@ pub(super) async fn auth(
         }
     }
     next.run(req).await
+}
+
+/// The credentials of `Authorization: Bearer TOKEN`: the scheme in any case, then one or more
+/// spaces (RFC 7235); `None` for another scheme.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at(value.iter().position(|&b| b == b' ')?);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let start = rest.iter().position(|&b| b != b' ')?;
+    Some(&rest[start..])
 }
