@@ -118,6 +118,40 @@ fn logit_bias_acts_as_the_cli_flag() {
     assert_eq!(chat_text(&v), "z".repeat(6));
 }
 
+/// `top_k` and `min_p` (vLLM's and llama.cpp's servers take them; they were ignored): top_k 1
+/// and min_p 1 each leave only the most likely token, at any temperature.
+#[test]
+fn top_k_and_min_p_act_as_the_cli_flags() {
+    let s = Server::start(&[]);
+    let prompt = "Once upon a time";
+    let greedy = generate(prompt, 24);
+    for extra in [json!({"top_k": 1}), json!({"min_p": 1.0})] {
+        let mut body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 24,
+                              "temperature": 2.0, "top_p": 1.0, "seed": 7});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        assert_eq!(
+            completion_text(&s.ok("/v1/completions", body)),
+            greedy,
+            "{extra}"
+        );
+    }
+    // Without them that temperature wanders off the greedy text.
+    let v = s.ok(
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 2.0,
+               "top_p": 1.0, "seed": 7, "top_k": -1}),
+    );
+    assert_ne!(completion_text(&v), greedy);
+    let (code, v, _) = s.post(
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": prompt, "min_p": 2}).to_string(),
+        None,
+    );
+    assert_eq!((code, &v["error"]["param"]), (400, &json!("min_p")));
+}
+
 #[test]
 fn chat_completions_equal_the_chat_command() {
     let s = Server::start(&[]);

@@ -162,7 +162,16 @@ fn bad_requests_get_openai_errors() {
 #[test]
 fn unsupported_and_malformed_fields_are_named() {
     let s = Server::start(&[]);
+    // -100 for every id of the embedded model's 256: nothing left to sample.
+    let every_id: serde_json::Map<String, Value> =
+        (0..256).map(|i| (i.to_string(), json!(-100))).collect();
     let cases: &[(&str, Value, &str, &str)] = &[
+        (
+            "/v1/completions",
+            json!({"logit_bias": every_id}),
+            "logit_bias",
+            "bans every token",
+        ),
         (
             "/v1/completions",
             json!({"temperature": -1}),

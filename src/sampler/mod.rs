@@ -132,13 +132,33 @@ impl SamplerConfig {
         self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
     }
 
-    /// Checks the `--logit-bias` ids against a vocabulary of `vocab` entries.
+    /// Checks the `--logit-bias` ids against a vocabulary of `vocab` entries, and that they
+    /// leave a token to sample (with every one banned the sampler would have nothing to draw).
     pub fn validate_vocab(&self, vocab: usize) -> Result<()> {
         if let Some((id, _)) = self.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
             bail!("--logit-bias {id}: the vocabulary has only ids 0..{vocab}");
         }
+        if bans_every_token(&self.logit_bias, vocab) {
+            bail!(
+                "--logit-bias bans every token of the vocabulary ({vocab}): none is left to sample"
+            );
+        }
         Ok(())
     }
+}
+
+/// Whether `logit_bias` (ids below `vocab`) gives every token of a vocabulary of `vocab` a
+/// bias of −∞, leaving nothing to sample.
+pub fn bans_every_token(logit_bias: &[(u32, f32)], vocab: usize) -> bool {
+    let bans = |b: &f32| *b == f32::NEG_INFINITY;
+    if vocab == 0 || logit_bias.iter().filter(|(_, b)| bans(b)).count() < vocab {
+        return false;
+    }
+    let mut banned = vec![false; vocab];
+    for (id, _) in logit_bias.iter().filter(|(_, b)| bans(b)) {
+        banned[*id as usize] = true;
+    }
+    banned.iter().all(|b| *b)
 }
 
 /// Parses one `--logit-bias` value, `ID=VALUE` (VALUE a number, `-inf` to ban the token).

@@ -555,6 +555,16 @@ fn logit_bias_shifts_and_bans_tokens() {
     let e = cfg_far.validate_vocab(3).unwrap_err().to_string();
     assert!(e.contains("--logit-bias 99"), "{e}");
     assert!(cfg_far.validate_vocab(100).is_ok());
+    // Every token banned (once each, or some twice) leaves nothing to sample: refused.
+    let ban = |ids: &[u32]| SamplerConfig {
+        logit_bias: ids.iter().map(|&i| (i, f32::NEG_INFINITY)).collect(),
+        ..SamplerConfig::default()
+    };
+    let e = ban(&[2, 0, 1]).validate_vocab(3).unwrap_err().to_string();
+    assert!(e.contains("bans every token"), "{e}");
+    assert!(ban(&[0, 0, 1]).validate_vocab(3).is_ok());
+    assert!(ban(&[0, 1, 1, 2]).validate_vocab(3).is_err());
+    assert!(ban(&[0, 1, 2]).validate_vocab(4).is_ok());
 }
 
 #[test]

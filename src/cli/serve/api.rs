@@ -341,7 +341,16 @@ fn logit_bias(o: &Map<String, Value>, vocab: usize) -> Result<Vec<(u32, f32)>, A
                 })?;
             Ok((id, if bias == BAN { f32::NEG_INFINITY } else { bias as f32 }))
         })
-        .collect()
+        .collect::<Result<Vec<_>, ApiError>>()
+        .and_then(|bias| {
+            if rwkv_cli::sampler::bans_every_token(&bias, vocab) {
+                return Err(ApiError::bad(
+                    "Invalid 'logit_bias': it bans every token of the vocabulary, leaving none to sample.".to_string(),
+                    Some("logit_bias"),
+                ));
+            }
+            Ok(bias)
+        })
 }
 
 /// The text of a message's `content`: a string, or an array of `{"type": "text", "text"}`.
@@ -495,7 +504,13 @@ pub(super) fn parse_request(app: &App, kind: Kind, body: &[u8]) -> Result<Parsed
     let sampler = SamplerConfig {
         temperature: opt_f32(&o, "temperature", 1.0)?,
         top_p: opt_f32(&o, "top_p", if chat { 0.3 } else { 0.85 })?,
-        top_k: 0,
+        // Not OpenAI's, but what vLLM's and llama.cpp's servers take (top_k -1 or 0: off).
+        top_k: match opt_int(&o, "top_k")? {
+            None => 0,
+            Some(k) if k <= 0 => 0,
+            Some(k) => usize::try_from(k).unwrap_or(usize::MAX),
+        },
+        min_p: opt_f32(&o, "min_p", 0.0)?,
         presence_penalty: opt_f32(&o, "presence_penalty", if chat { 0.5 } else { 0.0 })?,
         frequency_penalty: opt_f32(&o, "frequency_penalty", if chat { 0.5 } else { 0.0 })?,
         logit_bias: logit_bias(&o, app.vocab)?,

@@ -46,7 +46,8 @@ user's.
 generated token's log-probability under the model's distribution, as `generate --logprobs`
 does. `n` (up to --max-batch) samples the prompt n times: it is read once, and choice i samples
 as a request with seed + i would. `logit_bias` ({\"token id\": bias}, biases -100 to 100) adds
-to the logits as --logit-bias does; -100 bans the token. Fields that would change the answer
+to the logits as --logit-bias does; -100 bans the token. `top_k` and `min_p` (not OpenAI's; as
+vLLM's and llama.cpp's servers take them) act as --top-k and --min-p. Fields that would change the answer
 but are not implemented (echo, best_of other than 1 or n, suffix, tools, tool_choice,
 functions, function_call, response_format other than text) get 400; other unknown fields are
 ignored.
