@@ -517,6 +517,75 @@ fn a_shared_prefix_comes_from_the_cache_and_changes_nothing() {
     assert_eq!(chat_text(&r2), chat_text(&r2_fresh));
 }
 
+/// A follow-up request sends the first reply back as its text: where the model's own tokens
+/// differ from that text's tokens, the state after the reply still comes from the cache, and
+/// the follow-up answers as `chat` does over the same two turns. The World-vocabulary fixture
+/// writes random tokens, which the World tokenizer splits otherwise when the text comes back,
+/// and its first reply does not begin with a space, which the response does not show either
+/// (a bias on `\n\n`, token 261, ends the turns after a few tokens).
+#[test]
+fn a_follow_up_goes_on_from_the_state_after_the_reply_as_chat_does() {
+    let model = common::world_model();
+    let m = model.to_str().unwrap();
+    let s = Server::start(&["-m", m]);
+    let id = "v7_world";
+    let ask = |messages: Value| {
+        s.ok(
+            "/v1/chat/completions",
+            json!({"model": id, "messages": messages, "temperature": 0, "max_tokens": 30,
+                   "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {"261": 7}}),
+        )
+    };
+    let (first, then) = ("Hello there", "And then?");
+    let r1 = ask(json!([{"role": "user", "content": first}]));
+    assert_eq!(r1["choices"][0]["finish_reason"], "stop");
+    let reply = chat_text(&r1);
+    let r2 = ask(json!([{"role": "user", "content": first},
+                        {"role": "assistant", "content": reply},
+                        {"role": "user", "content": then}]));
+    // `chat` over the same two messages, with the same sampling.
+    let mut cmd = bin();
+    cmd.args([
+        "chat",
+        "-m",
+        m,
+        "--temperature",
+        "0",
+        "-n",
+        "30",
+        "--presence-penalty",
+        "0",
+    ])
+    .args([
+        "--frequency-penalty",
+        "0",
+        "--logit-bias",
+        "261=7",
+        "--stats-json",
+    ]);
+    let o = run_with_stdin(&mut cmd, format!("{first}\n{then}\n").as_bytes());
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let out = String::from_utf8(o.stdout.clone()).unwrap();
+    let replies: Vec<&str> = out.split("\n\n").collect();
+    assert_eq!(replies[0], reply, "the first turn as chat's");
+    assert_eq!(
+        chat_text(&r2),
+        replies[1],
+        "the follow-up as chat's second turn"
+    );
+    // Everything up to the first reply's end came from the cache.
+    let turn_one: Value = serde_json::from_str(common::stderr(&o).lines().next().unwrap()).unwrap();
+    let cached = r2["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    let prompt = r2["usage"]["prompt_tokens"].as_u64().unwrap();
+    let p1 = r1["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        cached > p1 && cached < prompt,
+        "cached {cached} of {prompt} (first prompt {p1}, first turn {turn_one})"
+    );
+}
+
 #[test]
 fn concurrent_requests_give_the_texts_of_one_by_one() {
     let s = Arc::new(Server::start(&["--max-batch", "8", "--state-cache", "0"]));

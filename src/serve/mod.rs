@@ -123,6 +123,10 @@ pub enum Event {
 /// nobody listens any more (the choice is then dropped).
 pub type Sink = Arc<dyn Fn(usize, Event) -> bool + Send + Sync>;
 
+/// The text a follow-up request holds for a chat reply, given the reply's bytes
+/// ([`Job::follow_up`]).
+pub type ResentFn = fn(&[u8]) -> Vec<u8>;
+
 /// One request.
 #[derive(Clone)]
 pub struct Job {
@@ -141,6 +145,12 @@ pub struct Job {
     /// the prompt is read once, then each choice `i` decodes from a copy of its state with the
     /// sampler seeded `seed + i`, in a slot of its own (the job waits until it has `n`).
     pub n: usize,
+    /// Chat: the text by which a follow-up request sends this reply back (given the reply's
+    /// bytes, ending with `\n\n`). The state after the reply is then cached under the prompt
+    /// and that text's tokens too, so that the follow-up finds it where they differ from the
+    /// tokens the model wrote (leading spaces the reply did not show, a split of a word into
+    /// tokens other than the tokenizer's) and goes on from the state `chat` would have.
+    pub follow_up: Option<ResentFn>,
     pub sink: Sink,
 }
 
@@ -553,6 +563,19 @@ impl Worker {
         seq.done = true;
         if seq.fed.len() > seq.job.tokens.len() {
             self.cache.insert(&seq.fed, &seq.state, logits);
+            // A chat reply that ended its turn (its `\n\n` fed): also under the tokens of
+            // the text a follow-up sends back for it.
+            if let (Some(resent), Finish::Stop) = (seq.job.follow_up, finish) {
+                if seq.raw.ends_with(END_OF_TURN) {
+                    if let Ok(reply) = self.tok.encode(&resent(&seq.raw)) {
+                        let mut key = seq.job.tokens.clone();
+                        key.extend(reply);
+                        if key != seq.fed {
+                            self.cache.insert(&key, &seq.state, logits);
+                        }
+                    }
+                }
+            }
         }
         let rest = seq.filter.take_pending();
         if !rest.is_empty() && !(seq.job.sink)(seq.choice, Event::Text(rest)) {

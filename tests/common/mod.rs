@@ -185,3 +185,50 @@ pub fn reference(name: &str) -> Reference {
         logits2_last: f32s("logits2_last"),
     }
 }
+
+/// The v7 fixture with a World-sized vocabulary (65536): its embedding and head rows beyond the
+/// 256 it has are new random rows, so the World tokenizer is chosen and any id can come out.
+pub fn world_model() -> PathBuf {
+    let path = scratch("world").join("v7_world.safetensors");
+    if path.exists() {
+        return path;
+    }
+    let bytes = std::fs::read(fixture("v7.safetensors")).unwrap();
+    let st = ::safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut rng = rwkv_cli::sampler::SplitMix64::new(7);
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in st.tensors() {
+        let (shape, data) = if name == "emb.weight" || name == "head.weight" {
+            let c = t.shape()[1];
+            let old: Vec<f32> = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            let rows = 65536;
+            let data: Vec<u8> = (0..rows * c)
+                .map(|i| old[i % old.len()] + 0.5 * rng.next_signed())
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            (vec![rows, c], data)
+        } else {
+            (t.shape().to_vec(), t.data().to_vec())
+        };
+        owned.push((name, shape, data));
+    }
+    let views: Vec<(String, ::safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                ::safetensors::tensor::TensorView::new(::safetensors::Dtype::F32, s.clone(), d)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let out = ::safetensors::serialize(views, None).unwrap();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, out).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}

@@ -377,6 +377,30 @@ fn content_text(v: Option<&Value>, param: &str) -> Result<String, ApiError> {
     }
 }
 
+/// An assistant message's text after `Assistant:`: ` CONTENT\n\n` (`content` cleaned).
+fn assistant_part(content: &[u8]) -> Vec<u8> {
+    let mut part = b" ".to_vec();
+    part.extend_from_slice(content);
+    part.extend_from_slice(chat::END_OF_TURN);
+    part
+}
+
+/// The text a follow-up request holds for a chat reply (its bytes, `\n\n` at the end): the
+/// answer as the response showed it (leading whitespace left out, as UTF-8), as an assistant
+/// message ([`rwkv_cli::serve::Job::follow_up`]).
+pub(super) fn reply_as_resent(reply: &[u8]) -> Vec<u8> {
+    let body = reply.strip_suffix(chat::END_OF_TURN).unwrap_or(reply);
+    let mut answer = Vec::new();
+    let _ = chat::ReplyView::new(Think::Off).push(body, &mut |p| {
+        if let chat::Piece::Answer(b) = p {
+            answer.extend_from_slice(b);
+        }
+        Ok(())
+    });
+    let text = String::from_utf8_lossy(&answer);
+    assistant_part(&chat::clean_message(text.as_bytes()))
+}
+
 /// The G1 conversation text of `messages`, tokenized part by part as `chat` reads it, ending
 /// with the assistant's prefix.
 fn chat_tokens(tok: &dyn Tokenizer, messages: &Value) -> Result<Vec<u32>, ApiError> {
@@ -415,10 +439,7 @@ fn chat_tokens(tok: &dyn Tokenizer, messages: &Value) -> Result<Vec<u32>, ApiErr
             }
             "assistant" => {
                 parts.push(Think::Off.assistant_prefix().to_vec());
-                let mut reply = b" ".to_vec();
-                reply.extend_from_slice(&cleaned);
-                reply.extend_from_slice(chat::END_OF_TURN);
-                parts.push(reply);
+                parts.push(assistant_part(&cleaned));
             }
             other => {
                 return Err(ApiError::bad(

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rwkv_cli::serve::{Job, SubmitError};
+use rwkv_cli::serve::{Job, ResentFn, SubmitError};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,6 +67,7 @@ async fn handle(app: Arc<App>, kind: Kind, body: Body) -> Response {
         chat: kind == Kind::Chat,
         logprobs: p.logprobs,
         n: p.n,
+        follow_up: (kind == Kind::Chat).then_some(super::api::reply_as_resent as ResentFn),
         sink: Arc::new(move |choice, e| tx.send((choice, e)).is_ok()),
     };
     match app.engine.submit(job) {
