@@ -7,7 +7,7 @@
 mod common;
 
 use common::server::*;
-use common::{fixture, run};
+use common::{fixture, run, stderr};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -383,6 +383,56 @@ fn a_model_is_found_by_its_id() {
     }
 }
 
+/// `--cors-origin`: a browser's preflight is answered before the API key is asked for, the
+/// origins given (only they) get `Access-Control-Allow-Origin`, and without the flag nobody
+/// does; an origin that is not one is a usage error.
+#[test]
+fn cors_lets_the_origins_given_call_from_a_browser() {
+    let s = Server::start(&["--cors-origin", "http://localhost:3000", "--api-key", "k"]);
+    let allowed = |resp: &ureq::http::Response<ureq::Body>| {
+        resp.headers()
+            .get("access-control-allow-origin")
+            .map(|h| h.to_str().unwrap().to_string())
+    };
+    let preflight = |origin: &str| {
+        agent()
+            .options(&s.url("/v1/chat/completions"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization,content-type",
+            )
+            .call()
+            .expect("preflight")
+    };
+    let r = preflight("http://localhost:3000");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(allowed(&r).as_deref(), Some("http://localhost:3000"));
+    let methods = r.headers().get("access-control-allow-methods").unwrap();
+    assert!(methods.to_str().unwrap().contains("POST"));
+    assert_eq!(allowed(&preflight("http://elsewhere.test")), None);
+    let get = |origin: &str, server: &Server| {
+        agent()
+            .get(&server.url("/v1/models"))
+            .header("Origin", origin)
+            .header("Authorization", "Bearer k")
+            .call()
+            .expect("request")
+    };
+    let r = get("http://localhost:3000", &s);
+    assert_eq!(
+        (r.status().as_u16(), allowed(&r).as_deref()),
+        (200, Some("http://localhost:3000"))
+    );
+    assert_eq!(allowed(&get("http://elsewhere.test", &s)), None);
+    let plain = Server::start(&["--api-key", "k"]);
+    assert_eq!(allowed(&get("http://localhost:3000", &plain)), None);
+    let o = run(&["serve", "--cors-origin", "localhost:3000"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--cors-origin"), "{}", stderr(&o));
+}
+
 #[test]
 fn the_api_key_is_required_when_set() {
     for (args, env) in [
@@ -485,12 +535,20 @@ fn a_full_queue_answers_429_and_a_gone_client_frees_its_slot() {
         })
     };
     wait_for_health(&s, "queued", 1);
-    let (st, v, _) = s.post(
-        "/v1/completions",
-        &json!({"model": MODEL, "prompt": "b"}).to_string(),
-        None,
-    );
+    let resp = agent()
+        .post(&s.url("/v1/completions"))
+        .content_type("application/json")
+        .send(json!({"model": MODEL, "prompt": "b"}).to_string())
+        .expect("request");
+    // When to retry, as clients (the `openai` package among them) read it.
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|h| h.to_str().unwrap().to_string());
+    let st = resp.status().as_u16();
+    let v: Value = serde_json::from_str(&resp.into_body().read_to_string().unwrap()).unwrap();
     assert_eq!((st, &v["error"]["type"]), (429, &json!("rate_limit_error")));
+    assert_eq!(retry.as_deref(), Some("1"));
     drop(hog);
     let v = waiting.join().unwrap();
     assert_eq!(v["usage"]["completion_tokens"], 5);

@@ -114,6 +114,10 @@ pub struct ServeArgs {
     /// open), and may pause within its body (then 408); then its connection is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub read_timeout: u64,
+    /// Let web pages from ORIGIN (e.g. http://localhost:3000; `*`: any) call the API from a
+    /// browser (CORS headers, preflight requests answered); repeat for several. Default: none.
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors_origin: Vec<String>,
     /// Seconds the requests in flight get to finish after SIGINT or SIGTERM; then the server
     /// exits anyway.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
@@ -148,6 +152,40 @@ fn body_limit(max_prompt_tokens: usize) -> usize {
     max_prompt_tokens.saturating_mul(64).max(1 << 20)
 }
 
+/// The CORS layer of `--cors-origin` (none without it): the origins given (or any, for `*`),
+/// GET and POST, the headers a browser client sends (`Authorization`, `Content-Type`).
+fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>> {
+    use axum::http::{header, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let mut list = Vec::new();
+        for o in origins {
+            let ok = (o.starts_with("http://") || o.starts_with("https://"))
+                && !o.ends_with('/')
+                && !o.contains(char::is_whitespace);
+            match HeaderValue::from_str(o) {
+                Ok(v) if ok => list.push(v),
+                _ => rwkv_cli::usage_bail!(
+                    "--cors-origin {o:?}: expected an origin such as http://localhost:3000 (scheme, host, port; no path), or *"
+                ),
+            }
+        }
+        AllowOrigin::list(list)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .max_age(Duration::from_secs(600)),
+    ))
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -165,6 +203,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.max_prompt_tokens == 0 {
         rwkv_cli::usage_bail!("--max-prompt-tokens must be at least 1");
     }
+    let cors = cors_layer(&args.cors_origin)?;
     if !(1..=86400).contains(&args.read_timeout) {
         rwkv_cli::usage_bail!("--read-timeout must be from 1 to 86400 (seconds)");
     }
@@ -237,11 +276,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(app.clone(), auth));
-        let router = Router::new()
+        let mut router = Router::new()
             .route("/health", get(health))
             .method_not_allowed_fallback(method_not_allowed)
             .merge(v1)
             .with_state(app.clone());
+        if let Some(cors) = &cors {
+            // Outermost: a preflight is answered before the API key is asked for.
+            router = router.layer(cors.clone());
+        }
         crate::errln!(
             "serving {} (state {} per request, cache {}, batch {}) — listening on http://{addr}",
             app.model_id,

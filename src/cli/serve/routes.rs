@@ -72,19 +72,25 @@ async fn handle(app: Arc<App>, kind: Kind, body: Body) -> Response {
     };
     match app.engine.submit(job) {
         Ok(()) => {}
-        Err(SubmitError::QueueFull) => return fail(
-            path,
-            t0,
-            ApiError {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                message:
-                    "The server is busy: too many requests are waiting (--max-queue). Retry later."
-                        .into(),
-                kind: "rate_limit_error",
-                param: None,
-                code: Some("rate_limit_exceeded"),
-            },
-        ),
+        Err(SubmitError::QueueFull) => {
+            let mut r = fail(
+                path,
+                t0,
+                ApiError {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    message:
+                        "The server is busy: too many requests are waiting (--max-queue). Retry later."
+                            .into(),
+                    kind: "rate_limit_error",
+                    param: None,
+                    code: Some("rate_limit_exceeded"),
+                },
+            );
+            // Clients (the `openai` package among them) wait this long before retrying.
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
         Err(SubmitError::Stopped) => {
             return fail(
                 path,
