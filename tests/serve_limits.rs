@@ -553,6 +553,23 @@ fn a_full_queue_answers_429_and_a_gone_client_frees_its_slot() {
     let v = waiting.join().unwrap();
     assert_eq!(v["usage"]["completion_tokens"], 5);
     wait_for_health(&s, "active", 0);
+    s.wait_for_log(|l| l.contains("stream closed by the client"));
+    // A whole (not streamed) answer's client going away frees the slot too, and is logged
+    // (it left no line).
+    let body = json!({"model": MODEL, "prompt": "Once", "max_tokens": 1_000_000}).to_string();
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(
+        c,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    wait_for_health(&s, "active", 1);
+    drop(c);
+    wait_for_health(&s, "active", 0);
+    s.wait_for_log(|l| {
+        l.starts_with("POST /v1/completions closed by the client before the answer")
+    });
 }
 
 #[test]

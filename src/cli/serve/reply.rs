@@ -204,12 +204,21 @@ pub(super) async fn whole_response(
     t0: Instant,
 ) -> Response {
     let path = kind.path();
+    // Dropped with this future when the client goes away before the answer (every return
+    // below logs its own line).
+    let mut gone = StreamLog {
+        path,
+        t0,
+        done: false,
+        what: "closed by the client before the answer",
+    };
     let mut choices: Vec<Choice> = (0..n).map(|_| Choice::new(kind)).collect();
     let mut done = 0;
     while done < n {
         let (i, event) = match rx.recv().await {
             Some((i, e)) if i < n => (i, e),
             Some(_) | None => {
+                gone.done = true;
                 return fail(
                     path,
                     t0,
@@ -220,7 +229,7 @@ pub(super) async fn whole_response(
                         param: None,
                         code: None,
                     },
-                )
+                );
             }
         };
         let c = &mut choices[i];
@@ -235,6 +244,7 @@ pub(super) async fn whole_response(
                 done += 1;
             }
             Event::Failed(msg) => {
+                gone.done = true;
                 return fail(
                     path,
                     t0,
@@ -245,7 +255,7 @@ pub(super) async fn whole_response(
                         param: None,
                         code: None,
                     },
-                )
+                );
             }
         }
     }
@@ -282,23 +292,28 @@ pub(super) async fn whole_response(
         "choices": list,
         "usage": usage_json(&outcome),
     });
+    gone.done = true;
     log_line(path, 200, Some(&outcome), t0);
     (StatusCode::OK, Json(body)).into_response()
 }
 
-/// Logs a stream that ended without its `Done` (the client went away).
+/// Logs a request whose answer was never finished because the client went away: a stream
+/// ended without its `Done`, or a whole answer whose connection closed while it was made.
 struct StreamLog {
     path: &'static str,
     t0: Instant,
     done: bool,
+    /// What the line says (after the path).
+    what: &'static str,
 }
 
 impl Drop for StreamLog {
     fn drop(&mut self) {
         if !self.done {
             crate::errln!(
-                "POST {} 200 stream closed by the client {:.0}ms",
+                "POST {} {} {:.0}ms",
                 self.path,
+                self.what,
                 self.t0.elapsed().as_secs_f64() * 1000.0
             );
         }
@@ -432,6 +447,7 @@ pub(super) fn stream_response(
             path: kind.path(),
             t0,
             done: false,
+            what: "200 stream closed by the client",
         },
     };
     if kind == Kind::Chat {
