@@ -263,6 +263,93 @@ fn streamed_logprobs(events: &[String]) -> Vec<Value> {
         .collect()
 }
 
+/// Completions' `echo` (how evaluation harnesses score texts through the API): the answer
+/// begins with the prompt, whose tokens carry their log-probabilities (the first `null`),
+/// as `eval` scores the same text and as `generate` scored the tokens it wrote itself; the
+/// same streamed, for every choice; chat refuses it.
+#[test]
+fn echo_scores_the_prompt_as_eval_and_generate_do() {
+    let s = Server::start(&[]);
+    // `generate` writes 12 tokens with their log-probabilities; the prompt and those tokens
+    // echoed back are scored on the sequence path instead: the same values.
+    let (prompt, n) = ("Once upon a time", 12);
+    let written = generate(prompt, n);
+    let generated = generate_logprobs(prompt, n, 2);
+    let text = format!("{prompt}{written}");
+    let ask = |extra: Value| {
+        let mut body = json!({"model": MODEL, "prompt": text, "max_tokens": 0, "echo": true,
+                              "logprobs": 2});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        s.ok("/v1/completions", body)
+    };
+    let v = ask(json!({}));
+    let choice = &v["choices"][0];
+    assert_eq!(choice["text"], json!(text));
+    let lp = &choice["logprobs"];
+    let scores: Vec<Option<f64>> = lp["token_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(Value::as_f64)
+        .collect();
+    assert_eq!(scores.len(), text.len(), "one byte a token");
+    assert_eq!((scores[0], &lp["top_logprobs"][0]), (None, &Value::Null));
+    let offsets: Vec<u64> = (0..text.len() as u64).collect();
+    assert_eq!(lp["text_offset"], json!(offsets));
+    for (i, (g, _)) in generated.iter().enumerate() {
+        let e = scores[prompt.len() + i].unwrap();
+        assert!((e - g).abs() < 1e-5, "token {i}: echoed {e}, generated {g}");
+    }
+    // The whole text's score is eval's.
+    let file = common::scratch_file("echo.txt");
+    std::fs::write(&file, &text).unwrap();
+    let o = run(&["eval", "--json", "--text", file.to_str().unwrap()]);
+    let eval: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let nats: f64 = -scores[1..].iter().map(|x| x.unwrap()).sum::<f64>();
+    let bits = nats / std::f64::consts::LN_2 / (text.len() - 1) as f64;
+    let want = eval["bits_per_byte"].as_f64().unwrap();
+    assert!(
+        (bits - want).abs() < 1e-6 * want,
+        "echo {bits} vs eval {want}"
+    );
+    // With a completion: the prompt, then the sampled text, and their tokens in order; each
+    // choice echoes.
+    let v = ask(json!({"prompt": prompt, "max_tokens": n, "temperature": 0, "n": 2}));
+    for c in v["choices"].as_array().unwrap() {
+        assert_eq!(c["text"], json!(text));
+        assert_eq!(
+            c["logprobs"]["tokens"].as_array().unwrap().len(),
+            text.len()
+        );
+    }
+    assert_eq!(v["usage"]["prompt_tokens"], prompt.len());
+    // Streamed: the first chunk is the prompt, the chunks together the text.
+    let events = s.stream(
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": prompt, "max_tokens": n, "temperature": 0,
+               "echo": true, "stream": true}),
+    );
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["text"], json!(prompt));
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, text);
+    let (code, v, _) = s.post(
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "echo": true})
+            .to_string(),
+        None,
+    );
+    assert_eq!((code, &v["error"]["param"]), (400, &json!("echo")));
+}
+
 #[test]
 fn logprobs_equal_generate_and_stream_as_they_answer_whole() {
     let s = Server::start(&[]);

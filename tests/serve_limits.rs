@@ -185,10 +185,10 @@ fn unsupported_and_malformed_fields_are_named() {
             "'top_p' must be in (0, 1] (got 0; use 1 to disable).",
         ),
         (
-            "/v1/completions",
+            "/v1/chat/completions",
             json!({"echo": true}),
             "echo",
-            "not supported",
+            "not supported by this server for chat",
         ),
         (
             "/v1/completions",

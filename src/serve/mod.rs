@@ -115,6 +115,10 @@ pub enum Event {
     /// A sampled token's log-probabilities, sent before its text (whose bytes a stop string
     /// may hold back or cut): one per generated token, when the job asks for them.
     Token(TokenLogprobs),
+    /// [`Job::echo`]: the prompt's tokens, each with its log-probabilities after the ones
+    /// before it (the first, which nothing predicts, has a NaN `logprob` and no `top`); sent
+    /// to every choice once the prompt is read, before anything else of theirs.
+    Prompt(Vec<TokenLogprobs>),
     Done(Outcome),
     Failed(String),
 }
@@ -151,6 +155,10 @@ pub struct Job {
     /// tokens the model wrote (leading spaces the reply did not show, a split of a word into
     /// tokens other than the tokenizer's) and goes on from the state `chat` would have.
     pub follow_up: Option<ResentFn>,
+    /// Completions' `echo`: score the prompt ([`Event::Prompt`], with [`Job::logprobs`]
+    /// alternatives per token). Such a job reads its whole prompt (a cached state has no
+    /// log-probabilities for the tokens before it).
+    pub echo: bool,
     pub sink: Sink,
 }
 
@@ -281,6 +289,16 @@ struct Seq {
     /// cached state ends at a turn boundary).
     finish_after_feed: Option<Finish>,
     done: bool,
+    /// [`Job::echo`]: the prompt's scores so far.
+    echo: Option<Echo>,
+}
+
+/// The prompt's log-probabilities as its chunks are read ([`Job::echo`]).
+#[derive(Default)]
+struct Echo {
+    scored: Vec<TokenLogprobs>,
+    /// The logits after the last chunk's last token: they score the next chunk's first.
+    last: Option<Vec<f32>>,
 }
 
 struct Worker {
@@ -362,7 +380,11 @@ impl Worker {
     /// A job in a slot, from the longest cached prefix of its tokens (a job whose whole prompt
     /// is cached forks its other choices into `forks` at once).
     fn admit(&mut self, job: Job, forks: &mut Vec<Seq>) -> Seq {
-        let hit = self.cache.lookup(&job.tokens);
+        let hit = if job.echo {
+            None
+        } else {
+            self.cache.lookup(&job.tokens)
+        };
         let mut seq = Seq {
             sampler: Sampler::new(job.sampler.clone()),
             filter: stop_filter(&job),
@@ -378,6 +400,7 @@ impl Worker {
             next: None,
             finish_after_feed: None,
             done: false,
+            echo: None,
             choice: 0,
             job,
         };
@@ -412,6 +435,7 @@ impl Worker {
                 next: None,
                 finish_after_feed: None,
                 done: false,
+                echo: None,
             };
             let mut l = logits.clone();
             self.after_logits(&mut fork, &mut l);
@@ -435,10 +459,11 @@ impl Worker {
                 continue;
             }
             let end = (seq.read + chunk).min(n);
-            let logits =
+            let all = seq.job.echo;
+            let mut logits =
                 match self
                     .model
-                    .forward_seq(&seq.job.tokens[seq.read..end], &mut seq.state, false)
+                    .forward_seq(&seq.job.tokens[seq.read..end], &mut seq.state, all)
                 {
                     Ok(l) => l,
                     Err(e) => {
@@ -446,13 +471,67 @@ impl Worker {
                         continue;
                     }
                 };
+            if all {
+                logits = self.score_prompt(seq, end, logits);
+            }
             seq.read = end;
+            if end == n && seq.job.echo {
+                let scored = seq.echo.take().unwrap_or_default().scored;
+                for choice in 0..seq.job.n.max(1) {
+                    if !(seq.job.sink)(choice, Event::Prompt(scored.clone())) {
+                        seq.done = true;
+                    }
+                }
+                if seq.done {
+                    continue;
+                }
+            }
             if end == n {
                 self.cache.insert(&seq.job.tokens, &seq.state, &logits);
                 self.prompt_read(seq, logits, &mut forks);
             }
         }
         active.extend(forks);
+    }
+
+    /// `token`'s log-probabilities under `logits`, with the `top` most likely tokens.
+    fn token_logprobs(&self, logits: &[f32], token: u32, top: usize) -> TokenLogprobs {
+        let (logprob, best) = crate::sampler::top_logprobs(logits, token, top);
+        TokenLogprobs {
+            id: token,
+            bytes: self.tok.token_bytes(token),
+            logprob,
+            top: best
+                .into_iter()
+                .map(|(id, lp)| (id, self.tok.token_bytes(id), lp))
+                .collect(),
+        }
+    }
+
+    /// [`Job::echo`]: scores the prompt's tokens `seq.read..end` from `logits` (after each of
+    /// them) and the logits kept from the chunk before; returns the logits after the last.
+    fn score_prompt(&self, seq: &mut Seq, end: usize, logits: Vec<f32>) -> Vec<f32> {
+        let (from, tokens) = (seq.read, &seq.job.tokens);
+        let vocab = logits.len() / (end - from);
+        let top = seq.job.logprobs.unwrap_or(0);
+        let lp = |logits: &[f32], token: u32| self.token_logprobs(logits, token, top);
+        let e = seq.echo.get_or_insert_with(Echo::default);
+        match e.last.take() {
+            Some(before) => e.scored.push(lp(&before, tokens[from])),
+            None => e.scored.push(TokenLogprobs {
+                id: tokens[from],
+                bytes: self.tok.token_bytes(tokens[from]),
+                logprob: f64::NAN,
+                top: Vec::new(),
+            }),
+        }
+        let rows: Vec<&[f32]> = logits.chunks_exact(vocab).collect();
+        for (row, &next) in rows.iter().zip(&tokens[from + 1..end]) {
+            e.scored.push(lp(row, next));
+        }
+        let last = rows[rows.len() - 1].to_vec();
+        e.last = Some(last.clone());
+        last
     }
 
     /// Feeds every decoding sequence's sampled token at once, then samples the next.
@@ -517,16 +596,7 @@ impl Worker {
         seq.generated += 1;
         let bytes = self.tok.token_bytes(token);
         if let Some(n) = seq.job.logprobs {
-            let (logprob, top) = crate::sampler::top_logprobs(logits, token, n);
-            let info = TokenLogprobs {
-                id: token,
-                bytes: bytes.clone(),
-                logprob,
-                top: top
-                    .into_iter()
-                    .map(|(id, lp)| (id, self.tok.token_bytes(id), lp))
-                    .collect(),
-            };
+            let info = self.token_logprobs(logits, token, n);
             if !(seq.job.sink)(seq.choice, Event::Token(info)) {
                 seq.done = true; // the client has gone
                 return;

@@ -147,6 +147,8 @@ pub(super) struct Parsed {
     pub(super) logprobs: Option<usize>,
     /// Choices: independent samples of the prompt.
     pub(super) n: usize,
+    /// Completions' `echo`: the reply begins with the prompt (and its tokens' log-probabilities).
+    pub(super) echo: bool,
 }
 
 /// The most alternatives `logprobs` (completions) and `top_logprobs` (chat) may ask for.
@@ -249,15 +251,15 @@ fn given<'a>(o: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
 /// rather than ignored. Their harmless values pass (`echo: false`, `best_of` 1 or `n`,
 /// `tools: []`, `tool_choice: "none"`, `response_format: {"type": "text"}`), as does any
 /// field not listed here (`user`, `metadata`, `store`, ...).
-fn refuse_unsupported(o: &Map<String, Value>, n: usize) -> Result<(), ApiError> {
+fn refuse_unsupported(o: &Map<String, Value>, n: usize, kind: Kind) -> Result<(), ApiError> {
     let unsupported = |name: &str, what: &str| {
         Err(ApiError::bad(
             format!("'{name}' is not supported by this server{what}."),
             Some(name),
         ))
     };
-    if opt_bool(o, "echo")? {
-        return unsupported("echo", " (the reply never repeats the prompt)");
+    if kind == Kind::Chat && opt_bool(o, "echo")? {
+        return unsupported("echo", " for chat (completions take it)");
     }
     if let Some(b) = opt_int(o, "best_of")? {
         if b != 1 && b != n as i128 {
@@ -519,7 +521,7 @@ pub(super) fn parse_request(app: &App, kind: Kind, body: &[u8]) -> Result<Parsed
             ))
         }
     };
-    refuse_unsupported(&o, n)?;
+    refuse_unsupported(&o, n, kind)?;
     let logprobs = logprobs(&o, kind)?;
     let chat = kind == Kind::Chat;
     let sampler = SamplerConfig {
@@ -661,5 +663,6 @@ pub(super) fn parse_request(app: &App, kind: Kind, body: &[u8]) -> Result<Parsed
         include_usage,
         logprobs,
         n,
+        echo: kind == Kind::Completion && opt_bool(&o, "echo")?,
     })
 }

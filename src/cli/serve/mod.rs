@@ -47,10 +47,11 @@ generated token's log-probability under the model's distribution, as `generate -
 does. `n` (up to --max-batch) samples the prompt n times: it is read once, and choice i samples
 as a request with seed + i would. `logit_bias` ({\"token id\": bias}, biases -100 to 100) adds
 to the logits as --logit-bias does; -100 bans the token. `top_k` and `min_p` (not OpenAI's; as
-vLLM's and llama.cpp's servers take them) act as --top-k and --min-p. Fields that would change the answer
-but are not implemented (echo, best_of other than 1 or n, suffix, tools, tool_choice,
-functions, function_call, response_format other than text) get 400; other unknown fields are
-ignored.
+vLLM's and llama.cpp's servers take them) act as --top-k and --min-p. Completions' `echo`
+begins the answer with the prompt and, with `logprobs`, its tokens' log-probabilities (the
+first null), as `eval` scores them. Fields that would change the answer but are not
+implemented (chat's echo, best_of other than 1 or n, suffix, tools, tool_choice, functions,
+function_call, response_format other than text) get 400; other unknown fields are ignored.
 
 After each request the state at the end of its prompt (and of its reply) is kept, up to
 --state-cache bytes (least recently used first out); a request that begins with a kept prefix

@@ -88,9 +88,21 @@ impl Shown {
     }
 }
 
-/// A log-probability as JSON: OpenAI's -9999 for a token without probability (JSON has no -inf).
+/// A log-probability as JSON: OpenAI's -9999 for a token without probability (JSON has no
+/// -inf), `null` for the echoed prompt's first token, which nothing predicts (NaN).
 fn logprob_json(lp: f64) -> Value {
+    if lp.is_nan() {
+        return Value::Null;
+    }
     json!(if lp.is_finite() { lp } else { -9999.0 })
+}
+
+/// The text of an echoed prompt's tokens.
+fn prompt_bytes(scored: &[TokenLogprobs]) -> Vec<u8> {
+    scored
+        .iter()
+        .flat_map(|t| t.bytes.iter().copied())
+        .collect()
 }
 
 /// The generated tokens' log-probabilities as a reply carries them: completions in OpenAI's
@@ -135,7 +147,10 @@ impl Logprobs {
                     "tokens": tokens.iter().map(|t| text(&t.bytes)).collect::<Vec<_>>(),
                     "token_logprobs": tokens.iter().map(|t| logprob_json(t.logprob)).collect::<Vec<_>>(),
                     "top_logprobs": tokens.iter().map(|t| {
-                        t.top.iter().map(|(_, b, lp)| (text(b), logprob_json(*lp))).collect::<serde_json::Map<_, _>>()
+                        if t.logprob.is_nan() {
+                            return Value::Null; // the echoed prompt's first token
+                        }
+                        Value::Object(t.top.iter().map(|(_, b, lp)| (text(b), logprob_json(*lp))).collect())
                     }).collect::<Vec<_>>(),
                     "text_offset": offsets,
                 })
@@ -239,6 +254,13 @@ pub(super) async fn whole_response(
                 c.text.push_str(&t);
             }
             Event::Token(t) => c.logprobs.pending.push(t),
+            Event::Prompt(scored) => {
+                let t = c.shown.push(&prompt_bytes(&scored));
+                c.text.push_str(&t);
+                if logprobs_asked {
+                    c.logprobs.pending.extend(scored);
+                }
+            }
             Event::Done(o) => {
                 c.outcome = Some(o);
                 done += 1;
@@ -467,6 +489,14 @@ pub(super) fn stream_response(
             match st.rx.recv().await {
                 Some((i, _)) if i >= st.choices.len() => st.finished = true,
                 Some((i, Event::Token(t))) => st.choices[i].logprobs.pending.push(t),
+                Some((i, Event::Prompt(scored))) => {
+                    let t = st.choices[i].shown.push(&prompt_bytes(&scored));
+                    if st.logprobs_asked {
+                        st.choices[i].logprobs.pending.extend(scored);
+                    }
+                    let c = st.text_chunk(i, t);
+                    st.out.push_back(c);
+                }
                 Some((i, Event::Text(b))) => {
                     let t = st.choices[i].shown.push(&b);
                     if !t.is_empty() {

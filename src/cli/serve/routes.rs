@@ -68,6 +68,7 @@ async fn handle(app: Arc<App>, kind: Kind, body: Body) -> Response {
         logprobs: p.logprobs,
         n: p.n,
         follow_up: (kind == Kind::Chat).then_some(super::api::reply_as_resent as ResentFn),
+        echo: p.echo,
         sink: Arc::new(move |choice, e| tx.send((choice, e)).is_ok()),
     };
     match app.engine.submit(job) {
