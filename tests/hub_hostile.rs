@@ -139,6 +139,50 @@ fn a_stalled_transfer_fails_naming_the_host_and_keeps_the_part_for_a_resume() {
     assert!(find_named(&home.hub(), "v7.pth").is_empty());
 }
 
+/// Two processes asking for the same file at once: the second waits for the first's download
+/// and uses its file (it failed, "another process is downloading it"), so a pipeline or a
+/// server beside a chat both start on a fresh cache.
+#[test]
+fn a_second_process_waits_for_the_download_in_progress() {
+    let home = TempHome::new("two-at-once");
+    let (ref_text, _) = local_reference(&home);
+    let hub = Mock::start(vec![route(PATH, fixture_bytes(), Fault::Slow(150))]);
+    let mut first = generate_cmd(&home, &hub.url(), SPEC, &home.file("1.logits"), &[]);
+    first
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let first = first.spawn().unwrap();
+    // The second starts once the first is writing the file.
+    let t0 = std::time::Instant::now();
+    while part_files(&home).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the first never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = run_bounded(
+        generate_cmd(&home, &hub.url(), SPEC, &home.file("2.logits"), &[]),
+        Duration::from_secs(120),
+    );
+    let first = first.wait_with_output().unwrap();
+    for o in [&first, &second] {
+        assert!(o.status.success(), "{}", stderr(o));
+        assert_eq!(o.stdout, ref_text);
+    }
+    assert!(
+        stderr(&second).contains("waiting for another process"),
+        "{}",
+        stderr(&second)
+    );
+    let whole = hub
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.range.as_deref().is_none_or(|g| g == "bytes=0-"))
+        .count();
+    assert_eq!(whole, 1, "one download: {:?}", hub.requests());
+}
+
 #[test]
 fn transient_failures_are_retried_and_a_cut_transfer_resumes_in_the_same_run() {
     let home = TempHome::new("retry");

@@ -497,16 +497,25 @@ impl Job<'_> {
         let lock_path = blobs.join(format!("{}.lock", meta.etag));
         let lock = File::create(&lock_path)
             .map_err(|e| fatal(anyhow!("cannot create {}: {e}", lock_path.display())))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(fatal(anyhow!(
-                    "cannot download {f}: another process is downloading it (lock {} is held); run again when it is done",
-                    lock_path.display()
-                )))
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(fatal(anyhow!("cannot lock {}: {e}", lock_path.display())))
+        // Another process downloading the same file holds the lock: wait for it (as
+        // huggingface_hub does), then find its blob below. The lock is the kernel's (flock):
+        // it goes with the process that held it, so the wait ends.
+        let mut waited = false;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if !waited {
+                        self.progress.notice(&format!(
+                            "waiting for another process that is downloading {f}"
+                        ));
+                        waited = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(fatal(anyhow!("cannot lock {}: {e}", lock_path.display())))
+                }
             }
         }
         let have_blob = std::fs::metadata(&blob).is_ok_and(|m| m.len() == meta.size);
@@ -664,11 +673,16 @@ pub fn download(
     }
 }
 
-/// The message without its leading "cannot download F: " (the notice names F already).
+/// The message without its leading "cannot download F: " or "F: " (the notice names F
+/// already).
 fn strip_prefix_of(e: &anyhow::Error, f: &HubFile) -> String {
     let s = e.to_string();
-    let p = format!("cannot download {f}: ");
-    s.strip_prefix(&p).map(str::to_string).unwrap_or(s)
+    for p in [format!("cannot download {f}: "), format!("{f}: ")] {
+        if let Some(rest) = s.strip_prefix(&p) {
+            return rest.to_string();
+        }
+    }
+    s
 }
 
 #[cfg(test)]

@@ -129,12 +129,21 @@ fn parse_hf(spec: &str, rest: &str) -> Result<HubFile> {
         bail!("invalid Hub reference {spec}: expected hf://OWNER/REPO/FILE or hf://OWNER/REPO@REVISION/FILE");
     }
     let (name, revision) = segs[1].split_once('@').unwrap_or((segs[1], "main"));
-    checked(
-        spec,
-        format!("{}/{name}", segs[0]),
-        segs[2..].join("/"),
-        revision.to_string(),
-    )
+    // A revision with slashes is written encoded (`@refs%2Fpr%2F1`), as in a link; a pull
+    // request's or conversion's ref may also be written as it is (`@refs/pr/1`,
+    // `@refs/convert/…`), as huggingface_hub's file system reads it.
+    let (revision, file) = match (revision, segs.get(2..)) {
+        ("refs", Some([kind @ ("pr" | "convert"), id, file @ ..])) if !file.is_empty() => {
+            (format!("refs/{kind}/{id}"), file.join("/"))
+        }
+        _ => (
+            percent_decode(revision).ok_or_else(|| {
+                anyhow!("invalid Hub reference {spec}: the revision's % escapes are not valid")
+            })?,
+            segs[2..].join("/"),
+        ),
+    };
+    checked(spec, format!("{}/{name}", segs[0]), file, revision)
 }
 
 /// `OWNER/REPO/FILE`: `None` unless `spec` has that shape (and its first part is not a local
@@ -189,6 +198,22 @@ pub(super) mod tests {
             parse_url("hf://o/r@dev/x.pth").unwrap(),
             hub("o/r", "x.pth", "dev")
         );
+        // A revision with slashes: encoded, or a pull request's / conversion's ref as it is.
+        for spec in [
+            "hf://o/r@refs%2Fpr%2F1/sub/x.pth",
+            "hf://o/r@refs/pr/1/sub/x.pth",
+        ] {
+            assert_eq!(
+                parse_url(spec).unwrap(),
+                hub("o/r", "sub/x.pth", "refs/pr/1"),
+                "{spec}"
+            );
+        }
+        assert_eq!(
+            parse_url("hf://o/r@refs/convert/parquet/x.pth").unwrap(),
+            hub("o/r", "x.pth", "refs/convert/parquet")
+        );
+        assert!(parse_url("hf://o/r@refs%2/x.pth").is_err());
         assert_eq!(
             parse_path_form("o/r/sub/x.pth").unwrap(),
             hub("o/r", "sub/x.pth", "main")

@@ -46,6 +46,8 @@ pub enum Fault {
     Status(u16),
     /// Full-file requests get the headers and this many bytes, then nothing for 6 s.
     StallAfter(usize),
+    /// Full-file requests get the file in ten pieces, this many milliseconds apart.
+    Slow(u64),
 }
 
 #[derive(Clone)]
@@ -87,13 +89,19 @@ impl Mock {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (log2, stop2) = (log.clone(), stop.clone());
+        let routes = Arc::new(routes);
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stop2.load(Ordering::SeqCst) {
                     break;
                 }
                 if let Ok(mut s) = conn {
-                    let _ = serve(&mut s, &routes, &log2);
+                    // A connection each its own thread, as a real server: one client's slow
+                    // transfer does not hold up another's requests.
+                    let (routes, log) = (routes.clone(), log2.clone());
+                    std::thread::spawn(move || {
+                        let _ = serve(&mut s, &routes, &log);
+                    });
                 }
             }
         });
@@ -259,7 +267,16 @@ fn serve(s: &mut TcpStream, routes: &[Route], log: &Mutex<Vec<Request>>) -> std:
         "HTTP/1.1 {status}\r\n{common}{content_range}{length}\r\n"
     )?;
     if method != "HEAD" {
-        s.write_all(sent)?;
+        match r.fault {
+            Fault::Slow(ms) if whole => {
+                for piece in sent.chunks(sent.len().div_ceil(10).max(1)) {
+                    s.write_all(piece)?;
+                    s.flush()?;
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
+            }
+            _ => s.write_all(sent)?,
+        }
     }
     s.flush()?;
     if matches!(r.fault, Fault::StallAfter(_)) && whole {
