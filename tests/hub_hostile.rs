@@ -197,6 +197,9 @@ fn transient_failures_are_retried_and_a_cut_transfer_resumes_in_the_same_run() {
         err.contains("HTTP 503") && err.contains("retry 2 of 3"),
         "{err}"
     );
+    // The notice names the file once (it said "downloading F: F: …").
+    let notice = err.lines().find(|l| l.contains("retry 1 of 3")).unwrap();
+    assert_eq!(notice.matches(SPEC).count(), 1, "{notice}");
     assert!(
         !err.contains('\u{9b}'),
         "a server's escape sequence reached the terminal: {err}"
