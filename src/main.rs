@@ -86,7 +86,7 @@ Examples:
   rwkv-cli models --json | jq -r '.[].alias'
   rwkv-cli generate -m rwkv7-g1-0.1b -p 'Hello'     use an alias
 
-Environment: HF_HOME (where the cache is looked for).
+Environment: HF_HOME, HF_HUB_CACHE (where the cache is looked for).
 Exit status: 0 success, 1 failure (one line on stderr), 2 usage error.";
 
 #[derive(Parser)]

@@ -173,6 +173,24 @@ pub fn run_tokenize(args: TokenizeArgs) -> Result<()> {
 
 /// Token ids in text: numbers separated by whitespace or commas, inside optional brackets.
 fn parse_ids(text: &str) -> Result<Vec<u32>> {
+    // Brackets in pairs, not nested (JSON arrays, one per line or one for all), and no two
+    // commas without an id between them: a cut or garbled list is refused, not half read.
+    let (mut depth, mut last) = (0i32, ' ');
+    for c in text.chars().filter(|c| !c.is_whitespace()) {
+        match c {
+            '[' if depth == 0 => depth = 1,
+            ']' if depth == 1 => depth = 0,
+            '[' | ']' => anyhow::bail!("unbalanced brackets in the token ids"),
+            ',' if matches!(last, ',' | '[') => {
+                anyhow::bail!("a comma without a token id before it")
+            }
+            _ => {}
+        }
+        last = c;
+    }
+    if depth != 0 {
+        anyhow::bail!("unbalanced brackets in the token ids (a '[' is never closed)");
+    }
     text.split(|c: char| c.is_whitespace() || matches!(c, ',' | '[' | ']'))
         .filter(|s| !s.is_empty())
         .map(|s| {
@@ -230,5 +248,9 @@ mod tests {
         assert_eq!(parse_ids("").unwrap(), Vec::<u32>::new());
         assert!(parse_ids("1 x").is_err());
         assert!(parse_ids("-1").is_err());
+        assert_eq!(parse_ids("[1,2]\n[3]").unwrap(), vec![1, 2, 3]);
+        for cut in ["[72,105", "72,105]", "[[1]]", "72,,105", "[,1]", "1, ,2"] {
+            assert!(parse_ids(cut).is_err(), "{cut}");
+        }
     }
 }
