@@ -297,7 +297,7 @@ impl rwkv_cli::hub::DownloadProgress for DownloadBar {
         crate::errln!("{line}");
     }
 
-    fn start(&self, file: &str, total: u64) {
+    fn start(&self, file: &str, total: u64, have: u64) {
         if !std::io::stderr().is_terminal() || rwkv_cli::hub::progress_bars_disabled() {
             return;
         }
@@ -317,7 +317,9 @@ impl rwkv_cli::hub::DownloadProgress for DownloadBar {
         bar.set_message(short);
         bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         bar.set_length(total);
-        bar.set_position(0);
+        bar.set_position(have);
+        // The speed and ETA from the bytes that arrive now, not those already on disk.
+        bar.reset_eta();
         *self.bar() = Some(bar);
     }
 

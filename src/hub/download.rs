@@ -426,8 +426,7 @@ impl Job<'_> {
             File::create(part)
         }
         .map_err(disk)?;
-        self.progress.start(&f.file, size);
-        self.progress.advance(have);
+        self.progress.start(&f.file, size, have);
         let mut reader = resp.into_body().into_reader();
         let mut buf = vec![0u8; 1 << 20];
         let result = loop {

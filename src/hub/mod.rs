@@ -353,8 +353,9 @@ pub fn fetch(f: &HubFile, progress: &dyn DownloadProgress) -> Result<PathBuf> {
 pub trait DownloadProgress {
     /// One line of news: a download starts, resumes or restarts.
     fn notice(&self, line: &str);
-    /// The transfer of `file` (its path in the repo) begins: `total` bytes in all.
-    fn start(&self, file: &str, total: u64);
+    /// The transfer of `file` (its path in the repo) begins: `total` bytes in all, `have` of
+    /// them already on disk (a resumed download: they do not count towards its speed).
+    fn start(&self, file: &str, total: u64, have: u64);
     /// `bytes` more have arrived.
     fn advance(&self, bytes: u64);
     /// The transfer has ended, well or not: whatever was drawn goes away.
@@ -364,7 +365,7 @@ pub trait DownloadProgress {
 /// No progress shown, no notice printed.
 impl DownloadProgress for () {
     fn notice(&self, _line: &str) {}
-    fn start(&self, _file: &str, _total: u64) {}
+    fn start(&self, _file: &str, _total: u64, _have: u64) {}
     fn advance(&self, _bytes: u64) {}
     fn finish(&self) {}
 }
