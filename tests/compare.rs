@@ -200,6 +200,7 @@ fn cli_compares_end_to_end_with_json_and_plot() {
         serde_json::json!([16, 32, 64, 128])
     );
     assert_eq!(v["settings"]["threads"], 2);
+    assert_eq!(v["interrupted"], false);
     let models = v["models"].as_array().unwrap();
     let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["rwkv-v7", "softmax", "linear"]);
@@ -504,6 +505,7 @@ fn ctrl_c_reports_the_points_measured_so_far_and_exits_130() {
     let o = compare_interrupted(true);
     assert_eq!(o.status.code(), Some(130));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+    assert_eq!(v["interrupted"], true);
     for m in v["models"].as_array().unwrap() {
         let contexts: Vec<u64> = m["points"]
             .as_array()

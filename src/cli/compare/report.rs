@@ -124,6 +124,8 @@ impl Report<'_> {
             },
             "models": models_json,
             "elapsed_seconds": self.elapsed,
+            // As bench's: Ctrl-C ended the run (each model's "stopped" says where).
+            "interrupted": crate::cli::interrupted(),
         })
     }
 }
