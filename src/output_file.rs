@@ -57,6 +57,25 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Whether `path` is this process's standard output (`/dev/stdout`, or the file or pipe stdout
+/// goes to), where the generated text also goes. `/dev/null` is not: whatever both write there
+/// mixes with nothing.
+pub fn is_stdout(path: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(p), Ok(out)) = (
+            std::fs::metadata(path),
+            std::fs::metadata("/proc/self/fd/1"),
+        ) {
+            let null = std::fs::metadata("/dev/null").is_ok_and(|n| n.rdev() == p.rdev());
+            return p.dev() == out.dev() && p.ino() == out.ino() && !null;
+        }
+    }
+    let _ = path;
+    false
+}
+
 /// Refuses (a usage error) two output options that name the same file, where one would
 /// overwrite the other: `(option, path)` pairs, `None` for an option not given.
 pub fn check_distinct(outputs: &[(&str, Option<&str>)]) -> Result<()> {

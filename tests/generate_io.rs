@@ -500,7 +500,28 @@ fn a_bad_output_path_fails_before_anything_runs() {
         let e = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{cmd:?}: {e}");
         assert!(e.contains("--state-out -") && e.contains("stdout"), "{e}");
+        // Nor /dev/stdout, which mixed the state into the text; with -n 0 it is the only
+        // thing written there, and allowed.
+        let mut args = cmd.to_vec();
+        args.extend(["--model", &model, "--state-out", "/dev/stdout"]);
+        let o = run_offline(&args);
+        assert_eq!(o.status.code(), Some(2), "{cmd:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("is stdout"), "{}", stderr(&o));
     }
+    let o = run_offline(&[
+        "generate",
+        "--model",
+        &model,
+        "-p",
+        "x",
+        "-n",
+        "0",
+        "-q",
+        "--state-out",
+        "/dev/stdout",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stdout.starts_with(b"RWKVSTATE\0"), "the state on stdout");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -331,6 +331,9 @@ pub fn run(args: ChatArgs) -> Result<()> {
     }
     if let Some(p) = &args.state_out {
         output_file::check("--state-out", p)?;
+        if output_file::is_stdout(std::path::Path::new(p)) {
+            rwkv_cli::usage_bail!("--state-out {p} is stdout, where the replies go");
+        }
     }
     let (loaded, tok) = args.load.load()?;
     if let Err(e) = sampler_cfg.validate_vocab(loaded.config.vocab_size) {

@@ -301,6 +301,24 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         output_file::check("--logprobs-out", p)?;
     }
+    // A file output that is stdout itself would be mixed into the generated text.
+    if args.max_tokens != 0 {
+        let files = [
+            ("--state-out", args.state_out.as_deref()),
+            (
+                "--logits-out",
+                args.logits_out.as_deref().filter(|_| !logits_to_stdout),
+            ),
+            ("--logprobs-out", args.logprobs_out.as_deref()),
+        ];
+        for (option, path) in files {
+            if let Some(p) = path.filter(|p| output_file::is_stdout(Path::new(p))) {
+                rwkv_cli::usage_bail!(
+                    "{option} {p} is stdout, where the generated text goes (with --max-tokens 0 nothing else is written there)"
+                );
+            }
+        }
+    }
     output_file::check_distinct(&[
         ("--state-out", args.state_out.as_deref()),
         (
