@@ -231,6 +231,22 @@ fn undo_depth_zero_still_runs_every_turn() {
     );
 }
 
+/// A conversation that read nothing has no state: `--state-out` says so, and that a file
+/// already there is left as it was (it said only "nothing has been read yet").
+#[test]
+fn state_out_of_an_empty_conversation_says_the_old_file_stays() {
+    let state = scratch("empty-conv").join("old.state");
+    std::fs::write(&state, b"earlier").unwrap();
+    let o = run_input(bin().args(["chat", "--state-out"]).arg(&state), b"");
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("no state to save") && e.contains("left as it was"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&state).unwrap(), b"earlier");
+}
+
 /// When the reader of the replies goes away, `--state-out` still gets the conversation up to
 /// the last whole turn (it was skipped without a word), as `generate --state-out` writes its
 /// state when its reader goes.

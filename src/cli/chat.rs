@@ -407,6 +407,15 @@ pub fn run(args: ChatArgs) -> Result<()> {
     if let Some(p) = s.args.state_out.clone() {
         if interrupted {
             crate::errln!("interrupted: --state-out not written");
+        } else if s.conv.saved_state().is_none() {
+            let kept = if Path::new(&p).exists() {
+                " (the file there is left as it was)"
+            } else {
+                ""
+            };
+            anyhow::bail!(
+                "--state-out {p} not written: the conversation read nothing, so there is no state to save{kept}"
+            );
         } else {
             s.save(&p).context("--state-out")?;
         }
