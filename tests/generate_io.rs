@@ -310,6 +310,23 @@ fn a_symlinked_output_is_written_through_the_link() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(d.join("resumed.f32")).unwrap(), want);
+    // Without --prompt, an empty piped stdin (a cron job's `< /dev/null`) resumes the same
+    // way (it was "the prompt read from stdin is empty").
+    let resumed = d.join("resumed-stdin.f32");
+    let o = run_offline(&[
+        "generate",
+        "--model",
+        &model,
+        "--state-in",
+        &s(&dangling),
+        "-n",
+        "0",
+        "--quiet",
+        "--logits-out",
+        &s(&resumed),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&resumed).unwrap(), want);
     assert_eq!(
         std::fs::read_dir(&other).unwrap().count(),
         1,

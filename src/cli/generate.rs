@@ -116,7 +116,8 @@ pub struct GenerateArgs {
         value_parser = super::count
     )]
     pub chunk: usize,
-    /// Resume from a state saved by --state-out (the prompt, if any, continues it).
+    /// Resume from a state saved by --state-out (the prompt, if any, continues it; an empty
+    /// piped stdin is no prompt).
     #[arg(long, value_name = "FILE", conflicts_with = "init_state")]
     pub state_in: Option<String>,
     #[command(flatten)]
@@ -329,12 +330,18 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     ])?;
     // The flags' own errors before the prompt is read.
     args.model.format()?;
-    let prompt = if args.state_in.is_some()
-        && args.prompt.is_none()
-        && args.file.is_none()
-        && std::io::stdin().is_terminal()
-    {
-        Vec::new() // resuming a saved state needs no prompt
+    let prompt = if args.state_in.is_some() && args.prompt.is_none() && args.file.is_none() {
+        // Resuming a saved state needs no prompt: a piped one may be empty (a cron job's
+        // `< /dev/null`), and a terminal is not read.
+        if std::io::stdin().is_terminal() {
+            Vec::new()
+        } else {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read the prompt from stdin")?;
+            buf
+        }
     } else {
         gather_prompt(args.file.as_deref(), args.prompt.as_deref())?
     };
