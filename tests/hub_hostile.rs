@@ -181,6 +181,22 @@ fn a_second_process_waits_for_the_download_in_progress() {
         .filter(|r| r.method == "GET" && r.range.as_deref().is_none_or(|g| g == "bytes=0-"))
         .count();
     assert_eq!(whole, 1, "one download: {:?}", hub.requests());
+    // The lock where huggingface_hub keeps its own (so the two tools wait for each other;
+    // removed once the blob is in place), none among the blobs.
+    let locks = home
+        .hub()
+        .join(".locks")
+        .join("models--test-owner--tiny-rwkv");
+    assert!(locks.is_dir());
+    let blobs = home
+        .hub()
+        .join("models--test-owner--tiny-rwkv")
+        .join("blobs");
+    assert!(std::fs::read_dir(blobs).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".lock")));
 }
 
 #[test]

@@ -10,7 +10,8 @@
 //! - a 4xx carries the server's own `X-Error-Message`, stripped of control characters.
 //!
 //! The result is the standard Hugging Face cache layout (see [`super`]): `blobs/<etag>`, with
-//! `blobs/<etag>.part` while it downloads (kept on failure, resumed with `Range` next time),
+//! `blobs/<etag>.incomplete` while it downloads (kept on failure, resumed with `Range` next
+//! time; locked by `.locks/models--OWNER--REPO/<etag>.lock`, huggingface_hub's names),
 //! `snapshots/<commit>/<file>` a relative symlink to the blob, `refs/<revision>` the commit.
 
 use super::{token, DownloadProgress, HubFile};
@@ -492,9 +493,15 @@ impl Job<'_> {
             ))
         })?;
         let blob = blobs.join(&meta.etag);
-        let part = blobs.join(format!("{}.part", meta.etag));
-        let lock_path = blobs.join(format!("{}.lock", meta.etag));
-        let lock = File::create(&lock_path)
+        // huggingface_hub's names for the partial file and the lock (an flock, as its
+        // `filelock`'s): either tool resumes the other's interrupted download and waits for
+        // the other's download in progress, in the cache they share.
+        let part = blobs.join(format!("{}.incomplete", meta.etag));
+        let repo_name = repo_dir.file_name().unwrap_or_default();
+        let locks = self.cache.join(".locks").join(repo_name);
+        let lock_path = locks.join(format!("{}.lock", meta.etag));
+        let lock = std::fs::create_dir_all(&locks)
+            .and_then(|()| File::create(&lock_path))
             .map_err(|e| fatal(anyhow!("cannot create {}: {e}", lock_path.display())))?;
         // Another process downloading the same file holds the lock: wait for it (as
         // huggingface_hub does), then find its blob below. The lock is the kernel's (flock):

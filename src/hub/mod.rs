@@ -12,8 +12,8 @@
 //! with `HF_TOKEN` (or the token file in `$HF_HOME/token`), never printed. With `--offline` or
 //! `HF_HUB_OFFLINE=1` only the cache is consulted and nothing is sent to the network.
 //!
-//! Interrupted downloads: the bytes go to `blobs/<etag>.part`, renamed to the blob only once
-//! it has exactly the announced size and is an RWKV checkpoint; a leftover `.part` is resumed
+//! Interrupted downloads: the bytes go to `blobs/<etag>.incomplete`, renamed to the blob only
+//! once it has exactly the announced size and is an RWKV checkpoint; a leftover one is resumed
 //! with a `Range` request (restarted when the server sends the whole file instead). So the
 //! cache never holds a snapshot entry for a partial or foreign file.
 

@@ -433,7 +433,7 @@ pub fn part_files(home: &TempHome) -> Vec<PathBuf> {
             .flatten()
             .flatten()
         {
-            if e.path().extension().is_some_and(|x| x == "part") {
+            if e.path().extension().is_some_and(|x| x == "incomplete") {
                 out.push(e.path());
             }
         }
