@@ -26,8 +26,8 @@ Exit status: 0 success, 1 failure (one line on stderr), 2 usage error.";
 
 const DETOKENIZE_HELP: &str = "\
 Examples:
-  rwkv-cli detokenize 33155 44 2004                 the embedded model's tokenizer
-  rwkv-cli tokenize 'Hi there' | rwkv-cli detokenize --tokenizer world
+  rwkv-cli detokenize 72 105 33                     the embedded model's tokenizer (bytes)
+  rwkv-cli tokenize --tokenizer world 'Hi there' | rwkv-cli detokenize --tokenizer world
   echo '[3, 4, 5]' | rwkv-cli detokenize --tokenizer bytes | xxd
 
 Ids are read from the arguments, or from stdin when there are none (or for `-`): numbers

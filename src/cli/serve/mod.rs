@@ -69,9 +69,10 @@ Examples:
   rwkv-cli serve --port 0 --max-batch 4 --state-cache 1GiB
   RWKV_CLI_API_KEY=secret rwkv-cli serve -m M.pth --host 0.0.0.0 --port 8080
 
-Environment: RWKV_CLI_API_KEY (the API key); RWKV_CLI_CACHE or XDG_CACHE_HOME (where the
-embedded model is unpacked); HF_HOME, HF_HUB_CACHE, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE (Hub
-models); RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_BF16, RWKV_NO_AMX, RWKV_NO_SIMD (force slower kernels).
+Environment: RWKV_CLI_API_KEY (the API key); RWKV_CLI_CACHE or XDG_CACHE_HOME (the embedded
+model and the weight cache); RWKV_CLI_WEIGHT_CACHE_MAX; HF_HOME, HF_HUB_CACHE, HF_TOKEN,
+HF_ENDPOINT, HF_HUB_OFFLINE (Hub models); RWKV_NO_AVX512, RWKV_NO_VNNI, RWKV_NO_BF16,
+RWKV_NO_AMX, RWKV_NO_SIMD (force slower kernels).
 
 Exit status: 0 success (also after SIGINT or SIGTERM, once the requests in flight are done or
 --shutdown-timeout has passed), 1 failure (one line on stderr), 2 usage error, 130 (143) a
