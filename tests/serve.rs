@@ -126,11 +126,11 @@ fn top_k_and_min_p_act_as_the_cli_flags() {
     let prompt = "Once upon a time";
     let greedy = generate(prompt, 24);
     for extra in [json!({"top_k": 1}), json!({"min_p": 1.0})] {
-        let mut body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 24,
-                              "temperature": 2.0, "top_p": 1.0, "seed": 7});
-        for (k, v) in extra.as_object().unwrap() {
-            body[k] = v.clone();
-        }
+        let body = with(
+            json!({"model": MODEL, "prompt": prompt, "max_tokens": 24,
+                              "temperature": 2.0, "top_p": 1.0, "seed": 7}),
+            &extra,
+        );
         assert_eq!(
             completion_text(&s.ok("/v1/completions", body)),
             greedy,
@@ -277,11 +277,11 @@ fn echo_scores_the_prompt_as_eval_and_generate_do() {
     let generated = generate_logprobs(prompt, n, 2);
     let text = format!("{prompt}{written}");
     let ask = |extra: Value| {
-        let mut body = json!({"model": MODEL, "prompt": text, "max_tokens": 0, "echo": true,
-                              "logprobs": 2});
-        for (k, v) in extra.as_object().unwrap() {
-            body[k] = v.clone();
-        }
+        let body = with(
+            json!({"model": MODEL, "prompt": text, "max_tokens": 0, "echo": true,
+                              "logprobs": 2}),
+            &extra,
+        );
         s.ok("/v1/completions", body)
     };
     let v = ask(json!({}));
@@ -468,11 +468,11 @@ fn logprobs_equal_generate_and_stream_as_they_answer_whole() {
         ),
         ("/v1/chat/completions", json!({"logprobs": 2}), "logprobs"),
     ] {
-        let mut body = json!({"model": MODEL, "prompt": "a",
-                              "messages": [{"role": "user", "content": "x"}]});
-        for (k, x) in extra.as_object().unwrap() {
-            body[k] = x.clone();
-        }
+        let body = with(
+            json!({"model": MODEL, "prompt": "a",
+                              "messages": [{"role": "user", "content": "x"}]}),
+            &extra,
+        );
         let (got, v, text) = s.post(path, &body.to_string(), None);
         assert_eq!(
             (got, &v["error"]["param"]),

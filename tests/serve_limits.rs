@@ -294,11 +294,11 @@ fn unsupported_and_malformed_fields_are_named() {
         ),
     ];
     for (path, extra, param, message) in cases {
-        let mut body = json!({"model": MODEL, "prompt": "a",
-                              "messages": [{"role": "user", "content": "x"}]});
-        for (k, x) in extra.as_object().unwrap() {
-            body[k] = x.clone();
-        }
+        let body = with(
+            json!({"model": MODEL, "prompt": "a",
+                              "messages": [{"role": "user", "content": "x"}]}),
+            &extra,
+        );
         let (got, v, text) = s.post(path, &body.to_string(), None);
         assert_eq!(
             (got, &v["error"]["param"]),
@@ -343,11 +343,11 @@ fn the_default_max_tokens_stays_within_the_cap_and_null_is_absent() {
     );
     assert_eq!(v["usage"]["completion_tokens"], 5, "{v}");
     let chat = |extra: Value| {
-        let mut body = json!({"model": MODEL, "temperature": 0,
-                              "messages": [{"role": "user", "content": "Tell me a story."}]});
-        for (k, x) in extra.as_object().unwrap() {
-            body[k] = x.clone();
-        }
+        let body = with(
+            json!({"model": MODEL, "temperature": 0,
+                              "messages": [{"role": "user", "content": "Tell me a story."}]}),
+            &extra,
+        );
         s.ok("/v1/chat/completions", body)
     };
     let v = chat(json!({}));

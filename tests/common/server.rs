@@ -217,6 +217,14 @@ pub fn generate(prompt: &str, n: usize) -> String {
     generate_with(prompt, n, &[])
 }
 
+/// `base` (a JSON object) with the fields of `extra` set over it.
+pub fn with(mut base: Value, extra: &Value) -> Value {
+    for (k, v) in extra.as_object().expect("an object") {
+        base[k] = v.clone();
+    }
+    base
+}
+
 pub const PROMPTS: [&str; 8] = [
     "The capital of France is",
     "Once upon a time",
