@@ -297,7 +297,7 @@ fn unsupported_and_malformed_fields_are_named() {
         let body = with(
             json!({"model": MODEL, "prompt": "a",
                               "messages": [{"role": "user", "content": "x"}]}),
-            &extra,
+            extra,
         );
         let (got, v, text) = s.post(path, &body.to_string(), None);
         assert_eq!(
